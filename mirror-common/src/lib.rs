@@ -1,0 +1,121 @@
+//! Types shared by the kernel program (`mirror-ebpf`) and the daemon (`mirror-userspace`).
+//!
+//! Everything here is `#[repr(C)]` plain data: the kernel writes it into the perf ring, the daemon
+//! reads it back with [`SegmentEvent::parse`]. Byte order of every integer is host order.
+#![no_std]
+
+/// Name of the TC classifier program, as `bpftool prog` and `bpftool net` show it.
+pub const PROGRAM_NAME: &str = "mirror_ingress";
+
+/// Map names (the daemon looks them up by these).
+pub const MAP_PORTS: &str = "MIRROR_PORTS";
+pub const MAP_STATS: &str = "MIRROR_STATS";
+pub const MAP_SEGMENTS: &str = "MIRROR_SEGMENTS";
+
+/// Largest number of packet bytes appended to one perf sample straight from the skb. A perf record
+/// header's size is a `u16`, so a sample (header + our event + bytes) must stay below 64 KiB.
+pub const MAX_INLINE_CAPTURE: u32 = 60_000;
+/// Largest tail of an oversized (GSO/TSO) skb, beyond `MAX_INLINE_CAPTURE`, shipped as a second
+/// event copied through a per-CPU scratch buffer. An skb larger than both together is counted as
+/// `STAT_TRUNCATED` and its missing bytes become a gap that userspace sees and counts.
+pub const MAX_TAIL_CAPTURE: u32 = 8192;
+
+/// `SegmentEvent::kind`: the event is followed by the first `captured_len` bytes of the skb,
+/// starting at the Ethernet header.
+pub const KIND_PACKET: u8 = 0;
+/// `SegmentEvent::kind`: the event is followed by `captured_len` TCP payload bytes only (the tail
+/// of an skb too large for one sample); `seq` already points at the first of them.
+pub const KIND_TAIL: u8 = 1;
+
+/// TCP flag bits as in the TCP header.
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_PSH: u8 = 0x08;
+pub const TCP_ACK: u8 = 0x10;
+
+/// Indices of the per-CPU counters in `MAP_STATS`.
+pub const STAT_SEEN: u32 = 0;
+pub const STAT_SHIPPED: u32 = 1;
+pub const STAT_LOST: u32 = 2;
+pub const STAT_TRUNCATED: u32 = 3;
+pub const STAT_TAILS: u32 = 4;
+pub const STAT_FRAGMENTS: u32 = 5;
+pub const STAT_COUNT: u32 = 6;
+pub const STAT_NAMES: [&str; STAT_COUNT as usize] =
+    ["seen", "shipped", "lost", "truncated", "tail_pieces", "ip_fragments"];
+
+/// One TCP segment seen on a watched port. Followed in the perf sample by `captured_len` bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SegmentEvent {
+    /// Source and destination address; IPv4 uses the first 4 bytes.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub seq: u32,
+    pub ack: u32,
+    pub sport: u16,
+    pub dport: u16,
+    /// 4 or 6.
+    pub family: u8,
+    pub tcp_flags: u8,
+    /// `KIND_PACKET` or `KIND_TAIL`.
+    pub kind: u8,
+    pub _pad: u8,
+    pub ifindex: u32,
+    /// Offset of the TCP payload inside the bytes that follow (0 for `KIND_TAIL`).
+    pub payload_off: u32,
+    /// TCP payload length of the whole segment (for `KIND_TAIL`, of this piece).
+    pub payload_len: u32,
+    /// Number of bytes that follow this header in the sample.
+    pub captured_len: u32,
+    /// `skb->len` of the packet this came from.
+    pub skb_len: u32,
+}
+
+impl SegmentEvent {
+    pub const LEN: usize = core::mem::size_of::<SegmentEvent>();
+
+    /// Reads an event header from the start of a sample. `None` if the sample is too short.
+    pub fn parse(bytes: &[u8]) -> Option<SegmentEvent> {
+        if bytes.len() < Self::LEN {
+            return None;
+        }
+        // SAFETY: SegmentEvent is repr(C) plain data made only of integers and byte arrays, every
+        // bit pattern is valid, and the read is unaligned-safe.
+        Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<SegmentEvent>()) })
+    }
+}
+
+/// Per-CPU scratch record used to ship the tail of an oversized skb.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TailPiece {
+    pub event: SegmentEvent,
+    pub bytes: [u8; MAX_TAIL_CAPTURE as usize],
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain old data, as above.
+    unsafe impl aya::Pod for super::SegmentEvent {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_is_stable() {
+        assert_eq!(SegmentEvent::LEN, 72);
+        assert_eq!(core::mem::align_of::<SegmentEvent>(), 4);
+    }
+
+    #[test]
+    fn parse_round_trips_and_rejects_short() {
+        let ev = SegmentEvent { seq: 7, sport: 1234, dport: 80, family: 4, captured_len: 3, ..Default::default() };
+        let bytes: [u8; SegmentEvent::LEN] = unsafe { core::mem::transmute(ev) };
+        assert_eq!(SegmentEvent::parse(&bytes), Some(ev));
+        assert_eq!(SegmentEvent::parse(&bytes[..SegmentEvent::LEN - 1]), None);
+    }
+}

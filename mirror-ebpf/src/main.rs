@@ -1,0 +1,213 @@
+//! TC ingress classifier: copies TCP segments whose destination port is watched into a perf ring
+//! for the daemon, and always lets the packet through untouched.
+//!
+//! The verdict is `TC_ACT_UNSPEC` (`TCX_NEXT` under TCX): any program attached after ours (a CNI's,
+//! for instance) still runs, and the packet is never dropped, rewritten or delayed.
+//!
+//! Payload bytes are not copied by a loop: `bpf_perf_event_output` on an skb appends the first N
+//! bytes of the packet itself when N is put in the upper 32 bits of its flags. A perf sample is at
+//! most 64 KiB, so a GSO/TSO skb larger than `MAX_INLINE_CAPTURE` ships its tail as a second event
+//! (`KIND_TAIL`) copied through a per-CPU scratch buffer.
+#![no_std]
+#![no_main]
+
+use core::{ffi::c_void, mem::size_of, ptr};
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{BPF_F_CURRENT_CPU, TC_ACT_UNSPEC},
+    helpers::{bpf_perf_event_output, bpf_skb_load_bytes},
+    macros::{classifier, map},
+    maps::{HashMap, PerCpuArray, PerfEventArray},
+    programs::TcContext,
+};
+use mirror_common::{
+    KIND_PACKET, KIND_TAIL, MAX_INLINE_CAPTURE, MAX_TAIL_CAPTURE, STAT_COUNT, STAT_FRAGMENTS,
+    STAT_LOST, STAT_SEEN, STAT_SHIPPED, STAT_TAILS, STAT_TRUNCATED, SegmentEvent, TailPiece,
+};
+use network_types::{
+    eth::{EthHdr, EtherType},
+    ip::{Ipv4Hdr, Ipv6Hdr},
+};
+
+const IPPROTO_TCP: u8 = 6;
+
+/// Destination ports to capture (host byte order), filled by the daemon from the config.
+#[map(name = "MIRROR_PORTS")]
+static MIRROR_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(64, 0);
+
+/// Per-CPU counters, indexed by the `STAT_*` constants.
+#[map(name = "MIRROR_STATS")]
+static MIRROR_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
+
+/// The ring the daemon reads: one buffer per CPU.
+#[map(name = "MIRROR_SEGMENTS")]
+static MIRROR_SEGMENTS: PerfEventArray<SegmentEvent> = PerfEventArray::new(0);
+
+/// Scratch space for the tail of an oversized skb (a BPF stack is only 512 bytes).
+#[map(name = "MIRROR_SCRATCH")]
+static MIRROR_SCRATCH: PerCpuArray<TailPiece> = PerCpuArray::with_max_entries(1, 0);
+
+#[classifier]
+pub fn mirror_ingress(ctx: TcContext) -> i32 {
+    let _ = capture(&ctx);
+    TC_ACT_UNSPEC
+}
+
+#[inline(always)]
+fn bump(index: u32) {
+    if let Some(counter) = MIRROR_STATS.get_ptr_mut(index) {
+        // Per-CPU value: no other CPU writes it, and this program is not re-entered on one CPU.
+        unsafe { *counter += 1 };
+    }
+}
+
+#[inline(always)]
+fn segments_map() -> *mut c_void {
+    ptr::from_ref(&MIRROR_SEGMENTS).cast_mut().cast()
+}
+
+#[inline(always)]
+fn capture(ctx: &TcContext) -> Result<(), ()> {
+    let eth: EthHdr = ctx.load(0).map_err(|_| ())?;
+    let skb_len = ctx.len();
+    let mut ev = SegmentEvent::default();
+    let l4_off: u32;
+    let ip_end: u32;
+    if eth.ether_type == EtherType::Ipv4 as u16 {
+        let ip: Ipv4Hdr = ctx.load(EthHdr::LEN).map_err(|_| ())?;
+        if ip.proto != IPPROTO_TCP {
+            return Ok(());
+        }
+        let frags = u16::from_be_bytes(ip.frags);
+        if frags & 0x3fff != 0 {
+            // More-fragments set or a non-zero offset: the TCP header may not be here.
+            bump(STAT_FRAGMENTS);
+            return Ok(());
+        }
+        let ihl = u32::from(ip.vihl & 0x0f) * 4;
+        if ihl < 20 {
+            return Err(());
+        }
+        l4_off = EthHdr::LEN as u32 + ihl;
+        let tot_len = u32::from(u16::from_be_bytes(ip.tot_len));
+        // tot_len 0 is BIG TCP's marker for "see the skb length".
+        ip_end = if tot_len == 0 { skb_len } else { EthHdr::LEN as u32 + tot_len };
+        ev.family = 4;
+        ev.saddr[..4].copy_from_slice(&ip.src_addr);
+        ev.daddr[..4].copy_from_slice(&ip.dst_addr);
+    } else if eth.ether_type == EtherType::Ipv6 as u16 {
+        let ip: Ipv6Hdr = ctx.load(EthHdr::LEN).map_err(|_| ())?;
+        if ip.next_hdr != IPPROTO_TCP {
+            return Ok(());
+        }
+        l4_off = (EthHdr::LEN + Ipv6Hdr::LEN) as u32;
+        let payload_len = u32::from(u16::from_be_bytes(ip.payload_len));
+        ip_end = if payload_len == 0 { skb_len } else { l4_off + payload_len };
+        ev.family = 6;
+        ev.saddr = ip.src_addr;
+        ev.daddr = ip.dst_addr;
+    } else {
+        return Ok(());
+    }
+
+    // Ports, sequence numbers, data offset and flags: the first 14 bytes of the TCP header.
+    let tcp: [u8; 14] = ctx.load(l4_off as usize).map_err(|_| ())?;
+    let dport = u16::from_be_bytes([tcp[2], tcp[3]]);
+    if MIRROR_PORTS.get_ptr(dport).is_none() {
+        return Ok(());
+    }
+    bump(STAT_SEEN);
+
+    let payload_off = l4_off + u32::from(tcp[12] >> 4) * 4;
+    // Ethernet padding of short frames lies between ip_end and skb_len: never ship it as payload.
+    let ip_end = if ip_end > skb_len { skb_len } else { ip_end };
+    if payload_off > ip_end {
+        return Err(());
+    }
+    let inline = if ip_end > MAX_INLINE_CAPTURE { MAX_INLINE_CAPTURE } else { ip_end };
+
+    ev.sport = u16::from_be_bytes([tcp[0], tcp[1]]);
+    ev.dport = dport;
+    ev.seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+    ev.ack = u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]);
+    ev.tcp_flags = tcp[13];
+    ev.kind = KIND_PACKET;
+    ev.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    ev.payload_off = payload_off;
+    ev.payload_len = ip_end - payload_off;
+    ev.captured_len = inline;
+    ev.skb_len = skb_len;
+
+    let flags = u64::from(BPF_F_CURRENT_CPU) | (u64::from(inline) << 32);
+    let ret = unsafe {
+        bpf_perf_event_output(
+            ctx.as_ptr(),
+            segments_map(),
+            flags,
+            ptr::from_mut(&mut ev).cast(),
+            size_of::<SegmentEvent>() as u64,
+        )
+    };
+    if ret != 0 {
+        bump(STAT_LOST);
+        return Err(());
+    }
+    bump(STAT_SHIPPED);
+
+    if ip_end > inline && inline >= payload_off {
+        ship_tail(ctx, &ev, inline, ip_end)?;
+    }
+    Ok(())
+}
+
+/// Ships bytes `[start, end)` of an oversized skb (all TCP payload) as a `KIND_TAIL` event.
+#[inline(always)]
+fn ship_tail(ctx: &TcContext, head: &SegmentEvent, start: u32, end: u32) -> Result<(), ()> {
+    let mut want = end - start;
+    if want > MAX_TAIL_CAPTURE {
+        bump(STAT_TRUNCATED);
+        want = MAX_TAIL_CAPTURE;
+    }
+    let piece = MIRROR_SCRATCH.get_ptr_mut(0).ok_or(())?;
+    // Launder the length through memory so the verifier keeps the bounds checked below.
+    let n = unsafe { ptr::read_volatile(&want) };
+    if n == 0 || n > MAX_TAIL_CAPTURE {
+        return Err(());
+    }
+    unsafe {
+        let piece = &mut *piece;
+        piece.event = *head;
+        piece.event.kind = KIND_TAIL;
+        piece.event.seq = head.seq.wrapping_add(start - head.payload_off);
+        piece.event.payload_off = 0;
+        piece.event.payload_len = n;
+        piece.event.captured_len = n;
+        if bpf_skb_load_bytes(ctx.as_ptr(), start, piece.bytes.as_mut_ptr().cast(), n) != 0 {
+            return Err(());
+        }
+        let ret = bpf_perf_event_output(
+            ctx.as_ptr(),
+            segments_map(),
+            u64::from(BPF_F_CURRENT_CPU),
+            ptr::from_mut(piece).cast(),
+            (size_of::<SegmentEvent>() as u32 + n) as u64,
+        );
+        if ret != 0 {
+            bump(STAT_LOST);
+            return Err(());
+        }
+    }
+    bump(STAT_TAILS);
+    Ok(())
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
