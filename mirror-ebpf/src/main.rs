@@ -92,7 +92,11 @@ fn capture(ctx: &TcContext) -> Result<(), ()> {
         l4_off = EthHdr::LEN as u32 + ihl;
         let tot_len = u32::from(u16::from_be_bytes(ip.tot_len));
         // tot_len 0 is BIG TCP's marker for "see the skb length".
-        ip_end = if tot_len == 0 { skb_len } else { EthHdr::LEN as u32 + tot_len };
+        ip_end = if tot_len == 0 {
+            skb_len
+        } else {
+            EthHdr::LEN as u32 + tot_len
+        };
         ev.family = 4;
         ev.saddr[..4].copy_from_slice(&ip.src_addr);
         ev.daddr[..4].copy_from_slice(&ip.dst_addr);
@@ -103,7 +107,11 @@ fn capture(ctx: &TcContext) -> Result<(), ()> {
         }
         l4_off = (EthHdr::LEN + Ipv6Hdr::LEN) as u32;
         let payload_len = u32::from(u16::from_be_bytes(ip.payload_len));
-        ip_end = if payload_len == 0 { skb_len } else { l4_off + payload_len };
+        ip_end = if payload_len == 0 {
+            skb_len
+        } else {
+            l4_off + payload_len
+        };
         ev.family = 6;
         ev.saddr = ip.src_addr;
         ev.daddr = ip.dst_addr;
@@ -125,7 +133,11 @@ fn capture(ctx: &TcContext) -> Result<(), ()> {
     if payload_off > ip_end {
         return Err(());
     }
-    let inline = if ip_end > MAX_INLINE_CAPTURE { MAX_INLINE_CAPTURE } else { ip_end };
+    let inline = if ip_end > MAX_INLINE_CAPTURE {
+        MAX_INLINE_CAPTURE
+    } else {
+        ip_end
+    };
 
     ev.sport = u16::from_be_bytes([tcp[0], tcp[1]]);
     ev.dport = dport;

@@ -1,0 +1,14 @@
+//! mirror: shadow production HTTP traffic from the packet path.
+//!
+//! The data path, in module order: [`capture`] (kernel events) → [`flow`] (TCP reassembly) →
+//! [`http`] (request framing) → [`route`] (match, sample, rewrite) → [`replay`] (send to mirrors).
+//! [`pipeline`] strings the sans-IO stages together; [`daemon`] is the thin tokio/aya shell.
+
+pub mod capture;
+pub mod config;
+pub mod daemon;
+pub mod flow;
+pub mod http;
+pub mod pipeline;
+pub mod replay;
+pub mod route;

@@ -1,7 +1,60 @@
-static PROG: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mirror"));
-fn main() {
-    let mut ebpf = aya::Ebpf::load(PROG).unwrap();
-    let p: &mut aya::programs::SchedClassifier = ebpf.program_mut("mirror_ingress").unwrap().try_into().unwrap();
-    p.load().unwrap();
-    println!("loaded ok");
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use mirror::config::Config;
+
+/// Shadow production HTTP traffic from the packet path.
+#[derive(Parser)]
+#[command(name = "mirror", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Attach to the configured interfaces and mirror live traffic until SIGINT/SIGTERM.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Validate a config file and exit (non-zero with a message if it is invalid).
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => {
+            let cfg = Config::load(&config)?;
+            println!(
+                "{}: ok ({} routes, {} endpoints, ports {:?} on {:?})",
+                config.display(),
+                cfg.routes.len(),
+                cfg.endpoints.len(),
+                cfg.capture.ports,
+                cfg.capture.interfaces
+            );
+            Ok(())
+        }
+        Command::Run { config } => {
+            let cfg = Config::load(&config)?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(mirror::daemon::run(cfg))
+        }
+    }
 }

@@ -1,0 +1,275 @@
+//! Capture: the kernel side's events, and the thin aya shell that loads, attaches and reads them.
+//!
+//! [`decode_sample`] is pure (turns one perf sample into a [`Segment`]); [`Capture`] owns the loaded
+//! program, its TCX links and the per-CPU perf buffers. Dropping it detaches everything.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::AsRawFd,
+};
+
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    Ebpf,
+    maps::{
+        HashMap as BpfHashMap, MapData, PerCpuArray, PerfEventArray,
+        perf::{PerfEvent, PerfEventArrayBuffer},
+    },
+    programs::{SchedClassifier, TcAttachType},
+    util::online_cpus,
+};
+use bytes::Bytes;
+use mirror_common::{
+    KIND_PACKET, KIND_TAIL, MAP_PORTS, MAP_SEGMENTS, MAP_STATS, PROGRAM_NAME, STAT_COUNT,
+    STAT_NAMES, SegmentEvent,
+};
+
+use crate::flow::{FlowKey, Segment};
+
+/// Why a sample could not be turned into a segment (counted, never fatal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeError {
+    Short,
+    BadFamily,
+    BadKind,
+    BadOffsets,
+}
+
+/// Turns one perf sample (event header + bytes) into a segment.
+pub fn decode_sample(sample: &[u8]) -> Result<Segment, DecodeError> {
+    let ev = SegmentEvent::parse(sample).ok_or(DecodeError::Short)?;
+    let data = &sample[SegmentEvent::LEN..];
+    let captured = ev.captured_len as usize;
+    if data.len() < captured {
+        return Err(DecodeError::Short);
+    }
+    let payload = match ev.kind {
+        KIND_PACKET => {
+            let start = ev.payload_off as usize;
+            if start > captured {
+                return Err(DecodeError::BadOffsets);
+            }
+            // The payload may extend past what was captured inline; that rest came (or was lost)
+            // as a KIND_TAIL event of its own.
+            let end = start.saturating_add(ev.payload_len as usize).min(captured);
+            &data[start..end]
+        }
+        KIND_TAIL => &data[..captured],
+        _ => return Err(DecodeError::BadKind),
+    };
+    let (src, dst): (IpAddr, IpAddr) = match ev.family {
+        4 => {
+            let s: [u8; 4] = ev.saddr[..4].try_into().expect("4 bytes");
+            let d: [u8; 4] = ev.daddr[..4].try_into().expect("4 bytes");
+            (Ipv4Addr::from(s).into(), Ipv4Addr::from(d).into())
+        }
+        6 => (
+            Ipv6Addr::from(ev.saddr).into(),
+            Ipv6Addr::from(ev.daddr).into(),
+        ),
+        _ => return Err(DecodeError::BadFamily),
+    };
+    Ok(Segment {
+        key: FlowKey {
+            client: SocketAddr::new(src, ev.sport),
+            server: SocketAddr::new(dst, ev.dport),
+        },
+        seq: ev.seq,
+        flags: ev.tcp_flags,
+        payload: Bytes::copy_from_slice(payload),
+    })
+}
+
+/// The object file built from `mirror-ebpf` by build.rs.
+static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mirror"));
+
+/// The loaded, attached classifier and its perf buffers.
+pub struct Capture {
+    ebpf: Ebpf,
+    pub buffers: Vec<PerfEventArrayBuffer<MapData>>,
+    pub interfaces: Vec<String>,
+}
+
+impl Capture {
+    /// Loads the program, fills the port map, attaches to each interface's TC ingress (TCX on
+    /// kernels ≥ 6.6) and opens one perf buffer of `perf_pages` pages per online CPU.
+    pub fn start(interfaces: &[String], ports: &[u16], perf_pages: usize) -> Result<Capture> {
+        bump_memlock_rlimit();
+        let mut ebpf = Ebpf::load(PROGRAM_OBJECT).context("loading the eBPF object")?;
+        if let Err(e) = aya_log::EbpfLogger::init(&mut ebpf) {
+            tracing::debug!("kernel-side logging not available: {e}");
+        }
+        {
+            let mut map: BpfHashMap<_, u16, u8> =
+                BpfHashMap::try_from(ebpf.map_mut(MAP_PORTS).context("ports map missing")?)?;
+            for p in ports {
+                map.insert(p, 1, 0)
+                    .with_context(|| format!("watching port {p}"))?;
+            }
+        }
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(PROGRAM_NAME)
+            .context("classifier missing from the object")?
+            .try_into()?;
+        prog.load()
+            .context("loading the classifier into the kernel (verifier)")?;
+        for iface in interfaces {
+            prog.attach(iface, TcAttachType::Ingress)
+                .with_context(|| format!("attaching to the TC ingress of {iface}"))?;
+            tracing::info!(interface = %iface, "attached {PROGRAM_NAME} to TC ingress");
+        }
+        let mut perf = PerfEventArray::try_from(
+            ebpf.take_map(MAP_SEGMENTS)
+                .context("segments map missing")?,
+        )?;
+        let cpus = online_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
+        let mut buffers = Vec::new();
+        for cpu in cpus {
+            buffers.push(
+                perf.open(cpu, Some(perf_pages))
+                    .with_context(|| format!("perf buffer for CPU {cpu}"))?,
+            );
+        }
+        if buffers.is_empty() {
+            bail!("no online CPUs");
+        }
+        Ok(Capture {
+            ebpf,
+            buffers,
+            interfaces: interfaces.to_vec(),
+        })
+    }
+
+    /// The kernel's per-CPU counters, summed: (name, value).
+    pub fn kernel_stats(&self) -> Result<Vec<(&'static str, u64)>> {
+        let map: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map(MAP_STATS).context("stats map missing")?)?;
+        (0..STAT_COUNT)
+            .map(|i| Ok((STAT_NAMES[i as usize], map.get(&i, 0)?.iter().sum())))
+            .collect()
+    }
+
+    /// Drains every buffer that has data: samples go to `on_sample`, losses to `on_lost`.
+    pub fn drain(&mut self, mut on_sample: impl FnMut(&[u8]), mut on_lost: impl FnMut(u64)) {
+        let mut scratch = Vec::new();
+        for buf in &mut self.buffers {
+            if !buf.readable() {
+                continue;
+            }
+            buf.for_each(|event| match event {
+                PerfEvent::Sample { head, tail } => {
+                    if tail.is_empty() {
+                        on_sample(head);
+                    } else {
+                        scratch.clear();
+                        scratch.extend_from_slice(head);
+                        scratch.extend_from_slice(tail);
+                        on_sample(&scratch);
+                    }
+                }
+                PerfEvent::Lost { count } => on_lost(count),
+            });
+        }
+    }
+
+    /// Waits until a buffer may have data, or `timeout_ms` passes.
+    pub fn wait(&self, timeout_ms: i32) {
+        let mut fds: Vec<libc::pollfd> = self
+            .buffers
+            .iter()
+            .map(|b| libc::pollfd {
+                fd: b.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: fds is a valid array of pollfd for the duration of the call.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    }
+}
+
+fn bump_memlock_rlimit() {
+    // Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; harmless on newer ones.
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        tracing::debug!("could not raise RLIMIT_MEMLOCK");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(ev: SegmentEvent, bytes: &[u8]) -> Vec<u8> {
+        let mut v = vec![0u8; SegmentEvent::LEN];
+        // SAFETY: SegmentEvent is plain data.
+        unsafe { std::ptr::write_unaligned(v.as_mut_ptr().cast::<SegmentEvent>(), ev) };
+        v.extend_from_slice(bytes);
+        v
+    }
+
+    #[test]
+    fn decodes_ipv4_packet_payload_without_padding() {
+        let mut frame = vec![0u8; 54];
+        frame.extend_from_slice(b"GET / HTTP/1.1\r\n");
+        frame.extend_from_slice(&[0, 0]); // Ethernet padding beyond the IP length
+        let mut ev = SegmentEvent {
+            family: 4,
+            sport: 40000,
+            dport: 80,
+            seq: 9,
+            kind: KIND_PACKET,
+            ..Default::default()
+        };
+        ev.saddr[..4].copy_from_slice(&[10, 0, 0, 1]);
+        ev.daddr[..4].copy_from_slice(&[10, 0, 0, 2]);
+        ev.payload_off = 54;
+        ev.payload_len = 16;
+        ev.captured_len = frame.len() as u32;
+        let s = decode_sample(&sample(ev, &frame)).unwrap();
+        assert_eq!(&s.payload[..], b"GET / HTTP/1.1\r\n");
+        assert_eq!(s.key.client, "10.0.0.1:40000".parse().unwrap());
+        assert_eq!(s.key.server, "10.0.0.2:80".parse().unwrap());
+    }
+
+    #[test]
+    fn decodes_ipv6_tail_and_rejects_garbage() {
+        let mut ev = SegmentEvent {
+            family: 6,
+            sport: 1,
+            dport: 2,
+            kind: KIND_TAIL,
+            captured_len: 3,
+            payload_len: 3,
+            ..Default::default()
+        };
+        ev.saddr[15] = 1;
+        ev.daddr[15] = 2;
+        let s = decode_sample(&sample(ev, b"abc")).unwrap();
+        assert_eq!(s.key.client, "[::1]:1".parse().unwrap());
+        assert_eq!(&s.payload[..], b"abc");
+        assert_eq!(decode_sample(&[1, 2, 3]), Err(DecodeError::Short));
+        assert_eq!(decode_sample(&sample(ev, b"ab")), Err(DecodeError::Short));
+        assert_eq!(
+            decode_sample(&sample(SegmentEvent { kind: 9, ..ev }, b"abc")),
+            Err(DecodeError::BadKind)
+        );
+        assert_eq!(
+            decode_sample(&sample(SegmentEvent { family: 5, ..ev }, b"abc")),
+            Err(DecodeError::BadFamily)
+        );
+        let bad = SegmentEvent {
+            kind: KIND_PACKET,
+            payload_off: 10,
+            ..ev
+        };
+        assert_eq!(
+            decode_sample(&sample(bad, b"abc")),
+            Err(DecodeError::BadOffsets)
+        );
+    }
+}

@@ -1,0 +1,294 @@
+//! Sans-IO reader for a mirror backend's responses: it only finds where each response ends, so the
+//! replay connection can be reused. The bytes are thrown away.
+
+use bytes::{Buf, BytesMut};
+
+use super::{FramingError, chunked::ChunkedBody, has_token};
+
+/// The end of one response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseDone {
+    pub status: u16,
+    /// The connection may carry the next request.
+    pub reusable: bool,
+}
+
+#[derive(Debug)]
+enum State {
+    Head,
+    Length {
+        remaining: u64,
+        status: u16,
+        reusable: bool,
+    },
+    Chunked {
+        body: ChunkedBody,
+        status: u16,
+        reusable: bool,
+    },
+    /// No length: the body runs until the server closes.
+    UntilClose {
+        status: u16,
+    },
+}
+
+/// Reads one response at a time; create a new one (or call [`ResponseReader::reset`]) per request.
+#[derive(Debug)]
+pub struct ResponseReader {
+    state: State,
+    buf: BytesMut,
+    head_request: bool,
+    max_head: usize,
+}
+
+impl ResponseReader {
+    /// `head_request`: the request was HEAD, so the response has no body whatever it says.
+    pub fn new(head_request: bool) -> Self {
+        Self {
+            state: State::Head,
+            buf: BytesMut::new(),
+            head_request,
+            max_head: 64 * 1024,
+        }
+    }
+
+    /// Feeds bytes read from the connection. `Ok(Some(_))` when the response is complete. Bytes
+    /// after the response (which a well-behaved server never sends unasked) make it not reusable.
+    pub fn feed(&mut self, data: &[u8]) -> Result<Option<ResponseDone>, FramingError> {
+        let mut data = data;
+        loop {
+            match &mut self.state {
+                State::Head => {
+                    self.buf.extend_from_slice(data);
+                    data = &[];
+                    let mut slots = [httparse::EMPTY_HEADER; 64];
+                    let mut resp = httparse::Response::new(&mut slots);
+                    let n = match resp.parse(&self.buf) {
+                        Ok(httparse::Status::Complete(n)) => n,
+                        Ok(httparse::Status::Partial) => {
+                            if self.buf.len() > self.max_head {
+                                return Err(FramingError::HeadTooLarge);
+                            }
+                            return Ok(None);
+                        }
+                        Err(httparse::Error::TooManyHeaders) => {
+                            return Err(FramingError::TooManyHeaders);
+                        }
+                        Err(_) => return Err(FramingError::BadHead),
+                    };
+                    let status = resp.code.unwrap_or(0);
+                    let headers: &[httparse::Header<'_>] = resp.headers;
+                    let close = named(headers, "connection").any(|h| has_token(h.value, "close"));
+                    let keep_alive =
+                        named(headers, "connection").any(|h| has_token(h.value, "keep-alive"));
+                    let reusable = !close && (resp.version == Some(1) || keep_alive);
+                    let chunked =
+                        named(headers, "transfer-encoding").any(|h| has_token(h.value, "chunked"));
+                    let length = match named(headers, "content-length").next() {
+                        Some(h) => Some(
+                            std::str::from_utf8(h.value)
+                                .ok()
+                                .and_then(|s| s.trim().parse::<u64>().ok())
+                                .ok_or(FramingError::BadContentLength)?,
+                        ),
+                        None => None,
+                    };
+                    self.buf.advance(n);
+                    if (100..200).contains(&status) && status != 101 {
+                        // Interim response (100 Continue, 103 Early Hints): the final one follows.
+                        continue;
+                    }
+                    if status == 101 {
+                        return Ok(Some(ResponseDone {
+                            status,
+                            reusable: false,
+                        }));
+                    }
+                    let bodiless = self.head_request || status == 204 || status == 304;
+                    self.state = if bodiless {
+                        State::Length {
+                            remaining: 0,
+                            status,
+                            reusable,
+                        }
+                    } else if chunked {
+                        State::Chunked {
+                            body: ChunkedBody::new(),
+                            status,
+                            reusable,
+                        }
+                    } else if let Some(n) = length {
+                        State::Length {
+                            remaining: n,
+                            status,
+                            reusable,
+                        }
+                    } else {
+                        State::UntilClose { status }
+                    };
+                    let rest = self.buf.split();
+                    return self.feed_body(&rest);
+                }
+                _ => return self.feed_body(data),
+            }
+        }
+    }
+
+    fn feed_body(&mut self, data: &[u8]) -> Result<Option<ResponseDone>, FramingError> {
+        match &mut self.state {
+            State::Head => self.feed(data),
+            State::Length {
+                remaining,
+                status,
+                reusable,
+            } => {
+                let take = (*remaining).min(data.len() as u64);
+                *remaining -= take;
+                if *remaining == 0 {
+                    let extra = data.len() as u64 > take;
+                    return Ok(Some(ResponseDone {
+                        status: *status,
+                        reusable: *reusable && !extra,
+                    }));
+                }
+                Ok(None)
+            }
+            State::Chunked {
+                body,
+                status,
+                reusable,
+            } => {
+                let n = body.advance(data)?;
+                if body.is_done() {
+                    return Ok(Some(ResponseDone {
+                        status: *status,
+                        reusable: *reusable && n == data.len(),
+                    }));
+                }
+                Ok(None)
+            }
+            State::UntilClose { .. } => Ok(None),
+        }
+    }
+
+    /// The server closed the connection. `Some` if that ends the response (no-length body).
+    pub fn on_eof(&self) -> Option<ResponseDone> {
+        match self.state {
+            State::UntilClose { status } => Some(ResponseDone {
+                status,
+                reusable: false,
+            }),
+            _ => None,
+        }
+    }
+}
+
+fn named<'h, 'b>(
+    headers: &'h [httparse::Header<'b>],
+    name: &'h str,
+) -> impl Iterator<Item = &'h httparse::Header<'b>> {
+    headers
+        .iter()
+        .filter(move |h| h.name.eq_ignore_ascii_case(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_all(head_request: bool, bytes: &[u8]) -> Result<Option<ResponseDone>, FramingError> {
+        let mut r = ResponseReader::new(head_request);
+        let mut done = None;
+        for b in bytes {
+            if let Some(d) = r.feed(std::slice::from_ref(b))? {
+                done = Some(d);
+                break;
+            }
+        }
+        Ok(done)
+    }
+
+    #[test]
+    fn content_length_response() {
+        let d = read_all(false, b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            d,
+            ResponseDone {
+                status: 200,
+                reusable: true
+            }
+        );
+    }
+
+    #[test]
+    fn chunked_response_and_interim_100() {
+        let bytes = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+        assert_eq!(
+            read_all(false, bytes).unwrap(),
+            Some(ResponseDone {
+                status: 201,
+                reusable: true
+            })
+        );
+        let mut r = ResponseReader::new(false);
+        assert_eq!(
+            r.feed(bytes).unwrap(),
+            Some(ResponseDone {
+                status: 201,
+                reusable: true
+            })
+        );
+    }
+
+    #[test]
+    fn head_and_204_have_no_body() {
+        let d = read_all(true, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.status, 200);
+        let d = read_all(false, b"HTTP/1.1 204 No Content\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.status, 204);
+    }
+
+    #[test]
+    fn until_close_and_connection_close() {
+        let mut r = ResponseReader::new(false);
+        assert_eq!(r.feed(b"HTTP/1.0 200 OK\r\n\r\nbody").unwrap(), None);
+        assert_eq!(
+            r.on_eof(),
+            Some(ResponseDone {
+                status: 200,
+                reusable: false
+            })
+        );
+        let d = read_all(
+            false,
+            b"HTTP/1.1 500 X\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(
+            d,
+            Some(ResponseDone {
+                status: 500,
+                reusable: false
+            })
+        );
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(read_all(false, b"NOT HTTP AT ALL\r\n\r\n").is_err());
+        assert!(read_all(false, b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n").is_err());
+        assert!(
+            read_all(
+                false,
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
+            )
+            .is_err()
+        );
+    }
+}

@@ -1,0 +1,278 @@
+use super::*;
+
+/// What a framer made of a stream: complete requests (head + raw body bytes) and drops.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Framed {
+    requests: Vec<(RequestHead, Vec<u8>)>,
+    drops: Vec<DropReason>,
+    tunnel: bool,
+}
+
+fn collect(events: Vec<HttpEvent>) -> Framed {
+    let mut f = Framed::default();
+    let mut cur: Option<(RequestHead, Vec<u8>)> = None;
+    for e in events {
+        match e {
+            HttpEvent::Head(h) => {
+                assert!(cur.is_none(), "head while a request is open");
+                cur = Some((*h, Vec::new()));
+            }
+            HttpEvent::Body(b) => cur
+                .as_mut()
+                .expect("body without head")
+                .1
+                .extend_from_slice(&b),
+            HttpEvent::End => f.requests.push(cur.take().expect("end without head")),
+            HttpEvent::Dropped(r) => {
+                cur = None;
+                f.drops.push(r);
+            }
+            HttpEvent::Tunnel => f.tunnel = true,
+        }
+    }
+    f
+}
+
+fn frame_chunks(chunks: &[&[u8]], midstream: bool) -> Framed {
+    let mut framer = RequestFramer::new(FramerConfig::default(), midstream);
+    let mut out = Vec::new();
+    for c in chunks {
+        framer.on_data(Bytes::copy_from_slice(c), &mut out);
+    }
+    framer.on_close(&mut out);
+    collect(out)
+}
+
+/// Frames `input` whole and split at every offset (and byte by byte); all must agree.
+fn frame_every_split(input: &[u8]) -> Framed {
+    let whole = frame_chunks(&[input], false);
+    for i in 0..=input.len() {
+        let split = frame_chunks(&[&input[..i], &input[i..]], false);
+        assert_eq!(split, whole, "split at {i} differs");
+    }
+    let bytewise: Vec<&[u8]> = input.chunks(1).collect();
+    assert_eq!(
+        frame_chunks(&bytewise, false),
+        whole,
+        "byte-by-byte differs"
+    );
+    whole
+}
+
+fn raw_of(r: &(RequestHead, Vec<u8>)) -> Vec<u8> {
+    let mut v = r.0.raw.to_vec();
+    v.extend_from_slice(&r.1);
+    v
+}
+
+#[test]
+fn get_then_post_with_content_length_keep_alive() {
+    let a = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+    let b = b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello";
+    let input = [&a[..], &b[..]].concat();
+    let f = frame_every_split(&input);
+    assert_eq!(f.requests.len(), 2);
+    assert_eq!(raw_of(&f.requests[0]), a);
+    assert_eq!(raw_of(&f.requests[1]), b);
+    assert_eq!(f.requests[1].0.body, BodyKind::Length(5));
+    assert_eq!(f.requests[1].0.stream_offset, a.len() as u64);
+    assert!(f.drops.is_empty());
+}
+
+#[test]
+fn chunked_with_extensions_and_trailers_passes_raw_bytes() {
+    let req = b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;name=val\r\nhello\r\n6 ; x\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n";
+    let next = b"GET /n HTTP/1.1\r\n\r\n";
+    let input = [&req[..], &next[..]].concat();
+    let f = frame_every_split(&input);
+    assert_eq!(f.requests.len(), 2);
+    assert_eq!(raw_of(&f.requests[0]), req);
+    assert_eq!(f.requests[0].0.body, BodyKind::Chunked);
+    assert_eq!(f.requests[1].0.target, "/n");
+}
+
+#[test]
+fn pipelined_requests_in_one_segment() {
+    let input = b"GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\nHEAD /3 HTTP/1.1\r\n\r\nDELETE /4 HTTP/1.1\r\nContent-Length: 0\r\n\r\n";
+    let f = frame_every_split(input);
+    let targets: Vec<_> = f.requests.iter().map(|r| r.0.target.as_str()).collect();
+    assert_eq!(targets, ["/1", "/2", "/3", "/4"]);
+}
+
+#[test]
+fn leading_crlfs_are_skipped() {
+    let f = frame_every_split(b"\r\n\r\nGET / HTTP/1.1\r\n\r\n");
+    assert_eq!(f.requests.len(), 1);
+    assert_eq!(&f.requests[0].0.raw[..], b"GET / HTTP/1.1\r\n\r\n");
+    assert_eq!(f.requests[0].0.stream_offset, 4);
+}
+
+#[test]
+fn strict_rejections() {
+    let cases: &[(&[u8], FramingError)] = &[
+        (
+            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            FramingError::TeAndCl,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+            FramingError::BadContentLength,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+            FramingError::BadContentLength,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\n",
+            FramingError::BadContentLength,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+            FramingError::BadContentLength,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
+            FramingError::BadTransferEncoding,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+            FramingError::BadTransferEncoding,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            FramingError::BadTransferEncoding,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000000\r\n",
+            FramingError::ChunkSizeOverflow,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            FramingError::BadChunkSize,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX",
+            FramingError::MissingChunkCrlf,
+        ),
+        (
+            b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n",
+            FramingError::BadHead,
+        ),
+    ];
+    for (input, want) in cases {
+        let f = frame_every_split(input);
+        assert!(
+            f.requests.is_empty(),
+            "{:?} framed a request",
+            String::from_utf8_lossy(input)
+        );
+        assert_eq!(
+            f.drops,
+            vec![DropReason::Framing(*want)],
+            "{:?}",
+            String::from_utf8_lossy(input)
+        );
+    }
+}
+
+#[test]
+fn nothing_is_framed_after_a_framing_error() {
+    // The smuggled GET after a TE+CL request must never come out.
+    let input = b"POST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n";
+    let f = frame_every_split(input);
+    assert!(f.requests.is_empty());
+}
+
+#[test]
+fn gzip_then_chunked_is_accepted() {
+    let input = b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n";
+    let f = frame_every_split(input);
+    assert_eq!(f.requests.len(), 1);
+}
+
+#[test]
+fn head_too_large_is_rejected() {
+    let mut input = b"GET / HTTP/1.1\r\nX: ".to_vec();
+    input.extend(std::iter::repeat_n(b'a', 70 * 1024));
+    let f = frame_chunks(&[&input], false);
+    assert_eq!(
+        f.drops,
+        vec![DropReason::Framing(FramingError::HeadTooLarge)]
+    );
+}
+
+#[test]
+fn connect_and_upgrade_end_framing() {
+    let f = frame_every_split(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\nGET /inside HTTP/1.1\r\n\r\n");
+    assert_eq!(f.requests.len(), 1);
+    assert!(f.requests[0].0.tunnel && f.tunnel);
+    let f = frame_every_split(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nGET /not-a-request HTTP/1.1\r\n\r\n",
+    );
+    assert_eq!(f.requests.len(), 1);
+    assert!(f.tunnel);
+}
+
+#[test]
+fn expect_continue_is_flagged_and_body_framed() {
+    let f = frame_every_split(
+        b"PUT /u HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok",
+    );
+    assert_eq!(f.requests.len(), 1);
+    assert!(f.requests[0].0.expect_continue);
+    assert_eq!(f.requests[0].1, b"ok");
+}
+
+#[test]
+fn gap_drops_the_request_in_progress_and_resyncs() {
+    let mut framer = RequestFramer::new(FramerConfig::default(), false);
+    let mut out = Vec::new();
+    framer.on_data(
+        Bytes::from_static(b"POST /lost HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc"),
+        &mut out,
+    );
+    framer.on_gap(4, &mut out);
+    // The rest of the lost body, then the next request.
+    framer.on_data(
+        Bytes::from_static(b"def\r\nGET /next HTTP/1.1\r\nHost: x\r\n\r\n"),
+        &mut out,
+    );
+    let f = collect(out);
+    assert_eq!(f.drops, vec![DropReason::Gap]);
+    assert_eq!(f.requests.len(), 1);
+    assert_eq!(f.requests[0].0.target, "/next");
+    assert!(f.requests[0].0.after_gap);
+}
+
+#[test]
+fn midstream_pickup_starts_at_first_request_line() {
+    let f = frame_chunks(
+        &[b"tail of a body\r\nmore\r\nGET /x HTTP/1.1\r\nHost: h\r\n\r\n"],
+        true,
+    );
+    assert_eq!(f.requests.len(), 1);
+    assert_eq!(f.requests[0].0.target, "/x");
+    assert!(f.drops.is_empty());
+}
+
+#[test]
+fn close_mid_request_drops_it() {
+    let f = frame_chunks(
+        &[b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc"],
+        false,
+    );
+    assert!(f.requests.is_empty());
+    assert_eq!(f.drops, vec![DropReason::Closed]);
+    let f = frame_chunks(&[b"GET / HTTP/1.1\r\nHost:"], false);
+    assert_eq!(f.drops, vec![DropReason::Closed]);
+}
+
+#[test]
+fn header_value_ranges_point_into_raw() {
+    let f = frame_every_split(b"GET / HTTP/1.1\r\nHost: httpbin:8000\r\nX-A:  spaced \r\n\r\n");
+    let head = &f.requests[0].0;
+    for h in &head.headers {
+        assert_eq!(&head.raw[h.value_range.clone()], &h.value[..]);
+    }
+    assert_eq!(head.header("HOST"), Some(&b"httpbin:8000"[..]));
+}
