@@ -42,14 +42,8 @@ pub const STAT_TRUNCATED: u32 = 3;
 pub const STAT_TAILS: u32 = 4;
 pub const STAT_FRAGMENTS: u32 = 5;
 pub const STAT_COUNT: u32 = 6;
-pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
-    "seen",
-    "shipped",
-    "lost",
-    "truncated",
-    "tail_pieces",
-    "ip_fragments",
-];
+pub const STAT_NAMES: [&str; STAT_COUNT as usize] =
+    ["seen", "shipped", "lost", "truncated", "tail_pieces", "ip_fragments"];
 
 /// One TCP segment seen on a watched port. Followed in the perf sample by `captured_len` bytes.
 #[repr(C)]
@@ -121,14 +115,7 @@ mod tests {
 
     #[test]
     fn parse_round_trips_and_rejects_short() {
-        let ev = SegmentEvent {
-            seq: 7,
-            sport: 1234,
-            dport: 80,
-            family: 4,
-            captured_len: 3,
-            ..Default::default()
-        };
+        let ev = SegmentEvent { seq: 7, sport: 1234, dport: 80, family: 4, captured_len: 3, ..Default::default() };
         let bytes: [u8; SegmentEvent::LEN] = unsafe { core::mem::transmute(ev) };
         assert_eq!(SegmentEvent::parse(&bytes), Some(ev));
         assert_eq!(SegmentEvent::parse(&bytes[..SegmentEvent::LEN - 1]), None);

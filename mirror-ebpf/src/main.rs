@@ -22,8 +22,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use mirror_common::{
-    KIND_PACKET, KIND_TAIL, MAX_INLINE_CAPTURE, MAX_TAIL_CAPTURE, STAT_COUNT, STAT_FRAGMENTS,
-    STAT_LOST, STAT_SEEN, STAT_SHIPPED, STAT_TAILS, STAT_TRUNCATED, SegmentEvent, TailPiece,
+    KIND_PACKET, KIND_TAIL, MAX_INLINE_CAPTURE, MAX_TAIL_CAPTURE, STAT_COUNT, STAT_FRAGMENTS, STAT_LOST, STAT_SEEN,
+    STAT_SHIPPED, STAT_TAILS, STAT_TRUNCATED, SegmentEvent, TailPiece,
 };
 use network_types::{
     eth::{EthHdr, EtherType},
@@ -92,11 +92,7 @@ fn capture(ctx: &TcContext) -> Result<(), ()> {
         l4_off = EthHdr::LEN as u32 + ihl;
         let tot_len = u32::from(u16::from_be_bytes(ip.tot_len));
         // tot_len 0 is BIG TCP's marker for "see the skb length".
-        ip_end = if tot_len == 0 {
-            skb_len
-        } else {
-            EthHdr::LEN as u32 + tot_len
-        };
+        ip_end = if tot_len == 0 { skb_len } else { EthHdr::LEN as u32 + tot_len };
         ev.family = 4;
         ev.saddr[..4].copy_from_slice(&ip.src_addr);
         ev.daddr[..4].copy_from_slice(&ip.dst_addr);
@@ -107,11 +103,7 @@ fn capture(ctx: &TcContext) -> Result<(), ()> {
         }
         l4_off = (EthHdr::LEN + Ipv6Hdr::LEN) as u32;
         let payload_len = u32::from(u16::from_be_bytes(ip.payload_len));
-        ip_end = if payload_len == 0 {
-            skb_len
-        } else {
-            l4_off + payload_len
-        };
+        ip_end = if payload_len == 0 { skb_len } else { l4_off + payload_len };
         ev.family = 6;
         ev.saddr = ip.src_addr;
         ev.daddr = ip.dst_addr;
@@ -133,11 +125,7 @@ fn capture(ctx: &TcContext) -> Result<(), ()> {
     if payload_off > ip_end {
         return Err(());
     }
-    let inline = if ip_end > MAX_INLINE_CAPTURE {
-        MAX_INLINE_CAPTURE
-    } else {
-        ip_end
-    };
+    let inline = if ip_end > MAX_INLINE_CAPTURE { MAX_INLINE_CAPTURE } else { ip_end };
 
     ev.sport = u16::from_be_bytes([tcp[0], tcp[1]]);
     ev.dport = dport;

@@ -20,8 +20,7 @@ use aya::{
 };
 use bytes::Bytes;
 use mirror_common::{
-    KIND_PACKET, KIND_TAIL, MAP_PORTS, MAP_SEGMENTS, MAP_STATS, PROGRAM_NAME, STAT_COUNT,
-    STAT_NAMES, SegmentEvent,
+    KIND_PACKET, KIND_TAIL, MAP_PORTS, MAP_SEGMENTS, MAP_STATS, PROGRAM_NAME, STAT_COUNT, STAT_NAMES, SegmentEvent,
 };
 
 use crate::flow::{FlowKey, Segment};
@@ -63,17 +62,11 @@ pub fn decode_sample(sample: &[u8]) -> Result<Segment, DecodeError> {
             let d: [u8; 4] = ev.daddr[..4].try_into().expect("4 bytes");
             (Ipv4Addr::from(s).into(), Ipv4Addr::from(d).into())
         }
-        6 => (
-            Ipv6Addr::from(ev.saddr).into(),
-            Ipv6Addr::from(ev.daddr).into(),
-        ),
+        6 => (Ipv6Addr::from(ev.saddr).into(), Ipv6Addr::from(ev.daddr).into()),
         _ => return Err(DecodeError::BadFamily),
     };
     Ok(Segment {
-        key: FlowKey {
-            client: SocketAddr::new(src, ev.sport),
-            server: SocketAddr::new(dst, ev.dport),
-        },
+        key: FlowKey { client: SocketAddr::new(src, ev.sport), server: SocketAddr::new(dst, ev.dport) },
         seq: ev.seq,
         flags: ev.tcp_flags,
         payload: Bytes::copy_from_slice(payload),
@@ -103,50 +96,33 @@ impl Capture {
             let mut map: BpfHashMap<_, u16, u8> =
                 BpfHashMap::try_from(ebpf.map_mut(MAP_PORTS).context("ports map missing")?)?;
             for p in ports {
-                map.insert(p, 1, 0)
-                    .with_context(|| format!("watching port {p}"))?;
+                map.insert(p, 1, 0).with_context(|| format!("watching port {p}"))?;
             }
         }
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut(PROGRAM_NAME)
-            .context("classifier missing from the object")?
-            .try_into()?;
-        prog.load()
-            .context("loading the classifier into the kernel (verifier)")?;
+        let prog: &mut SchedClassifier =
+            ebpf.program_mut(PROGRAM_NAME).context("classifier missing from the object")?.try_into()?;
+        prog.load().context("loading the classifier into the kernel (verifier)")?;
         for iface in interfaces {
             prog.attach(iface, TcAttachType::Ingress)
                 .with_context(|| format!("attaching to the TC ingress of {iface}"))?;
             tracing::info!(interface = %iface, "attached {PROGRAM_NAME} to TC ingress");
         }
-        let mut perf = PerfEventArray::try_from(
-            ebpf.take_map(MAP_SEGMENTS)
-                .context("segments map missing")?,
-        )?;
+        let mut perf = PerfEventArray::try_from(ebpf.take_map(MAP_SEGMENTS).context("segments map missing")?)?;
         let cpus = online_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
         let mut buffers = Vec::new();
         for cpu in cpus {
-            buffers.push(
-                perf.open(cpu, Some(perf_pages))
-                    .with_context(|| format!("perf buffer for CPU {cpu}"))?,
-            );
+            buffers.push(perf.open(cpu, Some(perf_pages)).with_context(|| format!("perf buffer for CPU {cpu}"))?);
         }
         if buffers.is_empty() {
             bail!("no online CPUs");
         }
-        Ok(Capture {
-            ebpf,
-            buffers,
-            interfaces: interfaces.to_vec(),
-        })
+        Ok(Capture { ebpf, buffers, interfaces: interfaces.to_vec() })
     }
 
     /// The kernel's per-CPU counters, summed: (name, value).
     pub fn kernel_stats(&self) -> Result<Vec<(&'static str, u64)>> {
-        let map: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(self.ebpf.map(MAP_STATS).context("stats map missing")?)?;
-        (0..STAT_COUNT)
-            .map(|i| Ok((STAT_NAMES[i as usize], map.get(&i, 0)?.iter().sum())))
-            .collect()
+        let map: PerCpuArray<_, u64> = PerCpuArray::try_from(self.ebpf.map(MAP_STATS).context("stats map missing")?)?;
+        (0..STAT_COUNT).map(|i| Ok((STAT_NAMES[i as usize], map.get(&i, 0)?.iter().sum()))).collect()
     }
 
     /// Drains every buffer that has data: samples go to `on_sample`, losses to `on_lost`.
@@ -174,15 +150,8 @@ impl Capture {
 
     /// Waits until a buffer may have data, or `timeout_ms` passes.
     pub fn wait(&self, timeout_ms: i32) {
-        let mut fds: Vec<libc::pollfd> = self
-            .buffers
-            .iter()
-            .map(|b| libc::pollfd {
-                fd: b.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
+        let mut fds: Vec<libc::pollfd> =
+            self.buffers.iter().map(|b| libc::pollfd { fd: b.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
         // SAFETY: fds is a valid array of pollfd for the duration of the call.
         unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
     }
@@ -190,10 +159,7 @@ impl Capture {
 
 fn bump_memlock_rlimit() {
     // Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; harmless on newer ones.
-    let rlim = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
+    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
     // SAFETY: plain syscall with a valid pointer.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
         tracing::debug!("could not raise RLIMIT_MEMLOCK");
@@ -217,14 +183,8 @@ mod tests {
         let mut frame = vec![0u8; 54];
         frame.extend_from_slice(b"GET / HTTP/1.1\r\n");
         frame.extend_from_slice(&[0, 0]); // Ethernet padding beyond the IP length
-        let mut ev = SegmentEvent {
-            family: 4,
-            sport: 40000,
-            dport: 80,
-            seq: 9,
-            kind: KIND_PACKET,
-            ..Default::default()
-        };
+        let mut ev =
+            SegmentEvent { family: 4, sport: 40000, dport: 80, seq: 9, kind: KIND_PACKET, ..Default::default() };
         ev.saddr[..4].copy_from_slice(&[10, 0, 0, 1]);
         ev.daddr[..4].copy_from_slice(&[10, 0, 0, 2]);
         ev.payload_off = 54;
@@ -254,22 +214,9 @@ mod tests {
         assert_eq!(&s.payload[..], b"abc");
         assert_eq!(decode_sample(&[1, 2, 3]), Err(DecodeError::Short));
         assert_eq!(decode_sample(&sample(ev, b"ab")), Err(DecodeError::Short));
-        assert_eq!(
-            decode_sample(&sample(SegmentEvent { kind: 9, ..ev }, b"abc")),
-            Err(DecodeError::BadKind)
-        );
-        assert_eq!(
-            decode_sample(&sample(SegmentEvent { family: 5, ..ev }, b"abc")),
-            Err(DecodeError::BadFamily)
-        );
-        let bad = SegmentEvent {
-            kind: KIND_PACKET,
-            payload_off: 10,
-            ..ev
-        };
-        assert_eq!(
-            decode_sample(&sample(bad, b"abc")),
-            Err(DecodeError::BadOffsets)
-        );
+        assert_eq!(decode_sample(&sample(SegmentEvent { kind: 9, ..ev }, b"abc")), Err(DecodeError::BadKind));
+        assert_eq!(decode_sample(&sample(SegmentEvent { family: 5, ..ev }, b"abc")), Err(DecodeError::BadFamily));
+        let bad = SegmentEvent { kind: KIND_PACKET, payload_off: 10, ..ev };
+        assert_eq!(decode_sample(&sample(bad, b"abc")), Err(DecodeError::BadOffsets));
     }
 }

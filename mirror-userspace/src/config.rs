@@ -170,16 +170,13 @@ pub struct StringMatch {
 impl Config {
     /// Parses YAML text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Config> {
-        let cfg: Config =
-            serde_yaml::from_str(text).with_context(|| format!("{origin}: invalid config"))?;
-        cfg.validate()
-            .with_context(|| format!("{origin}: invalid config"))?;
+        let cfg: Config = serde_yaml::from_str(text).with_context(|| format!("{origin}: invalid config"))?;
+        cfg.validate().with_context(|| format!("{origin}: invalid config"))?;
         Ok(cfg)
     }
 
     pub fn load(path: &Path) -> Result<Config> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         Self::parse(&text, &path.display().to_string())
     }
 
@@ -195,10 +192,7 @@ impl Config {
             bail!("capture.ports: 0 is not a port");
         }
         if !self.capture.perf_pages.is_power_of_two() {
-            bail!(
-                "capture.perf_pages: {} is not a power of two",
-                self.capture.perf_pages
-            );
+            bail!("capture.perf_pages: {} is not a power of two", self.capture.perf_pages);
         }
         if self.routes.is_empty() {
             bail!("routes: at least one route is needed");
@@ -208,8 +202,7 @@ impl Config {
                 bail!("endpoints.{name}: no addresses");
             }
             for a in addrs {
-                a.parse::<SocketAddr>()
-                    .with_context(|| format!("endpoints.{name}: '{a}' is not an address:port"))?;
+                a.parse::<SocketAddr>().with_context(|| format!("endpoints.{name}: '{a}' is not an address:port"))?;
             }
         }
         for (i, r) in self.routes.iter().enumerate() {
@@ -217,26 +210,16 @@ impl Config {
             let key = r.mirror.endpoint_key();
             if !self.endpoints.contains_key(&key) {
                 let known: Vec<_> = self.endpoints.keys().cloned().collect();
-                bail!(
-                    "routes[{label}].mirror: no endpoint '{key}' (endpoints has: {})",
-                    known.join(", ")
-                );
+                bail!("routes[{label}].mirror: no endpoint '{key}' (endpoints has: {})", known.join(", "));
             }
             if let Some(p) = r.mirror_percentage
                 && !(0.0..=100.0).contains(&p.value)
             {
-                bail!(
-                    "routes[{label}].mirrorPercentage.value: {} is not within [0, 100]",
-                    p.value
-                );
+                bail!("routes[{label}].mirrorPercentage.value: {} is not within [0, 100]", p.value);
             }
             for (j, m) in r.matches.iter().enumerate() {
                 let at = format!("routes[{label}].match[{j}]");
-                for (field, sm) in [
-                    ("uri", &m.uri),
-                    ("method", &m.method),
-                    ("authority", &m.authority),
-                ] {
+                for (field, sm) in [("uri", &m.uri), ("method", &m.method), ("authority", &m.authority)] {
                     if let Some(sm) = sm {
                         sm.check(&format!("{at}.{field}"), false)?;
                     }
@@ -259,10 +242,7 @@ impl Config {
 
 impl StringMatch {
     fn check(&self, at: &str, presence_ok: bool) -> Result<()> {
-        let set = [&self.exact, &self.prefix, &self.regex]
-            .iter()
-            .filter(|o| o.is_some())
-            .count();
+        let set = [&self.exact, &self.prefix, &self.regex].iter().filter(|o| o.is_some()).count();
         if set > 1 {
             bail!("{at}: give only one of exact, prefix, regex");
         }
@@ -270,8 +250,7 @@ impl StringMatch {
             bail!("{at}: give one of exact, prefix, regex");
         }
         if let Some(re) = &self.regex {
-            regex::Regex::new(re)
-                .with_context(|| format!("{at}.regex: invalid regular expression"))?;
+            regex::Regex::new(re).with_context(|| format!("{at}.regex: invalid regular expression"))?;
         }
         Ok(())
     }
@@ -308,18 +287,13 @@ endpoints:
     #[test]
     fn clear_errors() {
         assert!(err(&GOOD.replace("ports", "prots")).contains("unknown field `prots`"));
-        assert!(
-            err(&GOOD.replace("httpbin/v2:", "httpbin/v3:")).contains("no endpoint 'httpbin/v2'")
-        );
+        assert!(err(&GOOD.replace("httpbin/v2:", "httpbin/v3:")).contains("no endpoint 'httpbin/v2'"));
         assert!(err(&GOOD.replace("100.0", "150")).contains("not within [0, 100]"));
         assert!(err(&GOOD.replace("10.77.0.3:8000", "nowhere")).contains("not an address:port"));
         assert!(err(&GOOD.replace("[8000]", "[]")).contains("at least one port"));
         let e = err(&GOOD.replace("interfaces: [eth0]", "interfaces: eth0"));
         assert!(e.contains("line"), "{e}");
-        let bad_re = GOOD.replace(
-            "    mirror:",
-            "    match: [{uri: {regex: \"(\"}}]\n    mirror:",
-        );
+        let bad_re = GOOD.replace("    mirror:", "    match: [{uri: {regex: \"(\"}}]\n    mirror:");
         assert!(err(&bad_re).contains("invalid regular expression"));
     }
 }

@@ -26,11 +26,7 @@ use crate::{
 pub async fn run(cfg: Config) -> Result<()> {
     let router = Arc::new(Router::new(&cfg)?);
     let replayer = Arc::new(Replayer::start(&router, &cfg.replay));
-    let capture = Capture::start(
-        &cfg.capture.interfaces,
-        &cfg.capture.ports,
-        cfg.capture.perf_pages,
-    )?;
+    let capture = Capture::start(&cfg.capture.interfaces, &cfg.capture.ports, cfg.capture.perf_pages)?;
     tracing::info!(
         interfaces = ?cfg.capture.interfaces,
         ports = ?cfg.capture.ports,
@@ -59,8 +55,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     let summary = tokio::task::spawn_blocking(move || thread.join())
         .await?
         .map_err(|_| anyhow::anyhow!("capture thread panicked"))??;
-    let replayer =
-        Arc::try_unwrap(replayer).map_err(|_| anyhow::anyhow!("replayer still shared"))?;
+    let replayer = Arc::try_unwrap(replayer).map_err(|_| anyhow::anyhow!("replayer still shared"))?;
     let stats = replayer.stats.clone();
     replayer.shutdown(Duration::from_secs(2)).await;
     let mut summary = summary;
@@ -112,11 +107,8 @@ fn capture_loop(
     for ob in out.drain(..) {
         replayer.submit(ob);
     }
-    let kernel: serde_json::Map<String, serde_json::Value> = capture
-        .kernel_stats()?
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), json!(v)))
-        .collect();
+    let kernel: serde_json::Map<String, serde_json::Value> =
+        capture.kernel_stats()?.into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
     let f = &pipeline.flows().stats;
     Ok(json!({
         "kernel": kernel,

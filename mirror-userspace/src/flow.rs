@@ -146,11 +146,7 @@ impl Flow {
         let rel = seq.wrapping_sub(self.base);
         let delta = rel.wrapping_sub(self.next as u32) as i32 as i64;
         let off = self.next as i64 + delta;
-        if off < 0 {
-            Err((-off) as u64)
-        } else {
-            Ok(off as u64)
-        }
+        if off < 0 { Err((-off) as u64) } else { Ok(off as u64) }
     }
 }
 
@@ -165,12 +161,7 @@ pub struct FlowTable {
 
 impl FlowTable {
     pub fn new(cfg: FlowConfig) -> Self {
-        Self {
-            cfg,
-            flows: HashMap::new(),
-            total_pending: 0,
-            stats: FlowStats::default(),
-        }
+        Self { cfg, flows: HashMap::new(), total_pending: 0, stats: FlowStats::default() }
     }
 
     pub fn len(&self) -> usize {
@@ -187,12 +178,7 @@ impl FlowTable {
     }
 
     /// Feeds one segment seen at `now`; events for it are appended to `out`.
-    pub fn on_segment(
-        &mut self,
-        seg: Segment,
-        now: Duration,
-        out: &mut Vec<(FlowKey, StreamEvent)>,
-    ) {
+    pub fn on_segment(&mut self, seg: Segment, now: Duration, out: &mut Vec<(FlowKey, StreamEvent)>) {
         self.stats.segments += 1;
         let key = seg.key;
         let syn = seg.flags & TCP_SYN != 0;
@@ -203,9 +189,7 @@ impl FlowTable {
                 // Nothing delivered yet: the SYN (or a new SYN after a failed attempt) sets the base.
                 flow.base = isn1;
                 flow.syn_seen = true;
-            } else if flow.base == isn1
-                || (!flow.syn_seen && flow.offset_of(isn1).is_err_and(|d| d < 1 << 20))
-            {
+            } else if flow.base == isn1 || (!flow.syn_seen && flow.offset_of(isn1).is_err_and(|d| d < 1 << 20)) {
                 // A retransmitted SYN, or a late one for a flow picked up mid-stream.
                 flow.syn_seen = true;
             } else {
@@ -226,11 +210,7 @@ impl FlowTable {
             if self.flows.len() >= self.cfg.max_flows {
                 self.evict_oldest(out);
             }
-            let (base, midstream) = if syn {
-                (seg.seq.wrapping_add(1), false)
-            } else {
-                (seg.seq, true)
-            };
+            let (base, midstream) = if syn { (seg.seq.wrapping_add(1), false) } else { (seg.seq, true) };
             self.flows.insert(key, Flow::new(base, syn, now));
             self.stats.flows_opened += 1;
             if midstream {
@@ -249,11 +229,7 @@ impl FlowTable {
             return;
         }
         // Data of a SYN segment (TCP Fast Open) starts after the SYN's sequence number.
-        let data_seq = if syn {
-            seg.seq.wrapping_add(1)
-        } else {
-            seg.seq
-        };
+        let data_seq = if syn { seg.seq.wrapping_add(1) } else { seg.seq };
         let mut payload = seg.payload;
         let mut off = match flow.offset_of(data_seq) {
             Ok(off) => off,
@@ -293,11 +269,7 @@ impl FlowTable {
                         let len = payload.len();
                         let replaced = match flow.pending.get(&off) {
                             Some(existing) if existing.len() >= len => None,
-                            _ => flow
-                                .pending
-                                .insert(off, payload)
-                                .map(|p| p.len())
-                                .or(Some(0)),
+                            _ => flow.pending.insert(off, payload).map(|p| p.len()).or(Some(0)),
                         };
                         if let Some(old) = replaced {
                             flow.pending_bytes = flow.pending_bytes + len - old;
@@ -307,13 +279,7 @@ impl FlowTable {
                             flow.hole_since = Some(now);
                         }
                         if flow.pending_bytes > self.cfg.max_flow_buffer {
-                            Self::skip_hole(
-                                flow,
-                                &mut self.total_pending,
-                                &mut self.stats,
-                                key,
-                                out,
-                            );
+                            Self::skip_hole(flow, &mut self.total_pending, &mut self.stats, key, out);
                         }
                     }
                 }
@@ -334,10 +300,7 @@ impl FlowTable {
                 idle.push(*key);
                 continue;
             }
-            if flow
-                .hole_since
-                .is_some_and(|t| now.saturating_sub(t) >= self.cfg.reorder_timeout)
-            {
+            if flow.hole_since.is_some_and(|t| now.saturating_sub(t) >= self.cfg.reorder_timeout) {
                 Self::skip_hole(flow, &mut self.total_pending, &mut self.stats, *key, out);
                 if flow.fin_at.is_some_and(|f| flow.next >= f) {
                     idle.push(*key);
@@ -346,19 +309,8 @@ impl FlowTable {
         }
         idle.sort();
         for key in idle {
-            let fin_done = self
-                .flows
-                .get(&key)
-                .is_some_and(|f| f.fin_at.is_some_and(|x| f.next >= x));
-            self.close(
-                key,
-                if fin_done {
-                    CloseReason::Fin
-                } else {
-                    CloseReason::Idle
-                },
-                out,
-            );
+            let fin_done = self.flows.get(&key).is_some_and(|f| f.fin_at.is_some_and(|x| f.next >= x));
+            self.close(key, if fin_done { CloseReason::Fin } else { CloseReason::Idle }, out);
         }
     }
 
@@ -378,13 +330,7 @@ impl FlowTable {
         // Whatever is buffered after holes is still delivered: complete requests behind a hole
         // can be framed after the framer resynchronises.
         while !flow.pending.is_empty() {
-            Self::skip_hole(
-                &mut flow,
-                &mut self.total_pending,
-                &mut self.stats,
-                key,
-                out,
-            );
+            Self::skip_hole(&mut flow, &mut self.total_pending, &mut self.stats, key, out);
         }
         match reason {
             CloseReason::Fin => self.stats.closed_fin += 1,
@@ -398,12 +344,7 @@ impl FlowTable {
 
     fn evict_oldest(&mut self, out: &mut Vec<(FlowKey, StreamEvent)>) {
         // O(flows), and only when the table is full.
-        if let Some(key) = self
-            .flows
-            .iter()
-            .min_by_key(|(k, f)| (f.last_seen, **k))
-            .map(|(k, _)| *k)
-        {
+        if let Some(key) = self.flows.iter().min_by_key(|(k, f)| (f.last_seen, **k)).map(|(k, _)| *k) {
             self.close(key, CloseReason::Evicted, out);
         }
     }
@@ -431,12 +372,7 @@ impl FlowTable {
     }
 
     /// Delivers pending segments that are now in order.
-    fn drain(
-        flow: &mut Flow,
-        total: &mut usize,
-        key: FlowKey,
-        out: &mut Vec<(FlowKey, StreamEvent)>,
-    ) {
+    fn drain(flow: &mut Flow, total: &mut usize, key: FlowKey, out: &mut Vec<(FlowKey, StreamEvent)>) {
         while let Some(entry) = flow.pending.first_entry() {
             let off = *entry.key();
             if off > flow.next {
@@ -453,11 +389,7 @@ impl FlowTable {
             flow.next = end;
             out.push((key, StreamEvent::Data(data)));
         }
-        flow.hole_since = if flow.pending.is_empty() {
-            None
-        } else {
-            flow.hole_since
-        };
+        flow.hole_since = if flow.pending.is_empty() { None } else { flow.hole_since };
     }
 }
 

@@ -50,10 +50,7 @@ fn main() -> Result<()> {
         }
         Command::Run { config } => {
             let cfg = Config::load(&config)?;
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             rt.block_on(mirror::daemon::run(cfg))
         }
     }

@@ -83,12 +83,7 @@ impl Pipeline {
     }
 
     /// With a given random source (tests, reproducible offline runs).
-    pub fn with_rng(
-        router: Arc<Router>,
-        flow_cfg: FlowConfig,
-        max_request_bytes: usize,
-        rng: StdRng,
-    ) -> Self {
+    pub fn with_rng(router: Arc<Router>, flow_cfg: FlowConfig, max_request_bytes: usize, rng: StdRng) -> Self {
         Self {
             flows: FlowTable::new(flow_cfg),
             states: HashMap::new(),
@@ -140,10 +135,7 @@ impl Pipeline {
                 StreamEvent::Open { midstream } => {
                     self.states.insert(
                         key,
-                        FlowState {
-                            framer: RequestFramer::new(self.framer_cfg.clone(), midstream),
-                            current: None,
-                        },
+                        FlowState { framer: RequestFramer::new(self.framer_cfg.clone(), midstream), current: None },
                     );
                 }
                 StreamEvent::Data(data) => {
@@ -172,13 +164,7 @@ impl Pipeline {
         self.http_events = http;
     }
 
-    fn apply(
-        &mut self,
-        key: FlowKey,
-        st: &mut FlowState,
-        http: &mut Vec<HttpEvent>,
-        out: &mut Vec<Outbound>,
-    ) {
+    fn apply(&mut self, key: FlowKey, st: &mut FlowState, http: &mut Vec<HttpEvent>, out: &mut Vec<Outbound>) {
         for ev in http.drain(..) {
             match ev {
                 HttpEvent::Head(head) => {
@@ -195,12 +181,7 @@ impl Pipeline {
                         Decision::SampledOut { .. } => self.stats.sampled_out += 1,
                         Decision::Mirror(_) => {}
                     }
-                    st.current = Some(InFlight {
-                        decision,
-                        head,
-                        body: BytesMut::new(),
-                        too_large: false,
-                    });
+                    st.current = Some(InFlight { decision, head, body: BytesMut::new(), too_large: false });
                 }
                 HttpEvent::Body(b) => {
                     if let Some(cur) = st.current.as_mut()
@@ -258,30 +239,17 @@ mod tests {
             "capture: {{interfaces: [eth0], ports: [80]}}\nendpoints: {{'httpbin/v2': ['127.0.0.1:1']}}\nroutes:\n  - mirror: {{host: httpbin, subset: v2}}\n    mirrorPercentage: {{value: {pct}}}\n"
         );
         let router = Router::new(&Config::parse(&text, "t").unwrap()).unwrap();
-        Pipeline::with_rng(
-            Arc::new(router),
-            FlowConfig::default(),
-            1 << 20,
-            StdRng::seed_from_u64(3),
-        )
+        Pipeline::with_rng(Arc::new(router), FlowConfig::default(), 1 << 20, StdRng::seed_from_u64(3))
     }
 
     fn key() -> FlowKey {
-        FlowKey {
-            client: "10.0.0.1:5555".parse().unwrap(),
-            server: "10.0.0.2:80".parse().unwrap(),
-        }
+        FlowKey { client: "10.0.0.1:5555".parse().unwrap(), server: "10.0.0.2:80".parse().unwrap() }
     }
 
     fn feed(p: &mut Pipeline, segs: &[(u32, u8, &[u8])]) -> Vec<Outbound> {
         let mut out = Vec::new();
         for (i, (seq, flags, data)) in segs.iter().enumerate() {
-            let s = Segment {
-                key: key(),
-                seq: *seq,
-                flags: *flags,
-                payload: Bytes::copy_from_slice(data),
-            };
+            let s = Segment { key: key(), seq: *seq, flags: *flags, payload: Bytes::copy_from_slice(data) };
             p.on_segment(s, Duration::from_millis(i as u64), &mut out);
         }
         out
@@ -290,21 +258,10 @@ mod tests {
     #[test]
     fn post_is_mirrored_with_host_rewritten_and_body_identical() {
         let mut p = pipeline(100.0);
-        let req =
-            b"POST /post HTTP/1.1\r\nHost: httpbin:8000\r\nContent-Length: 11\r\n\r\nhello world";
-        let out = feed(
-            &mut p,
-            &[
-                (1, TCP_SYN, b""),
-                (2, TCP_ACK, &req[..50]),
-                (52, TCP_ACK | TCP_FIN, &req[50..]),
-            ],
-        );
+        let req = b"POST /post HTTP/1.1\r\nHost: httpbin:8000\r\nContent-Length: 11\r\n\r\nhello world";
+        let out = feed(&mut p, &[(1, TCP_SYN, b""), (2, TCP_ACK, &req[..50]), (52, TCP_ACK | TCP_FIN, &req[50..])]);
         assert_eq!(out.len(), 1);
-        assert_eq!(
-            &out[0].head[..],
-            b"POST /post HTTP/1.1\r\nHost: httpbin-shadow:8000\r\nContent-Length: 11\r\n\r\n"
-        );
+        assert_eq!(&out[0].head[..], b"POST /post HTTP/1.1\r\nHost: httpbin-shadow:8000\r\nContent-Length: 11\r\n\r\n");
         assert_eq!(&out[0].body[..], b"hello world");
         assert_eq!(p.stats.mirrored, 1);
     }
@@ -312,13 +269,7 @@ mod tests {
     #[test]
     fn zero_percent_sends_nothing() {
         let mut p = pipeline(0.0);
-        let out = feed(
-            &mut p,
-            &[
-                (1, TCP_SYN, b""),
-                (2, TCP_ACK, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"),
-            ],
-        );
+        let out = feed(&mut p, &[(1, TCP_SYN, b""), (2, TCP_ACK, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")]);
         assert!(out.is_empty());
         assert_eq!(p.stats.sampled_out, 1);
     }
@@ -332,12 +283,7 @@ mod tests {
         // Bytes 40..45 of the first request never arrive.
         let mut out = feed(
             &mut p,
-            &[
-                (1, TCP_SYN, b""),
-                (2, TCP_ACK, &req[..40]),
-                (47, TCP_ACK, &req[45..]),
-                (2 + n, TCP_ACK, next),
-            ],
+            &[(1, TCP_SYN, b""), (2, TCP_ACK, &req[..40]), (47, TCP_ACK, &req[45..]), (2 + n, TCP_ACK, next)],
         );
         p.finish(&mut out);
         assert_eq!(out.len(), 1, "only the request after the gap");
@@ -349,19 +295,10 @@ mod tests {
     fn oversized_request_is_dropped_but_framing_continues() {
         let mut p = pipeline(100.0);
         p.max_request_bytes = 100;
-        let big = format!(
-            "POST /big HTTP/1.1\r\nContent-Length: 200\r\n\r\n{}",
-            "x".repeat(200)
-        );
+        let big = format!("POST /big HTTP/1.1\r\nContent-Length: 200\r\n\r\n{}", "x".repeat(200));
         let next = b"GET /small HTTP/1.1\r\n\r\n";
-        let out = feed(
-            &mut p,
-            &[
-                (1, TCP_SYN, b""),
-                (2, TCP_ACK, big.as_bytes()),
-                (2 + big.len() as u32, TCP_ACK, next),
-            ],
-        );
+        let out =
+            feed(&mut p, &[(1, TCP_SYN, b""), (2, TCP_ACK, big.as_bytes()), (2 + big.len() as u32, TCP_ACK, next)]);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].target, "/small");
         assert_eq!(p.stats.dropped.get("too_large"), Some(&1));

@@ -11,7 +11,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -24,9 +24,7 @@ use tokio::{
     time::timeout,
 };
 
-use crate::{
-    config::ReplaySettings, http::response::ResponseReader, pipeline::Outbound, route::Router,
-};
+use crate::{config::ReplaySettings, http::response::ResponseReader, pipeline::Outbound, route::Router};
 
 /// Counters of what replay did.
 #[derive(Debug, Default)]
@@ -45,11 +43,7 @@ impl ReplayStats {
         let mut m = BTreeMap::new();
         m.insert("sent".into(), self.sent.load(Ordering::Relaxed));
         for (i, c) in self.responses.iter().enumerate() {
-            let label = if i == 0 {
-                "responses_other".to_string()
-            } else {
-                format!("responses_{i}xx")
-            };
+            let label = if i == 0 { "responses_other".to_string() } else { format!("responses_{i}xx") };
             m.insert(label, c.load(Ordering::Relaxed));
         }
         for (k, v) in [
@@ -67,7 +61,6 @@ impl ReplayStats {
 
 struct Endpoint {
     queues: Vec<mpsc::Sender<Outbound>>,
-    next: AtomicUsize,
 }
 
 /// Handle to the replay workers.
@@ -99,34 +92,28 @@ impl Replayer {
                     workers.spawn(worker(*addr, rx, settings.clone(), stats.clone()));
                 }
             }
-            endpoints.push(Endpoint {
-                queues,
-                next: AtomicUsize::new(0),
-            });
+            endpoints.push(Endpoint { queues });
         }
-        Replayer {
-            endpoints,
-            stats,
-            workers,
-        }
+        Replayer { endpoints, stats, workers }
     }
 
     /// Queues a request without ever waiting: if every queue of its endpoint is full the request is
-    /// dropped and counted. Callable from any thread.
+    /// dropped and counted. Callable from any thread. Requests of one client connection go to the
+    /// same mirror connection while its queue has room, so the mirror sees them in order.
     pub fn submit(&self, ob: Outbound) {
         let Some(ep) = self.endpoints.get(ob.endpoint) else {
             self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
             return;
         };
         let n = ep.queues.len();
-        let start = ep.next.fetch_add(1, Ordering::Relaxed);
+        let mut h = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(&ob.flow, &mut h);
+        let start = std::hash::Hasher::finish(&h) as usize;
         let mut ob = ob;
         for i in 0..n {
             match ep.queues[(start + i) % n].try_send(ob) {
                 Ok(()) => return,
-                Err(
-                    mpsc::error::TrySendError::Full(back) | mpsc::error::TrySendError::Closed(back),
-                ) => ob = back,
+                Err(mpsc::error::TrySendError::Full(back) | mpsc::error::TrySendError::Closed(back)) => ob = back,
             }
         }
         self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
@@ -135,37 +122,22 @@ impl Replayer {
     /// Stops accepting requests and lets queued ones finish for at most `grace`.
     pub async fn shutdown(mut self, grace: Duration) {
         self.endpoints.clear();
-        if timeout(grace, async {
-            while self.workers.join_next().await.is_some() {}
-        })
-        .await
-        .is_err()
-        {
+        if timeout(grace, async { while self.workers.join_next().await.is_some() {} }).await.is_err() {
             self.workers.abort_all();
         }
     }
 }
 
-async fn worker(
-    addr: SocketAddr,
-    mut rx: mpsc::Receiver<Outbound>,
-    settings: ReplaySettings,
-    stats: Arc<ReplayStats>,
-) {
+async fn worker(addr: SocketAddr, mut rx: mpsc::Receiver<Outbound>, settings: ReplaySettings, stats: Arc<ReplayStats>) {
     let mut conn: Option<TcpStream> = None;
     let mut buf = vec![0u8; 64 * 1024];
     while let Some(ob) = rx.recv().await {
-        let result = timeout(
-            settings.request_timeout(),
-            send_one(&mut conn, addr, &ob, &settings, &mut buf),
-        )
-        .await;
+        let result = timeout(settings.request_timeout(), send_one(&mut conn, addr, &ob, &settings, &mut buf)).await;
         match result {
             Ok(Ok(status)) => {
                 stats.sent.fetch_add(1, Ordering::Relaxed);
                 let class = (status / 100) as usize;
-                stats.responses[if (1..=5).contains(&class) { class } else { 0 }]
-                    .fetch_add(1, Ordering::Relaxed);
+                stats.responses[if (1..=5).contains(&class) { class } else { 0 }].fetch_add(1, Ordering::Relaxed);
             }
             Ok(Err(f)) => {
                 conn = None;

@@ -33,9 +33,7 @@ impl Matcher {
             Matcher::Prefix(p.clone())
         } else if let Some(r) = &sm.regex {
             // Istio's regexes are RE2 and must match the whole value.
-            Matcher::Regex(
-                Regex::new(&format!("^(?:{r})$")).with_context(|| format!("regex {r:?}"))?,
-            )
+            Matcher::Regex(Regex::new(&format!("^(?:{r})$")).with_context(|| format!("regex {r:?}"))?)
         } else {
             Matcher::Present
         })
@@ -47,8 +45,7 @@ impl Matcher {
             Matcher::Exact(e) if ignore_case => value.eq_ignore_ascii_case(e),
             Matcher::Exact(e) => value == e,
             Matcher::Prefix(p) if ignore_case => {
-                value.len() >= p.len()
-                    && value.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())
+                value.len() >= p.len() && value.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())
             }
             Matcher::Prefix(p) => value.starts_with(p.as_str()),
             Matcher::Regex(r) => r.is_match(value),
@@ -80,23 +77,16 @@ impl MatchBlock {
             return false;
         }
         if let Some(m) = &self.authority {
-            let host = head
-                .header("host")
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .unwrap_or("");
+            let host = head.header("host").and_then(|h| std::str::from_utf8(h).ok()).unwrap_or("");
             if !m.matches(host, false) {
                 return false;
             }
         }
         let header_matches = |name: &str, m: &Matcher| {
-            head.header_all(name)
-                .any(|v| std::str::from_utf8(v).is_ok_and(|v| m.matches(v, false)))
+            head.header_all(name).any(|v| std::str::from_utf8(v).is_ok_and(|v| m.matches(v, false)))
         };
         self.headers.iter().all(|(n, m)| header_matches(n, m))
-            && !self
-                .without_headers
-                .iter()
-                .any(|(n, m)| header_matches(n, m))
+            && !self.without_headers.iter().any(|(n, m)| header_matches(n, m))
     }
 }
 
@@ -142,12 +132,7 @@ impl Router {
         let endpoints: Vec<(String, Vec<std::net::SocketAddr>)> = cfg
             .endpoints
             .iter()
-            .map(|(k, v)| {
-                Ok((
-                    k.clone(),
-                    v.iter().map(|a| a.parse()).collect::<Result<_, _>>()?,
-                ))
-            })
+            .map(|(k, v)| Ok((k.clone(), v.iter().map(|a| a.parse()).collect::<Result<_, _>>()?)))
             .collect::<Result<_>>()?;
         let mut routes = Vec::new();
         for (i, r) in cfg.routes.iter().enumerate() {
@@ -157,9 +142,7 @@ impl Router {
                 .position(|(k, _)| *k == key)
                 .with_context(|| format!("route #{i}: no endpoint {key}"))?;
             let compile_map = |m: &std::collections::BTreeMap<String, config::StringMatch>| {
-                m.iter()
-                    .map(|(k, v)| Ok((k.clone(), Matcher::compile(v)?)))
-                    .collect::<Result<Vec<_>>>()
+                m.iter().map(|(k, v)| Ok((k.clone(), Matcher::compile(v)?))).collect::<Result<Vec<_>>>()
             };
             let blocks = r
                 .matches
@@ -176,11 +159,7 @@ impl Router {
                 })
                 .collect::<Result<Vec<_>>>()?;
             routes.push(CompiledRoute {
-                name: r
-                    .name
-                    .clone()
-                    .unwrap_or_else(|| format!("route-{i}"))
-                    .into(),
+                name: r.name.clone().unwrap_or_else(|| format!("route-{i}")).into(),
                 blocks,
                 endpoint,
                 ppm: percent_to_ppm(r.mirror_percentage.map_or(100.0, |p| p.value)),
@@ -191,24 +170,15 @@ impl Router {
 
     /// Routes one request: first matching route, then its sampling.
     pub fn decide(&self, head: &RequestHead, rng: &mut impl Rng) -> Decision {
-        let Some(route) = self
-            .routes
-            .iter()
-            .find(|r| r.blocks.is_empty() || r.blocks.iter().any(|b| b.matches(head)))
+        let Some(route) = self.routes.iter().find(|r| r.blocks.is_empty() || r.blocks.iter().any(|b| b.matches(head)))
         else {
             return Decision::NoRoute;
         };
-        let sampled =
-            route.ppm >= 1_000_000 || (route.ppm > 0 && rng.random_range(0..1_000_000) < route.ppm);
+        let sampled = route.ppm >= 1_000_000 || (route.ppm > 0 && rng.random_range(0..1_000_000) < route.ppm);
         if sampled {
-            Decision::Mirror(MirrorTarget {
-                endpoint: route.endpoint,
-                route: route.name.clone(),
-            })
+            Decision::Mirror(MirrorTarget { endpoint: route.endpoint, route: route.name.clone() })
         } else {
-            Decision::SampledOut {
-                route: route.name.clone(),
-            }
+            Decision::SampledOut { route: route.name.clone() }
         }
     }
 }
@@ -239,11 +209,7 @@ pub fn shadow_host(host: &[u8]) -> Vec<u8> {
 /// The head with its (first) Host value replaced by the shadow form; every other byte unchanged.
 /// A head without Host is returned as it is.
 pub fn rewrite_host(head: &RequestHead) -> Bytes {
-    let Some(h) = head
-        .headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("host"))
-    else {
+    let Some(h) = head.headers.iter().find(|h| h.name.eq_ignore_ascii_case("host")) else {
         return head.raw.clone();
     };
     let new = shadow_host(&h.value);
@@ -282,11 +248,7 @@ mod tests {
             ("host:abc", "host:abc-shadow"),
         ];
         for (i, o) in cases {
-            assert_eq!(
-                String::from_utf8(shadow_host(i.as_bytes())).unwrap(),
-                *o,
-                "{i}"
-            );
+            assert_eq!(String::from_utf8(shadow_host(i.as_bytes())).unwrap(), *o, "{i}");
         }
     }
 
@@ -316,27 +278,10 @@ mod tests {
         );
         let mut rng = StdRng::seed_from_u64(1);
         let d = |raw: &[u8], rng: &mut StdRng| r.decide(&head(raw), rng);
-        let to = |e: usize, n: &str| {
-            Decision::Mirror(MirrorTarget {
-                endpoint: e,
-                route: n.into(),
-            })
-        };
-        assert_eq!(
-            d(
-                b"GET / HTTP/1.1\r\nCookie: a=1; SessionID=XXX\r\n\r\n",
-                &mut rng
-            ),
-            to(1, "cookie")
-        );
-        assert_eq!(
-            d(b"GET /admin/x HTTP/1.1\r\n\r\n", &mut rng),
-            to(1, "cookie")
-        );
-        assert_eq!(
-            d(b"GET / HTTP/1.1\r\nCookie: SessionID=YYY\r\n\r\n", &mut rng),
-            to(0, "rest")
-        );
+        let to = |e: usize, n: &str| Decision::Mirror(MirrorTarget { endpoint: e, route: n.into() });
+        assert_eq!(d(b"GET / HTTP/1.1\r\nCookie: a=1; SessionID=XXX\r\n\r\n", &mut rng), to(1, "cookie"));
+        assert_eq!(d(b"GET /admin/x HTTP/1.1\r\n\r\n", &mut rng), to(1, "cookie"));
+        assert_eq!(d(b"GET / HTTP/1.1\r\nCookie: SessionID=YYY\r\n\r\n", &mut rng), to(0, "rest"));
     }
 
     #[test]
@@ -345,18 +290,9 @@ mod tests {
             "  - name: m\n    match: [{method: {exact: POST}, uri: {exact: /p}, headers: {x-a: {}}}]\n    mirror: {host: a}\n",
         );
         let mut rng = StdRng::seed_from_u64(1);
-        assert!(matches!(
-            r.decide(&head(b"POST /p HTTP/1.1\r\nX-A: 1\r\n\r\n"), &mut rng),
-            Decision::Mirror(_)
-        ));
-        assert_eq!(
-            r.decide(&head(b"POST /p HTTP/1.1\r\n\r\n"), &mut rng),
-            Decision::NoRoute
-        );
-        assert_eq!(
-            r.decide(&head(b"GET /p HTTP/1.1\r\nX-A: 1\r\n\r\n"), &mut rng),
-            Decision::NoRoute
-        );
+        assert!(matches!(r.decide(&head(b"POST /p HTTP/1.1\r\nX-A: 1\r\n\r\n"), &mut rng), Decision::Mirror(_)));
+        assert_eq!(r.decide(&head(b"POST /p HTTP/1.1\r\n\r\n"), &mut rng), Decision::NoRoute);
+        assert_eq!(r.decide(&head(b"GET /p HTTP/1.1\r\nX-A: 1\r\n\r\n"), &mut rng), Decision::NoRoute);
     }
 
     #[test]
@@ -364,12 +300,8 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(7);
         let h = head(b"GET / HTTP/1.1\r\n\r\n");
         for (pct, lo, hi) in [(0.0, 0, 0), (100.0, 10_000, 10_000), (20.0, 1_880, 2_120)] {
-            let r = router(&format!(
-                "  - mirror: {{host: a}}\n    mirrorPercentage: {{value: {pct}}}\n"
-            ));
-            let n = (0..10_000)
-                .filter(|_| matches!(r.decide(&h, &mut rng), Decision::Mirror(_)))
-                .count();
+            let r = router(&format!("  - mirror: {{host: a}}\n    mirrorPercentage: {{value: {pct}}}\n"));
+            let n = (0..10_000).filter(|_| matches!(r.decide(&h, &mut rng), Decision::Mirror(_))).count();
             // 20%: ±3σ of a binomial(10000, 0.2) is ±120.
             assert!((lo..=hi).contains(&n), "{pct}% mirrored {n}");
         }

@@ -1,1 +1,353 @@
+//! Test harness: network namespaces joined by veth pairs (client ↔ primary ↔ mirror), the
+//! processes running in them, and a raw HTTP client that runs inside a namespace.
+//!
+//! Everything is named uniquely (prefix, pid, counter) and removed on drop, so a failing test
+//! leaves nothing behind. Traffic only ever goes to addresses inside these namespaces.
 
+use std::{
+    fs,
+    io::{BufRead, BufReader, Write},
+    net::{SocketAddr, TcpStream},
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use serde_json::Value;
+
+/// Prefix of every namespace this harness creates (`cargo xtask test` sweeps leftovers by it).
+pub const NS_PREFIX: &str = "mirrort";
+
+pub const CLIENT_V4: &str = "10.77.0.1";
+pub const PRIMARY_V4: &str = "10.77.0.2";
+pub const PRIMARY_TO_MIRROR_V4: &str = "10.78.0.1";
+pub const MIRROR_V4: &str = "10.78.0.2";
+pub const CLIENT_V6: &str = "fd77::1";
+pub const PRIMARY_V6: &str = "fd77::2";
+/// The primary's interface facing the client: where the classifier is attached.
+pub const PRIMARY_IFACE: &str = "to-client";
+pub const PORT: u16 = 8000;
+
+/// Fails loudly (never skips) when the tests cannot do what they must.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "the namespace tests need root (CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_BPF): run them as root");
+}
+
+/// Directory holding the workspace's built binaries (target/<profile>).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test-binary>
+    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(p.exists(), "{} is missing: build the workspace first (`cargo xtask test` does)", p.display());
+    p
+}
+
+fn run(cmd: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(cmd).args(args).output().with_context(|| format!("running {cmd}"))?;
+    ensure!(out.status.success(), "{cmd} {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs a command inside namespace `ns` and returns its stdout.
+pub fn ns_run(ns: &str, cmd: &str, args: &[&str]) -> Result<String> {
+    let mut full = vec!["netns", "exec", ns, cmd];
+    full.extend_from_slice(args);
+    run("ip", &full)
+}
+
+/// A process that is killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub stderr_path: PathBuf,
+    pub stdout_path: PathBuf,
+}
+
+impl Proc {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: sending a signal to our own child.
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// Waits for the process to exit on its own, up to `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(st) = self.child.try_wait()? {
+                return Ok(st);
+            }
+            if Instant::now() > deadline {
+                bail!("process {} did not exit within {limit:?}", self.pid());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn stdout(&self) -> String {
+        fs::read_to_string(&self.stdout_path).unwrap_or_default()
+    }
+
+    /// Waits until stderr contains `needle` (or the process dies).
+    pub fn wait_for_stderr(&mut self, needle: &str, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.stderr().contains(needle) {
+                return Ok(());
+            }
+            if let Some(st) = self.child.try_wait()? {
+                bail!("process exited ({st}) before '{needle}':\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("no '{needle}' within {limit:?}:\n{}", self.stderr())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Three namespaces: client ↔ primary ↔ mirror.
+pub struct Topology {
+    pub client: String,
+    pub primary: String,
+    pub mirror: String,
+    pub dir: PathBuf,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl Topology {
+    pub fn new() -> Result<Topology> {
+        require_root();
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{NS_PREFIX}{}x{n}", std::process::id());
+        let dir = std::env::temp_dir().join(&id);
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir)?;
+        let topo = Topology { client: format!("{id}c"), primary: format!("{id}p"), mirror: format!("{id}m"), dir };
+        topo.build().with_context(|| format!("building namespaces {id}*"))?;
+        Ok(topo)
+    }
+
+    fn build(&self) -> Result<()> {
+        for ns in [&self.client, &self.primary, &self.mirror] {
+            run("ip", &["netns", "add", ns])?;
+            ns_run(ns, "ip", &["link", "set", "lo", "up"])?;
+        }
+        let (c, p, m) = (self.client.as_str(), self.primary.as_str(), self.mirror.as_str());
+        run("ip", &["link", "add", "eth0", "netns", c, "type", "veth", "peer", "name", PRIMARY_IFACE, "netns", p])?;
+        run("ip", &["link", "add", "to-mirror", "netns", p, "type", "veth", "peer", "name", "eth0", "netns", m])?;
+        let addr = |ns: &str, a: &str, dev: &str| ns_run(ns, "ip", &["addr", "add", a, "dev", dev]);
+        addr(c, &format!("{CLIENT_V4}/24"), "eth0")?;
+        addr(p, &format!("{PRIMARY_V4}/24"), PRIMARY_IFACE)?;
+        addr(p, &format!("{PRIMARY_TO_MIRROR_V4}/24"), "to-mirror")?;
+        addr(m, &format!("{MIRROR_V4}/24"), "eth0")?;
+        ns_run(c, "ip", &["-6", "addr", "add", &format!("{CLIENT_V6}/64"), "dev", "eth0", "nodad"])?;
+        ns_run(p, "ip", &["-6", "addr", "add", &format!("{PRIMARY_V6}/64"), "dev", PRIMARY_IFACE, "nodad"])?;
+        for (ns, dev) in [(c, "eth0"), (p, PRIMARY_IFACE), (p, "to-mirror"), (m, "eth0")] {
+            ns_run(ns, "ip", &["link", "set", dev, "up"])?;
+        }
+        Ok(())
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Spawns `program` inside `ns`, output to files in the topology's directory.
+    pub fn spawn(&self, ns: &str, label: &str, program: &Path, args: &[&str]) -> Result<Proc> {
+        let stdout_path = self.path(&format!("{label}.stdout"));
+        let stderr_path = self.path(&format!("{label}.stderr"));
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&stdout_path)?)
+            .stderr(fs::File::create(&stderr_path)?)
+            .spawn()
+            .with_context(|| format!("spawning {}", program.display()))?;
+        Ok(Proc { child, stderr_path, stdout_path })
+    }
+
+    /// Starts the httpbin test server named `name` in `ns`, logging to `<name>.log`.
+    pub fn httpbin(&self, ns: &str, name: &str, listen: &str, extra: &[&str]) -> Result<Proc> {
+        let log = self.path(&format!("{name}.log"));
+        let mut args = vec!["--listen", listen, "--name", name, "--log", log.to_str().expect("utf-8 path")];
+        args.extend_from_slice(extra);
+        let mut p = self.spawn(ns, name, &bin("httpbin"), &args)?;
+        p.wait_for_stderr("listening", Duration::from_secs(10))?;
+        Ok(p)
+    }
+
+    /// The usual pair: primary v1 on both address families, mirror v2.
+    pub fn servers(&self) -> Result<(Proc, Proc)> {
+        let v1 = self.httpbin(&self.primary, "v1", &format!("[::]:{PORT}"), &[])?;
+        let v2 = self.httpbin(&self.mirror, "v2", &format!("{MIRROR_V4}:{PORT}"), &[])?;
+        Ok((v1, v2))
+    }
+
+    /// Writes a daemon config mirroring `percent` of port 8000 to the mirror namespace.
+    pub fn config(&self, percent: f64, extra_routes: &str) -> Result<PathBuf> {
+        let text = format!(
+            "capture:\n  interfaces: [{PRIMARY_IFACE}]\n  ports: [{PORT}]\nroutes:\n{extra_routes}  - name: default\n    mirror: {{host: httpbin, subset: v2}}\n    mirrorPercentage: {{value: {percent}}}\nendpoints:\n  httpbin/v2: [\"{MIRROR_V4}:{PORT}\"]\n"
+        );
+        let path = self.path("mirror.yaml");
+        fs::write(&path, text)?;
+        Ok(path)
+    }
+
+    /// Starts the daemon in the primary namespace and waits until it is attached.
+    pub fn daemon(&self, config: &Path) -> Result<Proc> {
+        let mut d =
+            self.spawn(&self.primary, "daemon", &bin("mirror"), &["run", "--config", config.to_str().expect("utf-8")])?;
+        d.wait_for_stderr("ready", Duration::from_secs(30))?;
+        Ok(d)
+    }
+
+    /// Stops the daemon with `sig` and returns its JSON summary.
+    pub fn stop_daemon(&self, mut d: Proc, sig: i32) -> Result<Value> {
+        d.signal(sig);
+        let st = d.wait_exit(Duration::from_secs(15))?;
+        ensure!(st.success(), "daemon exited with {st}:\n{}", d.stderr());
+        let out = d.stdout();
+        let line = out.lines().last().context("daemon printed no summary")?;
+        serde_json::from_str(line).with_context(|| format!("summary: {line}"))
+    }
+
+    /// Names of the programs attached to TCX ingress of the primary's client-facing interface,
+    /// asked of the kernel (BPF_PROG_QUERY) from inside the primary's namespace.
+    pub fn tcx_ingress_programs(&self) -> Result<Vec<String>> {
+        self.in_ns(&self.primary, || -> Result<Vec<String>> {
+            let (_, progs) =
+                aya::programs::SchedClassifier::query_tcx(PRIMARY_IFACE, aya::programs::TcAttachType::Ingress)?;
+            Ok(progs.iter().map(|p| p.name_as_str().unwrap_or("?").to_string()).collect())
+        })?
+    }
+
+    /// Runs `f` on a thread that has entered namespace `ns` (so its sockets live there).
+    pub fn in_ns<T: Send + 'static>(&self, ns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        let path = format!("/run/netns/{ns}");
+        let handle = std::thread::spawn(move || -> Result<T> {
+            let file = fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+            // SAFETY: setns on this thread only, with a valid namespace fd.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            ensure!(rc == 0, "setns({path}): {}", std::io::Error::last_os_error());
+            Ok(f())
+        });
+        handle.join().map_err(|_| anyhow::anyhow!("thread in {ns} panicked"))?
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for ns in [&self.client, &self.primary, &self.mirror] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        if std::env::var_os("MIRROR_KEEP_TEST_DIRS").is_none() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A response as the client saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub served_by: String,
+    pub body: Vec<u8>,
+}
+
+/// Sends raw requests one after another on one kept-alive connection and reads each response
+/// (the test server always answers with Content-Length).
+pub fn exchange(addr: SocketAddr, requests: &[Vec<u8>]) -> Result<Vec<Response>> {
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    let mut out = Vec::new();
+    for req in requests {
+        writer.write_all(req)?;
+        out.push(read_response(&mut reader)?);
+    }
+    Ok(out)
+}
+
+fn read_response(reader: &mut impl BufRead) -> Result<Response> {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = reader.read_until(b'\n', &mut head)?;
+        ensure!(n > 0, "connection closed mid-response");
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut resp = httparse::Response::new(&mut headers);
+    resp.parse(&head)?;
+    let get = |name: &str| {
+        resp.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).into_owned())
+    };
+    let status = resp.code.context("no status")?;
+    let len: usize = match get("content-length") {
+        Some(v) => v.parse()?,
+        None if status == 204 || status == 304 => 0,
+        None => bail!("response without content-length"),
+    };
+    let served_by = get("x-served-by").unwrap_or_default();
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body)?;
+    Ok(Response { status, served_by, body })
+}
+
+/// A simple request with a Host header and optional body.
+pub fn request(method: &str, path: &str, extra_headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let mut r = format!("{method} {path} HTTP/1.1\r\nHost: httpbin:{PORT}\r\n");
+    for (k, v) in extra_headers {
+        r.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" || method == "PUT" {
+        r.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    r.push_str("\r\n");
+    let mut bytes = r.into_bytes();
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+/// Entries of a server's JSON-lines access log.
+pub fn access_log(path: &Path) -> Vec<Value> {
+    fs::read_to_string(path).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+/// Polls a log until it has at least `n` entries, or `limit` passes; returns what it has.
+pub fn wait_for_entries(path: &Path, n: usize, limit: Duration) -> Vec<Value> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let entries = access_log(path);
+        if entries.len() >= n || Instant::now() > deadline {
+            return entries;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

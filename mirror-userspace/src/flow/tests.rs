@@ -3,19 +3,11 @@ use mirror_common::{TCP_ACK, TCP_PSH};
 use proptest::prelude::*;
 
 fn key() -> FlowKey {
-    FlowKey {
-        client: "10.0.0.1:40000".parse().unwrap(),
-        server: "10.0.0.2:80".parse().unwrap(),
-    }
+    FlowKey { client: "10.0.0.1:40000".parse().unwrap(), server: "10.0.0.2:80".parse().unwrap() }
 }
 
 fn seg(seq: u32, flags: u8, data: &[u8]) -> Segment {
-    Segment {
-        key: key(),
-        seq,
-        flags,
-        payload: Bytes::copy_from_slice(data),
-    }
+    Segment { key: key(), seq, flags, payload: Bytes::copy_from_slice(data) }
 }
 
 /// Runs segments through a table and returns the stream as events with data merged.
@@ -78,13 +70,7 @@ fn out_of_order_and_retransmission() {
             seg(105, TCP_ACK, b"eXgh"), // overlapping re-cut: the first copy of "ef" wins
         ],
     );
-    assert_eq!(
-        ev,
-        vec![
-            StreamEvent::Open { midstream: false },
-            StreamEvent::Data(Bytes::from_static(b"abcdefgh")),
-        ]
-    );
+    assert_eq!(ev, vec![StreamEvent::Open { midstream: false }, StreamEvent::Data(Bytes::from_static(b"abcdefgh")),]);
     assert_eq!(t.stats.out_of_order_segments, 1);
     assert_eq!(t.stats.retransmitted_segments, 1);
 }
@@ -109,21 +95,8 @@ fn sequence_wrap_is_seamless() {
 #[test]
 fn midstream_pickup_and_late_syn() {
     let mut t = FlowTable::new(FlowConfig::default());
-    let ev = run(
-        &mut t,
-        vec![
-            seg(5000, TCP_ACK, b"xyz"),
-            seg(4990, TCP_SYN, b""),
-            seg(5003, TCP_ACK, b"!"),
-        ],
-    );
-    assert_eq!(
-        ev,
-        vec![
-            StreamEvent::Open { midstream: true },
-            StreamEvent::Data(Bytes::from_static(b"xyz!"))
-        ]
-    );
+    let ev = run(&mut t, vec![seg(5000, TCP_ACK, b"xyz"), seg(4990, TCP_SYN, b""), seg(5003, TCP_ACK, b"!")]);
+    assert_eq!(ev, vec![StreamEvent::Open { midstream: true }, StreamEvent::Data(Bytes::from_static(b"xyz!"))]);
     assert_eq!(t.stats.reused, 0);
 }
 
@@ -153,60 +126,33 @@ fn port_reuse_with_new_isn_is_a_new_flow() {
 
 #[test]
 fn hole_becomes_gap_after_reorder_timeout() {
-    let cfg = FlowConfig {
-        reorder_timeout: Duration::from_millis(100),
-        ..Default::default()
-    };
+    let cfg = FlowConfig { reorder_timeout: Duration::from_millis(100), ..Default::default() };
     let mut t = FlowTable::new(cfg);
     let mut out = Vec::new();
     t.on_segment(seg(100, TCP_SYN, b""), Duration::ZERO, &mut out);
     t.on_segment(seg(101, TCP_ACK, b"aaaa"), Duration::ZERO, &mut out);
-    t.on_segment(
-        seg(110, TCP_ACK, b"cccc"),
-        Duration::from_millis(1),
-        &mut out,
-    );
+    t.on_segment(seg(110, TCP_ACK, b"cccc"), Duration::from_millis(1), &mut out);
     t.on_tick(Duration::from_millis(50), &mut out);
     assert_eq!(merge(out.clone()).len(), 2, "no gap before the timeout");
     t.on_tick(Duration::from_millis(200), &mut out);
     let ev = merge(out);
-    assert_eq!(
-        &ev[2..],
-        &[
-            StreamEvent::Gap(5),
-            StreamEvent::Data(Bytes::from_static(b"cccc"))
-        ]
-    );
+    assert_eq!(&ev[2..], &[StreamEvent::Gap(5), StreamEvent::Data(Bytes::from_static(b"cccc"))]);
     assert_eq!(t.stats.gaps, 1);
     assert_eq!(t.buffered_bytes(), 0);
 }
 
 #[test]
 fn per_flow_buffer_bound_forces_gap() {
-    let cfg = FlowConfig {
-        max_flow_buffer: 10,
-        ..Default::default()
-    };
+    let cfg = FlowConfig { max_flow_buffer: 10, ..Default::default() };
     let mut t = FlowTable::new(cfg);
-    let ev = run(
-        &mut t,
-        vec![
-            seg(100, TCP_SYN, b""),
-            seg(200, TCP_ACK, b"0123456789"),
-            seg(210, TCP_ACK, b"x"),
-        ],
-    );
+    let ev = run(&mut t, vec![seg(100, TCP_SYN, b""), seg(200, TCP_ACK, b"0123456789"), seg(210, TCP_ACK, b"x")]);
     assert_eq!(ev[1], StreamEvent::Gap(99));
     assert_eq!(ev[2], StreamEvent::Data(Bytes::from_static(b"0123456789x")));
 }
 
 #[test]
 fn flow_cap_evicts_oldest_idle_and_idle_timeout_closes() {
-    let cfg = FlowConfig {
-        max_flows: 2,
-        idle_timeout: Duration::from_secs(1),
-        ..Default::default()
-    };
+    let cfg = FlowConfig { max_flows: 2, idle_timeout: Duration::from_secs(1), ..Default::default() };
     let mut t = FlowTable::new(cfg);
     let mut out = Vec::new();
     for (i, port) in [1u16, 2, 3].into_iter().enumerate() {
@@ -216,10 +162,7 @@ fn flow_cap_evicts_oldest_idle_and_idle_timeout_closes() {
     }
     assert_eq!(t.len(), 2);
     assert_eq!(t.stats.evicted, 1);
-    let evicted: Vec<_> = out
-        .iter()
-        .filter(|(_, e)| *e == StreamEvent::Close(CloseReason::Evicted))
-        .collect();
+    let evicted: Vec<_> = out.iter().filter(|(_, e)| *e == StreamEvent::Close(CloseReason::Evicted)).collect();
     assert_eq!(evicted[0].0.client.port(), 1);
     t.on_tick(Duration::from_secs(5), &mut out);
     assert!(t.is_empty());
@@ -229,22 +172,11 @@ fn flow_cap_evicts_oldest_idle_and_idle_timeout_closes() {
 #[test]
 fn rst_closes_and_delivers_buffered_data_behind_a_gap() {
     let mut t = FlowTable::new(FlowConfig::default());
-    let ev = run(
-        &mut t,
-        vec![
-            seg(100, TCP_SYN, b""),
-            seg(105, TCP_ACK, b"late"),
-            seg(0, TCP_RST, b""),
-        ],
-    );
+    let ev = run(&mut t, vec![seg(100, TCP_SYN, b""), seg(105, TCP_ACK, b"late"), seg(0, TCP_RST, b"")]);
     // RST with a bogus seq still closes; the buffered bytes come out after a gap.
     assert_eq!(
         ev[1..],
-        [
-            StreamEvent::Gap(4),
-            StreamEvent::Data(Bytes::from_static(b"late")),
-            StreamEvent::Close(CloseReason::Rst)
-        ]
+        [StreamEvent::Gap(4), StreamEvent::Data(Bytes::from_static(b"late")), StreamEvent::Close(CloseReason::Rst)]
     );
 }
 

@@ -56,14 +56,7 @@ impl Default for ChunkedBody {
 
 impl ChunkedBody {
     pub fn new() -> Self {
-        Self {
-            state: State::Size {
-                value: 0,
-                digits: 0,
-            },
-            line_len: 0,
-            trailer_len: 0,
-        }
+        Self { state: State::Size { value: 0, digits: 0 }, line_len: 0, trailer_len: 0 }
     }
 
     pub fn is_done(&self) -> bool {
@@ -80,11 +73,7 @@ impl ChunkedBody {
                 let take = remaining.min((input.len() - i) as u64) as usize;
                 i += take;
                 let left = remaining - take as u64;
-                self.state = if left == 0 {
-                    State::DataCr
-                } else {
-                    State::Data { remaining: left }
-                };
+                self.state = if left == 0 { State::DataCr } else { State::Data { remaining: left } };
                 continue;
             }
             let b = input[i];
@@ -101,10 +90,7 @@ impl ChunkedBody {
                                 .checked_mul(16)
                                 .and_then(|v| v.checked_add(u64::from(d)))
                                 .ok_or(FramingError::ChunkSizeOverflow)?;
-                            State::Size {
-                                value: v,
-                                digits: digits.saturating_add(1),
-                            }
+                            State::Size { value: v, digits: digits.saturating_add(1) }
                         }
                         None if digits == 0 => return Err(FramingError::BadChunkSize),
                         None => match b {
@@ -131,11 +117,7 @@ impl ChunkedBody {
                         return Err(FramingError::BareCr);
                     }
                     self.line_len = 0;
-                    if value == 0 {
-                        State::TrailerStart
-                    } else {
-                        State::Data { remaining: value }
-                    }
+                    if value == 0 { State::TrailerStart } else { State::Data { remaining: value } }
                 }
                 State::Data { .. } => unreachable!("handled above"),
                 State::DataCr => {
@@ -148,10 +130,7 @@ impl ChunkedBody {
                     if b != b'\n' {
                         return Err(FramingError::MissingChunkCrlf);
                     }
-                    State::Size {
-                        value: 0,
-                        digits: 0,
-                    }
+                    State::Size { value: 0, digits: 0 }
                 }
                 State::TrailerStart => match b {
                     b'\r' => State::FinalLf,

@@ -117,18 +117,12 @@ pub struct RequestHead {
 impl RequestHead {
     /// The first value of header `name` (ASCII case-insensitive).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| &h.value[..])
+        self.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| &h.value[..])
     }
 
     /// Every value of header `name`, in order.
     pub fn header_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.headers
-            .iter()
-            .filter(move |h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| &h.value[..])
+        self.headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name)).map(|h| &h.value[..])
     }
 }
 
@@ -176,10 +170,7 @@ pub struct FramerConfig {
 
 impl Default for FramerConfig {
     fn default() -> Self {
-        Self {
-            max_head: 64 * 1024,
-            max_headers: 128,
-        }
+        Self { max_head: 64 * 1024, max_headers: 128 }
     }
 }
 
@@ -223,11 +214,7 @@ impl RequestFramer {
     pub fn new(cfg: FramerConfig, midstream: bool) -> Self {
         Self {
             cfg,
-            state: if midstream {
-                State::Resync
-            } else {
-                State::Head
-            },
+            state: if midstream { State::Resync } else { State::Head },
             buf: BytesMut::new(),
             offset: 0,
             after_gap: midstream,
@@ -247,10 +234,7 @@ impl RequestFramer {
         let mut data_offset = start_offset;
         loop {
             match &mut self.state {
-                State::Body {
-                    remaining,
-                    tunnel_after,
-                } => {
+                State::Body { remaining, tunnel_after } => {
                     if data.is_empty() {
                         return;
                     }
@@ -348,11 +332,7 @@ impl RequestFramer {
 
     /// Works through `buf` (which starts at stream offset `offset`). Returns the bytes after a head
     /// whose body follows, with their offset, or `None` when more input is needed.
-    fn parse_buffered(
-        &mut self,
-        mut offset: u64,
-        out: &mut Vec<HttpEvent>,
-    ) -> Option<(Bytes, u64)> {
+    fn parse_buffered(&mut self, mut offset: u64, out: &mut Vec<HttpEvent>) -> Option<(Bytes, u64)> {
         loop {
             match self.state {
                 State::Resync => match find_request_line(&self.buf) {
@@ -368,11 +348,7 @@ impl RequestFramer {
                 },
                 State::Head => {
                     // Empty lines before a request line are ignored (RFC 9112 §2.2).
-                    let skip = self
-                        .buf
-                        .iter()
-                        .take_while(|b| matches!(b, b'\r' | b'\n'))
-                        .count();
+                    let skip = self.buf.iter().take_while(|b| matches!(b, b'\r' | b'\n')).count();
                     self.buf.advance(skip);
                     offset += skip as u64;
                     if self.buf.is_empty() {
@@ -390,14 +366,12 @@ impl RequestFramer {
                             let connect = head.method.eq_ignore_ascii_case("CONNECT");
                             out.push(HttpEvent::Head(Box::new(head)));
                             self.state = match body {
-                                BodyKind::Length(n) if n > 0 && !connect => State::Body {
-                                    remaining: n,
-                                    tunnel_after: tunnel,
-                                },
-                                BodyKind::Chunked if !connect => State::Chunked {
-                                    body: ChunkedBody::new(),
-                                    tunnel_after: tunnel,
-                                },
+                                BodyKind::Length(n) if n > 0 && !connect => {
+                                    State::Body { remaining: n, tunnel_after: tunnel }
+                                }
+                                BodyKind::Chunked if !connect => {
+                                    State::Chunked { body: ChunkedBody::new(), tunnel_after: tunnel }
+                                }
                                 _ => {
                                     self.finish_request(tunnel, out);
                                     continue;
@@ -445,11 +419,7 @@ impl RequestFramer {
             .map(|h| {
                 let start = h.value.as_ptr() as usize - base;
                 let end = start + h.value.len();
-                Header {
-                    name: h.name.to_string(),
-                    value: raw.slice(start..end),
-                    value_range: start..end,
-                }
+                Header { name: h.name.to_string(), value: raw.slice(start..end), value_range: start..end }
             })
             .collect();
         let method = req.method.unwrap_or_default().to_string();
@@ -470,13 +440,8 @@ impl RequestFramer {
         head.body = body_kind(&head)?;
         let connect = head.method.eq_ignore_ascii_case("CONNECT");
         head.tunnel = connect
-            || (head.header("upgrade").is_some()
-                && head
-                    .header_all("connection")
-                    .any(|v| has_token(v, "upgrade")));
-        let expect_continue = head
-            .header_all("expect")
-            .any(|v| has_token(v, "100-continue"));
+            || (head.header("upgrade").is_some() && head.header_all("connection").any(|v| has_token(v, "upgrade")));
+        let expect_continue = head.header_all("expect").any(|v| has_token(v, "100-continue"));
         head.expect_continue = expect_continue;
         Ok(Some(head))
     }
@@ -534,9 +499,7 @@ fn body_kind(head: &RequestHead) -> Result<BodyKind, FramingError> {
 
 /// Whether a comma-separated header value contains `token` (ASCII case-insensitive).
 pub fn has_token(value: &[u8], token: &str) -> bool {
-    value
-        .split(|b| *b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    value.split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 enum Resync {
@@ -555,9 +518,8 @@ fn find_request_line(buf: &[u8]) -> Resync {
         match buf[p..].iter().position(|b| *b == b'\n') {
             Some(nl) => {
                 let line = &buf[p..p + nl];
-                let starts = (0..line.len()).filter(|&i| {
-                    line[i].is_ascii_uppercase() && (i == 0 || !line[i - 1].is_ascii_uppercase())
-                });
+                let starts = (0..line.len())
+                    .filter(|&i| line[i].is_ascii_uppercase() && (i == 0 || !line[i - 1].is_ascii_uppercase()));
                 for i in starts {
                     if looks_like_request_line(&line[i..]) {
                         return Resync::Found(p + i);
@@ -567,11 +529,7 @@ fn find_request_line(buf: &[u8]) -> Resync {
             }
             None => {
                 // An unfinished last line: keep it unless it is too long to be a request line.
-                return if buf.len() - p > MAX_RESYNC_LINE {
-                    Resync::NeedMore(buf.len())
-                } else {
-                    Resync::NeedMore(p)
-                };
+                return if buf.len() - p > MAX_RESYNC_LINE { Resync::NeedMore(buf.len()) } else { Resync::NeedMore(p) };
             }
         }
     }
@@ -584,16 +542,13 @@ fn looks_like_request_line(line: &[u8]) -> bool {
         return false;
     };
     let mut parts = line.split(|b| *b == b' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return false;
     };
     !method.is_empty()
         && method.len() <= 32
-        && method
-            .iter()
-            .all(|b| b.is_ascii_uppercase() || *b == b'-' || *b == b'_')
+        && method.iter().all(|b| b.is_ascii_uppercase() || *b == b'-' || *b == b'_')
         && !target.is_empty()
         && target.iter().all(|b| b.is_ascii_graphic())
         && (version == b"HTTP/1.1" || version == b"HTTP/1.0")

@@ -44,12 +44,7 @@ pub struct ResponseReader {
 impl ResponseReader {
     /// `head_request`: the request was HEAD, so the response has no body whatever it says.
     pub fn new(head_request: bool) -> Self {
-        Self {
-            state: State::Head,
-            buf: BytesMut::new(),
-            head_request,
-            max_head: 64 * 1024,
-        }
+        Self { state: State::Head, buf: BytesMut::new(), head_request, max_head: 64 * 1024 }
     }
 
     /// Feeds bytes read from the connection. `Ok(Some(_))` when the response is complete. Bytes
@@ -79,11 +74,9 @@ impl ResponseReader {
                     let status = resp.code.unwrap_or(0);
                     let headers: &[httparse::Header<'_>] = resp.headers;
                     let close = named(headers, "connection").any(|h| has_token(h.value, "close"));
-                    let keep_alive =
-                        named(headers, "connection").any(|h| has_token(h.value, "keep-alive"));
+                    let keep_alive = named(headers, "connection").any(|h| has_token(h.value, "keep-alive"));
                     let reusable = !close && (resp.version == Some(1) || keep_alive);
-                    let chunked =
-                        named(headers, "transfer-encoding").any(|h| has_token(h.value, "chunked"));
+                    let chunked = named(headers, "transfer-encoding").any(|h| has_token(h.value, "chunked"));
                     let length = match named(headers, "content-length").next() {
                         Some(h) => Some(
                             std::str::from_utf8(h.value)
@@ -99,30 +92,15 @@ impl ResponseReader {
                         continue;
                     }
                     if status == 101 {
-                        return Ok(Some(ResponseDone {
-                            status,
-                            reusable: false,
-                        }));
+                        return Ok(Some(ResponseDone { status, reusable: false }));
                     }
                     let bodiless = self.head_request || status == 204 || status == 304;
                     self.state = if bodiless {
-                        State::Length {
-                            remaining: 0,
-                            status,
-                            reusable,
-                        }
+                        State::Length { remaining: 0, status, reusable }
                     } else if chunked {
-                        State::Chunked {
-                            body: ChunkedBody::new(),
-                            status,
-                            reusable,
-                        }
+                        State::Chunked { body: ChunkedBody::new(), status, reusable }
                     } else if let Some(n) = length {
-                        State::Length {
-                            remaining: n,
-                            status,
-                            reusable,
-                        }
+                        State::Length { remaining: n, status, reusable }
                     } else {
                         State::UntilClose { status }
                     };
@@ -137,33 +115,19 @@ impl ResponseReader {
     fn feed_body(&mut self, data: &[u8]) -> Result<Option<ResponseDone>, FramingError> {
         match &mut self.state {
             State::Head => self.feed(data),
-            State::Length {
-                remaining,
-                status,
-                reusable,
-            } => {
+            State::Length { remaining, status, reusable } => {
                 let take = (*remaining).min(data.len() as u64);
                 *remaining -= take;
                 if *remaining == 0 {
                     let extra = data.len() as u64 > take;
-                    return Ok(Some(ResponseDone {
-                        status: *status,
-                        reusable: *reusable && !extra,
-                    }));
+                    return Ok(Some(ResponseDone { status: *status, reusable: *reusable && !extra }));
                 }
                 Ok(None)
             }
-            State::Chunked {
-                body,
-                status,
-                reusable,
-            } => {
+            State::Chunked { body, status, reusable } => {
                 let n = body.advance(data)?;
                 if body.is_done() {
-                    return Ok(Some(ResponseDone {
-                        status: *status,
-                        reusable: *reusable && n == data.len(),
-                    }));
+                    return Ok(Some(ResponseDone { status: *status, reusable: *reusable && n == data.len() }));
                 }
                 Ok(None)
             }
@@ -174,22 +138,14 @@ impl ResponseReader {
     /// The server closed the connection. `Some` if that ends the response (no-length body).
     pub fn on_eof(&self) -> Option<ResponseDone> {
         match self.state {
-            State::UntilClose { status } => Some(ResponseDone {
-                status,
-                reusable: false,
-            }),
+            State::UntilClose { status } => Some(ResponseDone { status, reusable: false }),
             _ => None,
         }
     }
 }
 
-fn named<'h, 'b>(
-    headers: &'h [httparse::Header<'b>],
-    name: &'h str,
-) -> impl Iterator<Item = &'h httparse::Header<'b>> {
-    headers
-        .iter()
-        .filter(move |h| h.name.eq_ignore_ascii_case(name))
+fn named<'h, 'b>(headers: &'h [httparse::Header<'b>], name: &'h str) -> impl Iterator<Item = &'h httparse::Header<'b>> {
+    headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name))
 }
 
 #[cfg(test)]
@@ -210,47 +166,23 @@ mod tests {
 
     #[test]
     fn content_length_response() {
-        let d = read_all(false, b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc")
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            d,
-            ResponseDone {
-                status: 200,
-                reusable: true
-            }
-        );
+        let d = read_all(false, b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc").unwrap().unwrap();
+        assert_eq!(d, ResponseDone { status: 200, reusable: true });
     }
 
     #[test]
     fn chunked_response_and_interim_100() {
         let bytes = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
-        assert_eq!(
-            read_all(false, bytes).unwrap(),
-            Some(ResponseDone {
-                status: 201,
-                reusable: true
-            })
-        );
+        assert_eq!(read_all(false, bytes).unwrap(), Some(ResponseDone { status: 201, reusable: true }));
         let mut r = ResponseReader::new(false);
-        assert_eq!(
-            r.feed(bytes).unwrap(),
-            Some(ResponseDone {
-                status: 201,
-                reusable: true
-            })
-        );
+        assert_eq!(r.feed(bytes).unwrap(), Some(ResponseDone { status: 201, reusable: true }));
     }
 
     #[test]
     fn head_and_204_have_no_body() {
-        let d = read_all(true, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
-            .unwrap()
-            .unwrap();
+        let d = read_all(true, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n").unwrap().unwrap();
         assert_eq!(d.status, 200);
-        let d = read_all(false, b"HTTP/1.1 204 No Content\r\n\r\n")
-            .unwrap()
-            .unwrap();
+        let d = read_all(false, b"HTTP/1.1 204 No Content\r\n\r\n").unwrap().unwrap();
         assert_eq!(d.status, 204);
     }
 
@@ -258,37 +190,15 @@ mod tests {
     fn until_close_and_connection_close() {
         let mut r = ResponseReader::new(false);
         assert_eq!(r.feed(b"HTTP/1.0 200 OK\r\n\r\nbody").unwrap(), None);
-        assert_eq!(
-            r.on_eof(),
-            Some(ResponseDone {
-                status: 200,
-                reusable: false
-            })
-        );
-        let d = read_all(
-            false,
-            b"HTTP/1.1 500 X\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
-        )
-        .unwrap();
-        assert_eq!(
-            d,
-            Some(ResponseDone {
-                status: 500,
-                reusable: false
-            })
-        );
+        assert_eq!(r.on_eof(), Some(ResponseDone { status: 200, reusable: false }));
+        let d = read_all(false, b"HTTP/1.1 500 X\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").unwrap();
+        assert_eq!(d, Some(ResponseDone { status: 500, reusable: false }));
     }
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
         assert!(read_all(false, b"NOT HTTP AT ALL\r\n\r\n").is_err());
         assert!(read_all(false, b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n").is_err());
-        assert!(
-            read_all(
-                false,
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
-            )
-            .is_err()
-        );
+        assert!(read_all(false, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n").is_err());
     }
 }

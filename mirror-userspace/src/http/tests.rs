@@ -17,11 +17,7 @@ fn collect(events: Vec<HttpEvent>) -> Framed {
                 assert!(cur.is_none(), "head while a request is open");
                 cur = Some((*h, Vec::new()));
             }
-            HttpEvent::Body(b) => cur
-                .as_mut()
-                .expect("body without head")
-                .1
-                .extend_from_slice(&b),
+            HttpEvent::Body(b) => cur.as_mut().expect("body without head").1.extend_from_slice(&b),
             HttpEvent::End => f.requests.push(cur.take().expect("end without head")),
             HttpEvent::Dropped(r) => {
                 cur = None;
@@ -51,11 +47,7 @@ fn frame_every_split(input: &[u8]) -> Framed {
         assert_eq!(split, whole, "split at {i} differs");
     }
     let bytewise: Vec<&[u8]> = input.chunks(1).collect();
-    assert_eq!(
-        frame_chunks(&bytewise, false),
-        whole,
-        "byte-by-byte differs"
-    );
+    assert_eq!(frame_chunks(&bytewise, false), whole, "byte-by-byte differs");
     whole
 }
 
@@ -110,34 +102,13 @@ fn leading_crlfs_are_skipped() {
 #[test]
 fn strict_rejections() {
     let cases: &[(&[u8], FramingError)] = &[
-        (
-            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-            FramingError::TeAndCl,
-        ),
-        (
-            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
-            FramingError::BadContentLength,
-        ),
-        (
-            b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
-            FramingError::BadContentLength,
-        ),
-        (
-            b"POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\n",
-            FramingError::BadContentLength,
-        ),
-        (
-            b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n",
-            FramingError::BadContentLength,
-        ),
-        (
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
-            FramingError::BadTransferEncoding,
-        ),
-        (
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
-            FramingError::BadTransferEncoding,
-        ),
+        (b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", FramingError::TeAndCl),
+        (b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", FramingError::BadContentLength),
+        (b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", FramingError::BadContentLength),
+        (b"POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\n", FramingError::BadContentLength),
+        (b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n", FramingError::BadContentLength),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, identity\r\n\r\n", FramingError::BadTransferEncoding),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", FramingError::BadTransferEncoding),
         (
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
             FramingError::BadTransferEncoding,
@@ -146,32 +117,14 @@ fn strict_rejections() {
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000000\r\n",
             FramingError::ChunkSizeOverflow,
         ),
-        (
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-            FramingError::BadChunkSize,
-        ),
-        (
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX",
-            FramingError::MissingChunkCrlf,
-        ),
-        (
-            b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n",
-            FramingError::BadHead,
-        ),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", FramingError::BadChunkSize),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX", FramingError::MissingChunkCrlf),
+        (b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n", FramingError::BadHead),
     ];
     for (input, want) in cases {
         let f = frame_every_split(input);
-        assert!(
-            f.requests.is_empty(),
-            "{:?} framed a request",
-            String::from_utf8_lossy(input)
-        );
-        assert_eq!(
-            f.drops,
-            vec![DropReason::Framing(*want)],
-            "{:?}",
-            String::from_utf8_lossy(input)
-        );
+        assert!(f.requests.is_empty(), "{:?} framed a request", String::from_utf8_lossy(input));
+        assert_eq!(f.drops, vec![DropReason::Framing(*want)], "{:?}", String::from_utf8_lossy(input));
     }
 }
 
@@ -195,15 +148,14 @@ fn head_too_large_is_rejected() {
     let mut input = b"GET / HTTP/1.1\r\nX: ".to_vec();
     input.extend(std::iter::repeat_n(b'a', 70 * 1024));
     let f = frame_chunks(&[&input], false);
-    assert_eq!(
-        f.drops,
-        vec![DropReason::Framing(FramingError::HeadTooLarge)]
-    );
+    assert_eq!(f.drops, vec![DropReason::Framing(FramingError::HeadTooLarge)]);
 }
 
 #[test]
 fn connect_and_upgrade_end_framing() {
-    let f = frame_every_split(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\nGET /inside HTTP/1.1\r\n\r\n");
+    let f = frame_every_split(
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\nGET /inside HTTP/1.1\r\n\r\n",
+    );
     assert_eq!(f.requests.len(), 1);
     assert!(f.requests[0].0.tunnel && f.tunnel);
     let f = frame_every_split(
@@ -215,9 +167,7 @@ fn connect_and_upgrade_end_framing() {
 
 #[test]
 fn expect_continue_is_flagged_and_body_framed() {
-    let f = frame_every_split(
-        b"PUT /u HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok",
-    );
+    let f = frame_every_split(b"PUT /u HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok");
     assert_eq!(f.requests.len(), 1);
     assert!(f.requests[0].0.expect_continue);
     assert_eq!(f.requests[0].1, b"ok");
@@ -227,16 +177,10 @@ fn expect_continue_is_flagged_and_body_framed() {
 fn gap_drops_the_request_in_progress_and_resyncs() {
     let mut framer = RequestFramer::new(FramerConfig::default(), false);
     let mut out = Vec::new();
-    framer.on_data(
-        Bytes::from_static(b"POST /lost HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc"),
-        &mut out,
-    );
+    framer.on_data(Bytes::from_static(b"POST /lost HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc"), &mut out);
     framer.on_gap(4, &mut out);
     // The rest of the lost body, then the next request.
-    framer.on_data(
-        Bytes::from_static(b"def\r\nGET /next HTTP/1.1\r\nHost: x\r\n\r\n"),
-        &mut out,
-    );
+    framer.on_data(Bytes::from_static(b"def\r\nGET /next HTTP/1.1\r\nHost: x\r\n\r\n"), &mut out);
     let f = collect(out);
     assert_eq!(f.drops, vec![DropReason::Gap]);
     assert_eq!(f.requests.len(), 1);
@@ -246,10 +190,7 @@ fn gap_drops_the_request_in_progress_and_resyncs() {
 
 #[test]
 fn midstream_pickup_starts_at_first_request_line() {
-    let f = frame_chunks(
-        &[b"tail of a body\r\nmore\r\nGET /x HTTP/1.1\r\nHost: h\r\n\r\n"],
-        true,
-    );
+    let f = frame_chunks(&[b"tail of a body\r\nmore\r\nGET /x HTTP/1.1\r\nHost: h\r\n\r\n"], true);
     assert_eq!(f.requests.len(), 1);
     assert_eq!(f.requests[0].0.target, "/x");
     assert!(f.drops.is_empty());
@@ -257,10 +198,7 @@ fn midstream_pickup_starts_at_first_request_line() {
 
 #[test]
 fn close_mid_request_drops_it() {
-    let f = frame_chunks(
-        &[b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc"],
-        false,
-    );
+    let f = frame_chunks(&[b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc"], false);
     assert!(f.requests.is_empty());
     assert_eq!(f.drops, vec![DropReason::Closed]);
     let f = frame_chunks(&[b"GET / HTTP/1.1\r\nHost:"], false);

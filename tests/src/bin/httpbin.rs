@@ -1,0 +1,92 @@
+//! A small httpbin-like server for the demo and the namespace tests: answers every request
+//! (`/status/NNN` with that status, anything else 200 with a JSON echo), and appends one JSON line
+//! per request to an access log: method, target, headers in order, body length and SHA-256.
+
+use std::{convert::Infallible, io::Write, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use clap::Parser;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response, body::Bytes, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use sha2::{Digest, Sha256};
+use tokio::{net::TcpListener, sync::Mutex};
+
+#[derive(Parser, Clone)]
+struct Args {
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Name reported in `X-Served-By` and the log.
+    #[arg(long)]
+    name: String,
+    /// JSON-lines access log.
+    #[arg(long)]
+    log: PathBuf,
+    /// Wait this long before answering (failure tests).
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let log = Arc::new(Mutex::new(std::fs::OpenOptions::new().create(true).append(true).open(&args.log)?));
+    let listener = TcpListener::bind(args.listen).await?;
+    eprintln!("httpbin {} listening on {}", args.name, args.listen);
+    loop {
+        let (stream, peer) = listener.accept().await?;
+        let (args, log) = (args.clone(), log.clone());
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| handle(req, peer, args.clone(), log.clone()));
+            let _ = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}
+
+async fn handle(
+    req: Request<hyper::body::Incoming>,
+    peer: SocketAddr,
+    args: Args,
+    log: Arc<Mutex<std::fs::File>>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let headers: Vec<(String, String)> = parts
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect();
+    let host = parts.headers.get("host").map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned());
+    let entry = serde_json::json!({
+        "server": args.name,
+        "peer": peer.to_string(),
+        "method": parts.method.as_str(),
+        "uri": parts.uri.to_string(),
+        "version": format!("{:?}", parts.version),
+        "headers": headers,
+        "host": host,
+        "body_len": body.len(),
+        "body_sha256": hex::encode(Sha256::digest(&body)),
+    });
+    {
+        let mut f = log.lock().await;
+        let _ = writeln!(f, "{entry}");
+        let _ = f.flush();
+    }
+    if args.delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(args.delay_ms)).await;
+    }
+    let status = parts
+        .uri
+        .path()
+        .strip_prefix("/status/")
+        .and_then(|s| s.parse::<u16>().ok())
+        .and_then(|s| hyper::StatusCode::from_u16(s).ok())
+        .unwrap_or(hyper::StatusCode::OK);
+    let reply = serde_json::json!({"served_by": args.name, "method": parts.method.as_str(), "uri": parts.uri.to_string(), "host": host, "body_len": body.len()});
+    Ok(Response::builder()
+        .status(status)
+        .header("x-served-by", &args.name)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(reply.to_string())))
+        .expect("valid response"))
+}
