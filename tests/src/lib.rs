@@ -23,12 +23,13 @@ pub const NS_PREFIX: &str = "mirrort";
 
 pub const CLIENT_V4: &str = "10.77.0.1";
 pub const PRIMARY_V4: &str = "10.77.0.2";
-pub const PRIMARY_TO_MIRROR_V4: &str = "10.78.0.1";
-pub const MIRROR_V4: &str = "10.78.0.2";
+/// The mirror sits on its own link behind the primary, reached by a host route (so the examples in
+/// `config/` work unchanged: `httpbin/v2: ["10.77.0.3:8000"]`).
+pub const MIRROR_V4: &str = "10.77.0.3";
 pub const CLIENT_V6: &str = "fd77::1";
 pub const PRIMARY_V6: &str = "fd77::2";
 /// The primary's interface facing the client: where the classifier is attached.
-pub const PRIMARY_IFACE: &str = "to-client";
+pub const PRIMARY_IFACE: &str = "eth0";
 pub const PORT: u16 = 8000;
 
 /// Fails loudly (never skips) when the tests cannot do what they must.
@@ -40,9 +41,13 @@ pub fn require_root() {
 
 /// Directory holding the workspace's built binaries (target/<profile>).
 pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("MIRROR_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    // target/<profile>/<binary>, or target/<profile>/deps/<test-binary>
     let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/<test-binary>
-    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+    let dir = exe.parent().expect("binary dir");
+    if dir.file_name().is_some_and(|n| n == "deps") { dir.parent().expect("target dir") } else { dir }.to_path_buf()
 }
 
 pub fn bin(name: &str) -> PathBuf {
@@ -160,13 +165,14 @@ impl Topology {
         let addr = |ns: &str, a: &str, dev: &str| ns_run(ns, "ip", &["addr", "add", a, "dev", dev]);
         addr(c, &format!("{CLIENT_V4}/24"), "eth0")?;
         addr(p, &format!("{PRIMARY_V4}/24"), PRIMARY_IFACE)?;
-        addr(p, &format!("{PRIMARY_TO_MIRROR_V4}/24"), "to-mirror")?;
-        addr(m, &format!("{MIRROR_V4}/24"), "eth0")?;
+        addr(m, &format!("{MIRROR_V4}/32"), "eth0")?;
         ns_run(c, "ip", &["-6", "addr", "add", &format!("{CLIENT_V6}/64"), "dev", "eth0", "nodad"])?;
         ns_run(p, "ip", &["-6", "addr", "add", &format!("{PRIMARY_V6}/64"), "dev", PRIMARY_IFACE, "nodad"])?;
         for (ns, dev) in [(c, "eth0"), (p, PRIMARY_IFACE), (p, "to-mirror"), (m, "eth0")] {
             ns_run(ns, "ip", &["link", "set", dev, "up"])?;
         }
+        ns_run(p, "ip", &["route", "add", &format!("{MIRROR_V4}/32"), "dev", "to-mirror", "src", PRIMARY_V4])?;
+        ns_run(m, "ip", &["route", "add", &format!("{PRIMARY_V4}/32"), "dev", "eth0"])?;
         Ok(())
     }
 

@@ -1,1 +1,200 @@
-fn main() {}
+//! `cargo xtask setup | build | demo | test`: everything from a fresh machine, printing each step.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need: nightly rust-src, LLVM dev files matching nightly's
+    /// LLVM, bpf-linker built against them, and the test tools (iproute2, curl).
+    Setup,
+    /// Set up, then build the eBPF program, the daemon and the test binaries.
+    Build,
+    /// Run Istio's mirroring task in network namespaces with config/httpbin.yaml.
+    Demo,
+    /// Run every test: unit, property, config examples, and the namespace integration tests.
+    Test,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    std::env::set_current_dir(&root)?;
+    match cli.command {
+        Task::Setup => setup(),
+        Task::Build => {
+            setup()?;
+            build()
+        }
+        Task::Demo => {
+            setup()?;
+            build()?;
+            demo()
+        }
+        Task::Test => {
+            setup()?;
+            build()?;
+            test()
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+fn step(msg: &str) {
+    println!("xtask: {msg}");
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    step(&format!("$ {}", display(cmd)));
+    let st = cmd.status().with_context(|| format!("running {}", display(cmd)))?;
+    ensure!(st.success(), "{} failed ({st})", display(cmd));
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {}", display(cmd)))?;
+    ensure!(out.status.success(), "{} failed: {}", display(cmd), String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn display(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+fn have(program: &str) -> bool {
+    Command::new("sh").args(["-c", &format!("command -v {program}")]).output().is_ok_and(|o| o.status.success())
+}
+
+fn dpkg_installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+fn apt_install(pkgs: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = pkgs.iter().copied().filter(|p| !dpkg_installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    step(&format!("installing Debian packages: {}", missing.join(" ")));
+    run(Command::new("apt-get").arg("update").arg("-qq"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// nightly's LLVM major version, from `rustc +nightly -vV`.
+fn nightly_llvm_major() -> Result<u32> {
+    let vv = output(Command::new("rustc").args(["+nightly", "-vV"]))?;
+    let line = vv.lines().find_map(|l| l.strip_prefix("LLVM version: ")).context("no LLVM version in rustc -vV")?;
+    line.split('.').next().unwrap_or("").trim().parse().with_context(|| format!("LLVM version {line:?}"))
+}
+
+fn cargo_home() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo"))
+}
+
+fn setup() -> Result<()> {
+    ensure!(have("rustup"), "rustup is needed (the Rust toolchain manager)");
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))?;
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        step("installing the nightly toolchain (the eBPF program builds core with -Z build-std)");
+        run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+    }
+    let components =
+        output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]))?;
+    if !components.lines().any(|l| l.starts_with("rust-src")) {
+        step("adding rust-src to nightly");
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    }
+    let llvm = nightly_llvm_major()?;
+    let stamp = cargo_home().join(".mirror-bpf-linker-llvm");
+    let linker_ok = have("bpf-linker") && std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == llvm.to_string());
+    if !linker_ok {
+        step(&format!("nightly uses LLVM {llvm}: building bpf-linker against llvm-{llvm}"));
+        apt_install(&[&format!("llvm-{llvm}-dev"), "libzstd-dev", "zlib1g-dev"])?;
+        let bindir = output(Command::new(format!("llvm-config-{llvm}")).arg("--bindir"))?.trim().to_string();
+        let path = format!("{bindir}:{}", std::env::var("PATH").unwrap_or_default());
+        run(Command::new("cargo")
+            .args(["install", "bpf-linker", "--locked", "--force", "--no-default-features", "--features"])
+            .arg(format!("llvm-{llvm}"))
+            .env("PATH", path))?;
+        std::fs::write(&stamp, llvm.to_string())?;
+    }
+    // Namespaces and veth pairs (ip), and the demo's client (curl).
+    let mut tools = Vec::new();
+    if !have("ip") {
+        tools.push("iproute2");
+    }
+    if !have("curl") {
+        tools.push("curl");
+    }
+    apt_install(&tools)?;
+    step(&format!("toolchain ready (nightly LLVM {llvm}, bpf-linker, rust-src)"));
+    Ok(())
+}
+
+fn build() -> Result<()> {
+    run(Command::new("cargo").args(["build", "--bins", "--tests"]))
+}
+
+/// Namespaces left by a run that was killed before it could clean up.
+fn sweep_namespaces() -> Result<()> {
+    let list = output(Command::new("ip").args(["netns", "list"]))?;
+    for ns in list.lines().filter_map(|l| l.split_whitespace().next()).filter(|n| n.starts_with("mirrort")) {
+        step(&format!("removing leftover namespace {ns}"));
+        let _ = Command::new("ip").args(["netns", "del", ns]).status();
+    }
+    Ok(())
+}
+
+fn require_root(what: &str) -> Result<()> {
+    let uid = output(Command::new("id").arg("-u"))?;
+    if uid.trim() != "0" {
+        bail!("{what} needs root (network namespaces, loading and attaching eBPF): run it as root");
+    }
+    Ok(())
+}
+
+fn test() -> Result<()> {
+    require_root("cargo xtask test")?;
+    sweep_namespaces()?;
+    let result = run(Command::new("cargo").args(["test", "--no-fail-fast"]));
+    sweep_namespaces()?;
+    result
+}
+
+fn demo() -> Result<()> {
+    require_root("cargo xtask demo")?;
+    sweep_namespaces()?;
+    // Ctrl-C reaches the demo too; it cleans up and exits. We wait for it, then sweep.
+    // SAFETY: ignoring SIGINT in this process; the demo installs its own handler.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+    let result = run(Command::new("target/debug/demo").args(["--config", "config/httpbin.yaml"]));
+    sweep_namespaces()?;
+    result
+}
