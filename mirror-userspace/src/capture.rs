@@ -3,6 +3,8 @@
 //! [`decode_sample`] is pure (turns one perf sample into a [`Segment`]); [`Capture`] owns the loaded
 //! program, its TCX links and the per-CPU perf buffers. Dropping it detaches everything.
 
+pub mod pcap;
+
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::AsRawFd,
