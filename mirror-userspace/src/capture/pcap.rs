@@ -44,7 +44,8 @@ pub fn read_frames(path: &Path) -> Result<Vec<Frame>> {
                 Block::SectionHeader(_) => linktypes.clear(),
                 Block::InterfaceDescription(idb) => linktypes.push(u32::from(idb.linktype)),
                 Block::EnhancedPacket(epb) => {
-                    let linktype = *linktypes.get(epb.interface_id as usize).context("packet of an unknown interface")?;
+                    let linktype =
+                        *linktypes.get(epb.interface_id as usize).context("packet of an unknown interface")?;
                     frames.push(Frame { timestamp: epb.timestamp, linktype, data: epb.data.into_owned() });
                 }
                 Block::SimplePacket(spb) => {
@@ -289,7 +290,8 @@ mod tests {
     }
 
     fn tcp(dport: u16, payload: &[u8]) -> Vec<u8> {
-        let mut t = vec![0x9c, 0x40, (dport >> 8) as u8, dport as u8, 0, 0, 0, 7, 0, 0, 0, 0, 0x50, 0x18, 0, 0, 0, 0, 0, 0];
+        let mut t =
+            vec![0x9c, 0x40, (dport >> 8) as u8, dport as u8, 0, 0, 0, 7, 0, 0, 0, 0, 0x50, 0x18, 0, 0, 0, 0, 0, 0];
         t.extend_from_slice(payload);
         t
     }

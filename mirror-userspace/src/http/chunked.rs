@@ -18,7 +18,15 @@ enum State {
         value: u64,
         digits: u8,
     },
-    /// After the size: optional whitespace and `;ext`, until CR.
+    /// After the size, whitespace: only more whitespace or `;` may follow (RFC 9112 BWS).
+    SizeWs {
+        value: u64,
+    },
+    /// After `;`: optional whitespace, then an extension name.
+    ExtStart {
+        value: u64,
+    },
+    /// Inside an extension (name, `=`, value), until CR.
     Ext {
         value: u64,
     },
@@ -95,9 +103,26 @@ impl ChunkedBody {
                         None if digits == 0 => return Err(FramingError::BadChunkSize),
                         None => match b {
                             b'\r' => State::SizeLf { value },
-                            b';' | b' ' | b'\t' => State::Ext { value },
+                            b';' => State::ExtStart { value },
+                            b' ' | b'\t' => State::SizeWs { value },
                             _ => return Err(FramingError::BadChunkSize),
                         },
+                    }
+                }
+                State::SizeWs { value } => {
+                    self.line_len += 1;
+                    match b {
+                        b' ' | b'\t' if self.line_len <= MAX_SIZE_LINE => State::SizeWs { value },
+                        b';' => State::ExtStart { value },
+                        _ => return Err(FramingError::BadChunkSize),
+                    }
+                }
+                State::ExtStart { value } => {
+                    self.line_len += 1;
+                    match b {
+                        b' ' | b'\t' if self.line_len <= MAX_SIZE_LINE => State::ExtStart { value },
+                        _ if is_tchar(b) => State::Ext { value },
+                        _ => return Err(FramingError::BadChunkSize),
                     }
                 }
                 State::Ext { value } => {
@@ -168,6 +193,11 @@ impl ChunkedBody {
         }
         Ok(State::Trailer)
     }
+}
+
+/// RFC 9110 token characters.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 fn hex(b: u8) -> Option<u8> {

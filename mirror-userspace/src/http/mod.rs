@@ -20,6 +20,7 @@ use chunked::ChunkedBody;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FramingError {
     BadHead,
+    UnknownMethod,
     HeadTooLarge,
     TooManyHeaders,
     TeAndCl,
@@ -35,8 +36,9 @@ pub enum FramingError {
 }
 
 impl FramingError {
-    pub const ALL: [FramingError; 13] = [
+    pub const ALL: [FramingError; 14] = [
         FramingError::BadHead,
+        FramingError::UnknownMethod,
         FramingError::HeadTooLarge,
         FramingError::TooManyHeaders,
         FramingError::TeAndCl,
@@ -54,6 +56,7 @@ impl FramingError {
     pub fn as_str(self) -> &'static str {
         match self {
             FramingError::BadHead => "bad_head",
+            FramingError::UnknownMethod => "unknown_method",
             FramingError::HeadTooLarge => "head_too_large",
             FramingError::TooManyHeaders => "too_many_headers",
             FramingError::TeAndCl => "te_and_cl",
@@ -108,6 +111,9 @@ pub struct RequestHead {
     /// whatever follows it on the flow is a tunnel.
     pub tunnel: bool,
     pub expect_continue: bool,
+    /// The connection stays open after this request (HTTP/1.1 without `Connection: close`, or
+    /// HTTP/1.0 with `Connection: keep-alive`).
+    pub persistent: bool,
     /// The first request framed after a gap (or after picking a flow up mid-stream).
     pub after_gap: bool,
     /// Offset of the head's first byte in the flow's byte stream.
@@ -174,6 +180,14 @@ impl Default for FramerConfig {
     }
 }
 
+/// What the flow becomes once the current request ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum After {
+    Next,
+    Tunnel,
+    Close,
+}
+
 #[derive(Debug)]
 enum State {
     /// Looking for the start of a request line (mid-stream pick-up, or after a gap).
@@ -181,13 +195,16 @@ enum State {
     Head,
     Body {
         remaining: u64,
-        tunnel_after: bool,
+        after: After,
     },
     Chunked {
         body: ChunkedBody,
-        tunnel_after: bool,
+        after: After,
     },
     Tunnel,
+    /// The last request was not persistent (`Connection: close`, HTTP/1.0 without keep-alive): the
+    /// server closes after answering it, so nothing after it is a request.
+    Done,
     /// A framing error: nothing more is framed on this flow.
     Failed,
 }
@@ -234,7 +251,7 @@ impl RequestFramer {
         let mut data_offset = start_offset;
         loop {
             match &mut self.state {
-                State::Body { remaining, tunnel_after } => {
+                State::Body { remaining, after } => {
                     if data.is_empty() {
                         return;
                     }
@@ -243,11 +260,11 @@ impl RequestFramer {
                     data_offset += take as u64;
                     *remaining -= take as u64;
                     if *remaining == 0 {
-                        let tunnel = *tunnel_after;
-                        self.finish_request(tunnel, out);
+                        let after = *after;
+                        self.finish_request(after, out);
                     }
                 }
-                State::Chunked { body, tunnel_after } => {
+                State::Chunked { body, after } => {
                     if data.is_empty() {
                         return;
                     }
@@ -258,8 +275,8 @@ impl RequestFramer {
                                 data_offset += n as u64;
                             }
                             if body.is_done() {
-                                let tunnel = *tunnel_after;
-                                self.finish_request(tunnel, out);
+                                let after = *after;
+                                self.finish_request(after, out);
                             }
                         }
                         Err(e) => {
@@ -281,7 +298,7 @@ impl RequestFramer {
                         None => return,
                     }
                 }
-                State::Tunnel | State::Failed => return,
+                State::Tunnel | State::Done | State::Failed => return,
             }
         }
     }
@@ -290,11 +307,11 @@ impl RequestFramer {
     pub fn on_gap(&mut self, len: u64, out: &mut Vec<HttpEvent>) {
         self.offset += len;
         match self.state {
-            State::Tunnel | State::Failed => return,
+            State::Tunnel | State::Done | State::Failed => return,
             State::Body { .. } | State::Chunked { .. } => {
                 out.push(HttpEvent::Dropped(DropReason::Gap));
             }
-            State::Head if !self.buf.is_empty() => {
+            State::Head if !self.buf.iter().all(|b| matches!(b, b'\r' | b'\n')) => {
                 out.push(HttpEvent::Dropped(DropReason::Gap));
             }
             State::Head | State::Resync => {}
@@ -319,14 +336,19 @@ impl RequestFramer {
         self.state = State::Failed;
     }
 
-    fn finish_request(&mut self, tunnel: bool, out: &mut Vec<HttpEvent>) {
+    fn finish_request(&mut self, after: After, out: &mut Vec<HttpEvent>) {
         out.push(HttpEvent::End);
-        if tunnel {
-            out.push(HttpEvent::Tunnel);
-            self.state = State::Tunnel;
-            self.buf.clear();
-        } else {
-            self.state = State::Head;
+        match after {
+            After::Tunnel => {
+                out.push(HttpEvent::Tunnel);
+                self.state = State::Tunnel;
+                self.buf.clear();
+            }
+            After::Close => {
+                self.state = State::Done;
+                self.buf.clear();
+            }
+            After::Next => self.state = State::Head,
         }
     }
 
@@ -362,18 +384,20 @@ impl RequestFramer {
                             offset += head_len as u64;
                             self.after_gap = false;
                             let body = head.body;
-                            let tunnel = head.tunnel;
-                            let connect = head.method.eq_ignore_ascii_case("CONNECT");
+                            let after = if head.tunnel {
+                                After::Tunnel
+                            } else if head.persistent {
+                                After::Next
+                            } else {
+                                After::Close
+                            };
+                            let connect = head.method == "CONNECT";
                             out.push(HttpEvent::Head(Box::new(head)));
                             self.state = match body {
-                                BodyKind::Length(n) if n > 0 && !connect => {
-                                    State::Body { remaining: n, tunnel_after: tunnel }
-                                }
-                                BodyKind::Chunked if !connect => {
-                                    State::Chunked { body: ChunkedBody::new(), tunnel_after: tunnel }
-                                }
+                                BodyKind::Length(n) if n > 0 && !connect => State::Body { remaining: n, after },
+                                BodyKind::Chunked if !connect => State::Chunked { body: ChunkedBody::new(), after },
                                 _ => {
-                                    self.finish_request(tunnel, out);
+                                    self.finish_request(after, out);
                                     continue;
                                 }
                             };
@@ -411,7 +435,27 @@ impl RequestFramer {
         if n > self.cfg.max_head {
             return Err(FramingError::HeadTooLarge);
         }
-        let raw = Bytes::copy_from_slice(&self.buf[..n]);
+        // Line ends: all CRLF, or all bare LF (RFC 9112 §2.2 lets a recipient accept LF alone, and
+        // common servers do). A head that mixes the two is how requests get smuggled past parsers
+        // that disagree, so it is rejected, as llhttp does.
+        let head_bytes = &self.buf[..n];
+        let bare = head_bytes
+            .iter()
+            .enumerate()
+            .filter(|&(i, b)| *b == b'\n' && (i == 0 || head_bytes[i - 1] != b'\r'))
+            .count();
+        let total = head_bytes.iter().filter(|b| **b == b'\n').count();
+        if bare != 0 && bare != total {
+            return Err(FramingError::BareLf);
+        }
+        // httparse accepts non-ASCII bytes in the target; a strict server does not.
+        if !req.path.unwrap_or_default().bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(FramingError::BadHead);
+        }
+        if !is_known_method(req.method.unwrap_or_default()) {
+            return Err(FramingError::UnknownMethod);
+        }
+        let raw = Bytes::copy_from_slice(head_bytes);
         let base = self.buf.as_ptr() as usize;
         let headers: Vec<Header> = req
             .headers
@@ -434,6 +478,7 @@ impl RequestFramer {
             body: BodyKind::None,
             tunnel: false,
             expect_continue: false,
+            persistent: true,
             after_gap: self.after_gap,
             stream_offset: offset,
         };
@@ -443,6 +488,9 @@ impl RequestFramer {
             || (head.header("upgrade").is_some() && head.header_all("connection").any(|v| has_token(v, "upgrade")));
         let expect_continue = head.header_all("expect").any(|v| has_token(v, "100-continue"));
         head.expect_continue = expect_continue;
+        let close = head.header_all("connection").any(|v| has_token(v, "close"));
+        let keep_alive = head.header_all("connection").any(|v| has_token(v, "keep-alive"));
+        head.persistent = !close && (head.minor_version == 1 || keep_alive);
         Ok(Some(head))
     }
 }
@@ -536,6 +584,50 @@ fn find_request_line(buf: &[u8]) -> Resync {
     Resync::NeedMore(buf.len())
 }
 
+/// HTTP request methods (RFC 9110, WebDAV and the other registered extensions llhttp accepts).
+/// Anything else (RTSP's ANNOUNCE, HTTP/2's PRI preface, garbage) is not an HTTP/1.x request.
+const METHODS: [&str; 35] = [
+    "GET",
+    "HEAD",
+    "POST",
+    "PUT",
+    "DELETE",
+    "CONNECT",
+    "OPTIONS",
+    "TRACE",
+    "PATCH",
+    "COPY",
+    "LOCK",
+    "MKCOL",
+    "MOVE",
+    "PROPFIND",
+    "PROPPATCH",
+    "SEARCH",
+    "UNLOCK",
+    "BIND",
+    "REBIND",
+    "UNBIND",
+    "ACL",
+    "REPORT",
+    "MKACTIVITY",
+    "CHECKOUT",
+    "MERGE",
+    "M-SEARCH",
+    "NOTIFY",
+    "SUBSCRIBE",
+    "UNSUBSCRIBE",
+    "PURGE",
+    "MKCALENDAR",
+    "LINK",
+    "UNLINK",
+    "QUERY",
+    "SOURCE",
+];
+
+pub fn is_known_method(m: &str) -> bool {
+    METHODS.contains(&m)
+}
+
 /// `METHOD SP request-target SP HTTP/1.x CR`: the shape of a request line, strictly.
 fn looks_like_request_line(line: &[u8]) -> bool {
     let Some(line) = line.strip_suffix(b"\r") else {
@@ -546,9 +638,7 @@ fn looks_like_request_line(line: &[u8]) -> bool {
     else {
         return false;
     };
-    !method.is_empty()
-        && method.len() <= 32
-        && method.iter().all(|b| b.is_ascii_uppercase() || *b == b'-' || *b == b'_')
+    std::str::from_utf8(method).is_ok_and(is_known_method)
         && !target.is_empty()
         && target.iter().all(|b| b.is_ascii_graphic())
         && (version == b"HTTP/1.1" || version == b"HTTP/1.0")

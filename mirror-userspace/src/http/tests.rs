@@ -214,3 +214,41 @@ fn header_value_ranges_point_into_raw() {
     }
     assert_eq!(head.header("HOST"), Some(&b"httpbin:8000"[..]));
 }
+
+#[test]
+fn line_ends_all_lf_accepted_mixed_rejected() {
+    let f = frame_every_split(b"GET /lf HTTP/1.1\nHost: x\n\nGET /lf2 HTTP/1.1\nHost: x\n\n");
+    assert_eq!(f.requests.len(), 2);
+    let f = frame_every_split(b"GET / HTTP/1.1\r\nDummy: x\nContent-Length: 23\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n");
+    assert!(f.requests.is_empty());
+    assert_eq!(f.drops, vec![DropReason::Framing(FramingError::BareLf)]);
+}
+
+#[test]
+fn unknown_methods_and_non_ascii_targets_are_rejected() {
+    let f = frame_every_split(b"ANNOUNCE / HTTP/1.1\r\n\r\n");
+    assert_eq!(f.drops, vec![DropReason::Framing(FramingError::UnknownMethod)]);
+    let f = frame_every_split("GET /caf\u{e9} HTTP/1.1\r\n\r\n".as_bytes());
+    assert!(f.requests.is_empty());
+}
+
+#[test]
+fn nothing_after_a_non_persistent_request() {
+    let f = frame_every_split(b"GET /a HTTP/1.0\r\n\r\nGET /b HTTP/1.1\r\n\r\n");
+    assert_eq!(f.requests.len(), 1);
+    let f = frame_every_split(b"GET /a HTTP/1.1\r\nConnection: close\r\n\r\nGET /b HTTP/1.1\r\n\r\n");
+    assert_eq!(f.requests.len(), 1);
+    let f = frame_every_split(b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /b HTTP/1.1\r\n\r\n");
+    assert_eq!(f.requests.len(), 2);
+}
+
+#[test]
+fn chunk_size_line_whitespace_and_extensions_are_strict() {
+    let ok = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1 ;a=b\r\nx\r\n0\r\n\r\n";
+    assert_eq!(frame_every_split(ok).requests.len(), 1);
+    for bad in [&b"1 \r\nx\r\n0\r\n\r\n"[..], b"1;\r\nx\r\n0\r\n\r\n", b"1 x\r\nx\r\n0\r\n\r\n", b"1\nx\r\n0\r\n\r\n"] {
+        let input = [&b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"[..], bad].concat();
+        let f = frame_every_split(&input);
+        assert!(f.requests.is_empty(), "{:?}", String::from_utf8_lossy(bad));
+    }
+}
