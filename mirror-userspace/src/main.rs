@@ -19,6 +19,16 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Replay a pcap/pcapng capture through the same path to the config's mirrors, then summarise.
+    Replay {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        pcap: PathBuf,
+        /// Print the counts as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate a config file and exit (non-zero with a message if it is invalid).
     Check {
         #[arg(long)]
@@ -46,6 +56,17 @@ fn main() -> Result<()> {
                 cfg.capture.ports,
                 cfg.capture.interfaces
             );
+            Ok(())
+        }
+        Command::Replay { config, pcap, json } => {
+            let cfg = Config::load(&config)?;
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            let summary = rt.block_on(mirror::offline::replay(&cfg, &pcap))?;
+            if json {
+                println!("{summary}");
+            } else {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            }
             Ok(())
         }
         Command::Run { config } => {

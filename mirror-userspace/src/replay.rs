@@ -106,9 +106,7 @@ impl Replayer {
             return;
         };
         let n = ep.queues.len();
-        let mut h = std::hash::DefaultHasher::new();
-        std::hash::Hash::hash(&ob.flow, &mut h);
-        let start = std::hash::Hasher::finish(&h) as usize;
+        let start = queue_index(&ob, n);
         let mut ob = ob;
         for i in 0..n {
             match ep.queues[(start + i) % n].try_send(ob) {
@@ -119,6 +117,15 @@ impl Replayer {
         self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Queues a request, waiting for room (offline replay, where nothing live can be delayed).
+    pub async fn send(&self, ob: Outbound) {
+        let Some(ep) = self.endpoints.get(ob.endpoint) else { return };
+        let queue = &ep.queues[queue_index(&ob, ep.queues.len())];
+        if queue.send(ob).await.is_err() {
+            self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Stops accepting requests and lets queued ones finish for at most `grace`.
     pub async fn shutdown(mut self, grace: Duration) {
         self.endpoints.clear();
@@ -126,6 +133,13 @@ impl Replayer {
             self.workers.abort_all();
         }
     }
+}
+
+/// The queue (mirror connection) a client connection's requests go to.
+fn queue_index(ob: &Outbound, n: usize) -> usize {
+    let mut h = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(&ob.flow, &mut h);
+    std::hash::Hasher::finish(&h) as usize % n
 }
 
 async fn worker(addr: SocketAddr, mut rx: mpsc::Receiver<Outbound>, settings: ReplaySettings, stats: Arc<ReplayStats>) {

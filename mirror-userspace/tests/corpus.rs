@@ -4,7 +4,6 @@
 
 use std::{
     collections::{BTreeMap, HashSet},
-    path::PathBuf,
     sync::Arc,
     time::Duration,
 };
@@ -19,20 +18,9 @@ use mirror::{
     pipeline::{Outbound, Pipeline},
     route::Router,
 };
+use mirror_tests::corpus;
 use rand::{SeedableRng, rngs::StdRng};
 use serde_json::Value;
-
-fn corpus_dir() -> PathBuf {
-    let dir = std::env::var_os("MIRROR_CORPUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus"));
-    assert!(
-        dir.join("README.md").exists(),
-        "the test corpus is missing at {} (set MIRROR_CORPUS to its path)",
-        dir.display()
-    );
-    dir
-}
 
 /// Decoded length of a raw chunked body.
 fn dechunked_len(raw: &[u8]) -> usize {
@@ -61,7 +49,7 @@ fn replay_capture(
     name: &str,
     ports: &HashSet<u16>,
 ) -> (BTreeMap<(String, String), Vec<(String, String, usize)>>, Value) {
-    let pcap = corpus_dir().join("pcaps").join(name);
+    let pcap = corpus::dir().join("pcaps").join(name);
     let port_list: Vec<String> = ports.iter().map(u16::to_string).collect();
     let cfg = Config::parse(
         &format!(
@@ -84,7 +72,7 @@ fn replay_capture(
         p.on_segment(s, ts, &mut out);
     }
     p.finish(&mut out);
-    let mut by_flow: BTreeMap<(String, String), Vec<(String, String, usize)>> = BTreeMap::new();
+    let mut by_flow: BTreeMap<(String, String), Vec<corpus::Req>> = BTreeMap::new();
     for o in &out {
         by_flow.entry((o.flow.client.to_string(), o.flow.server.to_string())).or_default().push((
             o.method.clone(),
@@ -95,84 +83,29 @@ fn replay_capture(
     (by_flow, serde_json::to_value(&p.stats).unwrap())
 }
 
-/// Captures where we deliberately differ from the reference, which is lenient: it treats
-/// Transfer-Encoding + Content-Length, and an obs-folded Transfer-Encoding, as chunked and frames
-/// the request that follows, and it accepts bare-LF line ends. A strict framer (ours; RFC 9112
-/// §6.1 lets a server reject such requests, and strict servers do) refuses all three, and never
-/// emits the smuggled request behind them.
-const STRICTER_THAN_REFERENCE: [&str; 3] = [
-    "zeek__http-261-variant-04-te_cl_desync.pcap",
-    "zeek__http-261-variant-09-te_obs_fold.pcap",
-    "sv__http-event-chunk.pcap",
-];
-
-/// After the hole in this capture, the reference only resumes at a line start and so frames
-/// nothing more; the next request actually starts exactly where the lost request's body ends
-/// (mid-line), and we frame it: complete, byte for byte, the gapped request itself dropped.
-const RESYNCS_BEYOND_REFERENCE: &str = "ppp__unidirectional_tcp_stream_with_missing_packet.pcap";
-
 #[test]
 fn captures_match_the_reference_reassembly_and_framing() {
-    let dir = corpus_dir().join("groundtruth");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
-    files.sort();
-    assert!(files.len() >= 33, "expected the 33 ground-truth files, found {}", files.len());
+    let all = corpus::expectations();
+    assert!(all.len() >= 33, "expected the 33 ground-truth files, found {}", all.len());
     let mut mismatches = Vec::new();
     println!("{:<58} {:>9} {:>9} {:>9}", "capture", "ref", "ours", "match");
-    for f in files {
-        let gt: Value = serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
-        let name = gt["file"].as_str().unwrap().to_string();
-        let flows = gt["flows"].as_array().unwrap();
-        let ports: HashSet<u16> = flows
-            .iter()
-            .map(|fl| fl["server"].as_str().unwrap().rsplit(':').next().unwrap().parse().unwrap())
-            .collect();
-        let mut want: BTreeMap<(String, String), Vec<(String, String, usize)>> = BTreeMap::new();
-        let mut connects = 0;
-        for fl in flows {
-            let reqs: Vec<_> = fl["requests"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|r| r["complete"].as_bool().unwrap())
-                // CONNECT is framed but never replayed (it would open a tunnel on the mirror).
-                .filter(|r| {
-                    let connect = r["method"] == "CONNECT";
-                    connects += usize::from(connect);
-                    !connect
-                })
-                .map(|r| {
-                    (
-                        r["method"].as_str().unwrap().to_string(),
-                        r["uri"].as_str().unwrap().to_string(),
-                        r["body_len"].as_u64().unwrap() as usize,
-                    )
-                })
-                .collect();
-            if !reqs.is_empty() {
-                let key = (fl["client"].as_str().unwrap().to_string(), fl["server"].as_str().unwrap().to_string());
-                want.entry(key).or_default().extend(reqs);
-            }
-        }
-        let (got, stats) = replay_capture(&name, &ports);
-        let n_want: usize = want.values().map(Vec::len).sum();
-        let n_got: usize = got.values().map(Vec::len).sum();
-        let ok = if STRICTER_THAN_REFERENCE.contains(&name.as_str()) {
-            // Nothing from behind the rejected head may come out.
-            n_got == 0 && stats["dropped"].as_object().is_some_and(|d| !d.is_empty())
-        } else if name == RESYNCS_BEYOND_REFERENCE {
-            let reqs: Vec<_> = got.values().flatten().collect();
-            reqs.len() == 1
-                && reqs[0].0 == "POST"
-                && reqs[0].2 == 6634
-                && stats["dropped"]["gap"] == 1
-                && stats["requests_framed"] == 2
+    for e in &all {
+        let ports: HashSet<u16> = e.ports.iter().copied().collect();
+        let (got, stats) = replay_capture(&e.capture, &ports);
+        let n_ref: usize = e.per_flow.values().map(Vec::len).sum();
+        let flat: Vec<corpus::Req> = got.values().flatten().cloned().collect();
+        let exact = !corpus::STRICTER_THAN_REFERENCE.contains(&e.capture.as_str())
+            && e.capture != corpus::RESYNCS_BEYOND_REFERENCE;
+        let ok = if exact {
+            // Per flow, in order, and every CONNECT framed but held back.
+            got == e.per_flow && stats["dropped"]["connect"].as_u64().unwrap_or(0) as usize == e.connects
         } else {
-            got == want && stats["dropped"]["connect"].as_u64().unwrap_or(0) as usize == connects
+            // The documented divergences: exactly what `mirrored()` says, and the drop counted.
+            flat == e.mirrored() && stats["dropped"].as_object().is_some_and(|d| !d.is_empty())
         };
-        println!("{name:<58} {n_want:>9} {n_got:>9} {:>9}", if ok { "yes" } else { "NO" });
+        println!("{:<58} {n_ref:>9} {:>9} {:>9}", e.capture, flat.len(), if ok { "yes" } else { "NO" });
         if !ok {
-            mismatches.push(format!("{name}: want {want:?}\n got {got:?}\n stats {stats}"));
+            mismatches.push(format!("{}: want {:?}\n got {got:?}\n stats {stats}", e.capture, e.per_flow));
         }
     }
     assert!(mismatches.is_empty(), "{} captures differ:\n{}", mismatches.len(), mismatches.join("\n"));
@@ -183,7 +116,7 @@ fn captures_match_the_reference_reassembly_and_framing() {
 /// error offset.
 #[test]
 fn llhttp_strict_request_cases_whole_and_split_everywhere() {
-    let text = std::fs::read_to_string(corpus_dir().join("llhttp/cases.jsonl")).unwrap();
+    let text = std::fs::read_to_string(corpus::dir().join("llhttp/cases.jsonl")).unwrap();
     let mut checked = 0;
     let mut failures = Vec::new();
     for line in text.lines() {

@@ -4,6 +4,8 @@
 //! Everything is named uniquely (prefix, pid, counter) and removed on drop, so a failing test
 //! leaves nothing behind. Traffic only ever goes to addresses inside these namespaces.
 
+pub mod corpus;
+
 use std::{
     fs,
     io::{BufRead, BufReader, Write},

@@ -26,6 +26,9 @@ enum Task {
     Demo,
     /// Run every test: unit, property, config examples, and the namespace integration tests.
     Test,
+    /// Replay every capture of ../shared/corpus with `mirror replay` to a local recording server
+    /// and compare what arrives with the ground truth.
+    Corpus,
 }
 
 fn main() -> Result<()> {
@@ -47,6 +50,11 @@ fn main() -> Result<()> {
             setup()?;
             build()?;
             test()
+        }
+        Task::Corpus => {
+            setup()?;
+            build()?;
+            run(&mut Command::new("target/debug/corpus"))
         }
     }
 }
@@ -185,7 +193,9 @@ fn test() -> Result<()> {
     sweep_namespaces()?;
     let result = run(Command::new("cargo").args(["test", "--no-fail-fast"]));
     sweep_namespaces()?;
-    result
+    result?;
+    // End to end over the shared corpus: `mirror replay` to a loopback recording server.
+    run(&mut Command::new("target/debug/corpus"))
 }
 
 fn demo() -> Result<()> {

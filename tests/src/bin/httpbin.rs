@@ -31,7 +31,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let log = Arc::new(Mutex::new(std::fs::OpenOptions::new().create(true).append(true).open(&args.log)?));
     let listener = TcpListener::bind(args.listen).await?;
-    eprintln!("httpbin {} listening on {}", args.name, args.listen);
+    eprintln!("httpbin {} listening on {}", args.name, listener.local_addr()?);
     loop {
         let (stream, peer) = listener.accept().await?;
         let (args, log) = (args.clone(), log.clone());
