@@ -46,9 +46,11 @@ pub struct ReplaySettings {
     pub connect_timeout_ms: u64,
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
-    /// Largest request (head + body) buffered for mirroring; larger ones are dropped and counted.
-    #[serde(default = "default_max_request_bytes")]
-    pub max_request_bytes: usize,
+    /// Requests up to this size (head + body) are held until every byte was seen and only then
+    /// sent. Larger ones are streamed to the mirror as they arrive (constant memory); if one of
+    /// their bytes is lost, the mirror connection is reset so it never gets a complete request.
+    #[serde(default = "default_buffer_bytes")]
+    pub buffer_bytes: usize,
 }
 
 impl Default for ReplaySettings {
@@ -58,7 +60,7 @@ impl Default for ReplaySettings {
             queue: default_queue(),
             connect_timeout_ms: default_connect_timeout_ms(),
             request_timeout_ms: default_request_timeout_ms(),
-            max_request_bytes: default_max_request_bytes(),
+            buffer_bytes: default_buffer_bytes(),
         }
     }
 }
@@ -75,8 +77,8 @@ fn default_connect_timeout_ms() -> u64 {
 fn default_request_timeout_ms() -> u64 {
     5000
 }
-fn default_max_request_bytes() -> usize {
-    64 * 1024 * 1024
+fn default_buffer_bytes() -> usize {
+    1024 * 1024
 }
 
 impl ReplaySettings {

@@ -38,10 +38,10 @@ pub async fn run(cfg: Config) -> Result<()> {
     let thread = {
         let stop = stop.clone();
         let replayer = replayer.clone();
-        let max_request = cfg.replay.max_request_bytes;
+        let buffer_bytes = cfg.replay.buffer_bytes;
         std::thread::Builder::new()
             .name("capture".into())
-            .spawn(move || capture_loop(capture, router, replayer, max_request, stop))
+            .spawn(move || capture_loop(capture, router, replayer, buffer_bytes, stop))
             .context("spawning the capture thread")?
     };
 
@@ -70,10 +70,10 @@ fn capture_loop(
     mut capture: Capture,
     router: Arc<Router>,
     replayer: Arc<Replayer>,
-    max_request: usize,
+    buffer_bytes: usize,
     stop: Arc<AtomicBool>,
 ) -> Result<serde_json::Value> {
-    let mut pipeline = Pipeline::new(router, FlowConfig::default(), max_request);
+    let mut pipeline = Pipeline::new(router, FlowConfig::default(), buffer_bytes);
     let start = Instant::now();
     let lost = AtomicU64::new(0);
     let mut decode_errors = 0u64;

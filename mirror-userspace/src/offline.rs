@@ -22,7 +22,7 @@ pub async fn replay(cfg: &Config, pcap: &Path) -> Result<Value> {
         reorder_timeout: Duration::from_secs(u32::MAX as u64),
         ..FlowConfig::default()
     };
-    let mut pipeline = Pipeline::new(router, flow_cfg, cfg.replay.max_request_bytes);
+    let mut pipeline = Pipeline::new(router, flow_cfg, cfg.replay.buffer_bytes);
     let mut out = Vec::new();
     for (ts, seg) in segments {
         pipeline.on_segment(seg, ts, &mut out);

@@ -17,18 +17,60 @@ use crate::{
     route::{Decision, Router, rewrite_host},
 };
 
-/// A complete request, ready for one mirror endpoint.
+/// Something for one mirror endpoint: a whole request, or a part of a streamed one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outbound {
     pub endpoint: usize,
     pub route: Arc<str>,
-    /// The head with Host rewritten.
+    /// The client connection it came from (its requests share one mirror connection, in order).
+    pub flow: FlowKey,
+    pub part: Part,
+}
+
+/// The start of a request for a mirror: the head with Host rewritten, and the body bytes so far,
+/// exactly as seen (chunk framing included).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
     pub head: Bytes,
-    /// The body exactly as seen (chunk framing included).
     pub body: Bytes,
     pub method: String,
     pub target: String,
-    pub flow: FlowKey,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Part {
+    /// A complete request: every byte of it was seen. The common case.
+    Whole(Request),
+    /// A request larger than the buffer: its start. `More` parts (numbered from 1) and then `End`
+    /// or `Abort` follow on the same flow.
+    Start {
+        stream: u64,
+        request: Request,
+    },
+    More {
+        stream: u64,
+        index: u64,
+        bytes: Bytes,
+    },
+    /// The streamed request is complete (`index` is one past the last `More`).
+    End {
+        stream: u64,
+        index: u64,
+    },
+    /// The streamed request lost bytes: the mirror connection must be reset, never completed.
+    Abort {
+        stream: u64,
+    },
+}
+
+impl Outbound {
+    /// The request when this is a whole one (tests, summaries).
+    pub fn whole(&self) -> Option<&Request> {
+        match &self.part {
+            Part::Whole(r) => Some(r),
+            _ => None,
+        }
+    }
 }
 
 /// What the core did, for metrics and `--json` summaries.
@@ -36,7 +78,10 @@ pub struct Outbound {
 pub struct PipelineStats {
     pub requests_framed: u64,
     pub requests_complete: u64,
+    /// Requests handed to replay complete (whole, or streamed to their end).
     pub mirrored: u64,
+    /// Requests larger than the buffer, streamed to the mirror as they arrived.
+    pub streamed: u64,
     pub sampled_out: u64,
     pub no_route: u64,
     pub tunnels: u64,
@@ -50,13 +95,17 @@ impl PipelineStats {
     }
 }
 
-/// The request being read on a flow, if it is to be mirrored.
+/// The request being read on a flow.
 #[derive(Debug)]
 struct InFlight {
     decision: Decision,
-    head: Box<crate::http::RequestHead>,
+    /// The head with Host rewritten, for a request to be mirrored.
+    head: Bytes,
+    method: String,
+    target: String,
     body: BytesMut,
-    too_large: bool,
+    /// Set once the request outgrew the buffer and its start was sent: (stream id, next index).
+    stream: Option<(u64, u64)>,
 }
 
 #[derive(Debug)]
@@ -70,7 +119,8 @@ pub struct Pipeline {
     states: HashMap<FlowKey, FlowState>,
     router: Arc<Router>,
     framer_cfg: FramerConfig,
-    max_request_bytes: usize,
+    buffer_bytes: usize,
+    next_stream: u64,
     rng: StdRng,
     pub stats: PipelineStats,
     flow_events: Vec<(FlowKey, StreamEvent)>,
@@ -78,18 +128,20 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(router: Arc<Router>, flow_cfg: FlowConfig, max_request_bytes: usize) -> Self {
-        Self::with_rng(router, flow_cfg, max_request_bytes, StdRng::from_os_rng())
+    /// `buffer_bytes`: requests up to this size are sent whole; larger ones are streamed.
+    pub fn new(router: Arc<Router>, flow_cfg: FlowConfig, buffer_bytes: usize) -> Self {
+        Self::with_rng(router, flow_cfg, buffer_bytes, StdRng::from_os_rng())
     }
 
     /// With a given random source (tests, reproducible offline runs).
-    pub fn with_rng(router: Arc<Router>, flow_cfg: FlowConfig, max_request_bytes: usize, rng: StdRng) -> Self {
+    pub fn with_rng(router: Arc<Router>, flow_cfg: FlowConfig, buffer_bytes: usize, rng: StdRng) -> Self {
         Self {
             flows: FlowTable::new(flow_cfg),
             states: HashMap::new(),
             router,
             framer_cfg: FramerConfig::default(),
-            max_request_bytes,
+            buffer_bytes,
+            next_stream: 0,
             rng,
             stats: PipelineStats::default(),
             flow_events: Vec::new(),
@@ -169,7 +221,7 @@ impl Pipeline {
             match ev {
                 HttpEvent::Head(head) => {
                     self.stats.requests_framed += 1;
-                    let decision = if head.method.eq_ignore_ascii_case("CONNECT") {
+                    let decision = if head.method == "CONNECT" {
                         // A CONNECT opens a tunnel on the mirror too: never replayed.
                         self.stats.drop("connect");
                         Decision::NoRoute
@@ -181,50 +233,79 @@ impl Pipeline {
                         Decision::SampledOut { .. } => self.stats.sampled_out += 1,
                         Decision::Mirror(_) => {}
                     }
-                    st.current = Some(InFlight { decision, head, body: BytesMut::new(), too_large: false });
+                    let rewritten =
+                        if matches!(decision, Decision::Mirror(_)) { rewrite_host(&head) } else { Bytes::new() };
+                    st.current = Some(InFlight {
+                        decision,
+                        head: rewritten,
+                        method: head.method.clone(),
+                        target: head.target.clone(),
+                        body: BytesMut::new(),
+                        stream: None,
+                    });
                 }
                 HttpEvent::Body(b) => {
-                    if let Some(cur) = st.current.as_mut()
-                        && matches!(cur.decision, Decision::Mirror(_))
-                        && !cur.too_large
-                    {
-                        if cur.head.raw.len() + cur.body.len() + b.len() > self.max_request_bytes {
-                            cur.too_large = true;
-                            cur.body = BytesMut::new();
-                        } else {
-                            cur.body.extend_from_slice(&b);
+                    let Some(cur) = st.current.as_mut() else { continue };
+                    let Decision::Mirror(target) = cur.decision.clone() else { continue };
+                    let part = match &mut cur.stream {
+                        Some((stream, index)) => {
+                            *index += 1;
+                            Part::More { stream: *stream, index: *index - 1, bytes: b }
                         }
-                    }
+                        None if cur.head.len() + cur.body.len() + b.len() > self.buffer_bytes => {
+                            cur.body.extend_from_slice(&b);
+                            let stream = self.next_stream;
+                            self.next_stream += 1;
+                            self.stats.streamed += 1;
+                            cur.stream = Some((stream, 1));
+                            Part::Start { stream, request: take_request(cur) }
+                        }
+                        None => {
+                            cur.body.extend_from_slice(&b);
+                            continue;
+                        }
+                    };
+                    out.push(Outbound { endpoint: target.endpoint, route: target.route, flow: key, part });
                 }
                 HttpEvent::End => {
                     self.stats.requests_complete += 1;
-                    let Some(cur) = st.current.take() else {
-                        continue;
-                    };
-                    if let Decision::Mirror(target) = cur.decision {
-                        if cur.too_large {
-                            self.stats.drop("too_large");
-                            continue;
-                        }
+                    let Some(mut cur) = st.current.take() else { continue };
+                    if let Decision::Mirror(target) = cur.decision.clone() {
                         self.stats.mirrored += 1;
-                        out.push(Outbound {
-                            endpoint: target.endpoint,
-                            route: target.route,
-                            head: rewrite_host(&cur.head),
-                            body: cur.body.freeze(),
-                            method: cur.head.method.clone(),
-                            target: cur.head.target.clone(),
-                            flow: key,
-                        });
+                        let part = match cur.stream {
+                            Some((stream, index)) => Part::End { stream, index },
+                            None => Part::Whole(take_request(&mut cur)),
+                        };
+                        out.push(Outbound { endpoint: target.endpoint, route: target.route, flow: key, part });
                     }
                 }
                 HttpEvent::Dropped(reason) => {
-                    st.current = None;
+                    if let Some(InFlight { decision: Decision::Mirror(target), stream: Some((stream, _)), .. }) =
+                        st.current.take()
+                    {
+                        self.stats.drop("stream_aborted");
+                        out.push(Outbound {
+                            endpoint: target.endpoint,
+                            route: target.route,
+                            flow: key,
+                            part: Part::Abort { stream },
+                        });
+                    }
                     self.stats.drop(reason.as_str());
                 }
                 HttpEvent::Tunnel => self.stats.tunnels += 1,
             }
         }
+    }
+}
+
+/// The request held so far (the buffer is left empty).
+fn take_request(cur: &mut InFlight) -> Request {
+    Request {
+        head: cur.head.clone(),
+        body: std::mem::take(&mut cur.body).freeze(),
+        method: cur.method.clone(),
+        target: cur.target.clone(),
     }
 }
 
@@ -261,8 +342,9 @@ mod tests {
         let req = b"POST /post HTTP/1.1\r\nHost: httpbin:8000\r\nContent-Length: 11\r\n\r\nhello world";
         let out = feed(&mut p, &[(1, TCP_SYN, b""), (2, TCP_ACK, &req[..50]), (52, TCP_ACK | TCP_FIN, &req[50..])]);
         assert_eq!(out.len(), 1);
-        assert_eq!(&out[0].head[..], b"POST /post HTTP/1.1\r\nHost: httpbin-shadow:8000\r\nContent-Length: 11\r\n\r\n");
-        assert_eq!(&out[0].body[..], b"hello world");
+        let r = out[0].whole().unwrap();
+        assert_eq!(&r.head[..], b"POST /post HTTP/1.1\r\nHost: httpbin-shadow:8000\r\nContent-Length: 11\r\n\r\n");
+        assert_eq!(&r.body[..], b"hello world");
         assert_eq!(p.stats.mirrored, 1);
     }
 
@@ -287,20 +369,48 @@ mod tests {
         );
         p.finish(&mut out);
         assert_eq!(out.len(), 1, "only the request after the gap");
-        assert_eq!(out[0].target, "/after");
+        assert_eq!(out[0].whole().unwrap().target, "/after");
         assert_eq!(p.stats.dropped.get("gap"), Some(&1));
     }
 
     #[test]
-    fn oversized_request_is_dropped_but_framing_continues() {
+    fn large_request_is_streamed_in_order_and_small_ones_stay_whole() {
         let mut p = pipeline(100.0);
-        p.max_request_bytes = 100;
-        let big = format!("POST /big HTTP/1.1\r\nContent-Length: 200\r\n\r\n{}", "x".repeat(200));
+        p.buffer_bytes = 100;
+        let big = format!("POST /big HTTP/1.1\r\nContent-Length: 300\r\n\r\n{}", "x".repeat(300));
         let next = b"GET /small HTTP/1.1\r\n\r\n";
-        let out =
-            feed(&mut p, &[(1, TCP_SYN, b""), (2, TCP_ACK, big.as_bytes()), (2 + big.len() as u32, TCP_ACK, next)]);
-        assert_eq!(out.len(), 1);
-        assert_eq!(out[0].target, "/small");
-        assert_eq!(p.stats.dropped.get("too_large"), Some(&1));
+        let (a, b) = big.as_bytes().split_at(120);
+        let (b, c) = b.split_at(100);
+        let mut segs: Vec<(u32, u8, &[u8])> = vec![(1, TCP_SYN, b"")];
+        let mut seq = 2u32;
+        for part in [a, b, c, &next[..]] {
+            segs.push((seq, TCP_ACK, part));
+            seq += part.len() as u32;
+        }
+        let out = feed(&mut p, &segs);
+        let parts: Vec<&Part> = out.iter().map(|o| &o.part).collect();
+        assert!(
+            matches!(parts[0], Part::Start { stream: 0, request } if request.head.len() + request.body.len() == 120)
+        );
+        assert!(matches!(parts[1], Part::More { stream: 0, index: 1, bytes } if bytes.len() == 100));
+        assert!(matches!(parts[2], Part::More { stream: 0, index: 2, bytes } if bytes.len() == big.len() - 220));
+        assert!(matches!(parts[3], Part::End { stream: 0, index: 3 }));
+        assert!(matches!(parts[4], Part::Whole(r) if r.target == "/small"));
+        assert_eq!((p.stats.streamed, p.stats.mirrored), (1, 2));
+    }
+
+    #[test]
+    fn streamed_request_cut_by_a_gap_is_aborted() {
+        let mut p = pipeline(100.0);
+        p.buffer_bytes = 50;
+        let big = format!("POST /big HTTP/1.1\r\nContent-Length: 300\r\n\r\n{}", "x".repeat(300));
+        let b = big.as_bytes();
+        let mut out = feed(&mut p, &[(1, TCP_SYN, b""), (2, TCP_ACK, &b[..100]), (2 + 150, TCP_ACK, &b[150..])]);
+        p.finish(&mut out);
+        let parts: Vec<&Part> = out.iter().map(|o| &o.part).collect();
+        assert!(matches!(parts.first(), Some(Part::Start { .. })));
+        assert!(matches!(parts.last(), Some(Part::Abort { stream: 0 })));
+        assert!(!parts.iter().any(|p| matches!(p, Part::End { .. })));
+        assert_eq!(p.stats.dropped.get("stream_aborted"), Some(&1));
     }
 }

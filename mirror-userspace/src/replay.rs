@@ -24,7 +24,12 @@ use tokio::{
     time::timeout,
 };
 
-use crate::{config::ReplaySettings, http::response::ResponseReader, pipeline::Outbound, route::Router};
+use crate::{
+    config::ReplaySettings,
+    http::response::ResponseReader,
+    pipeline::{Outbound, Part, Request},
+    route::Router,
+};
 
 /// Counters of what replay did.
 #[derive(Debug, Default)]
@@ -36,6 +41,9 @@ pub struct ReplayStats {
     pub io_error: AtomicU64,
     pub bad_response: AtomicU64,
     pub timeout: AtomicU64,
+    /// Streamed requests whose mirror connection was reset before they completed (bytes lost in
+    /// capture, a part dropped on a full queue, or a write error).
+    pub streams_reset: AtomicU64,
 }
 
 impl ReplayStats {
@@ -52,6 +60,7 @@ impl ReplayStats {
             ("dropped_io_error", &self.io_error),
             ("dropped_bad_response", &self.bad_response),
             ("dropped_timeout", &self.timeout),
+            ("streams_reset", &self.streams_reset),
         ] {
             m.insert(k.into(), v.load(Ordering::Relaxed));
         }
@@ -97,24 +106,18 @@ impl Replayer {
         Replayer { endpoints, stats, workers }
     }
 
-    /// Queues a request without ever waiting: if every queue of its endpoint is full the request is
-    /// dropped and counted. Callable from any thread. Requests of one client connection go to the
-    /// same mirror connection while its queue has room, so the mirror sees them in order.
+    /// Queues a request (or part of one) without ever waiting: if its queue is full it is dropped
+    /// and counted. Callable from any thread. Everything from one client connection goes to the
+    /// same mirror connection, so the mirror sees it in order and streamed parts stay together; a
+    /// streamed request missing a part is reset by the worker, never completed.
     pub fn submit(&self, ob: Outbound) {
         let Some(ep) = self.endpoints.get(ob.endpoint) else {
             self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        let n = ep.queues.len();
-        let start = queue_index(&ob, n);
-        let mut ob = ob;
-        for i in 0..n {
-            match ep.queues[(start + i) % n].try_send(ob) {
-                Ok(()) => return,
-                Err(mpsc::error::TrySendError::Full(back) | mpsc::error::TrySendError::Closed(back)) => ob = back,
-            }
+        if ep.queues[queue_index(&ob, ep.queues.len())].try_send(ob).is_err() {
+            self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
         }
-        self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Queues a request, waiting for room (offline replay, where nothing live can be delayed).
@@ -142,32 +145,134 @@ fn queue_index(ob: &Outbound, n: usize) -> usize {
     std::hash::Hasher::finish(&h) as usize % n
 }
 
+/// A streamed request being written on the connection.
+struct Active {
+    stream: u64,
+    /// Index of the next `More` (or of the `End`).
+    next: u64,
+    /// False once writing failed: the rest of the stream is discarded.
+    ok: bool,
+    head_request: bool,
+    route: Arc<str>,
+}
+
 async fn worker(addr: SocketAddr, mut rx: mpsc::Receiver<Outbound>, settings: ReplaySettings, stats: Arc<ReplayStats>) {
     let mut conn: Option<TcpStream> = None;
     let mut buf = vec![0u8; 64 * 1024];
+    let mut active: Option<Active> = None;
+    let limit = settings.request_timeout();
     while let Some(ob) = rx.recv().await {
-        let result = timeout(settings.request_timeout(), send_one(&mut conn, addr, &ob, &settings, &mut buf)).await;
-        match result {
-            Ok(Ok(status)) => {
-                stats.sent.fetch_add(1, Ordering::Relaxed);
-                let class = (status / 100) as usize;
-                stats.responses[if (1..=5).contains(&class) { class } else { 0 }].fetch_add(1, Ordering::Relaxed);
+        match ob.part {
+            Part::Whole(req) => {
+                reset_unfinished(&mut active, &mut conn, &stats);
+                let result = timeout(limit, async {
+                    let stream = writable(&mut conn, addr, &settings).await?;
+                    write_request(stream, &req).await?;
+                    read_response(&mut conn, req.method == "HEAD", &mut buf).await
+                })
+                .await;
+                record(result, &mut conn, &stats, addr, &ob.route);
             }
-            Ok(Err(f)) => {
-                conn = None;
-                let counter = match f {
-                    Failure::Connect => &stats.connect_error,
-                    Failure::Io => &stats.io_error,
-                    Failure::BadResponse => &stats.bad_response,
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%addr, route = %ob.route, "mirror request failed: {f:?}");
+            Part::Start { stream, request } => {
+                reset_unfinished(&mut active, &mut conn, &stats);
+                let result = timeout(limit, async {
+                    let s = writable(&mut conn, addr, &settings).await?;
+                    write_request(s, &request).await
+                })
+                .await;
+                let ok = matches!(result, Ok(Ok(())));
+                if !ok {
+                    record(result.map(|r| r.map(|_| 0)), &mut conn, &stats, addr, &ob.route);
+                }
+                active = Some(Active { stream, next: 1, ok, head_request: request.method == "HEAD", route: ob.route });
             }
-            Err(_) => {
-                conn = None;
-                stats.timeout.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%addr, route = %ob.route, "mirror request timed out");
+            Part::More { stream, index, bytes } => {
+                let Some(a) = active.as_mut().filter(|a| a.stream == stream) else { continue };
+                if !a.ok {
+                    continue;
+                }
+                if index != a.next {
+                    // A part was dropped on a full queue: this request must never complete.
+                    reset(&mut conn, &stats);
+                    a.ok = false;
+                    continue;
+                }
+                a.next += 1;
+                let Some(s) = conn.as_mut() else { continue };
+                if !matches!(timeout(limit, s.write_all(&bytes)).await, Ok(Ok(()))) {
+                    reset(&mut conn, &stats);
+                    a.ok = false;
+                }
             }
+            Part::End { stream, index } => {
+                let Some(a) = active.take_if(|a| a.stream == stream) else { continue };
+                if !a.ok {
+                    continue;
+                }
+                if index != a.next {
+                    reset(&mut conn, &stats);
+                    continue;
+                }
+                let result = timeout(limit, read_response(&mut conn, a.head_request, &mut buf)).await;
+                record(result, &mut conn, &stats, addr, &a.route);
+            }
+            Part::Abort { stream } => {
+                if let Some(a) = active.take_if(|a| a.stream == stream)
+                    && a.ok
+                {
+                    reset(&mut conn, &stats);
+                }
+            }
+        }
+    }
+    reset_unfinished(&mut active, &mut conn, &stats);
+}
+
+/// A streamed request that never got its end (its `End` was dropped): reset it.
+fn reset_unfinished(active: &mut Option<Active>, conn: &mut Option<TcpStream>, stats: &ReplayStats) {
+    if active.take().is_some_and(|a| a.ok) {
+        reset(conn, stats);
+    }
+}
+
+/// Closes the connection with a RST, so a request written in part is never completed.
+fn reset(conn: &mut Option<TcpStream>, stats: &ReplayStats) {
+    if let Some(s) = conn.take() {
+        // A zero linger makes close send RST at once; it does not block (the deprecation is
+        // about non-zero lingers).
+        #[allow(deprecated)]
+        let _ = s.set_linger(Some(Duration::ZERO));
+        stats.streams_reset.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn record(
+    result: Result<Result<u16, Failure>, tokio::time::error::Elapsed>,
+    conn: &mut Option<TcpStream>,
+    stats: &ReplayStats,
+    addr: SocketAddr,
+    route: &str,
+) {
+    match result {
+        Ok(Ok(status)) => {
+            stats.sent.fetch_add(1, Ordering::Relaxed);
+            let class = (status / 100) as usize;
+            stats.responses[if (1..=5).contains(&class) { class } else { 0 }].fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Err(f)) => {
+            *conn = None;
+            let counter = match f {
+                Failure::Connect => &stats.connect_error,
+                Failure::Io => &stats.io_error,
+                Failure::BadResponse => &stats.bad_response,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%addr, %route, "mirror request failed: {f:?}");
+        }
+        Err(_) => {
+            *conn = None;
+            stats.timeout.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%addr, %route, "mirror request timed out");
         }
     }
 }
@@ -178,13 +283,12 @@ fn closed_while_idle(stream: &TcpStream) -> bool {
     !matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
-async fn send_one(
-    conn: &mut Option<TcpStream>,
+/// The kept-alive connection, (re)connecting if there is none or the server closed it.
+async fn writable<'a>(
+    conn: &'a mut Option<TcpStream>,
     addr: SocketAddr,
-    ob: &Outbound,
     settings: &ReplaySettings,
-    buf: &mut [u8],
-) -> Result<u16, Failure> {
+) -> Result<&'a mut TcpStream, Failure> {
     if conn.as_ref().is_some_and(closed_while_idle) {
         *conn = None;
     }
@@ -196,12 +300,21 @@ async fn send_one(
         let _ = stream.set_nodelay(true);
         *conn = Some(stream);
     }
-    let stream = conn.as_mut().expect("connected above");
-    stream.write_all(&ob.head).await.map_err(|_| Failure::Io)?;
-    if !ob.body.is_empty() {
-        stream.write_all(&ob.body).await.map_err(|_| Failure::Io)?;
+    Ok(conn.as_mut().expect("connected above"))
+}
+
+async fn write_request(stream: &mut TcpStream, req: &Request) -> Result<(), Failure> {
+    stream.write_all(&req.head).await.map_err(|_| Failure::Io)?;
+    if !req.body.is_empty() {
+        stream.write_all(&req.body).await.map_err(|_| Failure::Io)?;
     }
-    let mut reader = ResponseReader::new(ob.method.eq_ignore_ascii_case("HEAD"));
+    Ok(())
+}
+
+/// Reads and discards one response; returns its status.
+async fn read_response(conn: &mut Option<TcpStream>, head_request: bool, buf: &mut [u8]) -> Result<u16, Failure> {
+    let stream = conn.as_mut().ok_or(Failure::Io)?;
+    let mut reader = ResponseReader::new(head_request);
     loop {
         let n = stream.read(buf).await.map_err(|_| Failure::Io)?;
         if n == 0 {

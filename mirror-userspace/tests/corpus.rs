@@ -15,7 +15,7 @@ use mirror::{
     config::Config,
     flow::FlowConfig,
     http::{FramerConfig, HttpEvent, RequestFramer},
-    pipeline::{Outbound, Pipeline},
+    pipeline::{Pipeline, Request},
     route::Router,
 };
 use mirror_tests::corpus;
@@ -39,7 +39,7 @@ fn dechunked_len(raw: &[u8]) -> usize {
     }
 }
 
-fn body_len(o: &Outbound) -> usize {
+fn body_len(o: &Request) -> usize {
     let head = String::from_utf8_lossy(&o.head).to_ascii_lowercase();
     if head.contains("\r\ntransfer-encoding:") { dechunked_len(&o.body) } else { o.body.len() }
 }
@@ -74,10 +74,12 @@ fn replay_capture(
     p.finish(&mut out);
     let mut by_flow: BTreeMap<(String, String), Vec<corpus::Req>> = BTreeMap::new();
     for o in &out {
+        // The buffer is larger than any capture's requests: every one comes whole.
+        let r = o.whole().expect("a whole request");
         by_flow.entry((o.flow.client.to_string(), o.flow.server.to_string())).or_default().push((
-            o.method.clone(),
-            o.target.clone(),
-            body_len(o),
+            r.method.clone(),
+            r.target.clone(),
+            body_len(r),
         ));
     }
     (by_flow, serde_json::to_value(&p.stats).unwrap())

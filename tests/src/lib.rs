@@ -301,6 +301,52 @@ pub fn exchange(addr: SocketAddr, requests: &[Vec<u8>]) -> Result<Vec<Response>>
     Ok(out)
 }
 
+/// Writes every request in one go (pipelining), then reads one response per request.
+pub fn exchange_pipelined(addr: SocketAddr, requests: &[Vec<u8>]) -> Result<Vec<Response>> {
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut writer = stream.try_clone()?;
+    writer.write_all(&requests.concat())?;
+    let mut reader = BufReader::new(stream);
+    requests.iter().map(|_| read_response(&mut reader)).collect()
+}
+
+/// Sends `head` (which carries `Expect: 100-continue`), waits for the interim 100 response, then
+/// sends `body` in pieces of `piece` bytes, pausing `pause` between them; returns the final
+/// response.
+pub fn upload(
+    addr: SocketAddr,
+    head: &[u8],
+    body: &[u8],
+    expect_continue: bool,
+    piece: usize,
+    pause: Duration,
+) -> Result<Response> {
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    writer.write_all(head)?;
+    if expect_continue {
+        let interim = read_response(&mut reader)?;
+        ensure!(interim.status == 100, "expected 100 Continue, got {}", interim.status);
+    }
+    for chunk in body.chunks(piece.max(1)) {
+        writer.write_all(chunk)?;
+        if !pause.is_zero() {
+            std::thread::sleep(pause);
+        }
+    }
+    read_response(&mut reader)
+}
+
+/// Resident memory of a process, in KiB.
+pub fn rss_kib(pid: i32) -> Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
+    Ok(line.split_whitespace().nth(1).context("VmRSS value")?.parse()?)
+}
+
 fn read_response(reader: &mut impl BufRead) -> Result<Response> {
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
@@ -319,7 +365,7 @@ fn read_response(reader: &mut impl BufRead) -> Result<Response> {
     let status = resp.code.context("no status")?;
     let len: usize = match get("content-length") {
         Some(v) => v.parse()?,
-        None if status == 204 || status == 304 => 0,
+        None if status == 204 || status == 304 || (100..200).contains(&status) => 0,
         None => bail!("response without content-length"),
     };
     let served_by = get("x-served-by").unwrap_or_default();
