@@ -21,6 +21,7 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray, PerfEventArray},
     programs::TcContext,
 };
+use aya_log_ebpf::debug;
 use mirror_common::{
     KIND_PACKET, KIND_TAIL, MAX_INLINE_CAPTURE, MAX_TAIL_CAPTURE, STAT_COUNT, STAT_FRAGMENTS, STAT_LOST, STAT_SEEN,
     STAT_SHIPPED, STAT_TAILS, STAT_TRUNCATED, SegmentEvent, TailPiece,
@@ -151,6 +152,7 @@ fn capture(ctx: &TcContext) -> Result<(), ()> {
     };
     if ret != 0 {
         bump(STAT_LOST);
+        debug!(ctx, "perf ring full: segment to port {} lost", dport);
         return Err(());
     }
     bump(STAT_SHIPPED);
@@ -167,6 +169,7 @@ fn ship_tail(ctx: &TcContext, head: &SegmentEvent, start: u32, end: u32) -> Resu
     let mut want = end - start;
     if want > MAX_TAIL_CAPTURE {
         bump(STAT_TRUNCATED);
+        debug!(ctx, "skb of {} bytes: {} beyond what is shipped", head.skb_len, want - MAX_TAIL_CAPTURE);
         want = MAX_TAIL_CAPTURE;
     }
     let piece = MIRROR_SCRATCH.get_ptr_mut(0).ok_or(())?;

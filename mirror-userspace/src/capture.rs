@@ -81,6 +81,8 @@ static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR
 /// The loaded, attached classifier and its perf buffers.
 pub struct Capture {
     ebpf: Ebpf,
+    /// Kernel-side log records (aya-log), forwarded to `log`/`tracing` at debug level.
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     pub buffers: Vec<PerfEventArrayBuffer<MapData>>,
     pub interfaces: Vec<String>,
 }
@@ -91,9 +93,9 @@ impl Capture {
     pub fn start(interfaces: &[String], ports: &[u16], perf_pages: usize) -> Result<Capture> {
         bump_memlock_rlimit();
         let mut ebpf = Ebpf::load(PROGRAM_OBJECT).context("loading the eBPF object")?;
-        if let Err(e) = aya_log::EbpfLogger::init(&mut ebpf) {
-            tracing::debug!("kernel-side logging not available: {e}");
-        }
+        let logger = aya_log::EbpfLogger::init(&mut ebpf)
+            .map_err(|e| tracing::debug!("kernel-side logging not available: {e}"))
+            .ok();
         {
             let mut map: BpfHashMap<_, u16, u8> =
                 BpfHashMap::try_from(ebpf.map_mut(MAP_PORTS).context("ports map missing")?)?;
@@ -118,7 +120,7 @@ impl Capture {
         if buffers.is_empty() {
             bail!("no online CPUs");
         }
-        Ok(Capture { ebpf, buffers, interfaces: interfaces.to_vec() })
+        Ok(Capture { ebpf, logger, buffers, interfaces: interfaces.to_vec() })
     }
 
     /// The kernel's per-CPU counters, summed: (name, value).
@@ -129,6 +131,9 @@ impl Capture {
 
     /// Drains every buffer that has data: samples go to `on_sample`, losses to `on_lost`.
     pub fn drain(&mut self, mut on_sample: impl FnMut(&[u8]), mut on_lost: impl FnMut(u64)) {
+        if let Some(logger) = self.logger.as_mut() {
+            logger.flush();
+        }
         let mut scratch = Vec::new();
         for buf in &mut self.buffers {
             if !buf.readable() {

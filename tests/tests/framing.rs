@@ -104,6 +104,13 @@ fn fifty_megabyte_post_is_streamed_byte_identical_with_flat_memory() {
     assert_eq!(mirrored[0]["body_len"], Value::from(SIZE as u64));
     assert_eq!(summary["pipeline"]["streamed"], Value::from(1), "{summary}");
     println!("daemon RSS: {rss_before} KiB before, {peak} KiB peak during a {} MiB upload", SIZE >> 20);
+    println!("kernel counters: {}", summary["kernel"]);
+    let k = &summary["kernel"];
+    assert_eq!(k["lost"], Value::from(0), "{summary}");
+    assert_eq!(k["seen"], k["shipped"], "{summary}");
+    // veth hands TC GSO skbs of up to ~64 KiB: the tail-piece path (skbs beyond one perf sample)
+    // must have carried part of this upload, and carried it intact.
+    assert!(k["tail_pieces"].as_u64().unwrap() > 0, "no oversized skb seen: {summary}");
     // Flat: the upload is 51,200 KiB; the daemon may not grow by even half of it.
     assert!(peak < rss_before + 25 * 1024, "RSS grew from {rss_before} KiB to {peak} KiB");
 }
