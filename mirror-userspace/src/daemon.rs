@@ -55,7 +55,6 @@ pub async fn run(cfg: Config) -> Result<()> {
     let summary = tokio::task::spawn_blocking(move || thread.join())
         .await?
         .map_err(|_| anyhow::anyhow!("capture thread panicked"))??;
-    let replayer = Arc::try_unwrap(replayer).map_err(|_| anyhow::anyhow!("replayer still shared"))?;
     let stats = replayer.stats.clone();
     replayer.shutdown(Duration::from_secs(2)).await;
     let mut summary = summary;

@@ -48,10 +48,13 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Check { config } => {
             let cfg = Config::load(&config)?;
+            for w in &cfg.warnings {
+                eprintln!("{}: warning: {w}", config.display());
+            }
             println!(
                 "{}: ok ({} routes, {} endpoints, ports {:?} on {:?})",
                 config.display(),
-                cfg.routes.len(),
+                cfg.route_count(),
                 cfg.endpoints.len(),
                 cfg.capture.ports,
                 cfg.capture.interfaces

@@ -14,13 +14,14 @@ use serde::Serialize;
 use crate::{
     flow::{FlowConfig, FlowKey, FlowTable, Segment, StreamEvent},
     http::{FramerConfig, HttpEvent, RequestFramer},
-    route::{Decision, Router, rewrite_host},
+    route::{Decision, MirrorTarget, Router, rewrite_head},
 };
 
 /// Something for one mirror endpoint: a whole request, or a part of a streamed one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outbound {
-    pub endpoint: usize,
+    /// The endpoints key (`host/subset`) of the mirror.
+    pub endpoint: Arc<str>,
     pub route: Arc<str>,
     /// The client connection it came from (its requests share one mirror connection, in order).
     pub flow: FlowKey,
@@ -78,10 +79,11 @@ impl Outbound {
 pub struct PipelineStats {
     pub requests_framed: u64,
     pub requests_complete: u64,
-    /// Requests handed to replay complete (whole, or streamed to their end).
+    /// Requests handed to replay complete (whole, or streamed to their end), once per mirror.
     pub mirrored: u64,
     /// Requests larger than the buffer, streamed to the mirror as they arrived.
     pub streamed: u64,
+    /// (request, mirror) pairs a route's sampling left out.
     pub sampled_out: u64,
     pub no_route: u64,
     pub tunnels: u64,
@@ -98,14 +100,14 @@ impl PipelineStats {
 /// The request being read on a flow.
 #[derive(Debug)]
 struct InFlight {
-    decision: Decision,
-    /// The head with Host rewritten, for a request to be mirrored.
-    head: Bytes,
+    /// The mirrors it goes to, each with its rewritten head and, once the request outgrew the
+    /// buffer and its start was sent, its stream: (id, next part index).
+    targets: Vec<(MirrorTarget, Bytes, Option<(u64, u64)>)>,
     method: String,
     target: String,
+    /// Body bytes held until the request completes or outgrows the buffer.
     body: BytesMut,
-    /// Set once the request outgrew the buffer and its start was sent: (stream id, next index).
-    stream: Option<(u64, u64)>,
+    head_len: usize,
 }
 
 #[derive(Debug)]
@@ -226,70 +228,93 @@ impl Pipeline {
                         self.stats.drop("connect");
                         Decision::NoRoute
                     } else {
-                        self.router.decide(&head, &mut self.rng)
+                        self.router.decide(&head, key.server.port(), &mut self.rng)
                     };
-                    match &decision {
-                        Decision::NoRoute => self.stats.no_route += 1,
-                        Decision::SampledOut { .. } => self.stats.sampled_out += 1,
-                        Decision::Mirror(_) => {}
-                    }
-                    let rewritten =
-                        if matches!(decision, Decision::Mirror(_)) { rewrite_host(&head) } else { Bytes::new() };
+                    let targets = match decision {
+                        Decision::NoRoute => {
+                            self.stats.no_route += 1;
+                            Vec::new()
+                        }
+                        Decision::Route { targets, sampled_out, .. } => {
+                            self.stats.sampled_out += sampled_out as u64;
+                            targets
+                        }
+                    };
                     st.current = Some(InFlight {
-                        decision,
-                        head: rewritten,
+                        targets: targets
+                            .into_iter()
+                            .map(|t| {
+                                let h = rewrite_head(&head, &t.policy);
+                                (t, h, None)
+                            })
+                            .collect(),
                         method: head.method.clone(),
                         target: head.target.clone(),
                         body: BytesMut::new(),
-                        stream: None,
+                        head_len: head.raw.len(),
                     });
                 }
                 HttpEvent::Body(b) => {
                     let Some(cur) = st.current.as_mut() else { continue };
-                    let Decision::Mirror(target) = cur.decision.clone() else { continue };
-                    let part = match &mut cur.stream {
-                        Some((stream, index)) => {
-                            *index += 1;
-                            Part::More { stream: *stream, index: *index - 1, bytes: b }
-                        }
-                        None if cur.head.len() + cur.body.len() + b.len() > self.buffer_bytes => {
-                            cur.body.extend_from_slice(&b);
-                            let stream = self.next_stream;
+                    if cur.targets.is_empty() {
+                        continue;
+                    }
+                    let streaming = cur.targets[0].2.is_some();
+                    if !streaming && cur.head_len + cur.body.len() + b.len() <= self.buffer_bytes {
+                        cur.body.extend_from_slice(&b);
+                        continue;
+                    }
+                    if !streaming {
+                        // Outgrew the buffer: start a stream per mirror with what is held.
+                        cur.body.extend_from_slice(&b);
+                        let body = std::mem::take(&mut cur.body).freeze();
+                        self.stats.streamed += 1;
+                        for (t, head, stream) in &mut cur.targets {
+                            let id = self.next_stream;
                             self.next_stream += 1;
-                            self.stats.streamed += 1;
-                            cur.stream = Some((stream, 1));
-                            Part::Start { stream, request: take_request(cur) }
+                            *stream = Some((id, 1));
+                            let request = Request {
+                                head: head.clone(),
+                                body: body.clone(),
+                                method: cur.method.clone(),
+                                target: cur.target.clone(),
+                            };
+                            out.push(outbound(key, t, Part::Start { stream: id, request }));
                         }
-                        None => {
-                            cur.body.extend_from_slice(&b);
-                            continue;
-                        }
-                    };
-                    out.push(Outbound { endpoint: target.endpoint, route: target.route, flow: key, part });
+                        continue;
+                    }
+                    for (t, _, stream) in &mut cur.targets {
+                        let (id, index) = stream.as_mut().expect("streaming");
+                        *index += 1;
+                        out.push(outbound(key, t, Part::More { stream: *id, index: *index - 1, bytes: b.clone() }));
+                    }
                 }
                 HttpEvent::End => {
                     self.stats.requests_complete += 1;
-                    let Some(mut cur) = st.current.take() else { continue };
-                    if let Decision::Mirror(target) = cur.decision.clone() {
+                    let Some(cur) = st.current.take() else { continue };
+                    let body = cur.body.freeze();
+                    for (t, head, stream) in cur.targets {
                         self.stats.mirrored += 1;
-                        let part = match cur.stream {
-                            Some((stream, index)) => Part::End { stream, index },
-                            None => Part::Whole(take_request(&mut cur)),
+                        let part = match stream {
+                            Some((id, index)) => Part::End { stream: id, index },
+                            None => Part::Whole(Request {
+                                head,
+                                body: body.clone(),
+                                method: cur.method.clone(),
+                                target: cur.target.clone(),
+                            }),
                         };
-                        out.push(Outbound { endpoint: target.endpoint, route: target.route, flow: key, part });
+                        out.push(outbound(key, &t, part));
                     }
                 }
                 HttpEvent::Dropped(reason) => {
-                    if let Some(InFlight { decision: Decision::Mirror(target), stream: Some((stream, _)), .. }) =
-                        st.current.take()
-                    {
-                        self.stats.drop("stream_aborted");
-                        out.push(Outbound {
-                            endpoint: target.endpoint,
-                            route: target.route,
-                            flow: key,
-                            part: Part::Abort { stream },
-                        });
+                    if let Some(cur) = st.current.take() {
+                        for (t, _, stream) in cur.targets {
+                            if let Some((id, _)) = stream {
+                                self.stats.drop("stream_aborted");
+                                out.push(outbound(key, &t, Part::Abort { stream: id }));
+                            }
+                        }
                     }
                     self.stats.drop(reason.as_str());
                 }
@@ -299,14 +324,8 @@ impl Pipeline {
     }
 }
 
-/// The request held so far (the buffer is left empty).
-fn take_request(cur: &mut InFlight) -> Request {
-    Request {
-        head: cur.head.clone(),
-        body: std::mem::take(&mut cur.body).freeze(),
-        method: cur.method.clone(),
-        target: cur.target.clone(),
-    }
+fn outbound(flow: FlowKey, t: &MirrorTarget, part: Part) -> Outbound {
+    Outbound { endpoint: t.endpoint.clone(), route: t.route.clone(), flow, part }
 }
 
 #[cfg(test)]

@@ -7,10 +7,10 @@
 //! is free for the next request.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     net::SocketAddr,
     sync::{
-        Arc,
+        Arc, Mutex, RwLock,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
@@ -69,14 +69,18 @@ impl ReplayStats {
 }
 
 struct Endpoint {
+    addrs: Vec<SocketAddr>,
     queues: Vec<mpsc::Sender<Outbound>>,
 }
 
-/// Handle to the replay workers.
+/// Handle to the replay workers. Shared by the capture thread (which submits) and the daemon
+/// (which reconfigures on reload and shuts down).
 pub struct Replayer {
-    endpoints: Vec<Endpoint>,
+    endpoints: RwLock<HashMap<Arc<str>, Endpoint>>,
+    settings: ReplaySettings,
+    runtime: tokio::runtime::Handle,
+    workers: Mutex<JoinSet<()>>,
     pub stats: Arc<ReplayStats>,
-    workers: JoinSet<()>,
 }
 
 #[derive(Debug)]
@@ -89,21 +93,37 @@ enum Failure {
 impl Replayer {
     /// Spawns `settings.connections` workers per endpoint address on the current tokio runtime.
     pub fn start(router: &Router, settings: &ReplaySettings) -> Replayer {
-        let stats = Arc::new(ReplayStats::default());
-        let mut workers = JoinSet::new();
-        let mut endpoints = Vec::new();
-        for (_, addrs) in &router.endpoints {
+        let r = Replayer {
+            endpoints: RwLock::new(HashMap::new()),
+            settings: settings.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            workers: Mutex::new(JoinSet::new()),
+            stats: Arc::new(ReplayStats::default()),
+        };
+        r.reconfigure(router);
+        r
+    }
+
+    /// Brings the endpoints in line with a (new) router: unchanged ones keep their connections,
+    /// new ones get workers, removed ones finish what is queued and stop.
+    pub fn reconfigure(&self, router: &Router) {
+        let mut eps = self.endpoints.write().expect("endpoints lock");
+        eps.retain(|k, ep| router.endpoints.get(k).is_some_and(|a| *a == ep.addrs));
+        let mut workers = self.workers.lock().expect("workers lock");
+        for (key, addrs) in &router.endpoints {
+            if eps.contains_key(key) {
+                continue;
+            }
             let mut queues = Vec::new();
             for addr in addrs {
-                for _ in 0..settings.connections {
-                    let (tx, rx) = mpsc::channel(settings.queue);
+                for _ in 0..self.settings.connections {
+                    let (tx, rx) = mpsc::channel(self.settings.queue);
                     queues.push(tx);
-                    workers.spawn(worker(*addr, rx, settings.clone(), stats.clone()));
+                    workers.spawn_on(worker(*addr, rx, self.settings.clone(), self.stats.clone()), &self.runtime);
                 }
             }
-            endpoints.push(Endpoint { queues });
+            eps.insert(key.clone(), Endpoint { addrs: addrs.clone(), queues });
         }
-        Replayer { endpoints, stats, workers }
     }
 
     /// Queues a request (or part of one) without ever waiting: if its queue is full it is dropped
@@ -111,29 +131,34 @@ impl Replayer {
     /// same mirror connection, so the mirror sees it in order and streamed parts stay together; a
     /// streamed request missing a part is reset by the worker, never completed.
     pub fn submit(&self, ob: Outbound) {
-        let Some(ep) = self.endpoints.get(ob.endpoint) else {
-            self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
-            return;
-        };
-        if ep.queues[queue_index(&ob, ep.queues.len())].try_send(ob).is_err() {
+        let eps = self.endpoints.read().expect("endpoints lock");
+        let sent =
+            eps.get(&ob.endpoint).is_some_and(|ep| ep.queues[queue_index(&ob, ep.queues.len())].try_send(ob).is_ok());
+        if !sent {
             self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// Queues a request, waiting for room (offline replay, where nothing live can be delayed).
     pub async fn send(&self, ob: Outbound) {
-        let Some(ep) = self.endpoints.get(ob.endpoint) else { return };
-        let queue = &ep.queues[queue_index(&ob, ep.queues.len())];
-        if queue.send(ob).await.is_err() {
-            self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
+        let queue = {
+            let eps = self.endpoints.read().expect("endpoints lock");
+            eps.get(&ob.endpoint).map(|ep| ep.queues[queue_index(&ob, ep.queues.len())].clone())
+        };
+        match queue {
+            Some(q) if q.send(ob).await.is_ok() => {}
+            _ => {
+                self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
     /// Stops accepting requests and lets queued ones finish for at most `grace`.
-    pub async fn shutdown(mut self, grace: Duration) {
-        self.endpoints.clear();
-        if timeout(grace, async { while self.workers.join_next().await.is_some() {} }).await.is_err() {
-            self.workers.abort_all();
+    pub async fn shutdown(&self, grace: Duration) {
+        self.endpoints.write().expect("endpoints lock").clear();
+        let mut workers = std::mem::take(&mut *self.workers.lock().expect("workers lock"));
+        if timeout(grace, async { while workers.join_next().await.is_some() {} }).await.is_err() {
+            workers.abort_all();
         }
     }
 }

@@ -1,10 +1,12 @@
-//! Routing, sans-IO: a request head in, the mirrors it goes to out, with the Host rewritten.
+//! Routing, sans-IO: a request head in, the mirrors it goes to out, each with its rewritten head.
 //!
-//! Routes are tried in order and the first whose match blocks accept the request wins (Istio's
-//! VirtualService `http` semantics); its mirror is then sampled by `mirrorPercentage`, applied as
-//! Istio does, in parts per million truncated.
+//! Istio's semantics: the route tables (VirtualServices scoped by `spec.hosts`, then our own
+//! `routes`) are consulted in order; the first table whose hosts match the request's Host decides,
+//! and in it the first route whose match blocks accept the request wins (conditions in a block
+//! AND, blocks OR). Each of that route's mirrors is then sampled on its own by its percentage, in
+//! parts per million truncated, as Istio converts it for Envoy.
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
 use anyhow::{Context as _, Result};
 use bytes::{Bytes, BytesMut};
@@ -12,7 +14,7 @@ use rand::Rng;
 use regex::Regex;
 
 use crate::{
-    config::{self, Config},
+    config::{self, Config, HeaderOps, HostRewrite, SampleKey},
     http::RequestHead,
 };
 
@@ -32,7 +34,7 @@ impl Matcher {
         } else if let Some(p) = &sm.prefix {
             Matcher::Prefix(p.clone())
         } else if let Some(r) = &sm.regex {
-            // Istio's regexes are RE2 and must match the whole value.
+            // Envoy's (RE2) regex matches must cover the whole value.
             Matcher::Regex(Regex::new(&format!("^(?:{r})$")).with_context(|| format!("regex {r:?}"))?)
         } else {
             Matcher::Present
@@ -53,133 +55,304 @@ impl Matcher {
     }
 }
 
+type Named = Vec<(String, Matcher)>;
+
+fn compile_named(m: &BTreeMap<String, config::StringMatch>) -> Result<Named> {
+    m.iter().map(|(k, v)| Ok((k.clone(), Matcher::compile(v)?))).collect()
+}
+
 #[derive(Debug, Clone)]
 struct MatchBlock {
     uri: Option<Matcher>,
+    scheme: Option<Matcher>,
     method: Option<Matcher>,
     authority: Option<Matcher>,
-    headers: Vec<(String, Matcher)>,
-    without_headers: Vec<(String, Matcher)>,
+    headers: Named,
+    without_headers: Named,
+    query_params: Named,
+    port: Option<u16>,
     ignore_uri_case: bool,
 }
 
 impl MatchBlock {
-    fn matches(&self, head: &RequestHead) -> bool {
-        let path = head.target.as_str();
-        if let Some(m) = &self.uri
-            && !m.matches(path, self.ignore_uri_case)
-        {
-            return false;
-        }
-        if let Some(m) = &self.method
-            && !m.matches(&head.method, false)
-        {
-            return false;
-        }
-        if let Some(m) = &self.authority {
-            let host = head.header("host").and_then(|h| std::str::from_utf8(h).ok()).unwrap_or("");
-            if !m.matches(host, false) {
-                return false;
-            }
-        }
-        let header_matches = |name: &str, m: &Matcher| {
-            head.header_all(name).any(|v| std::str::from_utf8(v).is_ok_and(|v| m.matches(v, false)))
+    fn compile(m: &config::MatchRequest) -> Result<MatchBlock> {
+        let opt = |s: &Option<config::StringMatch>| s.as_ref().map(Matcher::compile).transpose();
+        Ok(MatchBlock {
+            uri: opt(&m.uri)?,
+            scheme: opt(&m.scheme)?,
+            method: opt(&m.method)?,
+            authority: opt(&m.authority)?,
+            headers: compile_named(&m.headers)?,
+            without_headers: compile_named(&m.without_headers)?,
+            query_params: compile_named(&m.query_params)?,
+            // A port that cannot be a TCP port never matches.
+            port: m.port.map(|p| u16::try_from(p).unwrap_or(0)),
+            ignore_uri_case: m.ignore_uri_case,
+        })
+    }
+
+    fn matches(&self, req: &RequestView<'_>) -> bool {
+        let str_ok = |m: &Option<Matcher>, v: &str, ic: bool| m.as_ref().is_none_or(|m| m.matches(v, ic));
+        let header_hit = |name: &str, m: &Matcher| {
+            req.head.header_all(name).any(|v| std::str::from_utf8(v).is_ok_and(|v| m.matches(v, false)))
         };
-        self.headers.iter().all(|(n, m)| header_matches(n, m))
-            && !self.without_headers.iter().any(|(n, m)| header_matches(n, m))
+        str_ok(&self.uri, req.path, self.ignore_uri_case)
+            // We only ever see plaintext HTTP.
+            && str_ok(&self.scheme, "http", false)
+            && str_ok(&self.method, &req.head.method, false)
+            && str_ok(&self.authority, req.authority, false)
+            && self.port.is_none_or(|p| p == req.port)
+            && self.headers.iter().all(|(n, m)| header_hit(n, m))
+            && !self.without_headers.iter().any(|(n, m)| header_hit(n, m))
+            && self.query_params.iter().all(|(n, m)| req.query(n).is_some_and(|v| m.matches(v, false)))
     }
 }
 
-/// One mirror destination a request is sent to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What matching looks at in one request.
+struct RequestView<'a> {
+    head: &'a RequestHead,
+    /// The path without the query string (Envoy matches `uri` on that).
+    path: &'a str,
+    query: &'a str,
+    /// Host header as sent (with its port, if any).
+    authority: &'a str,
+    /// Destination port of the connection.
+    port: u16,
+}
+
+impl RequestView<'_> {
+    fn query(&self, name: &str) -> Option<&str> {
+        self.query.split('&').find_map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (k == name).then_some(v)
+        })
+    }
+}
+
+/// The extensions of one mirror destination, compiled.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    pub host: HostRewrite,
+    /// Header names lower-cased.
+    pub headers: HeaderOps,
+    pub sample_by: Option<SampleKey>,
+}
+
+/// One mirror a request is sent to.
+#[derive(Debug, Clone)]
 pub struct MirrorTarget {
-    /// Index into [`Router::endpoints`].
-    pub endpoint: usize,
+    /// The endpoints key (`host/subset`).
+    pub endpoint: Arc<str>,
     pub route: Arc<str>,
+    pub policy: Arc<Policy>,
+}
+
+impl PartialEq for MirrorTarget {
+    fn eq(&self, other: &Self) -> bool {
+        self.endpoint == other.endpoint && self.route == other.route
+    }
+}
+
+#[derive(Debug, Clone)]
+struct CompiledMirror {
+    endpoint: Arc<str>,
+    /// Parts per million sampled.
+    ppm: u32,
+    policy: Arc<Policy>,
 }
 
 #[derive(Debug, Clone)]
 struct CompiledRoute {
     name: Arc<str>,
     blocks: Vec<MatchBlock>,
-    endpoint: usize,
-    /// Parts per million sampled.
-    ppm: u32,
+    mirrors: Vec<CompiledMirror>,
+}
+
+#[derive(Debug, Clone)]
+struct Table {
+    hosts: Option<Vec<String>>,
+    namespace: String,
+    routes: Vec<CompiledRoute>,
 }
 
 /// The outcome of routing one request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
+    /// No route matched (or the request's Host is in no table).
     NoRoute,
-    SampledOut { route: Arc<str> },
-    Mirror(MirrorTarget),
+    /// A route matched: the mirrors sampled in, and how many were sampled out.
+    Route { route: Arc<str>, targets: Vec<MirrorTarget>, sampled_out: usize },
 }
 
 #[derive(Debug, Clone)]
 pub struct Router {
-    routes: Vec<CompiledRoute>,
-    /// Endpoint keys (`host/subset`) with their addresses, in index order.
-    pub endpoints: Vec<(String, Vec<std::net::SocketAddr>)>,
+    tables: Vec<Table>,
+    /// Endpoint key → addresses.
+    pub endpoints: BTreeMap<Arc<str>, Vec<SocketAddr>>,
 }
 
-/// Istio's conversion of a percentage to Envoy's parts-per-million, truncating.
+/// Istio's conversion of a percentage to Envoy's parts per million, truncating.
 pub fn percent_to_ppm(value: f64) -> u32 {
     (value * 10_000.0) as u32
 }
 
 impl Router {
     pub fn new(cfg: &Config) -> Result<Router> {
-        let endpoints: Vec<(String, Vec<std::net::SocketAddr>)> = cfg
-            .endpoints
+        let endpoints: BTreeMap<Arc<str>, Vec<SocketAddr>> =
+            cfg.endpoints.iter().map(|(k, v)| (Arc::from(k.as_str()), v.clone())).collect();
+        let policies: BTreeMap<&str, Arc<Policy>> = cfg
+            .policies
             .iter()
-            .map(|(k, v)| Ok((k.clone(), v.iter().map(|a| a.parse()).collect::<Result<_, _>>()?)))
-            .collect::<Result<_>>()?;
-        let mut routes = Vec::new();
-        for (i, r) in cfg.routes.iter().enumerate() {
-            let key = r.mirror.endpoint_key();
-            let endpoint = endpoints
-                .iter()
-                .position(|(k, _)| *k == key)
-                .with_context(|| format!("route #{i}: no endpoint {key}"))?;
-            let compile_map = |m: &std::collections::BTreeMap<String, config::StringMatch>| {
-                m.iter().map(|(k, v)| Ok((k.clone(), Matcher::compile(v)?))).collect::<Result<Vec<_>>>()
-            };
-            let blocks = r
-                .matches
-                .iter()
-                .map(|m| {
-                    Ok(MatchBlock {
-                        uri: m.uri.as_ref().map(Matcher::compile).transpose()?,
-                        method: m.method.as_ref().map(Matcher::compile).transpose()?,
-                        authority: m.authority.as_ref().map(Matcher::compile).transpose()?,
-                        headers: compile_map(&m.headers)?,
-                        without_headers: compile_map(&m.without_headers)?,
-                        ignore_uri_case: m.ignore_uri_case,
+            .map(|(k, p)| {
+                let lower =
+                    |m: &BTreeMap<String, String>| m.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect();
+                let headers = HeaderOps {
+                    set: lower(&p.headers.set),
+                    add: lower(&p.headers.add),
+                    remove: p.headers.remove.iter().map(|h| h.to_ascii_lowercase()).collect(),
+                };
+                (k.as_str(), Arc::new(Policy { host: p.host.clone(), headers, sample_by: p.sample_by.clone() }))
+            })
+            .collect();
+        let default_policy = Arc::new(Policy::default());
+        let mut tables = Vec::new();
+        let mut n = 0;
+        for t in &cfg.tables {
+            let mut routes = Vec::new();
+            for r in &t.routes {
+                let mut dests: Vec<(&config::Destination, f64)> = Vec::new();
+                if let Some(d) = &r.mirror {
+                    // mirrorPercentage wins over the deprecated mirrorPercent; neither means 100.
+                    let pct = r.mirror_percentage.map(|p| p.value).or(r.mirror_percent.map(f64::from)).unwrap_or(100.0);
+                    dests.push((d, pct));
+                }
+                for m in r.mirrors.iter().flatten() {
+                    dests.push((&m.destination, m.percentage.map_or(100.0, |p| p.value)));
+                }
+                let mirrors = dests
+                    .into_iter()
+                    .map(|(d, pct)| {
+                        let key = cfg.resolve(d).with_context(|| format!("no endpoint for {}", d.endpoint_key()))?;
+                        let endpoint = endpoints.get_key_value(key.as_str()).expect("resolved").0.clone();
+                        let policy = policies.get(key.as_str()).cloned().unwrap_or_else(|| default_policy.clone());
+                        Ok(CompiledMirror { endpoint, ppm: percent_to_ppm(pct), policy })
                     })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            routes.push(CompiledRoute {
-                name: r.name.clone().unwrap_or_else(|| format!("route-{i}")).into(),
-                blocks,
-                endpoint,
-                ppm: percent_to_ppm(r.mirror_percentage.map_or(100.0, |p| p.value)),
-            });
+                    .collect::<Result<Vec<_>>>()?;
+                routes.push(CompiledRoute {
+                    name: r.name.clone().unwrap_or_else(|| format!("route-{n}")).into(),
+                    blocks: r.matches.iter().map(MatchBlock::compile).collect::<Result<_>>()?,
+                    mirrors,
+                });
+                n += 1;
+            }
+            tables.push(Table { hosts: t.hosts.clone(), namespace: t.namespace.clone(), routes });
         }
-        Ok(Router { routes, endpoints })
+        Ok(Router { tables, endpoints })
     }
 
-    /// Routes one request: first matching route, then its sampling.
-    pub fn decide(&self, head: &RequestHead, rng: &mut impl Rng) -> Decision {
-        let Some(route) = self.routes.iter().find(|r| r.blocks.is_empty() || r.blocks.iter().any(|b| b.matches(head)))
+    /// Routes one request that arrived on destination port `port`.
+    pub fn decide(&self, head: &RequestHead, port: u16, rng: &mut impl Rng) -> Decision {
+        let authority = head.header("host").and_then(|h| std::str::from_utf8(h).ok()).unwrap_or("");
+        let (path, query) = head.target.split_once('?').unwrap_or((&head.target, ""));
+        let view = RequestView { head, path, query, authority, port };
+        let host = strip_port(authority).to_ascii_lowercase();
+        let Some(table) = self
+            .tables
+            .iter()
+            .find(|t| t.hosts.as_ref().is_none_or(|hs| hs.iter().any(|h| host_matches(h, &host, &t.namespace))))
         else {
             return Decision::NoRoute;
         };
-        let sampled = route.ppm >= 1_000_000 || (route.ppm > 0 && rng.random_range(0..1_000_000) < route.ppm);
-        if sampled {
-            Decision::Mirror(MirrorTarget { endpoint: route.endpoint, route: route.name.clone() })
-        } else {
-            Decision::SampledOut { route: route.name.clone() }
+        let Some(route) =
+            table.routes.iter().find(|r| r.blocks.is_empty() || r.blocks.iter().any(|b| b.matches(&view)))
+        else {
+            return Decision::NoRoute;
+        };
+        let mut targets = Vec::new();
+        let mut sampled_out = 0;
+        for m in &route.mirrors {
+            if sampled(m, head, rng) {
+                targets.push(MirrorTarget {
+                    endpoint: m.endpoint.clone(),
+                    route: route.name.clone(),
+                    policy: m.policy.clone(),
+                });
+            } else {
+                sampled_out += 1;
+            }
         }
+        Decision::Route { route: route.name.clone(), targets, sampled_out }
+    }
+}
+
+/// Random per request, or, with a sampling key present, a stable function of its value.
+fn sampled(m: &CompiledMirror, head: &RequestHead, rng: &mut impl Rng) -> bool {
+    if m.ppm >= 1_000_000 {
+        return true;
+    }
+    if m.ppm == 0 {
+        return false;
+    }
+    let key = match &m.policy.sample_by {
+        Some(SampleKey::Header(h)) => head.header(h).map(<[u8]>::to_vec),
+        Some(SampleKey::Cookie(c)) => cookie(head, c).map(<[u8]>::to_vec),
+        None => None,
+    };
+    let bucket = match key {
+        Some(v) => (fnv1a(&[m.endpoint.as_bytes(), b"\0", &v]) % 1_000_000) as u32,
+        None => rng.random_range(0..1_000_000),
+    };
+    bucket < m.ppm
+}
+
+/// FNV-1a, 64-bit: stable across runs and releases (unlike std's hasher).
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in parts.iter().flat_map(|p| p.iter()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// The value of cookie `name` in the request's Cookie headers.
+fn cookie<'a>(head: &'a RequestHead, name: &str) -> Option<&'a [u8]> {
+    head.header_all("cookie").flat_map(|v| v.split(|b| *b == b';')).find_map(|pair| {
+        let pair = pair.trim_ascii();
+        let eq = pair.iter().position(|b| *b == b'=')?;
+        (&pair[..eq] == name.as_bytes()).then(|| &pair[eq + 1..])
+    })
+}
+
+fn strip_port(authority: &str) -> &str {
+    match authority.rfind(':') {
+        Some(i) if !authority[i..].contains(']') && authority[i + 1..].bytes().all(|b| b.is_ascii_digit()) => {
+            &authority[..i]
+        }
+        _ => authority,
+    }
+}
+
+/// Istio's host matching for `spec.hosts`: `*`, `*.suffix`, exact names, and Kubernetes short
+/// names relative to the VirtualService's namespace (`reviews` = `reviews.ns` =
+/// `reviews.ns.svc` = `reviews.ns.svc.cluster.local`).
+pub fn host_matches(pattern: &str, host: &str, namespace: &str) -> bool {
+    let pattern = pattern.to_ascii_lowercase();
+    if pattern == "*" {
+        return true;
+    }
+    if let Some(suffix) = pattern.strip_prefix('*') {
+        return host.ends_with(suffix);
+    }
+    pattern == host || cluster_name(&pattern, namespace) == cluster_name(host, namespace)
+}
+
+fn cluster_name(host: &str, namespace: &str) -> String {
+    match host.matches('.').count() {
+        0 => format!("{host}.{namespace}.svc.cluster.local"),
+        1 => format!("{host}.svc.cluster.local"),
+        2 if host.ends_with(".svc") => format!("{host}.cluster.local"),
+        _ => host.to_string(),
     }
 }
 
@@ -206,106 +379,49 @@ pub fn shadow_host(host: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The head with its (first) Host value replaced by the shadow form; every other byte unchanged.
-/// A head without Host is returned as it is.
-pub fn rewrite_host(head: &RequestHead) -> Bytes {
-    let Some(h) = head.headers.iter().find(|h| h.name.eq_ignore_ascii_case("host")) else {
+/// The head a mirror gets: Host per the policy, headers removed/set/added; every other byte as
+/// captured. With the default policy only the Host value changes.
+pub fn rewrite_head(head: &RequestHead, policy: &Policy) -> Bytes {
+    let ops = &policy.headers;
+    if ops.is_empty() && policy.host == HostRewrite::Keep {
         return head.raw.clone();
-    };
-    let new = shadow_host(&h.value);
-    let mut out = BytesMut::with_capacity(head.raw.len() + new.len());
-    out.extend_from_slice(&head.raw[..h.value_range.start]);
-    out.extend_from_slice(&new);
-    out.extend_from_slice(&head.raw[h.value_range.end..]);
+    }
+    let raw = &head.raw;
+    let eol: &[u8] = if raw.ends_with(b"\r\n\r\n") { b"\r\n" } else { b"\n" };
+    let mut out = BytesMut::with_capacity(raw.len() + 64);
+    // The request line, then each header line kept, changed or dropped.
+    let first_line_end = raw.iter().position(|b| *b == b'\n').map_or(raw.len(), |i| i + 1);
+    out.extend_from_slice(&raw[..first_line_end]);
+    let mut host_done = false;
+    for h in &head.headers {
+        let lname = h.name.to_ascii_lowercase();
+        if ops.remove.contains(&lname) || ops.set.contains_key(&lname) {
+            continue;
+        }
+        let line = h.line.clone();
+        if lname == "host" && !host_done {
+            host_done = true;
+            let value: Vec<u8> = match &policy.host {
+                HostRewrite::Shadow => shadow_host(&h.value),
+                HostRewrite::Keep => h.value.to_vec(),
+                HostRewrite::Set(v) => v.as_bytes().to_vec(),
+            };
+            out.extend_from_slice(&raw[line.start..h.value_range.start]);
+            out.extend_from_slice(&value);
+            out.extend_from_slice(&raw[h.value_range.end..line.end]);
+        } else {
+            out.extend_from_slice(&raw[line]);
+        }
+    }
+    for (name, value) in ops.set.iter().chain(ops.add.iter()) {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(eol);
+    }
+    out.extend_from_slice(eol);
     out.freeze()
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::http::{FramerConfig, HttpEvent, RequestFramer};
-    use rand::{SeedableRng, rngs::StdRng};
-
-    fn head(raw: &[u8]) -> RequestHead {
-        let mut f = RequestFramer::new(FramerConfig::default(), false);
-        let mut out = Vec::new();
-        f.on_data(Bytes::copy_from_slice(raw), &mut out);
-        match out.into_iter().next() {
-            Some(HttpEvent::Head(h)) => *h,
-            other => panic!("no head: {other:?}"),
-        }
-    }
-
-    #[test]
-    fn shadow_host_follows_envoy() {
-        let cases: &[(&str, &str)] = &[
-            ("httpbin", "httpbin-shadow"),
-            ("httpbin:8000", "httpbin-shadow:8000"),
-            ("[::1]:80", "[::1]-shadow:80"),
-            ("[::1]", "[::1]-shadow"),
-            ("10.0.0.1:80", "10.0.0.1-shadow:80"),
-            ("host:", "host:-shadow"),
-            ("host:abc", "host:abc-shadow"),
-        ];
-        for (i, o) in cases {
-            assert_eq!(String::from_utf8(shadow_host(i.as_bytes())).unwrap(), *o, "{i}");
-        }
-    }
-
-    #[test]
-    fn rewrite_changes_only_the_host_value() {
-        let raw = b"GET /x HTTP/1.1\r\nUser-Agent: t\r\nHost: httpbin:8000\r\nX-Host: httpbin:8000\r\n\r\n";
-        let h = head(raw);
-        assert_eq!(
-            &rewrite_host(&h)[..],
-            &b"GET /x HTTP/1.1\r\nUser-Agent: t\r\nHost: httpbin-shadow:8000\r\nX-Host: httpbin:8000\r\n\r\n"[..]
-        );
-        let h10 = head(b"GET / HTTP/1.0\r\n\r\n");
-        assert_eq!(rewrite_host(&h10), h10.raw);
-    }
-
-    fn router(routes_yaml: &str) -> Router {
-        let text = format!(
-            "capture: {{interfaces: [eth0], ports: [80]}}\nendpoints: {{a: ['127.0.0.1:1'], b: ['127.0.0.1:2']}}\nroutes:\n{routes_yaml}"
-        );
-        Router::new(&Config::parse(&text, "t").unwrap()).unwrap()
-    }
-
-    #[test]
-    fn first_matching_route_wins_and_blocks_or() {
-        let r = router(
-            "  - name: cookie\n    match: [{headers: {cookie: {regex: '.*SessionID=XXX.*'}}}, {uri: {prefix: /admin}}]\n    mirror: {host: b}\n  - name: rest\n    mirror: {host: a}\n",
-        );
-        let mut rng = StdRng::seed_from_u64(1);
-        let d = |raw: &[u8], rng: &mut StdRng| r.decide(&head(raw), rng);
-        let to = |e: usize, n: &str| Decision::Mirror(MirrorTarget { endpoint: e, route: n.into() });
-        assert_eq!(d(b"GET / HTTP/1.1\r\nCookie: a=1; SessionID=XXX\r\n\r\n", &mut rng), to(1, "cookie"));
-        assert_eq!(d(b"GET /admin/x HTTP/1.1\r\n\r\n", &mut rng), to(1, "cookie"));
-        assert_eq!(d(b"GET / HTTP/1.1\r\nCookie: SessionID=YYY\r\n\r\n", &mut rng), to(0, "rest"));
-    }
-
-    #[test]
-    fn match_conditions_and() {
-        let r = router(
-            "  - name: m\n    match: [{method: {exact: POST}, uri: {exact: /p}, headers: {x-a: {}}}]\n    mirror: {host: a}\n",
-        );
-        let mut rng = StdRng::seed_from_u64(1);
-        assert!(matches!(r.decide(&head(b"POST /p HTTP/1.1\r\nX-A: 1\r\n\r\n"), &mut rng), Decision::Mirror(_)));
-        assert_eq!(r.decide(&head(b"POST /p HTTP/1.1\r\n\r\n"), &mut rng), Decision::NoRoute);
-        assert_eq!(r.decide(&head(b"GET /p HTTP/1.1\r\nX-A: 1\r\n\r\n"), &mut rng), Decision::NoRoute);
-    }
-
-    #[test]
-    fn sampling_zero_and_hundred_are_exact_and_twenty_is_close() {
-        let mut rng = StdRng::seed_from_u64(7);
-        let h = head(b"GET / HTTP/1.1\r\n\r\n");
-        for (pct, lo, hi) in [(0.0, 0, 0), (100.0, 10_000, 10_000), (20.0, 1_880, 2_120)] {
-            let r = router(&format!("  - mirror: {{host: a}}\n    mirrorPercentage: {{value: {pct}}}\n"));
-            let n = (0..10_000).filter(|_| matches!(r.decide(&h, &mut rng), Decision::Mirror(_))).count();
-            // 20%: ±3σ of a binomial(10000, 0.2) is ±120.
-            assert!((lo..=hi).contains(&n), "{pct}% mirrored {n}");
-        }
-        assert_eq!(percent_to_ppm(0.00015), 1);
-        assert_eq!(percent_to_ppm(12.34567), 123_456);
-    }
-}
+mod tests;

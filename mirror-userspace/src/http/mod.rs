@@ -94,6 +94,8 @@ pub struct Header {
     pub value: Bytes,
     /// The value's byte range inside `raw`.
     pub value_range: Range<usize>,
+    /// The whole field line's range inside `raw`, line end included.
+    pub line: Range<usize>,
 }
 
 /// A request head as it was on the wire, plus what was parsed out of it.
@@ -463,7 +465,14 @@ impl RequestFramer {
             .map(|h| {
                 let start = h.value.as_ptr() as usize - base;
                 let end = start + h.value.len();
-                Header { name: h.name.to_string(), value: raw.slice(start..end), value_range: start..end }
+                let line_start = h.name.as_ptr() as usize - base;
+                let line_end = raw[end..].iter().position(|b| *b == b'\n').map_or(raw.len(), |i| end + i + 1);
+                Header {
+                    name: h.name.to_string(),
+                    value: raw.slice(start..end),
+                    value_range: start..end,
+                    line: line_start..line_end,
+                }
             })
             .collect();
         let method = req.method.unwrap_or_default().to_string();
