@@ -123,6 +123,20 @@ impl Capture {
         Ok(Capture { ebpf, logger, buffers, interfaces: interfaces.to_vec() })
     }
 
+    /// Replaces the set of watched destination ports.
+    pub fn set_ports(&mut self, ports: &[u16]) -> Result<()> {
+        let mut map: BpfHashMap<_, u16, u8> =
+            BpfHashMap::try_from(self.ebpf.map_mut(MAP_PORTS).context("ports map missing")?)?;
+        let old: Vec<u16> = map.keys().collect::<Result<_, _>>()?;
+        for p in old.iter().filter(|p| !ports.contains(p)) {
+            map.remove(p)?;
+        }
+        for p in ports {
+            map.insert(p, 1, 0)?;
+        }
+        Ok(())
+    }
+
     /// The kernel's per-CPU counters, summed: (name, value).
     pub fn kernel_stats(&self) -> Result<Vec<(&'static str, u64)>> {
         let map: PerCpuArray<_, u64> = PerCpuArray::try_from(self.ebpf.map(MAP_STATS).context("stats map missing")?)?;

@@ -10,6 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use std::path::Path;
+
 use anyhow::{Context as _, Result};
 use serde_json::json;
 use tokio::signal::unix::{SignalKind, signal};
@@ -23,7 +25,17 @@ use crate::{
     route::Router,
 };
 
-pub async fn run(cfg: Config) -> Result<()> {
+/// A new configuration for the capture thread (SIGHUP).
+struct Reload {
+    router: Arc<Router>,
+    ports: Vec<u16>,
+}
+
+pub async fn run(path: &Path) -> Result<()> {
+    let cfg = Config::load(path)?;
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
+    }
     let router = Arc::new(Router::new(&cfg)?);
     let replayer = Arc::new(Replayer::start(&router, &cfg.replay));
     let capture = Capture::start(&cfg.capture.interfaces, &cfg.capture.ports, cfg.capture.perf_pages)?;
@@ -35,21 +47,26 @@ pub async fn run(cfg: Config) -> Result<()> {
     );
 
     let stop = Arc::new(AtomicBool::new(false));
+    let (reload_tx, reload_rx) = std::sync::mpsc::channel::<Reload>();
     let thread = {
         let stop = stop.clone();
         let replayer = replayer.clone();
         let buffer_bytes = cfg.replay.buffer_bytes;
         std::thread::Builder::new()
             .name("capture".into())
-            .spawn(move || capture_loop(capture, router, replayer, buffer_bytes, stop))
+            .spawn(move || capture_loop(capture, router, replayer, buffer_bytes, stop, reload_rx))
             .context("spawning the capture thread")?
     };
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = int.recv() => tracing::info!("SIGINT: stopping"),
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break }
+            _ = int.recv() => { tracing::info!("SIGINT: stopping"); break }
+            _ = hup.recv() => reload(path, &cfg, &replayer, &reload_tx),
+        }
     }
     stop.store(true, Ordering::Relaxed);
     let summary = tokio::task::spawn_blocking(move || thread.join())
@@ -63,6 +80,32 @@ pub async fn run(cfg: Config) -> Result<()> {
     Ok(())
 }
 
+/// SIGHUP: load and check the config again. A valid one takes effect for requests framed from now
+/// on (flows and requests in progress keep going); an invalid one is refused and the current one
+/// stays.
+fn reload(path: &Path, current: &Config, replayer: &Replayer, tx: &std::sync::mpsc::Sender<Reload>) {
+    let new = Config::load(path).and_then(|cfg| Ok((Router::new(&cfg)?, cfg)));
+    match new {
+        Ok((router, cfg)) => {
+            for w in &cfg.warnings {
+                tracing::warn!("{w}");
+            }
+            if cfg.capture.interfaces != current.capture.interfaces {
+                tracing::warn!(
+                    "reload: capture.interfaces changed; that takes a restart (keeping {:?})",
+                    current.capture.interfaces
+                );
+            }
+            replayer.reconfigure(&router);
+            let routes = cfg.route_count();
+            if tx.send(Reload { router: Arc::new(router), ports: cfg.capture.ports.clone() }).is_ok() {
+                tracing::info!(routes, endpoints = cfg.endpoints.len(), "reloaded {}", path.display());
+            }
+        }
+        Err(e) => tracing::error!("reload refused, keeping the current config: {e:#}"),
+    }
+}
+
 /// Reads the perf buffers until `stop`; returns the final counters. Dropping `capture` at the end
 /// detaches the classifier from every interface.
 fn capture_loop(
@@ -71,6 +114,7 @@ fn capture_loop(
     replayer: Arc<Replayer>,
     buffer_bytes: usize,
     stop: Arc<AtomicBool>,
+    reloads: std::sync::mpsc::Receiver<Reload>,
 ) -> Result<serde_json::Value> {
     let mut pipeline = Pipeline::new(router, FlowConfig::default(), buffer_bytes);
     let start = Instant::now();
@@ -79,6 +123,12 @@ fn capture_loop(
     let mut out = Vec::new();
     let mut last_tick = Instant::now();
     while !stop.load(Ordering::Relaxed) {
+        if let Ok(r) = reloads.try_recv() {
+            if let Err(e) = capture.set_ports(&r.ports) {
+                tracing::error!("reload: updating the watched ports: {e:#}");
+            }
+            pipeline.set_router(r.router);
+        }
         capture.wait(100);
         let now = start.elapsed();
         capture.drain(

@@ -14,7 +14,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Attach to the configured interfaces and mirror live traffic until SIGINT/SIGTERM.
+    /// Attach to the configured interfaces and mirror live traffic until SIGINT/SIGTERM; SIGHUP
+    /// reloads the config (an invalid one is refused and the current one stays).
     Run {
         #[arg(long)]
         config: PathBuf,
@@ -73,9 +74,8 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Run { config } => {
-            let cfg = Config::load(&config)?;
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-            rt.block_on(mirror::daemon::run(cfg))
+            rt.block_on(mirror::daemon::run(&config))
         }
     }
 }

@@ -301,6 +301,50 @@ pub fn exchange(addr: SocketAddr, requests: &[Vec<u8>]) -> Result<Vec<Response>>
     Ok(out)
 }
 
+/// A client that keeps one connection open in a namespace across calls (a flow that outlives a
+/// config reload, say).
+pub struct KeepAliveClient {
+    tx: std::sync::mpsc::Sender<Vec<u8>>,
+    rx: std::sync::mpsc::Receiver<Result<Response>>,
+}
+
+impl KeepAliveClient {
+    pub fn connect(ns: &str, addr: SocketAddr) -> Result<KeepAliveClient> {
+        let (req_tx, req_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let (resp_tx, resp_rx) = std::sync::mpsc::channel();
+        let path = format!("/run/netns/{ns}");
+        std::thread::spawn(move || {
+            let setup = || -> Result<(TcpStream, BufReader<TcpStream>)> {
+                let file = fs::File::open(&path)?;
+                // SAFETY: setns on this thread only, with a valid namespace fd.
+                ensure!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } == 0, "setns {path}");
+                let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+                stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+                Ok((stream.try_clone()?, BufReader::new(stream)))
+            };
+            match setup() {
+                Ok((mut w, mut r)) => {
+                    for req in req_rx {
+                        let resp = w.write_all(&req).map_err(anyhow::Error::from).and_then(|_| read_response(&mut r));
+                        if resp_tx.send(resp).is_err() {
+                            break;
+                        }
+                    }
+                }
+                Err(e) => {
+                    let _ = resp_tx.send(Err(e));
+                }
+            }
+        });
+        Ok(KeepAliveClient { tx: req_tx, rx: resp_rx })
+    }
+
+    pub fn send(&self, request: Vec<u8>) -> Result<Response> {
+        self.tx.send(request).map_err(|_| anyhow::anyhow!("client thread gone"))?;
+        self.rx.recv_timeout(Duration::from_secs(15))?
+    }
+}
+
 /// Writes every request in one go (pipelining), then reads one response per request.
 pub fn exchange_pipelined(addr: SocketAddr, requests: &[Vec<u8>]) -> Result<Vec<Response>> {
     let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
