@@ -11,6 +11,7 @@ pub const PROGRAM_NAME: &str = "mirror_ingress";
 pub const MAP_PORTS: &str = "MIRROR_PORTS";
 pub const MAP_STATS: &str = "MIRROR_STATS";
 pub const MAP_SEGMENTS: &str = "MIRROR_SEGMENTS";
+pub const MAP_SKIP: &str = "MIRROR_SKIP";
 
 /// Largest number of packet bytes appended to one perf sample straight from the skb. A perf record
 /// header's size is a `u16`, so a sample (header + our event + bytes) must stay below 64 KiB.
@@ -41,9 +42,22 @@ pub const STAT_LOST: u32 = 2;
 pub const STAT_TRUNCATED: u32 = 3;
 pub const STAT_TAILS: u32 = 4;
 pub const STAT_FRAGMENTS: u32 = 5;
-pub const STAT_COUNT: u32 = 6;
+/// Segments to a mirror endpoint (shadow traffic, ours or another node's): never captured.
+pub const STAT_SKIPPED_MIRROR: u32 = 6;
+pub const STAT_COUNT: u32 = 7;
 pub const STAT_NAMES: [&str; STAT_COUNT as usize] =
-    ["seen", "shipped", "lost", "truncated", "tail_pieces", "ip_fragments"];
+    ["seen", "shipped", "lost", "truncated", "tail_pieces", "ip_fragments", "skipped_mirror_traffic"];
+
+/// Key of `MAP_SKIP`: a destination (address, port) whose traffic is never captured, because it is
+/// a mirror endpoint. IPv4 addresses use the first 4 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SkipKey {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub family: u8,
+    pub _pad: u8,
+}
 
 /// One TCP segment seen on a watched port. Followed in the perf sample by `captured_len` bytes.
 #[repr(C)]
@@ -101,6 +115,8 @@ pub struct TailPiece {
 mod user {
     // SAFETY: plain old data, as above.
     unsafe impl aya::Pod for super::SegmentEvent {}
+    // SAFETY: plain old data, as above.
+    unsafe impl aya::Pod for super::SkipKey {}
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use mirror_common::{
     KIND_PACKET, KIND_TAIL, MAX_INLINE_CAPTURE, MAX_TAIL_CAPTURE, STAT_COUNT, STAT_FRAGMENTS, STAT_LOST, STAT_SEEN,
-    STAT_SHIPPED, STAT_TAILS, STAT_TRUNCATED, SegmentEvent, TailPiece,
+    STAT_SHIPPED, STAT_SKIPPED_MIRROR, STAT_TAILS, STAT_TRUNCATED, SegmentEvent, SkipKey, TailPiece,
 };
 use network_types::{
     eth::{EthHdr, EtherType},
@@ -36,6 +36,11 @@ const IPPROTO_TCP: u8 = 6;
 /// Destination ports to capture (host byte order), filled by the daemon from the config.
 #[map(name = "MIRROR_PORTS")]
 static MIRROR_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(64, 0);
+
+/// Mirror endpoints (address, port): their traffic is shadow traffic and is never captured, so a
+/// mirror on a watched port (on this node or another one running the same config) does not loop.
+#[map(name = "MIRROR_SKIP")]
+static MIRROR_SKIP: HashMap<SkipKey, u8> = HashMap::with_max_entries(1024, 0);
 
 /// Per-CPU counters, indexed by the `STAT_*` constants.
 #[map(name = "MIRROR_STATS")]
@@ -116,6 +121,11 @@ fn capture(ctx: &TcContext) -> Result<(), ()> {
     let tcp: [u8; 14] = ctx.load(l4_off as usize).map_err(|_| ())?;
     let dport = u16::from_be_bytes([tcp[2], tcp[3]]);
     if MIRROR_PORTS.get_ptr(dport).is_none() {
+        return Ok(());
+    }
+    let skip = SkipKey { addr: ev.daddr, port: dport, family: ev.family, _pad: 0 };
+    if MIRROR_SKIP.get_ptr(skip).is_some() {
+        bump(STAT_SKIPPED_MIRROR);
         return Ok(());
     }
     bump(STAT_SEEN);

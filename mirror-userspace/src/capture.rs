@@ -22,7 +22,8 @@ use aya::{
 };
 use bytes::Bytes;
 use mirror_common::{
-    KIND_PACKET, KIND_TAIL, MAP_PORTS, MAP_SEGMENTS, MAP_STATS, PROGRAM_NAME, STAT_COUNT, STAT_NAMES, SegmentEvent,
+    KIND_PACKET, KIND_TAIL, MAP_PORTS, MAP_SEGMENTS, MAP_SKIP, MAP_STATS, PROGRAM_NAME, STAT_COUNT, STAT_NAMES,
+    SegmentEvent, SkipKey,
 };
 
 use crate::flow::{FlowKey, Segment};
@@ -90,7 +91,7 @@ pub struct Capture {
 impl Capture {
     /// Loads the program, fills the port map, attaches to each interface's TC ingress (TCX on
     /// kernels ≥ 6.6) and opens one perf buffer of `perf_pages` pages per online CPU.
-    pub fn start(interfaces: &[String], ports: &[u16], perf_pages: usize) -> Result<Capture> {
+    pub fn start(interfaces: &[String], ports: &[u16], skip: &[SocketAddr], perf_pages: usize) -> Result<Capture> {
         bump_memlock_rlimit();
         let mut ebpf = Ebpf::load(PROGRAM_OBJECT).context("loading the eBPF object")?;
         let logger = aya_log::EbpfLogger::init(&mut ebpf)
@@ -103,6 +104,7 @@ impl Capture {
                 map.insert(p, 1, 0).with_context(|| format!("watching port {p}"))?;
             }
         }
+        set_skip(&mut ebpf, skip)?;
         let prog: &mut SchedClassifier =
             ebpf.program_mut(PROGRAM_NAME).context("classifier missing from the object")?.try_into()?;
         prog.load().context("loading the classifier into the kernel (verifier)")?;
@@ -121,6 +123,11 @@ impl Capture {
             bail!("no online CPUs");
         }
         Ok(Capture { ebpf, logger, buffers, interfaces: interfaces.to_vec() })
+    }
+
+    /// Replaces the mirror endpoints whose traffic is never captured.
+    pub fn set_skip(&mut self, skip: &[SocketAddr]) -> Result<()> {
+        set_skip(&mut self.ebpf, skip)
     }
 
     /// Replaces the set of watched destination ports.
@@ -176,6 +183,36 @@ impl Capture {
         // SAFETY: fds is a valid array of pollfd for the duration of the call.
         unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
     }
+}
+
+/// The skip-map key of an endpoint address.
+pub fn skip_key(addr: &SocketAddr) -> SkipKey {
+    let mut key = SkipKey { port: addr.port(), ..Default::default() };
+    match addr.ip() {
+        IpAddr::V4(v4) => {
+            key.family = 4;
+            key.addr[..4].copy_from_slice(&v4.octets());
+        }
+        IpAddr::V6(v6) => {
+            key.family = 6;
+            key.addr = v6.octets();
+        }
+    }
+    key
+}
+
+fn set_skip(ebpf: &mut Ebpf, skip: &[SocketAddr]) -> Result<()> {
+    let mut map: BpfHashMap<_, SkipKey, u8> =
+        BpfHashMap::try_from(ebpf.map_mut(MAP_SKIP).context("skip map missing")?)?;
+    let want: Vec<SkipKey> = skip.iter().map(skip_key).collect();
+    let old: Vec<SkipKey> = map.keys().collect::<Result<_, _>>()?;
+    for k in old.iter().filter(|k| !want.contains(k)) {
+        map.remove(k)?;
+    }
+    for k in &want {
+        map.insert(k, 1, 0).context("adding a mirror endpoint to the skip map")?;
+    }
+    Ok(())
 }
 
 fn bump_memlock_rlimit() {

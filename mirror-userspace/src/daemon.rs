@@ -31,6 +31,11 @@ struct Reload {
     ports: Vec<u16>,
 }
 
+/// Every mirror endpoint address: shadow traffic to them is never captured (loop prevention).
+fn endpoint_addrs(router: &Router) -> Vec<std::net::SocketAddr> {
+    router.endpoints.values().flatten().copied().collect()
+}
+
 pub async fn run(path: &Path) -> Result<()> {
     let cfg = Config::load(path)?;
     for w in &cfg.warnings {
@@ -38,7 +43,8 @@ pub async fn run(path: &Path) -> Result<()> {
     }
     let router = Arc::new(Router::new(&cfg)?);
     let replayer = Arc::new(Replayer::start(&router, &cfg.replay));
-    let capture = Capture::start(&cfg.capture.interfaces, &cfg.capture.ports, cfg.capture.perf_pages)?;
+    let capture =
+        Capture::start(&cfg.capture.interfaces, &cfg.capture.ports, &endpoint_addrs(&router), cfg.capture.perf_pages)?;
     tracing::info!(
         interfaces = ?cfg.capture.interfaces,
         ports = ?cfg.capture.ports,
@@ -124,8 +130,8 @@ fn capture_loop(
     let mut last_tick = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         if let Ok(r) = reloads.try_recv() {
-            if let Err(e) = capture.set_ports(&r.ports) {
-                tracing::error!("reload: updating the watched ports: {e:#}");
+            if let Err(e) = capture.set_ports(&r.ports).and_then(|_| capture.set_skip(&endpoint_addrs(&r.router))) {
+                tracing::error!("reload: updating the kernel maps: {e:#}");
             }
             pipeline.set_router(r.router);
         }

@@ -227,8 +227,14 @@ impl Topology {
 
     /// Starts the daemon in the primary namespace and waits until it is attached.
     pub fn daemon(&self, config: &Path) -> Result<Proc> {
-        let mut d =
-            self.spawn(&self.primary, "daemon", &bin("mirror"), &["run", "--config", config.to_str().expect("utf-8")])?;
+        self.daemon_in(&self.primary, "daemon", config, &[])
+    }
+
+    /// Starts a daemon in `ns` (extra arguments after the config) and waits until it is attached.
+    pub fn daemon_in(&self, ns: &str, label: &str, config: &Path, extra: &[&str]) -> Result<Proc> {
+        let mut args = vec!["run", "--config", config.to_str().expect("utf-8")];
+        args.extend_from_slice(extra);
+        let mut d = self.spawn(ns, label, &bin("mirror"), &args)?;
         d.wait_for_stderr("ready", Duration::from_secs(30))?;
         Ok(d)
     }
