@@ -24,7 +24,8 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use mirror_common::{
     KIND_PACKET, KIND_TAIL, MAX_INLINE_CAPTURE, MAX_TAIL_CAPTURE, STAT_COUNT, STAT_FRAGMENTS, STAT_LOST, STAT_SEEN,
-    STAT_SHIPPED, STAT_SKIPPED_MIRROR, STAT_TAILS, STAT_TRUNCATED, SegmentEvent, SkipKey, TailPiece,
+    STAT_SHIPPED, STAT_SKIPPED_MIRROR, STAT_TAILS, STAT_TRUNCATED, SegmentEvent, SkipKey, TCP_FIN, TCP_RST, TCP_SYN,
+    TailPiece,
 };
 use network_types::{
     eth::{EthHdr, EtherType},
@@ -123,6 +124,11 @@ fn capture(ctx: &TcContext) -> Result<(), ()> {
     if MIRROR_PORTS.get_ptr(dport).is_none() {
         return Ok(());
     }
+    let payload_off = l4_off + u32::from(tcp[12] >> 4) * 4;
+    // A bare ACK (no payload, no SYN/FIN/RST) tells the reassembler nothing: not shipped.
+    if payload_off >= ip_end && tcp[13] & (TCP_SYN | TCP_FIN | TCP_RST) == 0 {
+        return Ok(());
+    }
     let skip = SkipKey { addr: ev.daddr, port: dport, family: ev.family, _pad: 0 };
     if MIRROR_SKIP.get_ptr(skip).is_some() {
         bump(STAT_SKIPPED_MIRROR);
@@ -130,7 +136,6 @@ fn capture(ctx: &TcContext) -> Result<(), ()> {
     }
     bump(STAT_SEEN);
 
-    let payload_off = l4_off + u32::from(tcp[12] >> 4) * 4;
     // Ethernet padding of short frames lies between ip_end and skb_len: never ship it as payload.
     let ip_end = if ip_end > skb_len { skb_len } else { ip_end };
     if payload_off > ip_end {

@@ -20,6 +20,7 @@ use crate::{
     capture::{Capture, decode_sample},
     config::Config,
     flow::FlowConfig,
+    metrics::{self, Metrics},
     pipeline::Pipeline,
     replay::Replayer,
     route::Router,
@@ -36,13 +37,15 @@ fn endpoint_addrs(router: &Router) -> Vec<std::net::SocketAddr> {
     router.endpoints.values().flatten().copied().collect()
 }
 
-pub async fn run(path: &Path) -> Result<()> {
+pub async fn run(path: &Path, metrics_addr: std::net::SocketAddr) -> Result<()> {
     let cfg = Config::load(path)?;
     for w in &cfg.warnings {
         tracing::warn!("{w}");
     }
     let router = Arc::new(Router::new(&cfg)?);
-    let replayer = Arc::new(Replayer::start(&router, &cfg.replay));
+    let metrics = Arc::new(Metrics::new());
+    let _server = metrics::serve(metrics_addr, metrics.clone()).await?;
+    let replayer = Arc::new(Replayer::start(&router, &cfg.replay, Some(metrics.clone())));
     let capture =
         Capture::start(&cfg.capture.interfaces, &cfg.capture.ports, &endpoint_addrs(&router), cfg.capture.perf_pages)?;
     tracing::info!(
@@ -60,7 +63,7 @@ pub async fn run(path: &Path) -> Result<()> {
         let buffer_bytes = cfg.replay.buffer_bytes;
         std::thread::Builder::new()
             .name("capture".into())
-            .spawn(move || capture_loop(capture, router, replayer, buffer_bytes, stop, reload_rx))
+            .spawn(move || capture_loop(capture, router, replayer, metrics, buffer_bytes, stop, reload_rx))
             .context("spawning the capture thread")?
     };
 
@@ -84,6 +87,13 @@ pub async fn run(path: &Path) -> Result<()> {
     summary["replay"] = json!(stats.snapshot());
     println!("{summary}");
     Ok(())
+}
+
+fn publish(capture: &Capture, pipeline: &Pipeline, metrics: &Metrics) {
+    match capture.kernel_stats() {
+        Ok(kernel) => metrics.publish(&kernel, &pipeline.flows().stats, pipeline.flows().len(), &pipeline.stats),
+        Err(e) => tracing::warn!("reading kernel counters: {e:#}"),
+    }
 }
 
 /// SIGHUP: load and check the config again. A valid one takes effect for requests framed from now
@@ -118,6 +128,7 @@ fn capture_loop(
     mut capture: Capture,
     router: Arc<Router>,
     replayer: Arc<Replayer>,
+    metrics: Arc<Metrics>,
     buffer_bytes: usize,
     stop: Arc<AtomicBool>,
     reloads: std::sync::mpsc::Receiver<Reload>,
@@ -128,6 +139,7 @@ fn capture_loop(
     let mut decode_errors = 0u64;
     let mut out = Vec::new();
     let mut last_tick = Instant::now();
+    let mut last_publish = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         if let Ok(r) = reloads.try_recv() {
             if let Err(e) = capture.set_ports(&r.ports).and_then(|_| capture.set_skip(&endpoint_addrs(&r.router))) {
@@ -153,6 +165,10 @@ fn capture_loop(
             pipeline.on_tick(start.elapsed(), &mut out);
             last_tick = Instant::now();
         }
+        if last_publish.elapsed() >= Duration::from_millis(500) {
+            publish(&capture, &pipeline, &metrics);
+            last_publish = Instant::now();
+        }
         for ob in out.drain(..) {
             replayer.submit(ob);
         }
@@ -162,6 +178,7 @@ fn capture_loop(
     for ob in out.drain(..) {
         replayer.submit(ob);
     }
+    publish(&capture, &pipeline, &metrics);
     let kernel: serde_json::Map<String, serde_json::Value> =
         capture.kernel_stats()?.into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
     let f = &pipeline.flows().stats;

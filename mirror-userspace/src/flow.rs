@@ -220,6 +220,14 @@ impl FlowTable {
         }
 
         if seg.flags & TCP_RST != 0 {
+            // Bytes sent before the RST that we never saw are a gap too.
+            if let Some(flow) = self.flows.get_mut(&key)
+                && let Ok(off) = flow.offset_of(seg.seq)
+                && off > flow.next
+                && off - flow.next < 1 << 30
+            {
+                flow.fin_at = Some(flow.fin_at.map_or(off, |f| f.max(off)));
+            }
             self.close(key, CloseReason::Rst, out);
             return;
         }
@@ -331,6 +339,14 @@ impl FlowTable {
         // can be framed after the framer resynchronises.
         while !flow.pending.is_empty() {
             Self::skip_hole(&mut flow, &mut self.total_pending, &mut self.stats, key, out);
+        }
+        // The FIN (or RST) says how far the stream went: bytes up to it that never came are a gap.
+        if let Some(end) = flow.fin_at
+            && end > flow.next
+        {
+            self.stats.gaps += 1;
+            self.stats.gap_bytes += end - flow.next;
+            out.push((key, StreamEvent::Gap(end - flow.next)));
         }
         match reason {
             CloseReason::Fin => self.stats.closed_fin += 1,

@@ -9,6 +9,7 @@ pub mod config;
 pub mod daemon;
 pub mod flow;
 pub mod http;
+pub mod metrics;
 pub mod offline;
 pub mod pipeline;
 pub mod replay;

@@ -19,6 +19,9 @@ enum Command {
     Run {
         #[arg(long)]
         config: PathBuf,
+        /// Where Prometheus metrics are served (text format, any path).
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        metrics_addr: std::net::SocketAddr,
     },
     /// Replay a pcap/pcapng capture through the same path to the config's mirrors, then summarise.
     Replay {
@@ -73,9 +76,9 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Run { config } => {
+        Command::Run { config, metrics_addr } => {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-            rt.block_on(mirror::daemon::run(&config))
+            rt.block_on(mirror::daemon::run(&config, metrics_addr))
         }
     }
 }

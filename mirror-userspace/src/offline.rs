@@ -16,7 +16,7 @@ pub async fn replay(cfg: &Config, pcap: &Path) -> Result<Value> {
     let ports: HashSet<u16> = cfg.capture.ports.iter().copied().collect();
     let (segments, counts) = read_segments(pcap, &ports)?;
     let router = Arc::new(Router::new(cfg)?);
-    let replayer = Replayer::start(&router, &cfg.replay);
+    let replayer = Replayer::start(&router, &cfg.replay, None);
     let flow_cfg = FlowConfig {
         idle_timeout: Duration::from_secs(u32::MAX as u64),
         reorder_timeout: Duration::from_secs(u32::MAX as u64),

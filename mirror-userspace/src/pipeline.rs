@@ -89,6 +89,15 @@ pub struct PipelineStats {
     pub tunnels: u64,
     /// Requests (or would-be requests) lost, by reason.
     pub dropped: BTreeMap<String, u64>,
+    /// Per (route, mirror endpoint): for metrics labels.
+    #[serde(skip)]
+    pub by_route: BTreeMap<(Arc<str>, Arc<str>), RouteCounts>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteCounts {
+    pub mirrored: u64,
+    pub sampled_out: u64,
 }
 
 impl PipelineStats {
@@ -235,8 +244,11 @@ impl Pipeline {
                             self.stats.no_route += 1;
                             Vec::new()
                         }
-                        Decision::Route { targets, sampled_out, .. } => {
-                            self.stats.sampled_out += sampled_out as u64;
+                        Decision::Route { route, targets, sampled_out } => {
+                            self.stats.sampled_out += sampled_out.len() as u64;
+                            for endpoint in sampled_out {
+                                self.stats.by_route.entry((route.clone(), endpoint)).or_default().sampled_out += 1;
+                            }
                             targets
                         }
                     };
@@ -295,6 +307,7 @@ impl Pipeline {
                     let body = cur.body.freeze();
                     for (t, head, stream) in cur.targets {
                         self.stats.mirrored += 1;
+                        self.stats.by_route.entry((t.route.clone(), t.endpoint.clone())).or_default().mirrored += 1;
                         let part = match stream {
                             Some((id, index)) => Part::End { stream: id, index },
                             None => Part::Whole(Request {

@@ -13,7 +13,7 @@ use std::{
         Arc, Mutex, RwLock,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tokio::{
@@ -27,6 +27,7 @@ use tokio::{
 use crate::{
     config::ReplaySettings,
     http::response::ResponseReader,
+    metrics::Metrics,
     pipeline::{Outbound, Part, Request},
     route::Router,
 };
@@ -81,6 +82,7 @@ pub struct Replayer {
     runtime: tokio::runtime::Handle,
     workers: Mutex<JoinSet<()>>,
     pub stats: Arc<ReplayStats>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 #[derive(Debug)]
@@ -91,14 +93,16 @@ enum Failure {
 }
 
 impl Replayer {
-    /// Spawns `settings.connections` workers per endpoint address on the current tokio runtime.
-    pub fn start(router: &Router, settings: &ReplaySettings) -> Replayer {
+    /// Spawns `settings.connections` workers per endpoint address on the current tokio runtime;
+    /// with `metrics`, responses, latencies and failures are recorded there too.
+    pub fn start(router: &Router, settings: &ReplaySettings, metrics: Option<Arc<Metrics>>) -> Replayer {
         let r = Replayer {
             endpoints: RwLock::new(HashMap::new()),
             settings: settings.clone(),
             runtime: tokio::runtime::Handle::current(),
             workers: Mutex::new(JoinSet::new()),
             stats: Arc::new(ReplayStats::default()),
+            metrics,
         };
         r.reconfigure(router);
         r
@@ -119,7 +123,8 @@ impl Replayer {
                 for _ in 0..self.settings.connections {
                     let (tx, rx) = mpsc::channel(self.settings.queue);
                     queues.push(tx);
-                    workers.spawn_on(worker(*addr, rx, self.settings.clone(), self.stats.clone()), &self.runtime);
+                    let rec = Recorder { stats: self.stats.clone(), metrics: self.metrics.clone() };
+                    workers.spawn_on(worker(*addr, rx, self.settings.clone(), rec), &self.runtime);
                 }
             }
             eps.insert(key.clone(), Endpoint { addrs: addrs.clone(), queues });
@@ -136,6 +141,9 @@ impl Replayer {
             eps.get(&ob.endpoint).is_some_and(|ep| ep.queues[queue_index(&ob, ep.queues.len())].try_send(ob).is_ok());
         if !sent {
             self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
+            if let Some(m) = &self.metrics {
+                m.drop_reason("queue_full");
+            }
         }
     }
 
@@ -178,28 +186,47 @@ struct Active {
     /// False once writing failed: the rest of the stream is discarded.
     ok: bool,
     head_request: bool,
-    route: Arc<str>,
+    started: Instant,
 }
 
-async fn worker(addr: SocketAddr, mut rx: mpsc::Receiver<Outbound>, settings: ReplaySettings, stats: Arc<ReplayStats>) {
+/// Where a worker records what happened: the summary counters and, if any, the metrics.
+struct Recorder {
+    stats: Arc<ReplayStats>,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl Recorder {
+    fn count(&self, counter: &AtomicU64, reason: &str) {
+        counter.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = &self.metrics {
+            m.drop_reason(reason);
+        }
+    }
+}
+
+async fn worker(addr: SocketAddr, mut rx: mpsc::Receiver<Outbound>, settings: ReplaySettings, rec: Recorder) {
+    let stats = &rec;
     let mut conn: Option<TcpStream> = None;
     let mut buf = vec![0u8; 64 * 1024];
     let mut active: Option<Active> = None;
     let limit = settings.request_timeout();
     while let Some(ob) = rx.recv().await {
+        let (route, endpoint) = (ob.route, ob.endpoint);
         match ob.part {
             Part::Whole(req) => {
-                reset_unfinished(&mut active, &mut conn, &stats);
+                reset_unfinished(&mut active, &mut conn, stats);
+                let started = Instant::now();
                 let result = timeout(limit, async {
                     let stream = writable(&mut conn, addr, &settings).await?;
                     write_request(stream, &req).await?;
                     read_response(&mut conn, req.method == "HEAD", &mut buf).await
                 })
                 .await;
-                record(result, &mut conn, &stats, addr, &ob.route);
+                record(result, &mut conn, stats, addr, (&route, &endpoint), started);
             }
             Part::Start { stream, request } => {
-                reset_unfinished(&mut active, &mut conn, &stats);
+                reset_unfinished(&mut active, &mut conn, stats);
+                let started = Instant::now();
                 let result = timeout(limit, async {
                     let s = writable(&mut conn, addr, &settings).await?;
                     write_request(s, &request).await
@@ -207,9 +234,9 @@ async fn worker(addr: SocketAddr, mut rx: mpsc::Receiver<Outbound>, settings: Re
                 .await;
                 let ok = matches!(result, Ok(Ok(())));
                 if !ok {
-                    record(result.map(|r| r.map(|_| 0)), &mut conn, &stats, addr, &ob.route);
+                    record(result.map(|r| r.map(|_| 0)), &mut conn, stats, addr, (&route, &endpoint), started);
                 }
-                active = Some(Active { stream, next: 1, ok, head_request: request.method == "HEAD", route: ob.route });
+                active = Some(Active { stream, next: 1, ok, head_request: request.method == "HEAD", started });
             }
             Part::More { stream, index, bytes } => {
                 let Some(a) = active.as_mut().filter(|a| a.stream == stream) else { continue };
@@ -218,14 +245,14 @@ async fn worker(addr: SocketAddr, mut rx: mpsc::Receiver<Outbound>, settings: Re
                 }
                 if index != a.next {
                     // A part was dropped on a full queue: this request must never complete.
-                    reset(&mut conn, &stats);
+                    reset(&mut conn, stats);
                     a.ok = false;
                     continue;
                 }
                 a.next += 1;
                 let Some(s) = conn.as_mut() else { continue };
                 if !matches!(timeout(limit, s.write_all(&bytes)).await, Ok(Ok(()))) {
-                    reset(&mut conn, &stats);
+                    reset(&mut conn, stats);
                     a.ok = false;
                 }
             }
@@ -235,68 +262,73 @@ async fn worker(addr: SocketAddr, mut rx: mpsc::Receiver<Outbound>, settings: Re
                     continue;
                 }
                 if index != a.next {
-                    reset(&mut conn, &stats);
+                    reset(&mut conn, stats);
                     continue;
                 }
                 let result = timeout(limit, read_response(&mut conn, a.head_request, &mut buf)).await;
-                record(result, &mut conn, &stats, addr, &a.route);
+                record(result, &mut conn, stats, addr, (&route, &endpoint), a.started);
             }
             Part::Abort { stream } => {
                 if let Some(a) = active.take_if(|a| a.stream == stream)
                     && a.ok
                 {
-                    reset(&mut conn, &stats);
+                    reset(&mut conn, stats);
                 }
             }
         }
     }
-    reset_unfinished(&mut active, &mut conn, &stats);
+    reset_unfinished(&mut active, &mut conn, stats);
 }
 
 /// A streamed request that never got its end (its `End` was dropped): reset it.
-fn reset_unfinished(active: &mut Option<Active>, conn: &mut Option<TcpStream>, stats: &ReplayStats) {
+fn reset_unfinished(active: &mut Option<Active>, conn: &mut Option<TcpStream>, stats: &Recorder) {
     if active.take().is_some_and(|a| a.ok) {
         reset(conn, stats);
     }
 }
 
 /// Closes the connection with a RST, so a request written in part is never completed.
-fn reset(conn: &mut Option<TcpStream>, stats: &ReplayStats) {
+fn reset(conn: &mut Option<TcpStream>, rec: &Recorder) {
     if let Some(s) = conn.take() {
         // A zero linger makes close send RST at once; it does not block (the deprecation is
         // about non-zero lingers).
         #[allow(deprecated)]
         let _ = s.set_linger(Some(Duration::ZERO));
-        stats.streams_reset.fetch_add(1, Ordering::Relaxed);
+        rec.count(&rec.stats.streams_reset, "stream_reset");
     }
 }
 
 fn record(
     result: Result<Result<u16, Failure>, tokio::time::error::Elapsed>,
     conn: &mut Option<TcpStream>,
-    stats: &ReplayStats,
+    rec: &Recorder,
     addr: SocketAddr,
-    route: &str,
+    (route, endpoint): (&str, &str),
+    started: Instant,
 ) {
+    let stats = &rec.stats;
     match result {
         Ok(Ok(status)) => {
             stats.sent.fetch_add(1, Ordering::Relaxed);
             let class = (status / 100) as usize;
             stats.responses[if (1..=5).contains(&class) { class } else { 0 }].fetch_add(1, Ordering::Relaxed);
+            if let Some(m) = &rec.metrics {
+                m.response(route, endpoint, status, started.elapsed());
+            }
         }
         Ok(Err(f)) => {
             *conn = None;
-            let counter = match f {
-                Failure::Connect => &stats.connect_error,
-                Failure::Io => &stats.io_error,
-                Failure::BadResponse => &stats.bad_response,
+            let (counter, reason) = match f {
+                Failure::Connect => (&stats.connect_error, "connect_error"),
+                Failure::Io => (&stats.io_error, "io_error"),
+                Failure::BadResponse => (&stats.bad_response, "bad_response"),
             };
-            counter.fetch_add(1, Ordering::Relaxed);
+            rec.count(counter, reason);
             tracing::debug!(%addr, %route, "mirror request failed: {f:?}");
         }
         Err(_) => {
             *conn = None;
-            stats.timeout.fetch_add(1, Ordering::Relaxed);
+            rec.count(&stats.timeout, "timeout");
             tracing::debug!(%addr, %route, "mirror request timed out");
         }
     }

@@ -180,8 +180,8 @@ struct Table {
 pub enum Decision {
     /// No route matched (or the request's Host is in no table).
     NoRoute,
-    /// A route matched: the mirrors sampled in, and how many were sampled out.
-    Route { route: Arc<str>, targets: Vec<MirrorTarget>, sampled_out: usize },
+    /// A route matched: the mirrors sampled in, and the endpoints of those sampled out.
+    Route { route: Arc<str>, targets: Vec<MirrorTarget>, sampled_out: Vec<Arc<str>> },
 }
 
 #[derive(Debug, Clone)]
@@ -269,7 +269,7 @@ impl Router {
             return Decision::NoRoute;
         };
         let mut targets = Vec::new();
-        let mut sampled_out = 0;
+        let mut sampled_out = Vec::new();
         for m in &route.mirrors {
             if sampled(m, head, rng) {
                 targets.push(MirrorTarget {
@@ -278,7 +278,7 @@ impl Router {
                     policy: m.policy.clone(),
                 });
             } else {
-                sampled_out += 1;
+                sampled_out.push(m.endpoint.clone());
             }
         }
         Decision::Route { route: route.name.clone(), targets, sampled_out }

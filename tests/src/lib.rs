@@ -217,8 +217,13 @@ impl Topology {
 
     /// Writes a daemon config mirroring `percent` of port 8000 to the mirror namespace.
     pub fn config(&self, percent: f64, extra_routes: &str) -> Result<PathBuf> {
+        self.config_with(percent, extra_routes, "")
+    }
+
+    /// The same, with more top-level YAML at the end (a `replay:` section, say).
+    pub fn config_with(&self, percent: f64, extra_routes: &str, tail: &str) -> Result<PathBuf> {
         let text = format!(
-            "capture:\n  interfaces: [{PRIMARY_IFACE}]\n  ports: [{PORT}]\nroutes:\n{extra_routes}  - name: default\n    mirror: {{host: httpbin, subset: v2}}\n    mirrorPercentage: {{value: {percent}}}\nendpoints:\n  httpbin/v2: [\"{MIRROR_V4}:{PORT}\"]\n"
+            "capture:\n  interfaces: [{PRIMARY_IFACE}]\n  ports: [{PORT}]\nroutes:\n{extra_routes}  - name: default\n    mirror: {{host: httpbin, subset: v2}}\n    mirrorPercentage: {{value: {percent}}}\nendpoints:\n  httpbin/v2: [\"{MIRROR_V4}:{PORT}\"]\n{tail}"
         );
         let path = self.path("mirror.yaml");
         fs::write(&path, text)?;
@@ -349,6 +354,43 @@ impl KeepAliveClient {
         self.tx.send(request).map_err(|_| anyhow::anyhow!("client thread gone"))?;
         self.rx.recv_timeout(Duration::from_secs(15))?
     }
+}
+
+/// The daemon's Prometheus text, scraped from inside the primary namespace.
+pub fn scrape_metrics(topo: &Topology) -> Result<String> {
+    topo.in_ns(&topo.primary, || -> Result<String> {
+        let mut s = TcpStream::connect_timeout(&"127.0.0.1:9464".parse()?, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut s, &mut out)?;
+        Ok(out)
+    })?
+}
+
+/// The value of one sample line (`name{labels}`) in Prometheus text, 0 if absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
+}
+
+/// Statuses and latencies of `n` GETs on one kept-alive connection from the client namespace.
+pub fn timed_gets(topo: &Topology, n: usize, tag: &str) -> Result<(Vec<u16>, Vec<Duration>)> {
+    let client = KeepAliveClient::connect(&topo.client, format!("{PRIMARY_V4}:{PORT}").parse()?)?;
+    let mut statuses = Vec::new();
+    let mut times = Vec::new();
+    for i in 0..n {
+        let t = Instant::now();
+        let r = client.send(request("GET", &format!("/{tag}/{i}"), &[], b""))?;
+        times.push(t.elapsed());
+        statuses.push(r.status);
+    }
+    Ok((statuses, times))
+}
+
+pub fn median(v: &[Duration]) -> Duration {
+    let mut v = v.to_vec();
+    v.sort();
+    v[v.len() / 2]
 }
 
 /// Writes every request in one go (pipelining), then reads one response per request.

@@ -32,3 +32,154 @@ fn shadow_traffic_to_a_mirror_on_a_watched_port_is_never_mirrored_again() {
     assert_eq!(b["pipeline"]["requests_framed"], Value::from(0), "{b}");
     assert_eq!(a["pipeline"]["mirrored"], Value::from(10), "{a}");
 }
+
+/// Runs `n` GETs without the daemon (baseline), then with it against a failing mirror; the
+/// primary must answer every one 200, its median latency within noise of the baseline, and the
+/// failures must be counted. Returns the daemon's summary and metrics text.
+fn primary_unharmed(topo: &Topology, config: &std::path::Path, n: usize, settle: Duration) -> (Value, String) {
+    let (base_status, base_times) = timed_gets(topo, n, "base").unwrap();
+    assert!(base_status.iter().all(|s| *s == 200));
+    let daemon = topo.daemon(config).unwrap();
+    let (statuses, times) = timed_gets(topo, n, "with").unwrap();
+    assert!(statuses.iter().all(|s| *s == 200), "primary answered {statuses:?}");
+    std::thread::sleep(settle);
+    let metrics = scrape_metrics(topo).unwrap();
+    let summary = topo.stop_daemon(daemon, libc::SIGTERM).unwrap();
+    let (b, w) = (median(&base_times), median(&times));
+    println!("primary median latency: {b:?} without the daemon, {w:?} with it");
+    // Noise bound, loose on purpose (timing belongs to the benchmarks): the daemon is off the path.
+    assert!(w <= b * 3 + Duration::from_millis(3), "primary slowed from {b:?} to {w:?}");
+    (summary, metrics)
+}
+
+fn replay_tail(connect_ms: u64, request_ms: u64) -> String {
+    format!("replay: {{connectTimeoutMs: {connect_ms}, requestTimeoutMs: {request_ms}}}\n")
+}
+
+#[test]
+fn mirror_refusing_connections_is_counted_and_harmless() {
+    let topo = Topology::new().unwrap();
+    // No mirror server: the mirror's kernel refuses (RST) every connection.
+    let _v1 = topo.httpbin(&topo.primary, "v1", &format!("[::]:{PORT}"), &[]).unwrap();
+    let config = topo.config_with(100.0, "", &replay_tail(500, 1000)).unwrap();
+    let (summary, metrics) = primary_unharmed(&topo, &config, 20, Duration::from_millis(800));
+    assert_eq!(summary["replay"]["dropped_connect_error"], Value::from(20), "{summary}");
+    assert_eq!(metric(&metrics, "mirror_requests_dropped_total{reason=\"connect_error\"}"), 20.0, "{metrics}");
+    assert_eq!(metric(&metrics, "mirror_requests_framed_total"), 20.0, "{metrics}");
+}
+
+#[test]
+fn mirror_black_holing_is_counted_and_harmless() {
+    let topo = Topology::new().unwrap();
+    let (_v1, _v2) = topo.servers().unwrap();
+    ns_run(&topo.mirror, "nft", &["add table inet blackhole"]).unwrap();
+    ns_run(&topo.mirror, "nft", &["add chain inet blackhole input { type filter hook input priority 0 ; }"]).unwrap();
+    ns_run(&topo.mirror, "nft", &[&format!("add rule inet blackhole input tcp dport {PORT} drop")]).unwrap();
+    let config = topo.config_with(100.0, "", &replay_tail(200, 1000)).unwrap();
+    // One client connection maps to one mirror connection: 8 connects time out one after another.
+    let (summary, _) = primary_unharmed(&topo, &config, 8, Duration::from_millis(2200));
+    assert_eq!(summary["replay"]["dropped_connect_error"], Value::from(8), "{summary}");
+    assert!(access_log(&topo.path("v2.log")).is_empty());
+}
+
+#[test]
+fn slow_mirror_times_out_counted_and_harmless() {
+    let topo = Topology::new().unwrap();
+    let _v1 = topo.httpbin(&topo.primary, "v1", &format!("[::]:{PORT}"), &[]).unwrap();
+    let _v2 = topo.httpbin(&topo.mirror, "v2", &format!("{MIRROR_V4}:{PORT}"), &["--delay-ms", "5000"]).unwrap();
+    let config = topo.config_with(100.0, "", &replay_tail(500, 300)).unwrap();
+    let (summary, metrics) = primary_unharmed(&topo, &config, 6, Duration::from_millis(2500));
+    assert_eq!(summary["replay"]["dropped_timeout"], Value::from(6), "{summary}");
+    assert_eq!(metric(&metrics, "mirror_requests_dropped_total{reason=\"timeout\"}"), 6.0, "{metrics}");
+}
+
+#[test]
+fn mirror_resetting_connections_is_counted_and_harmless() {
+    let topo = Topology::new().unwrap();
+    let _v1 = topo.httpbin(&topo.primary, "v1", &format!("[::]:{PORT}"), &[]).unwrap();
+    let _v2 = topo.httpbin(&topo.mirror, "v2", &format!("{MIRROR_V4}:{PORT}"), &["--reset"]).unwrap();
+    let config = topo.config_with(100.0, "", &replay_tail(500, 1000)).unwrap();
+    let (summary, _) = primary_unharmed(&topo, &config, 20, Duration::from_millis(800));
+    let r = &summary["replay"];
+    let failed = r["dropped_io_error"].as_u64().unwrap() + r["dropped_connect_error"].as_u64().unwrap();
+    assert_eq!(failed, 20, "{summary}");
+    assert_eq!(r["sent"], Value::from(0), "{summary}");
+}
+
+#[test]
+fn healthy_mirror_metrics_have_route_and_mirror_labels() {
+    let topo = Topology::new().unwrap();
+    let (_v1, _v2) = topo.servers().unwrap();
+    let config = topo.config(100.0, "").unwrap();
+    let (summary, metrics) = primary_unharmed(&topo, &config, 10, Duration::from_millis(900));
+    assert_eq!(summary["replay"]["responses_2xx"], Value::from(10), "{summary}");
+    let labels = "{route=\"default\",mirror=\"httpbin/v2\"";
+    assert_eq!(metric(&metrics, &format!("mirror_requests_mirrored_total{labels}}}")), 10.0, "{metrics}");
+    assert_eq!(metric(&metrics, &format!("mirror_shadow_responses_total{labels},class=\"2xx\"}}")), 10.0, "{metrics}");
+    assert_eq!(metric(&metrics, &format!("mirror_shadow_latency_seconds_count{labels}}}")), 10.0, "{metrics}");
+    assert!(metric(&metrics, "mirror_kernel_packets_total{kind=\"shipped\"}") >= 10.0, "{metrics}");
+}
+
+#[test]
+fn daemon_killed_with_sigkill_leaves_no_attachment_and_primary_keeps_working() {
+    let topo = Topology::new().unwrap();
+    let (_v1, _v2) = topo.servers().unwrap();
+    let mut daemon = topo.daemon(&topo.config(100.0, "").unwrap()).unwrap();
+    assert_eq!(topo.tcx_ingress_programs().unwrap(), ["mirror_ingress"]);
+    let (statuses, _) = timed_gets(&topo, 5, "before-kill").unwrap();
+    daemon.signal(libc::SIGKILL);
+    daemon.wait_exit(Duration::from_secs(5)).unwrap();
+    // The TCX link lives as long as the daemon's file descriptor: the kernel releases it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !topo.tcx_ingress_programs().unwrap().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(topo.tcx_ingress_programs().unwrap(), Vec::<String>::new(), "attachment left after SIGKILL");
+    let (after, _) = timed_gets(&topo, 5, "after-kill").unwrap();
+    assert!(statuses.iter().chain(&after).all(|s| *s == 200));
+}
+
+#[test]
+fn tiny_ring_loses_segments_counted_but_never_sends_a_torn_request() {
+    let topo = Topology::new().unwrap();
+    let (_v1, _v2) = topo.servers().unwrap();
+    // One page per CPU: bursts of multi-kilobyte segments overflow it.
+    let config = topo.config_with(100.0, "", "").unwrap();
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(&format!("ports: [{PORT}]"), &format!("ports: [{PORT}]\n  perfPages: 1"));
+    std::fs::write(&config, text).unwrap();
+    let daemon = topo.daemon(&config).unwrap();
+    let reqs: Vec<Vec<u8>> = (0..200)
+        .map(|i| {
+            let body: Vec<u8> = (0..(i % 7) * 1500).map(|j| (i * 31 + j) as u8).collect();
+            request("POST", &format!("/burst/{i}"), &[], &body)
+        })
+        .collect();
+    // One request per segment (each written after the previous answer): small ones fit the ring,
+    // larger ones do not.
+    for chunk in reqs.chunks(50) {
+        let chunk = chunk.to_vec();
+        let responses = topo.in_ns(&topo.client, move || exchange(primary(), &chunk)).unwrap().unwrap();
+        assert!(responses.iter().all(|r| r.status == 200));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let summary = topo.stop_daemon(daemon, libc::SIGINT).unwrap();
+    let lost = summary["kernel"]["lost"].as_u64().unwrap();
+    assert!(lost > 0, "expected losses with a one-page ring: {summary}");
+    let primary: std::collections::HashMap<String, Value> =
+        access_log(&topo.path("v1.log")).into_iter().map(|e| (e["uri"].as_str().unwrap().to_string(), e)).collect();
+    let mirrored = access_log(&topo.path("v2.log"));
+    println!("tiny ring: {lost} segments lost, {} of 200 requests mirrored; {}", mirrored.len(), summary["pipeline"]);
+    assert!(mirrored.len() < 200 && !mirrored.is_empty(), "{summary}");
+    for m in &mirrored {
+        let p = &primary[m["uri"].as_str().unwrap()];
+        assert_eq!(
+            (&m["method"], &m["body_len"], &m["body_sha256"]),
+            (&p["method"], &p["body_len"], &p["body_sha256"]),
+            "torn request reached the mirror: {m}"
+        );
+    }
+    let dropped: u64 = summary["pipeline"]["dropped"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    assert!(dropped > 0, "losses must show up as counted drops: {summary}");
+}

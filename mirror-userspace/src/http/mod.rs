@@ -310,13 +310,11 @@ impl RequestFramer {
         self.offset += len;
         match self.state {
             State::Tunnel | State::Done | State::Failed => return,
-            State::Body { .. } | State::Chunked { .. } => {
+            // Client bytes are requests: whatever the gap fell into (the request being read, or
+            // one that began inside it) is lost, and counted once.
+            State::Body { .. } | State::Chunked { .. } | State::Head | State::Resync => {
                 out.push(HttpEvent::Dropped(DropReason::Gap));
             }
-            State::Head if !self.buf.iter().all(|b| matches!(b, b'\r' | b'\n')) => {
-                out.push(HttpEvent::Dropped(DropReason::Gap));
-            }
-            State::Head | State::Resync => {}
         }
         self.buf.clear();
         self.state = State::Resync;

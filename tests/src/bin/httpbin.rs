@@ -24,6 +24,9 @@ struct Args {
     /// Wait this long before answering (failure tests).
     #[arg(long, default_value_t = 0)]
     delay_ms: u64,
+    /// Reset every connection as soon as it is accepted (failure tests).
+    #[arg(long)]
+    reset: bool,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -34,6 +37,13 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("httpbin {} listening on {}", args.name, listener.local_addr()?);
     loop {
         let (stream, peer) = listener.accept().await?;
+        if args.reset {
+            // Zero linger: close sends RST.
+            #[allow(deprecated)]
+            let _ = stream.set_linger(Some(Duration::ZERO));
+            drop(stream);
+            continue;
+        }
         let (args, log) = (args.clone(), log.clone());
         tokio::spawn(async move {
             let svc = service_fn(move |req| handle(req, peer, args.clone(), log.clone()));

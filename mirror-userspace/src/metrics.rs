@@ -1,0 +1,221 @@
+//! Prometheus metrics (prometheus-client), served as text on `--metrics-addr`.
+//!
+//! The sans-IO core keeps plain counters; the capture thread publishes them here periodically
+//! (as deltas), and the replay workers record responses, latencies and failures directly.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use http_body_util::Full;
+use hyper::{Request, Response, body::Bytes, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+use crate::{flow::FlowStats, pipeline::PipelineStats};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteMirror {
+    pub route: String,
+    pub mirror: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResponseLabel {
+    pub route: String,
+    pub mirror: String,
+    pub class: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms .. ~16 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    kernel: Family<KindLabel, Counter>,
+    flows_open: Gauge,
+    flow_events: Family<KindLabel, Counter>,
+    framed: Counter,
+    mirrored: Family<RouteMirror, Counter>,
+    sampled_out: Family<RouteMirror, Counter>,
+    no_route: Counter,
+    dropped: Family<ReasonLabel, Counter>,
+    responses: Family<ResponseLabel, Counter>,
+    latency: Family<RouteMirror, Histogram, fn() -> Histogram>,
+    /// Last published absolute values, to publish deltas.
+    last: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("mirror");
+        let m = Metrics {
+            kernel: Family::default(),
+            flows_open: Gauge::default(),
+            flow_events: Family::default(),
+            framed: Counter::default(),
+            mirrored: Family::default(),
+            sampled_out: Family::default(),
+            no_route: Counter::default(),
+            dropped: Family::default(),
+            responses: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            last: Mutex::new(BTreeMap::new()),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "kernel_packets",
+            "TCP segments to watched ports, by what the classifier did: seen, shipped, lost (ring full), truncated, tail_pieces, ip_fragments, skipped_mirror_traffic",
+            m.kernel.clone(),
+        );
+        registry.register("flows_open", "TCP flows being reassembled", m.flows_open.clone());
+        registry.register(
+            "flow_events",
+            "Flow events: opened, midstream, gaps, retransmitted, out_of_order, evicted",
+            m.flow_events.clone(),
+        );
+        registry.register("requests_framed", "HTTP/1.1 requests framed", m.framed.clone());
+        registry.register(
+            "requests_mirrored",
+            "Requests handed to replay complete, per route and mirror",
+            m.mirrored.clone(),
+        );
+        registry.register(
+            "requests_sampled_out",
+            "Requests a route's sampling left out, per route and mirror",
+            m.sampled_out.clone(),
+        );
+        registry.register("requests_no_route", "Requests no route matched", m.no_route.clone());
+        registry.register(
+            "requests_dropped",
+            "Requests (or streams) lost, by reason: gap, queue_full, timeout, connect_error, io_error, bad_response, stream_reset and framing errors",
+            m.dropped.clone(),
+        );
+        registry.register("shadow_responses", "Mirror responses, by status class", m.responses.clone());
+        registry.register(
+            "shadow_latency_seconds",
+            "Time from sending a request to the mirror to its full response",
+            m.latency.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    fn delta(&self, key: &str, now: u64) -> u64 {
+        let mut last = self.last.lock().expect("metrics lock");
+        let prev = last.insert(key.to_string(), now).unwrap_or(0);
+        now.saturating_sub(prev)
+    }
+
+    /// Publishes the capture thread's counters (absolute values; deltas are added).
+    pub fn publish(&self, kernel: &[(&'static str, u64)], flows: &FlowStats, flows_open: usize, p: &PipelineStats) {
+        for (kind, v) in kernel {
+            let d = self.delta(&format!("kernel/{kind}"), *v);
+            self.kernel.get_or_create(&KindLabel { kind: kind.to_string() }).inc_by(d);
+        }
+        self.flows_open.set(flows_open as i64);
+        for (kind, v) in [
+            ("opened", flows.flows_opened),
+            ("midstream", flows.flows_midstream),
+            ("gaps", flows.gaps),
+            ("retransmitted", flows.retransmitted_segments),
+            ("out_of_order", flows.out_of_order_segments),
+            ("evicted", flows.evicted),
+        ] {
+            let d = self.delta(&format!("flow/{kind}"), v);
+            self.flow_events.get_or_create(&KindLabel { kind: kind.to_string() }).inc_by(d);
+        }
+        self.framed.inc_by(self.delta("framed", p.requests_framed));
+        self.no_route.inc_by(self.delta("no_route", p.no_route));
+        for (reason, v) in &p.dropped {
+            self.dropped
+                .get_or_create(&ReasonLabel { reason: reason.clone() })
+                .inc_by(self.delta(&format!("drop/{reason}"), *v));
+        }
+        for ((route, mirror), c) in &p.by_route {
+            let labels = RouteMirror { route: route.to_string(), mirror: mirror.to_string() };
+            self.mirrored.get_or_create(&labels).inc_by(self.delta(&format!("m/{route}/{mirror}"), c.mirrored));
+            self.sampled_out.get_or_create(&labels).inc_by(self.delta(&format!("s/{route}/{mirror}"), c.sampled_out));
+        }
+    }
+
+    /// A mirror response (replay workers).
+    pub fn response(&self, route: &str, mirror: &str, status: u16, latency: Duration) {
+        let class = match status / 100 {
+            c @ 1..=5 => format!("{c}xx"),
+            _ => "other".to_string(),
+        };
+        self.responses.get_or_create(&ResponseLabel { route: route.into(), mirror: mirror.into(), class }).inc();
+        self.latency
+            .get_or_create(&RouteMirror { route: route.into(), mirror: mirror.into() })
+            .observe(latency.as_secs_f64());
+    }
+
+    /// A request replay lost (replay workers and the queue).
+    pub fn drop_reason(&self, reason: &str) {
+        self.dropped.get_or_create(&ReasonLabel { reason: reason.into() }).inc();
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("encoding to a String");
+        out
+    }
+}
+
+/// Serves `GET /metrics` (any path, in fact) on `addr` until the task is dropped.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<tokio::task::JoinHandle<()>> {
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the metrics address {addr}"))?;
+    tracing::info!(%addr, "metrics on http://{addr}/metrics");
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |_req: Request<hyper::body::Incoming>| {
+                    let body = metrics.encode();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            Response::builder()
+                                .header("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")
+                                .body(Full::new(Bytes::from(body)))
+                                .expect("valid response"),
+                        )
+                    }
+                });
+                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            });
+        }
+    }))
+}
