@@ -183,3 +183,46 @@ fn tiny_ring_loses_segments_counted_but_never_sends_a_torn_request() {
     let dropped: u64 = summary["pipeline"]["dropped"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
     assert!(dropped > 0, "losses must show up as counted drops: {summary}");
 }
+
+/// Runs the daemon as `nobody` with only the given capabilities (via setpriv).
+fn unprivileged_daemon(topo: &Topology, config: &std::path::Path, caps: &str, label: &str) -> Proc {
+    let caps_arg = format!("-all,{caps}");
+    let mirror = bin("mirror");
+    let args = [
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        &format!("--inh-caps={caps_arg}"),
+        &format!("--ambient-caps={caps_arg}"),
+        &format!("--bounding-set={caps_arg}"),
+        mirror.to_str().unwrap(),
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+    ];
+    topo.spawn(&topo.primary, label, std::path::Path::new("/usr/bin/setpriv"), &args).unwrap()
+}
+
+#[test]
+fn runs_with_cap_bpf_net_admin_perfmon_instead_of_root() {
+    let topo = Topology::new().unwrap();
+    let (_v1, _v2) = topo.servers().unwrap();
+    let config = topo.config(100.0, "").unwrap();
+    // Negative control: without CAP_BPF it must fail, clearly.
+    let mut weak = unprivileged_daemon(&topo, &config, "+net_admin,+perfmon", "weak");
+    let st = weak.wait_exit(Duration::from_secs(15)).unwrap();
+    assert!(!st.success(), "started without CAP_BPF");
+    assert!(weak.stderr().contains("Error"), "no clear error: {}", weak.stderr());
+    // With the three capabilities, as uid 65534: attaches, mirrors, detaches.
+    let mut d = unprivileged_daemon(&topo, &config, "+bpf,+net_admin,+perfmon", "least");
+    d.wait_for_stderr("ready", Duration::from_secs(30)).unwrap();
+    let uid = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
+    assert!(uid.lines().any(|l| l.starts_with("Uid:") && l.contains("65534")), "{uid}");
+    assert_eq!(topo.tcx_ingress_programs().unwrap(), ["mirror_ingress"]);
+    let reqs = vec![request("GET", "/least-privilege", &[], b"")];
+    topo.in_ns(&topo.client, move || exchange(primary(), &reqs)).unwrap().unwrap();
+    assert_eq!(wait_for_entries(&topo.path("v2.log"), 1, Duration::from_secs(10)).len(), 1);
+    let summary = topo.stop_daemon(d, libc::SIGTERM).unwrap();
+    assert_eq!(summary["pipeline"]["mirrored"], Value::from(1), "{summary}");
+    assert_eq!(topo.tcx_ingress_programs().unwrap(), Vec::<String>::new());
+}

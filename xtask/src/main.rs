@@ -29,6 +29,12 @@ enum Task {
     /// Replay every capture of ../shared/corpus with `mirror replay` to a local recording server
     /// and compare what arrives with the ground truth.
     Corpus,
+    /// Run the cargo-fuzz targets (framer, reassembler), each for `seconds`; crashes land in
+    /// fuzz/artifacts/ and should become regression tests.
+    Fuzz {
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+    },
 }
 
 fn main() -> Result<()> {
@@ -50,6 +56,10 @@ fn main() -> Result<()> {
             setup()?;
             build()?;
             test()
+        }
+        Task::Fuzz { seconds } => {
+            setup()?;
+            fuzz(seconds)
         }
         Task::Corpus => {
             setup()?;
@@ -196,6 +206,21 @@ fn test() -> Result<()> {
     result?;
     // End to end over the shared corpus: `mirror replay` to a loopback recording server.
     run(&mut Command::new("target/debug/corpus"))
+}
+
+fn fuzz(seconds: u64) -> Result<()> {
+    if !have("cargo-fuzz") {
+        run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
+    }
+    for target in ["framer", "reassembler"] {
+        let corpus = format!("corpus/{target}");
+        std::fs::create_dir_all(Path::new("fuzz").join(&corpus))?;
+        run(Command::new("cargo")
+            .current_dir("fuzz")
+            .args(["+nightly", "fuzz", "run", target, &corpus, "--"])
+            .arg(format!("-max_total_time={seconds}")))?;
+    }
+    Ok(())
 }
 
 fn demo() -> Result<()> {
