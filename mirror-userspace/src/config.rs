@@ -80,6 +80,9 @@ pub struct ReplaySettings {
     /// their bytes is lost, the mirror connection is reset so it never gets a complete request.
     #[serde(default = "default_buffer_bytes")]
     pub buffer_bytes: usize,
+    /// Bytes of requests waiting for all mirrors together; beyond it new ones are dropped.
+    #[serde(default = "default_max_queued_bytes")]
+    pub max_queued_bytes: usize,
 }
 
 impl Default for ReplaySettings {
@@ -90,6 +93,7 @@ impl Default for ReplaySettings {
             connect_timeout_ms: default_connect_timeout_ms(),
             request_timeout_ms: default_request_timeout_ms(),
             buffer_bytes: default_buffer_bytes(),
+            max_queued_bytes: default_max_queued_bytes(),
         }
     }
 }
@@ -108,6 +112,9 @@ fn default_request_timeout_ms() -> u64 {
 }
 fn default_buffer_bytes() -> usize {
     1024 * 1024
+}
+fn default_max_queued_bytes() -> usize {
+    64 * 1024 * 1024
 }
 
 impl ReplaySettings {

@@ -11,7 +11,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex, RwLock,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -83,6 +83,17 @@ pub struct Replayer {
     workers: Mutex<JoinSet<()>>,
     pub stats: Arc<ReplayStats>,
     metrics: Option<Arc<Metrics>>,
+    /// Bytes of requests waiting in the queues, over all endpoints.
+    queued: Arc<AtomicUsize>,
+}
+
+/// The bytes an item holds while queued.
+fn weight(ob: &Outbound) -> usize {
+    match &ob.part {
+        Part::Whole(r) | Part::Start { request: r, .. } => r.head.len() + r.body.len(),
+        Part::More { bytes, .. } => bytes.len(),
+        Part::End { .. } | Part::Abort { .. } => 0,
+    }
 }
 
 #[derive(Debug)]
@@ -103,6 +114,7 @@ impl Replayer {
             workers: Mutex::new(JoinSet::new()),
             stats: Arc::new(ReplayStats::default()),
             metrics,
+            queued: Arc::new(AtomicUsize::new(0)),
         };
         r.reconfigure(router);
         r
@@ -123,7 +135,11 @@ impl Replayer {
                 for _ in 0..self.settings.connections {
                     let (tx, rx) = mpsc::channel(self.settings.queue);
                     queues.push(tx);
-                    let rec = Recorder { stats: self.stats.clone(), metrics: self.metrics.clone() };
+                    let rec = Recorder {
+                        stats: self.stats.clone(),
+                        metrics: self.metrics.clone(),
+                        queued: self.queued.clone(),
+                    };
                     workers.spawn_on(worker(*addr, rx, self.settings.clone(), rec), &self.runtime);
                 }
             }
@@ -136,10 +152,17 @@ impl Replayer {
     /// same mirror connection, so the mirror sees it in order and streamed parts stay together; a
     /// streamed request missing a part is reset by the worker, never completed.
     pub fn submit(&self, ob: Outbound) {
-        let eps = self.endpoints.read().expect("endpoints lock");
-        let sent =
-            eps.get(&ob.endpoint).is_some_and(|ep| ep.queues[queue_index(&ob, ep.queues.len())].try_send(ob).is_ok());
-        if !sent {
+        // Memory is bounded by bytes, not only by queue slots: a burst of large requests to a slow
+        // mirror is dropped, never buffered without bound.
+        let w = weight(&ob);
+        let over = self.queued.load(Ordering::Relaxed) + w > self.settings.max_queued_bytes;
+        let sent = !over && {
+            let eps = self.endpoints.read().expect("endpoints lock");
+            eps.get(&ob.endpoint).is_some_and(|ep| ep.queues[queue_index(&ob, ep.queues.len())].try_send(ob).is_ok())
+        };
+        if sent {
+            self.queued.fetch_add(w, Ordering::Relaxed);
+        } else {
             self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
             if let Some(m) = &self.metrics {
                 m.drop_reason("queue_full");
@@ -153,9 +176,12 @@ impl Replayer {
             let eps = self.endpoints.read().expect("endpoints lock");
             eps.get(&ob.endpoint).map(|ep| ep.queues[queue_index(&ob, ep.queues.len())].clone())
         };
+        let w = weight(&ob);
+        self.queued.fetch_add(w, Ordering::Relaxed);
         match queue {
             Some(q) if q.send(ob).await.is_ok() => {}
             _ => {
+                self.queued.fetch_sub(w, Ordering::Relaxed);
                 self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -193,6 +219,7 @@ struct Active {
 struct Recorder {
     stats: Arc<ReplayStats>,
     metrics: Option<Arc<Metrics>>,
+    queued: Arc<AtomicUsize>,
 }
 
 impl Recorder {
@@ -211,6 +238,7 @@ async fn worker(addr: SocketAddr, mut rx: mpsc::Receiver<Outbound>, settings: Re
     let mut active: Option<Active> = None;
     let limit = settings.request_timeout();
     while let Some(ob) = rx.recv().await {
+        stats.queued.fetch_sub(weight(&ob), Ordering::Relaxed);
         let (route, endpoint) = (ob.route, ob.endpoint);
         match ob.part {
             Part::Whole(req) => {

@@ -226,3 +226,22 @@ fn runs_with_cap_bpf_net_admin_perfmon_instead_of_root() {
     assert_eq!(summary["pipeline"]["mirrored"], Value::from(1), "{summary}");
     assert_eq!(topo.tcx_ingress_programs().unwrap(), Vec::<String>::new());
 }
+
+#[test]
+fn queued_bytes_are_bounded_for_a_slow_mirror() {
+    let topo = Topology::new().unwrap();
+    let _v1 = topo.httpbin(&topo.primary, "v1", &format!("[::]:{PORT}"), &[]).unwrap();
+    let _v2 = topo.httpbin(&topo.mirror, "v2", &format!("{MIRROR_V4}:{PORT}"), &["--delay-ms", "5000"]).unwrap();
+    let config = topo.config_with(100.0, "", "replay: {maxQueuedBytes: 200000, requestTimeoutMs: 6000}\n").unwrap();
+    let daemon = topo.daemon(&config).unwrap();
+    let body = vec![b'q'; 50_000];
+    let reqs: Vec<Vec<u8>> = (0..20).map(|i| request("POST", &format!("/big/{i}"), &[], &body)).collect();
+    let responses = topo.in_ns(&topo.client, move || exchange(primary(), &reqs)).unwrap().unwrap();
+    assert!(responses.iter().all(|r| r.status == 200));
+    std::thread::sleep(Duration::from_millis(500));
+    let summary = topo.stop_daemon(daemon, libc::SIGINT).unwrap();
+    // One request is being sent; at most four more (4 x 50 kB) may wait: the rest are dropped.
+    let full = summary["replay"]["dropped_queue_full"].as_u64().unwrap();
+    assert!(full >= 15, "{summary}");
+    assert_eq!(summary["pipeline"]["mirrored"], Value::from(20), "{summary}");
+}

@@ -29,6 +29,17 @@ enum Task {
     /// Replay every capture of ../shared/corpus with `mirror replay` to a local recording server
     /// and compare what arrives with the ground truth.
     Corpus,
+    /// Benchmarks in namespaces (primary latency with nothing / us / nginx's mirror module,
+    /// capture fidelity at stepped rates, daemon CPU and memory) and offline framing throughput;
+    /// writes BENCHMARKS.md and its plots.
+    Bench {
+        /// Seconds per latency run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Constant request rate of the latency runs.
+        #[arg(long, default_value_t = 2000)]
+        rate: u32,
+    },
     /// Run the cargo-fuzz targets (framer, reassembler), each for `seconds`; crashes land in
     /// fuzz/artifacts/ and should become regression tests.
     Fuzz {
@@ -56,6 +67,10 @@ fn main() -> Result<()> {
             setup()?;
             build()?;
             test()
+        }
+        Task::Bench { seconds, rate } => {
+            setup()?;
+            bench(seconds, rate)
         }
         Task::Fuzz { seconds } => {
             setup()?;
@@ -204,8 +219,24 @@ fn test() -> Result<()> {
     let result = run(Command::new("cargo").args(["test", "--no-fail-fast"]));
     sweep_namespaces()?;
     result?;
+    // The benchmarks are not run here, only built.
+    run(Command::new("cargo").args(["bench", "-p", "mirror-userspace", "--no-run"]))?;
     // End to end over the shared corpus: `mirror replay` to a loopback recording server.
     run(&mut Command::new("target/debug/corpus"))
+}
+
+fn bench(seconds: u64, rate: u32) -> Result<()> {
+    require_root("cargo xtask bench")?;
+    apt_install(&["nginx"])?;
+    run(Command::new("cargo").args(["build", "--release", "--bins"]))?;
+    run(Command::new("cargo").args(["bench", "-p", "mirror-userspace", "--bench", "framing"]))?;
+    sweep_namespaces()?;
+    let result = run(Command::new("target/release/bench")
+        .args(["--out", "BENCHMARKS.md", "--criterion", "target/criterion"])
+        .args(["--seconds", &seconds.to_string(), "--rate", &rate.to_string()])
+        .env("MIRROR_BIN_DIR", "target/release"));
+    sweep_namespaces()?;
+    result
 }
 
 fn fuzz(seconds: u64) -> Result<()> {

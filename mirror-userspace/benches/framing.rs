@@ -1,0 +1,84 @@
+//! Offline reassembly + framing + routing throughput, in process, one core: the sans-IO pipeline
+//! fed segments as the capture thread feeds it.
+
+use std::{hint::black_box, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use mirror::{
+    config::Config,
+    flow::{FlowConfig, FlowKey, Segment},
+    pipeline::Pipeline,
+    route::Router,
+};
+use mirror_common::{TCP_ACK, TCP_SYN};
+use rand::{SeedableRng, rngs::StdRng};
+
+fn pipeline() -> Pipeline {
+    let cfg = Config::parse(
+        "capture: {interfaces: [eth0], ports: [80]}\nroutes: [{mirror: {host: m}}]\nendpoints: {m: ['127.0.0.1:1']}\n",
+        "bench",
+    )
+    .unwrap();
+    Pipeline::with_rng(Arc::new(Router::new(&cfg).unwrap()), FlowConfig::default(), 1 << 20, StdRng::seed_from_u64(1))
+}
+
+/// One flow carrying `stream`, cut into `mss`-byte segments after a SYN.
+fn segments(stream: &[u8], mss: usize) -> Vec<Segment> {
+    let key = FlowKey { client: "10.0.0.1:40000".parse().unwrap(), server: "10.0.0.2:80".parse().unwrap() };
+    let mut segs = vec![Segment { key, seq: 999, flags: TCP_SYN, payload: Bytes::new() }];
+    let stream = Bytes::copy_from_slice(stream);
+    let mut seq = 1000u32;
+    for start in (0..stream.len()).step_by(mss) {
+        let end = (start + mss).min(stream.len());
+        segs.push(Segment { key, seq, flags: TCP_ACK, payload: stream.slice(start..end) });
+        seq = seq.wrapping_add((end - start) as u32);
+    }
+    segs
+}
+
+fn run(segs: &[Segment]) -> usize {
+    let mut p = pipeline();
+    let mut out = Vec::new();
+    for s in segs {
+        p.on_segment(s.clone(), Duration::ZERO, &mut out);
+    }
+    p.finish(&mut out);
+    out.len()
+}
+
+fn large_bodies(c: &mut Criterion) {
+    // 4 POSTs of 16 MiB each, in 64 KiB segments (what GSO hands TC on veth).
+    let body = vec![b'x'; 16 << 20];
+    let mut stream = Vec::new();
+    for i in 0..4 {
+        stream.extend_from_slice(
+            format!("POST /upload/{i} HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes(),
+        );
+        stream.extend_from_slice(&body);
+    }
+    let segs = segments(&stream, 64 * 1024);
+    let mut g = c.benchmark_group("offline");
+    g.throughput(Throughput::Bytes(stream.len() as u64));
+    g.sample_size(10);
+    g.bench_function("large_bodies_64MiB", |b| b.iter(|| black_box(run(&segs))));
+    g.finish();
+}
+
+fn small_pipelined(c: &mut Criterion) {
+    // 10,000 small GETs pipelined on one connection, in 1448-byte segments.
+    let mut stream = Vec::new();
+    for i in 0..10_000 {
+        stream.extend_from_slice(
+            format!("GET /item/{i}?q=1 HTTP/1.1\r\nHost: shop\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n").as_bytes(),
+        );
+    }
+    let segs = segments(&stream, 1448);
+    let mut g = c.benchmark_group("offline");
+    g.throughput(Throughput::Elements(10_000));
+    g.bench_function("small_pipelined_10k_requests", |b| b.iter(|| black_box(run(&segs))));
+    g.finish();
+}
+
+criterion_group!(benches, large_bodies, small_pipelined);
+criterion_main!(benches);

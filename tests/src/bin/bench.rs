@@ -1,0 +1,562 @@
+//! `cargo xtask bench`: what shadowing costs the primary, how much it catches under load, and at
+//! what CPU, in network namespaces (client, primary, mirror) on this machine. Writes BENCHMARKS.md
+//! and two SVG plots. Traffic goes only to addresses inside the namespaces it creates.
+//!
+//! Load is open-loop at a constant rate (wrk2-style): each request has a scheduled send time and
+//! its latency is measured from that time, so a stalled server cannot hide its stalls
+//! (coordinated omission).
+
+use std::{
+    fmt::Write as _,
+    io::Write as _,
+    net::SocketAddr,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use clap::Parser;
+use mirror_tests::*;
+use plotters::prelude::*;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Parser)]
+struct Args {
+    /// Where to write the report (and the plots beside it).
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    out: PathBuf,
+    /// Seconds per latency run.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Constant request rate of the latency runs.
+    #[arg(long, default_value_t = 2000)]
+    rate: u32,
+    /// Offline framing results (criterion estimates dir), if already measured.
+    #[arg(long)]
+    criterion: Option<PathBuf>,
+}
+
+/// What one load run saw.
+#[derive(Debug, Default, Clone)]
+struct Load {
+    sent: u64,
+    ok: u64,
+    errors: u64,
+    /// Microseconds, from scheduled send to full response.
+    latencies: Vec<u64>,
+    elapsed: Duration,
+}
+
+impl Load {
+    fn pct(&self, p: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return f64::NAN;
+        }
+        let mut v = self.latencies.clone();
+        v.sort_unstable();
+        let i = ((v.len() as f64 * p / 100.0).ceil() as usize).clamp(1, v.len()) - 1;
+        v[i] as f64 / 1000.0
+    }
+    fn throughput(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// Open-loop constant-rate load over `conns` kept-alive connections, run inside namespace `ns`.
+fn load(ns: &str, addr: SocketAddr, rate: f64, duration: Duration, conns: usize, request: Vec<u8>) -> Result<Load> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || -> Result<Load> {
+        let f = std::fs::File::open(&path)?;
+        // SAFETY: setns on this thread only.
+        ensure!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } == 0, "setns");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(async move {
+            let request = Arc::new(request);
+            let start = tokio::time::Instant::now() + Duration::from_millis(50);
+            let interval = Duration::from_secs_f64(conns as f64 / rate);
+            let mut tasks = Vec::new();
+            for c in 0..conns {
+                let request = request.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut out = Load::default();
+                    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+                        out.errors += 1;
+                        return out;
+                    };
+                    let _ = s.set_nodelay(true);
+                    let mut buf = vec![0u8; 256 * 1024];
+                    // Connections are staggered across one interval.
+                    let offset = interval.mul_f64(c as f64 / conns as f64);
+                    for i in 0u32.. {
+                        let scheduled = start + offset + interval * i;
+                        if scheduled >= start + duration {
+                            break;
+                        }
+                        tokio::time::sleep_until(scheduled).await;
+                        out.sent += 1;
+                        if s.write_all(&request).await.is_err() || read_one(&mut s, &mut buf).await.is_err() {
+                            out.errors += 1;
+                            match tokio::net::TcpStream::connect(addr).await {
+                                Ok(n) => s = n,
+                                Err(_) => break,
+                            }
+                            continue;
+                        }
+                        out.ok += 1;
+                        out.latencies.push(scheduled.elapsed().as_micros() as u64);
+                    }
+                    out
+                }));
+            }
+            let t0 = Instant::now();
+            let mut total = Load::default();
+            for t in tasks {
+                let r = t.await?;
+                total.sent += r.sent;
+                total.ok += r.ok;
+                total.errors += r.errors;
+                total.latencies.extend(r.latencies);
+            }
+            total.elapsed = t0.elapsed().saturating_sub(Duration::from_millis(50)).max(duration);
+            Ok(total)
+        })
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("load thread panicked"))?
+}
+
+/// Reads one response with a Content-Length body.
+async fn read_one(s: &mut tokio::net::TcpStream, buf: &mut [u8]) -> Result<()> {
+    let mut have = 0;
+    loop {
+        let n = s.read(&mut buf[have..]).await?;
+        ensure!(n > 0, "closed");
+        have += n;
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut resp = httparse::Response::new(&mut headers);
+        if let httparse::Status::Complete(h) = resp.parse(&buf[..have])? {
+            let len: usize = resp
+                .headers
+                .iter()
+                .find(|x| x.name.eq_ignore_ascii_case("content-length"))
+                .and_then(|x| std::str::from_utf8(x.value).ok()?.trim().parse().ok())
+                .unwrap_or(0);
+            while have < h + len {
+                let n = s.read(&mut buf[have..]).await?;
+                ensure!(n > 0, "closed");
+                have += n;
+            }
+            return Ok(());
+        }
+    }
+}
+
+fn get_request() -> Vec<u8> {
+    format!("GET /api/items?id=42 HTTP/1.1\r\nHost: httpbin:{PORT}\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n")
+        .into_bytes()
+}
+
+fn post_request(size: usize) -> Vec<u8> {
+    let mut r = format!("POST /upload HTTP/1.1\r\nHost: httpbin:{PORT}\r\nContent-Length: {size}\r\n\r\n").into_bytes();
+    r.extend((0..size).map(|i| (i % 251) as u8));
+    r
+}
+
+/// An nginx in `ns` with the given `server` blocks; killed on drop.
+fn nginx(topo: &Topology, ns: &str, name: &str, servers: &str) -> Result<Proc> {
+    let dir = topo.path(name);
+    std::fs::create_dir_all(&dir)?;
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 1;\nuser root;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 4096; }}\nhttp {{\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  keepalive_requests 1000000;\n  client_max_body_size 16m;\n  client_body_buffer_size 128k;\n  log_format counts '$request_method $request_length';\n{servers}\n}}\n",
+            d = dir.display()
+        ),
+    )?;
+    let p = topo.spawn(ns, name, Path::new("/usr/sbin/nginx"), &["-c", conf.to_str().unwrap(), "-g", "daemon off;"])?;
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(p)
+}
+
+fn lines(path: &Path) -> usize {
+    std::fs::read_to_string(path).map(|t| t.lines().count()).unwrap_or(0)
+}
+
+/// CPU seconds (user + system) a process has used.
+fn cpu_seconds(pid: i32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let fields: Vec<&str> = stat.rsplit(')').next().context("stat")?.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    // SAFETY: sysconf has no preconditions.
+    Ok(ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64)
+}
+
+fn peak_rss_kib(pid: i32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).context("VmHWM")?;
+    Ok(line.split_whitespace().nth(1).context("value")?.parse()?)
+}
+
+struct Scenario {
+    name: &'static str,
+    load: Load,
+}
+
+struct FidelityStep {
+    kind: &'static str,
+    rate: u32,
+    sent: u64,
+    answered: u64,
+    received: usize,
+    primary_p99_ms: f64,
+    why: String,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let topo = Topology::new()?;
+    let dur = Duration::from_secs(args.seconds);
+    let rate = f64::from(args.rate);
+    let mirror_log = topo.path("mirror-access.log");
+    let _mirror = nginx(
+        &topo,
+        &topo.mirror,
+        "nginx-mirror",
+        &format!(
+            "  server {{ listen {MIRROR_V4}:{PORT} reuseport backlog=4096; access_log {} counts; location / {{ return 200 \"shadow\\n\"; }} }}",
+            mirror_log.display()
+        ),
+    )?;
+    let _primary = nginx(
+        &topo,
+        &topo.primary,
+        "nginx-primary",
+        &format!(
+            "  server {{ listen {PRIMARY_V4}:{PORT} reuseport backlog=4096; listen 127.0.0.1:8001; access_log off; location / {{ return 200 \"primary\\n\"; }} }}\n  upstream primary {{ server 127.0.0.1:8001; keepalive 64; }}\n  upstream shadow {{ server {MIRROR_V4}:{PORT}; keepalive 64; }}\n  server {{ listen {PRIMARY_V4}:8080 backlog=4096; access_log off;\n    location / {{ mirror /__mirror; mirror_request_body on; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_pass http://primary; }}\n    location = /__mirror {{ internal; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header Host httpbin-shadow:{PORT}; proxy_pass http://shadow$request_uri; }} }}"
+        ),
+    )?;
+    let direct: SocketAddr = format!("{PRIMARY_V4}:{PORT}").parse()?;
+    let via_nginx: SocketAddr = format!("{PRIMARY_V4}:8080").parse()?;
+    let conns = 16;
+    // Warm-up.
+    load(&topo.client, direct, 500.0, Duration::from_secs(1), conns, get_request())?;
+
+    println!("latency: nothing attached, {rate} req/s for {dur:?}");
+    let baseline = load(&topo.client, direct, rate, dur, conns, get_request())?;
+
+    println!("latency: our daemon at 100%");
+    let config = topo.config_with(100.0, "", "replay: {connections: 8}\n")?;
+    let daemon = topo.daemon(&config)?;
+    let cpu0 = cpu_seconds(daemon.pid())?;
+    let before = lines(&mirror_log);
+    let ours = load(&topo.client, direct, rate, dur, conns, get_request())?;
+    std::thread::sleep(Duration::from_secs(2));
+    let cpu = cpu_seconds(daemon.pid())? - cpu0;
+    let mirrored_latency_run = lines(&mirror_log) - before;
+
+    println!("latency: nginx mirror module in front of the primary");
+    let before_nginx = lines(&mirror_log);
+    let proxied = {
+        // The daemon stays attached but does not watch 8080: stop it first for a clean comparison.
+        let s = topo.stop_daemon(daemon, libc::SIGINT)?;
+        println!("daemon after the latency run: {}", s["pipeline"]);
+        load(&topo.client, via_nginx, rate, dur, conns, get_request())?
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let nginx_mirrored = lines(&mirror_log) - before_nginx;
+
+    // Fidelity at stepped rates, daemon attached.
+    let daemon = topo.daemon(&config)?;
+    let mut steps = Vec::new();
+    let step_dur = Duration::from_secs(5);
+    let mut last_summary_kernel = Value::Null;
+    for (kind, rates, req) in [
+        ("GET", vec![1000u32, 2000, 4000, 8000, 16000], get_request()),
+        ("POST 64 KiB", vec![250u32, 500, 1000, 2000, 4000], post_request(64 * 1024)),
+    ] {
+        for r in rates {
+            println!("fidelity: {kind} at {r} req/s");
+            let before = lines(&mirror_log);
+            let l = load(&topo.client, direct, f64::from(r), step_dur, if r >= 8000 { 64 } else { 32 }, req.clone())?;
+            // Let replay drain.
+            std::thread::sleep(Duration::from_secs(2));
+            let received = lines(&mirror_log) - before;
+            let metrics = scrape_metrics(&topo).unwrap_or_default();
+            let why = loss_reasons(&metrics, &mut last_summary_kernel);
+            steps.push(FidelityStep {
+                kind,
+                rate: r,
+                sent: l.sent,
+                answered: l.ok,
+                received,
+                primary_p99_ms: l.pct(99.0),
+                why,
+            });
+        }
+    }
+    let rss = peak_rss_kib(daemon.pid())?;
+    let final_summary = topo.stop_daemon(daemon, libc::SIGINT)?;
+
+    let report = Report {
+        args: &args,
+        baseline: Scenario { name: "nothing attached", load: baseline },
+        ours: Scenario { name: "mirror daemon, 100%", load: ours },
+        nginx: Scenario { name: "nginx mirror module", load: proxied },
+        cpu_seconds: cpu,
+        mirrored_latency_run,
+        nginx_mirrored,
+        steps,
+        rss_kib: rss,
+        final_summary,
+    };
+    report.write(&args.out)
+}
+
+/// What the daemon's counters say about losses since the previous step.
+fn loss_reasons(metrics: &str, last: &mut Value) -> String {
+    let series = [
+        ("kernel ring", "mirror_kernel_packets_total{kind=\"lost\"}"),
+        ("queue full", "mirror_requests_dropped_total{reason=\"queue_full\"}"),
+        ("gap", "mirror_requests_dropped_total{reason=\"gap\"}"),
+        ("backend timeout", "mirror_requests_dropped_total{reason=\"timeout\"}"),
+        ("backend connect", "mirror_requests_dropped_total{reason=\"connect_error\"}"),
+        ("backend io", "mirror_requests_dropped_total{reason=\"io_error\"}"),
+        ("stream reset", "mirror_requests_dropped_total{reason=\"stream_reset\"}"),
+    ];
+    let mut out = Vec::new();
+    let mut now = serde_json::Map::new();
+    for (label, s) in series {
+        let v = metric(metrics, s);
+        let prev = last.get(label).and_then(Value::as_f64).unwrap_or(0.0);
+        if v > prev {
+            out.push(format!("{label} +{}", v - prev));
+        }
+        now.insert(label.to_string(), Value::from(v));
+    }
+    *last = Value::Object(now);
+    if out.is_empty() { "none".into() } else { out.join(", ") }
+}
+
+struct Report<'a> {
+    args: &'a Args,
+    baseline: Scenario,
+    ours: Scenario,
+    nginx: Scenario,
+    cpu_seconds: f64,
+    mirrored_latency_run: usize,
+    nginx_mirrored: usize,
+    steps: Vec<FidelityStep>,
+    rss_kib: u64,
+    final_summary: Value,
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse::<u64>().unwrap_or(0)))
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let cores = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    format!("{cores} cores ({cpu}), {:.0} GiB, Linux {}", mem as f64 / 1048576.0, kernel.trim())
+}
+
+impl Report<'_> {
+    fn write(&self, out: &Path) -> Result<()> {
+        let dir = out.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let lat_svg = dir.join("bench-latency.svg");
+        let fid_svg = dir.join("bench-fidelity.svg");
+        self.plot_latency(&lat_svg)?;
+        self.plot_fidelity(&fid_svg)?;
+        let mut md = String::new();
+        writeln!(md, "# Benchmarks\n")?;
+        writeln!(
+            md,
+            "Generated by `cargo xtask bench` (release build) on {}. All traffic stays inside network namespaces joined by veth pairs: client → primary (nginx, `return 200`) → mirror (nginx, access log counted). Load is open-loop at a constant rate over 16 kept-alive connections; latency is measured from each request's scheduled send time (no coordinated omission).\n",
+            machine()
+        )?;
+        let b = &self.baseline.load;
+        writeln!(md, "## What shadowing costs the primary\n")?;
+        writeln!(md, "{} req/s of small GETs for {} s per row.\n", self.args.rate, self.args.seconds)?;
+        writeln!(md, "| setup | p50 ms | p99 ms | p99.9 ms | req/s | errors | p50 ratio | p99 ratio | p99.9 ratio |")?;
+        writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+        for s in [&self.baseline, &self.ours, &self.nginx] {
+            let l = &s.load;
+            writeln!(
+                md,
+                "| {} | {:.3} | {:.3} | {:.3} | {:.0} | {} | {:.2} | {:.2} | {:.2} |",
+                s.name,
+                l.pct(50.0),
+                l.pct(99.0),
+                l.pct(99.9),
+                l.throughput(),
+                l.errors,
+                l.pct(50.0) / b.pct(50.0),
+                l.pct(99.0) / b.pct(99.0),
+                l.pct(99.9) / b.pct(99.9)
+            )?;
+        }
+        writeln!(
+            md,
+            "\nRequests that reached the mirror during those runs: ours {} of {}, nginx {} of {}.\n",
+            self.mirrored_latency_run, self.ours.load.ok, self.nginx_mirrored, self.nginx.load.ok
+        )?;
+        writeln!(md, "![latency percentiles](bench-latency.svg)\n")?;
+        writeln!(md, "## Capture fidelity under load\n")?;
+        writeln!(
+            md,
+            "Requests received by the mirror / requests the primary answered, at stepped rates, 5 s per step, daemon at 100%. \"Losses\" names the daemon counters that moved during the step.\n"
+        )?;
+        writeln!(md, "| requests | rate req/s | sent | answered | at mirror | fidelity | primary p99 ms | losses |")?;
+        writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---|")?;
+        for s in &self.steps {
+            writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {:.4} | {:.2} | {} |",
+                s.kind,
+                s.rate,
+                s.sent,
+                s.answered,
+                s.received,
+                s.received as f64 / s.answered.max(1) as f64,
+                s.primary_p99_ms,
+                s.why
+            )?;
+        }
+        for kind in ["GET", "POST 64 KiB"] {
+            let first_loss = self.steps.iter().find(|s| s.kind == kind && s.received < s.answered as usize);
+            match first_loss {
+                Some(s) => writeln!(md, "\n{kind}: first loss at {} req/s ({}).", s.rate, s.why)?,
+                None => writeln!(md, "\n{kind}: no loss at any step.")?,
+            }
+        }
+        writeln!(md, "\n![fidelity against rate](bench-fidelity.svg)\n")?;
+        writeln!(md, "## Cost\n")?;
+        let per_million = self.cpu_seconds / self.mirrored_latency_run.max(1) as f64 * 1e6;
+        writeln!(
+            md,
+            "- Daemon CPU during the 100% latency run: {:.2} s for {} mirrored requests = **{:.1} CPU-seconds per million mirrored requests** (user + system of the daemon process; kernel-side classifier time is charged to the packets' softirq, not measured here).",
+            self.cpu_seconds, self.mirrored_latency_run, per_million
+        )?;
+        writeln!(
+            md,
+            "- Daemon peak RSS over the whole run (fidelity steps included): **{:.1} MiB**.",
+            self.rss_kib as f64 / 1024.0
+        )?;
+        if let Some(c) = &self.args.criterion {
+            writeln!(md, "\n## Offline reassembly + framing (criterion, one core)\n")?;
+            for (name, unit) in [("large_bodies_64MiB", "bytes"), ("small_pipelined_10k_requests", "requests")] {
+                let est = c.join("offline").join(name).join("new/estimates.json");
+                if let Ok(text) = std::fs::read_to_string(&est) {
+                    let v: Value = serde_json::from_str(&text)?;
+                    let ns = v["mean"]["point_estimate"].as_f64().unwrap_or(f64::NAN);
+                    let line = if unit == "bytes" {
+                        format!(
+                            "- Large bodies (4 × 16 MiB POSTs in 64 KiB segments): {:.2} ms per 64 MiB = **{:.1} GB/s**",
+                            ns / 1e6,
+                            (64u64 << 20) as f64 / ns
+                        )
+                    } else {
+                        format!(
+                            "- Small pipelined GETs (10,000 in 1448-byte segments): {:.2} ms = **{:.0} requests/s**",
+                            ns / 1e6,
+                            10_000.0 / (ns / 1e9)
+                        )
+                    };
+                    writeln!(md, "{line}")?;
+                }
+            }
+        }
+        writeln!(md, "\n## Targets\n")?;
+        let p99 = self.ours.load.pct(99.0) / b.pct(99.0);
+        writeln!(md, "- primary p99 ratio with us attached ≤ 1.05: measured {p99:.2}")?;
+        writeln!(md, "- ≤ 10 CPU-seconds per million mirrored requests: measured {per_million:.1}")?;
+        writeln!(md, "\nFinal daemon summary: `{}`", self.final_summary)?;
+        std::fs::File::create(out)?.write_all(md.as_bytes())?;
+        println!("{md}");
+        Ok(())
+    }
+
+    fn plot_latency(&self, path: &Path) -> Result<()> {
+        let root = SVGBackend::new(path, (760, 420)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let pcts = [50.0, 90.0, 99.0, 99.9];
+        let max = [&self.baseline, &self.ours, &self.nginx]
+            .iter()
+            .flat_map(|s| pcts.iter().map(|p| s.load.pct(*p)))
+            .fold(0.0f64, f64::max)
+            * 1.15;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(format!("Primary latency at {} req/s", self.args.rate), ("sans-serif", 20))
+            .margin(10)
+            .x_label_area_size(35)
+            .y_label_area_size(55)
+            .build_cartesian_2d(0usize..4usize, 0f64..max.max(0.1))?;
+        chart
+            .configure_mesh()
+            .x_labels(4)
+            .x_label_formatter(&|i| pcts.get(*i).map(|p| format!("p{p}")).unwrap_or_default())
+            .y_desc("ms")
+            .draw()?;
+        for (s, color) in [(&self.baseline, BLACK), (&self.ours, BLUE), (&self.nginx, RED)] {
+            let pts: Vec<(usize, f64)> = pcts.iter().enumerate().map(|(i, p)| (i, s.load.pct(*p))).collect();
+            chart
+                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
+                .label(s.name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+            chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 4, color.filled())))?;
+        }
+        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+        root.present()?;
+        Ok(())
+    }
+
+    fn plot_fidelity(&self, path: &Path) -> Result<()> {
+        let root = SVGBackend::new(path, (760, 420)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let max_rate = self.steps.iter().map(|s| s.rate).max().unwrap_or(1) as f64;
+        let mut chart = ChartBuilder::on(&root)
+            .caption("Capture fidelity (mirror / answered) against rate", ("sans-serif", 20))
+            .margin(10)
+            .x_label_area_size(35)
+            .y_label_area_size(55)
+            .build_cartesian_2d((100f64..max_rate * 1.5).log_scale(), 0f64..1.05f64)?;
+        chart.configure_mesh().x_desc("requests/s").y_desc("fidelity").draw()?;
+        for (kind, color) in [("GET", BLUE), ("POST 64 KiB", RED)] {
+            let pts: Vec<(f64, f64)> = self
+                .steps
+                .iter()
+                .filter(|s| s.kind == kind)
+                .map(|s| (f64::from(s.rate), s.received as f64 / s.answered.max(1) as f64))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
+                .label(kind)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+            chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 4, color.filled())))?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerLeft)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
+        root.present()?;
+        if !path.exists() {
+            bail!("plot not written");
+        }
+        Ok(())
+    }
+}
