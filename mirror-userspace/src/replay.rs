@@ -237,6 +237,7 @@ async fn worker(addr: SocketAddr, mut rx: mpsc::Receiver<Outbound>, settings: Re
     let mut buf = vec![0u8; 64 * 1024];
     let mut active: Option<Active> = None;
     let limit = settings.request_timeout();
+    let mut last_used = Instant::now();
     while let Some(ob) = rx.recv().await {
         stats.queued.fetch_sub(weight(&ob), Ordering::Relaxed);
         let (route, endpoint) = (ob.route, ob.endpoint);
@@ -245,7 +246,7 @@ async fn worker(addr: SocketAddr, mut rx: mpsc::Receiver<Outbound>, settings: Re
                 reset_unfinished(&mut active, &mut conn, stats);
                 let started = Instant::now();
                 let result = timeout(limit, async {
-                    let stream = writable(&mut conn, addr, &settings).await?;
+                    let stream = writable(&mut conn, addr, &settings, last_used.elapsed()).await?;
                     write_request(stream, &req).await?;
                     read_response(&mut conn, req.method == "HEAD", &mut buf).await
                 })
@@ -256,7 +257,7 @@ async fn worker(addr: SocketAddr, mut rx: mpsc::Receiver<Outbound>, settings: Re
                 reset_unfinished(&mut active, &mut conn, stats);
                 let started = Instant::now();
                 let result = timeout(limit, async {
-                    let s = writable(&mut conn, addr, &settings).await?;
+                    let s = writable(&mut conn, addr, &settings, last_used.elapsed()).await?;
                     write_request(s, &request).await
                 })
                 .await;
@@ -304,6 +305,7 @@ async fn worker(addr: SocketAddr, mut rx: mpsc::Receiver<Outbound>, settings: Re
                 }
             }
         }
+        last_used = Instant::now();
     }
     reset_unfinished(&mut active, &mut conn, stats);
 }
@@ -373,8 +375,11 @@ async fn writable<'a>(
     conn: &'a mut Option<TcpStream>,
     addr: SocketAddr,
     settings: &ReplaySettings,
+    idle: Duration,
 ) -> Result<&'a mut TcpStream, Failure> {
-    if conn.as_ref().is_some_and(closed_while_idle) {
+    // A server closes idle kept-alive connections after seconds, not milliseconds: only a
+    // connection that sat idle is probed (one syscall saved per request under load).
+    if idle > Duration::from_millis(250) && conn.as_ref().is_some_and(closed_while_idle) {
         *conn = None;
     }
     if conn.is_none() {
