@@ -80,5 +80,27 @@ fn small_pipelined(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, large_bodies, small_pipelined);
+fn resync_through_binary(c: &mut Criterion) {
+    // A flow picked up mid-stream inside 16 MiB of binary body (random bytes, with the
+    // occasional LF and capital letter): framing must find the next request line in one pass.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut stream: Vec<u8> = (0..16 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    stream.extend_from_slice(b"GET /after HTTP/1.1\r\nHost: h\r\n\r\n");
+    let mut segs = segments(&stream, 64 * 1024);
+    segs.remove(0); // no SYN: picked up mid-stream
+    let mut g = c.benchmark_group("offline");
+    g.throughput(Throughput::Bytes(stream.len() as u64));
+    g.sample_size(10);
+    g.bench_function("resync_through_16MiB_binary", |b| b.iter(|| black_box(run(&segs))));
+    g.finish();
+}
+
+criterion_group!(benches, large_bodies, small_pipelined, resync_through_binary);
 criterion_main!(benches);

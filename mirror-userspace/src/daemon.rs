@@ -26,6 +26,9 @@ use crate::{
     route::Router,
 };
 
+/// A drain this large means traffic is heavy: read again without pausing.
+const HEAVY_DRAIN_BYTES: usize = 256 * 1024;
+
 /// A new configuration for the capture thread (SIGHUP).
 struct Reload {
     router: Arc<Router>,
@@ -140,7 +143,8 @@ fn capture_loop(
     let mut out = Vec::new();
     let mut last_tick = Instant::now();
     let mut last_publish = Instant::now();
-    let mut busy = false;
+    // Bytes of samples handled by the last drain.
+    let mut drained = 0usize;
     while !stop.load(Ordering::Relaxed) {
         if let Ok(r) = reloads.try_recv() {
             if let Err(e) = capture.set_ports(&r.ports).and_then(|_| capture.set_skip(&endpoint_addrs(&r.router))) {
@@ -148,19 +152,25 @@ fn capture_loop(
             }
             pipeline.set_router(r.router);
         }
-        if !busy {
-            capture.wait(100);
+        // Light traffic: wait for data, then let a batch gather for 2 ms, so each wake-up handles
+        // many segments (context switches, not parsing, are what costs at low rates). Heavy
+        // traffic (the last drain was large): drain again at once, so the ring never fills for
+        // want of reading it.
+        match drained {
+            0 => {
+                capture.wait(100);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            n if n < HEAVY_DRAIN_BYTES => std::thread::sleep(Duration::from_millis(2)),
+            _ => {}
         }
-        // Let a batch gather: one wake-up every 2 ms at most rather than one per packet (context
-        // switches, not parsing, are what costs). A perf ring of 1 MiB per CPU holds more than
-        // that at the 500 MB/s a veth carries.
-        std::thread::sleep(Duration::from_millis(2));
-        let mut samples = 0usize;
+        let mut drained_now = 0usize;
+
         let now = start.elapsed();
         capture.drain(
             |sample| match decode_sample(sample) {
                 Ok(seg) => {
-                    samples += 1;
+                    drained_now += sample.len();
                     pipeline.on_segment(seg, now, &mut out)
                 }
                 Err(e) => {
@@ -183,7 +193,7 @@ fn capture_loop(
         for ob in out.drain(..) {
             replayer.submit(ob);
         }
-        busy = samples > 0;
+        drained = drained_now;
     }
     // Deliver what was fully seen; requests still incomplete are dropped and counted.
     pipeline.finish(&mut out);

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::{
     flow::{FlowConfig, FlowKey, FlowTable, Segment, StreamEvent},
-    http::{FramerConfig, HttpEvent, RequestFramer},
+    http::{BodyKind, FramerConfig, HttpEvent, RequestFramer},
     route::{Decision, MirrorTarget, Router, rewrite_head},
 };
 
@@ -262,7 +262,12 @@ impl Pipeline {
                             .collect(),
                         method: head.method.clone(),
                         target: head.target.clone(),
-                        body: BytesMut::new(),
+                        // Sized once from Content-Length (up to the buffer): no doubling growth, so
+                        // memory held is what is accounted.
+                        body: match head.body {
+                            BodyKind::Length(n) => BytesMut::with_capacity((n as usize).min(self.buffer_bytes)),
+                            _ => BytesMut::new(),
+                        },
                         head_len: head.raw.len(),
                     });
                 }

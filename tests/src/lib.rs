@@ -34,6 +34,16 @@ pub const PRIMARY_V6: &str = "fd77::2";
 pub const PRIMARY_IFACE: &str = "eth0";
 pub const PORT: u16 = 8000;
 
+/// Moves the calling thread into network namespace `ns` (its sockets then live there).
+pub fn enter_netns(ns: &str) -> Result<()> {
+    let path = format!("/run/netns/{ns}");
+    let file = fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+    // SAFETY: setns on this thread only, with a valid namespace fd.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    ensure!(rc == 0, "setns({path}): {}", std::io::Error::last_os_error());
+    Ok(())
+}
+
 /// Fails loudly (never skips) when the tests cannot do what they must.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
@@ -266,15 +276,12 @@ impl Topology {
 
     /// Runs `f` on a thread that has entered namespace `ns` (so its sockets live there).
     pub fn in_ns<T: Send + 'static>(&self, ns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-        let path = format!("/run/netns/{ns}");
+        let ns = ns.to_string();
         let handle = std::thread::spawn(move || -> Result<T> {
-            let file = fs::File::open(&path).with_context(|| format!("opening {path}"))?;
-            // SAFETY: setns on this thread only, with a valid namespace fd.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            ensure!(rc == 0, "setns({path}): {}", std::io::Error::last_os_error());
+            enter_netns(&ns)?;
             Ok(f())
         });
-        handle.join().map_err(|_| anyhow::anyhow!("thread in {ns} panicked"))?
+        handle.join().map_err(|_| anyhow::anyhow!("thread panicked"))?
     }
 }
 
@@ -323,12 +330,10 @@ impl KeepAliveClient {
     pub fn connect(ns: &str, addr: SocketAddr) -> Result<KeepAliveClient> {
         let (req_tx, req_rx) = std::sync::mpsc::channel::<Vec<u8>>();
         let (resp_tx, resp_rx) = std::sync::mpsc::channel();
-        let path = format!("/run/netns/{ns}");
+        let ns = ns.to_string();
         std::thread::spawn(move || {
             let setup = || -> Result<(TcpStream, BufReader<TcpStream>)> {
-                let file = fs::File::open(&path)?;
-                // SAFETY: setns on this thread only, with a valid namespace fd.
-                ensure!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } == 0, "setns {path}");
+                enter_netns(&ns)?;
                 let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
                 stream.set_read_timeout(Some(Duration::from_secs(10)))?;
                 Ok((stream.try_clone()?, BufReader::new(stream)))

@@ -100,6 +100,7 @@ fn fifty_megabyte_post_is_streamed_byte_identical_with_flat_memory() {
     let mirrored = wait_for_entries(&topo.path("v2.log"), 1, Duration::from_secs(30));
     let peak = sampler.join().unwrap();
     let summary = topo.stop_daemon(daemon, libc::SIGINT).unwrap();
+    println!("summary: {summary}");
     same(&access_log(&topo.path("v1.log")), &mirrored);
     assert_eq!(mirrored[0]["body_len"], Value::from(SIZE as u64));
     assert_eq!(summary["pipeline"]["streamed"], Value::from(1), "{summary}");

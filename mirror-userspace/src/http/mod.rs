@@ -573,11 +573,15 @@ fn find_request_line(buf: &[u8]) -> Resync {
         match buf[p..].iter().position(|b| *b == b'\n') {
             Some(nl) => {
                 let line = &buf[p..p + nl];
-                let starts = (0..line.len())
-                    .filter(|&i| line[i].is_ascii_uppercase() && (i == 0 || !line[i - 1].is_ascii_uppercase()));
-                for i in starts {
-                    if looks_like_request_line(&line[i..]) {
-                        return Resync::Found(p + i);
+                // Only a line ending in ` HTTP/1.x` can hold a request line: checked first, so
+                // resynchronising through a body costs one pass over it, not one per candidate.
+                if line.ends_with(b" HTTP/1.1\r") || line.ends_with(b" HTTP/1.0\r") {
+                    let starts = (0..line.len())
+                        .filter(|&i| line[i].is_ascii_uppercase() && (i == 0 || !line[i - 1].is_ascii_uppercase()));
+                    for i in starts {
+                        if looks_like_request_line(&line[i..]) {
+                            return Resync::Found(p + i);
+                        }
                     }
                 }
                 p += nl + 1;
