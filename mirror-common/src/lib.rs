@@ -63,6 +63,9 @@ pub struct SkipKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SegmentEvent {
+    /// `bpf_ktime_get_ns()` when the classifier saw the packet: the daemon orders the samples of
+    /// all CPUs' rings by it (a connection's packets may be handled on different CPUs).
+    pub ts_ns: u64,
     /// Source and destination address; IPv4 uses the first 4 bytes.
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
@@ -125,8 +128,8 @@ mod tests {
 
     #[test]
     fn layout_is_stable() {
-        assert_eq!(SegmentEvent::LEN, 72);
-        assert_eq!(core::mem::align_of::<SegmentEvent>(), 4);
+        assert_eq!(SegmentEvent::LEN, 80);
+        assert_eq!(core::mem::align_of::<SegmentEvent>(), 8);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use core::{ffi::c_void, mem::size_of, ptr};
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_F_CURRENT_CPU, TC_ACT_UNSPEC},
-    helpers::{bpf_perf_event_output, bpf_skb_load_bytes},
+    helpers::{bpf_ktime_get_ns, bpf_perf_event_output, bpf_skb_load_bytes},
     macros::{classifier, map},
     maps::{HashMap, PerCpuArray, PerfEventArray},
     programs::TcContext,
@@ -143,6 +143,7 @@ fn capture(ctx: &TcContext) -> Result<(), ()> {
     }
     let inline = if ip_end > MAX_INLINE_CAPTURE { MAX_INLINE_CAPTURE } else { ip_end };
 
+    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
     ev.sport = u16::from_be_bytes([tcp[0], tcp[1]]);
     ev.dport = dport;
     ev.seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);

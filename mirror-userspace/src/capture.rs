@@ -37,6 +37,11 @@ pub enum DecodeError {
     BadOffsets,
 }
 
+/// The kernel timestamp of a sample (0 if it is too short to have one).
+pub fn sample_time(sample: &[u8]) -> u64 {
+    SegmentEvent::parse(sample).map_or(0, |ev| ev.ts_ns)
+}
+
 /// Turns one perf sample (event header + bytes) into a segment.
 pub fn decode_sample(sample: &[u8]) -> Result<Segment, DecodeError> {
     let ev = SegmentEvent::parse(sample).ok_or(DecodeError::Short)?;

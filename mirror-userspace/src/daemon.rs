@@ -17,7 +17,7 @@ use serde_json::json;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    capture::{Capture, decode_sample},
+    capture::{Capture, decode_sample, sample_time},
     config::Config,
     flow::FlowConfig,
     metrics::{self, Metrics},
@@ -145,6 +145,7 @@ fn capture_loop(
     let mut last_publish = Instant::now();
     // Bytes of samples handled by the last drain.
     let mut drained = 0usize;
+    let mut batch: Vec<(u64, crate::flow::Segment)> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         if let Ok(r) = reloads.try_recv() {
             if let Err(e) = capture.set_ports(&r.ports).and_then(|_| capture.set_skip(&endpoint_addrs(&r.router))) {
@@ -167,11 +168,15 @@ fn capture_loop(
         let mut drained_now = 0usize;
 
         let now = start.elapsed();
+        // Each CPU has its own ring: gather the batch from all of them, then put it back in the
+        // order the kernel saw the packets (a SYN handled on one CPU must not come after the
+        // data that followed it on another).
+        batch.clear();
         capture.drain(
             |sample| match decode_sample(sample) {
                 Ok(seg) => {
                     drained_now += sample.len();
-                    pipeline.on_segment(seg, now, &mut out)
+                    batch.push((sample_time(sample), seg));
                 }
                 Err(e) => {
                     decode_errors += 1;
@@ -182,6 +187,10 @@ fn capture_loop(
                 lost.fetch_add(n, Ordering::Relaxed);
             },
         );
+        batch.sort_by_key(|(ts, _)| *ts);
+        for (_, seg) in batch.drain(..) {
+            pipeline.on_segment(seg, now, &mut out);
+        }
         if last_tick.elapsed() >= Duration::from_millis(50) {
             pipeline.on_tick(start.elapsed(), &mut out);
             last_tick = Instant::now();

@@ -41,13 +41,13 @@ fn get_and_post_are_mirrored_byte_identical_with_host_rewritten() {
 
     let mirrored = wait_for_entries(&topo.path("v2.log"), 3, Duration::from_secs(10));
     let primary = access_log(&topo.path("v1.log"));
-    assert_eq!(mirrored.len(), 3, "mirror got {mirrored:?}");
+    let summary = topo.stop_daemon(daemon, libc::SIGINT).unwrap();
+    assert_eq!(mirrored.len(), 3, "mirror got {mirrored:?}\n{summary}");
     for (p, m) in primary.iter().zip(&mirrored) {
         assert_same_request(p, m);
     }
     assert_eq!(mirrored[1]["body_len"], Value::from(200_000));
 
-    let summary = topo.stop_daemon(daemon, libc::SIGINT).unwrap();
     assert_eq!(summary["pipeline"]["mirrored"], Value::from(3), "{summary}");
     assert_eq!(summary["replay"]["responses_2xx"], Value::from(3), "{summary}");
 }
