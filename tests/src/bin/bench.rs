@@ -294,8 +294,8 @@ fn main() -> Result<()> {
         Vec::new()
     } else {
         vec![
-            ("GET", vec![1000u32, 2000, 4000, 8000, 16000], get_request()),
-            ("POST 64 KiB", vec![250u32, 500, 1000, 2000, 4000], post_request(64 * 1024)),
+            ("GET", vec![1000u32, 2000, 4000, 8000, 16000, 24000, 32000], get_request()),
+            ("POST 64 KiB", vec![250u32, 500, 1000, 2000, 4000, 8000], post_request(64 * 1024)),
         ]
     };
     for (kind, rates, req) in plan {
@@ -573,12 +573,12 @@ impl Report<'_> {
             .margin(10)
             .x_label_area_size(35)
             .y_label_area_size(55)
-            .build_cartesian_2d(0usize..4usize, 0f64..max.max(0.1))?;
+            .build_cartesian_2d(0usize..4usize, (0.05f64..max.max(0.1)).log_scale())?;
         chart
             .configure_mesh()
             .x_labels(4)
             .x_label_formatter(&|i| pcts.get(*i).map(|p| format!("p{p}")).unwrap_or_default())
-            .y_desc("ms")
+            .y_desc("ms (log scale)")
             .draw()?;
         for (s, color) in [(&self.baseline, BLACK), (&self.ours, BLUE), (&self.nginx, RED)] {
             let pts: Vec<(usize, f64)> = pcts.iter().enumerate().map(|(i, p)| (i, s.load.pct(*p))).collect();
