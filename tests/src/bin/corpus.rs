@@ -109,6 +109,8 @@ fn run(dir: &std::path::Path, log: &std::path::Path, stderr: &std::path::Path) -
         "\nreference complete requests {}, expected at the mirror {}, mirrored {}, received {}; {failures} captures differ",
         totals.0, totals.1, totals.2, totals.3
     );
+    let captures = corpus::expectations().len();
+    println!("corpus: {} passed, {failures} failed", captures - failures);
     ensure!(failures == 0, "{failures} captures differ from the ground truth");
     Ok(())
 }
