@@ -94,7 +94,7 @@ pub async fn run(path: &Path, metrics_addr: std::net::SocketAddr) -> Result<()> 
 
 fn publish(capture: &Capture, pipeline: &Pipeline, metrics: &Metrics) {
     match capture.kernel_stats() {
-        Ok(kernel) => metrics.publish(&kernel, &pipeline.flows().stats, pipeline.flows().len(), &pipeline.stats),
+        Ok(kernel) => metrics.publish(&kernel, &pipeline.flows().stats, pipeline.flows().len(), &pipeline.stats()),
         Err(e) => tracing::warn!("reading kernel counters: {e:#}"),
     }
 }
@@ -222,6 +222,6 @@ fn capture_loop(
             "retransmitted_segments": f.retransmitted_segments, "out_of_order_segments": f.out_of_order_segments,
             "evicted": f.evicted,
         },
-        "pipeline": pipeline.stats,
+        "pipeline": pipeline.stats(),
     }))
 }

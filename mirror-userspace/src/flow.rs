@@ -82,8 +82,10 @@ impl Default for FlowConfig {
     fn default() -> Self {
         Self {
             max_flows: 65_536,
-            max_flow_buffer: 4 * 1024 * 1024,
-            max_total_buffer: 256 * 1024 * 1024,
+            // Out-of-order data only waits for a late segment (reorder timeout): a little per
+            // flow, and a bound over all flows that caps memory when the ring loses segments.
+            max_flow_buffer: 1024 * 1024,
+            max_total_buffer: 64 * 1024 * 1024,
             idle_timeout: Duration::from_secs(120),
             reorder_timeout: Duration::from_millis(500),
         }

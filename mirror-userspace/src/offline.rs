@@ -44,7 +44,7 @@ pub async fn replay(cfg: &Config, pcap: &Path) -> Result<Value> {
             "opened": f.flows_opened, "midstream": f.flows_midstream, "gaps": f.gaps, "gap_bytes": f.gap_bytes,
             "retransmitted_segments": f.retransmitted_segments, "out_of_order_segments": f.out_of_order_segments,
         },
-        "pipeline": pipeline.stats,
+        "pipeline": pipeline.stats(),
         "replay": stats.snapshot(),
     }))
 }

@@ -128,14 +128,19 @@ struct FlowState {
 pub struct Pipeline {
     flows: FlowTable,
     states: HashMap<FlowKey, FlowState>,
-    router: Arc<Router>,
     framer_cfg: FramerConfig,
+    req: Requests,
+    flow_events: Vec<(FlowKey, StreamEvent)>,
+    http_events: Vec<HttpEvent>,
+}
+
+/// The route stage: what happens to each framed request.
+struct Requests {
+    router: Arc<Router>,
     buffer_bytes: usize,
     next_stream: u64,
     rng: StdRng,
-    pub stats: PipelineStats,
-    flow_events: Vec<(FlowKey, StreamEvent)>,
-    http_events: Vec<HttpEvent>,
+    stats: PipelineStats,
 }
 
 impl Pipeline {
@@ -149,12 +154,8 @@ impl Pipeline {
         Self {
             flows: FlowTable::new(flow_cfg),
             states: HashMap::new(),
-            router,
             framer_cfg: FramerConfig::default(),
-            buffer_bytes,
-            next_stream: 0,
-            rng,
-            stats: PipelineStats::default(),
+            req: Requests { router, buffer_bytes, next_stream: 0, rng, stats: PipelineStats::default() },
             flow_events: Vec::new(),
             http_events: Vec::new(),
         }
@@ -162,7 +163,12 @@ impl Pipeline {
 
     /// Replaces the routes; requests already being read keep the decision they got.
     pub fn set_router(&mut self, router: Arc<Router>) {
-        self.router = router;
+        self.req.router = router;
+    }
+
+    /// What the core did so far.
+    pub fn stats(&self) -> &PipelineStats {
+        &self.req.stats
     }
 
     pub fn flows(&self) -> &FlowTable {
@@ -214,19 +220,20 @@ impl Pipeline {
                 StreamEvent::Close(_) => {
                     if let Some(mut st) = self.states.remove(&key) {
                         st.framer.on_close(&mut http);
-                        self.apply(key, &mut st, &mut http, out);
+                        self.req.apply(key, &mut st, &mut http, out);
                     }
                     continue;
                 }
             }
-            if let Some(mut st) = self.states.remove(&key) {
-                self.apply(key, &mut st, &mut http, out);
-                self.states.insert(key, st);
+            if let Some(st) = self.states.get_mut(&key) {
+                self.req.apply(key, st, &mut http, out);
             }
         }
         self.http_events = http;
     }
+}
 
+impl Requests {
     fn apply(&mut self, key: FlowKey, st: &mut FlowState, http: &mut Vec<HttpEvent>, out: &mut Vec<Outbound>) {
         for ev in http.drain(..) {
             match ev {
@@ -382,7 +389,7 @@ mod tests {
         let r = out[0].whole().unwrap();
         assert_eq!(&r.head[..], b"POST /post HTTP/1.1\r\nHost: httpbin-shadow:8000\r\nContent-Length: 11\r\n\r\n");
         assert_eq!(&r.body[..], b"hello world");
-        assert_eq!(p.stats.mirrored, 1);
+        assert_eq!(p.stats().mirrored, 1);
     }
 
     #[test]
@@ -390,7 +397,7 @@ mod tests {
         let mut p = pipeline(0.0);
         let out = feed(&mut p, &[(1, TCP_SYN, b""), (2, TCP_ACK, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")]);
         assert!(out.is_empty());
-        assert_eq!(p.stats.sampled_out, 1);
+        assert_eq!(p.stats().sampled_out, 1);
     }
 
     #[test]
@@ -407,13 +414,13 @@ mod tests {
         p.finish(&mut out);
         assert_eq!(out.len(), 1, "only the request after the gap");
         assert_eq!(out[0].whole().unwrap().target, "/after");
-        assert_eq!(p.stats.dropped.get("gap"), Some(&1));
+        assert_eq!(p.stats().dropped.get("gap"), Some(&1));
     }
 
     #[test]
     fn large_request_is_streamed_in_order_and_small_ones_stay_whole() {
         let mut p = pipeline(100.0);
-        p.buffer_bytes = 100;
+        p.req.buffer_bytes = 100;
         let big = format!("POST /big HTTP/1.1\r\nContent-Length: 300\r\n\r\n{}", "x".repeat(300));
         let next = b"GET /small HTTP/1.1\r\n\r\n";
         let (a, b) = big.as_bytes().split_at(120);
@@ -433,13 +440,13 @@ mod tests {
         assert!(matches!(parts[2], Part::More { stream: 0, index: 2, bytes } if bytes.len() == big.len() - 220));
         assert!(matches!(parts[3], Part::End { stream: 0, index: 3 }));
         assert!(matches!(parts[4], Part::Whole(r) if r.target == "/small"));
-        assert_eq!((p.stats.streamed, p.stats.mirrored), (1, 2));
+        assert_eq!((p.stats().streamed, p.stats().mirrored), (1, 2));
     }
 
     #[test]
     fn streamed_request_cut_by_a_gap_is_aborted() {
         let mut p = pipeline(100.0);
-        p.buffer_bytes = 50;
+        p.req.buffer_bytes = 50;
         let big = format!("POST /big HTTP/1.1\r\nContent-Length: 300\r\n\r\n{}", "x".repeat(300));
         let b = big.as_bytes();
         let mut out = feed(&mut p, &[(1, TCP_SYN, b""), (2, TCP_ACK, &b[..100]), (2 + 150, TCP_ACK, &b[150..])]);
@@ -448,6 +455,6 @@ mod tests {
         assert!(matches!(parts.first(), Some(Part::Start { .. })));
         assert!(matches!(parts.last(), Some(Part::Abort { stream: 0 })));
         assert!(!parts.iter().any(|p| matches!(p, Part::End { .. })));
-        assert_eq!(p.stats.dropped.get("stream_aborted"), Some(&1));
+        assert_eq!(p.stats().dropped.get("stream_aborted"), Some(&1));
     }
 }

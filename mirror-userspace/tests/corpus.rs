@@ -82,7 +82,7 @@ fn replay_capture(
             body_len(r),
         ));
     }
-    (by_flow, serde_json::to_value(&p.stats).unwrap())
+    (by_flow, serde_json::to_value(p.stats()).unwrap())
 }
 
 #[test]
