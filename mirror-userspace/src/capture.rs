@@ -95,8 +95,13 @@ pub struct Capture {
 
 impl Capture {
     /// Loads the program, fills the port map, attaches to each interface's TC ingress (TCX on
-    /// kernels ≥ 6.6) and opens one perf buffer of `perf_pages` pages per online CPU.
-    pub fn start(interfaces: &[String], ports: &[u16], skip: &[SocketAddr], perf_pages: usize) -> Result<Capture> {
+    /// kernels ≥ 6.6) and opens one perf buffer per online CPU, of `perf_pages(cpus)` pages.
+    pub fn start(
+        interfaces: &[String],
+        ports: &[u16],
+        skip: &[SocketAddr],
+        perf_pages: impl Fn(usize) -> usize,
+    ) -> Result<Capture> {
         bump_memlock_rlimit();
         let mut ebpf = Ebpf::load(PROGRAM_OBJECT).context("loading the eBPF object")?;
         let logger = aya_log::EbpfLogger::init(&mut ebpf)
@@ -121,8 +126,10 @@ impl Capture {
         let mut perf = PerfEventArray::try_from(ebpf.take_map(MAP_SEGMENTS).context("segments map missing")?)?;
         let cpus = online_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
         let mut buffers = Vec::new();
+        let pages = perf_pages(cpus.len());
+        tracing::info!(cpus = cpus.len(), pages_per_cpu = pages, "perf ring");
         for cpu in cpus {
-            buffers.push(perf.open(cpu, Some(perf_pages)).with_context(|| format!("perf buffer for CPU {cpu}"))?);
+            buffers.push(perf.open(cpu, Some(pages)).with_context(|| format!("perf buffer for CPU {cpu}"))?);
         }
         if buffers.is_empty() {
             bail!("no online CPUs");

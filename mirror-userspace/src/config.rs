@@ -53,13 +53,22 @@ pub struct Capture {
     pub interfaces: Vec<String>,
     /// Destination ports of the primary service.
     pub ports: Vec<u16>,
-    /// Pages per CPU of the perf ring (a power of two); default 256 (1 MiB on 4 KiB pages).
-    #[serde(default = "default_perf_pages", alias = "perf_pages")]
-    pub perf_pages: usize,
+    /// Pages per CPU of the perf ring (a power of two). Absent: 1024 (4 MiB on 4 KiB pages), fewer
+    /// on machines with many CPUs so that all rings together stay within 64 MiB.
+    #[serde(default, alias = "perf_pages")]
+    pub perf_pages: Option<usize>,
 }
 
-fn default_perf_pages() -> usize {
-    256
+impl Capture {
+    /// The ring size per CPU to use on a machine with `cpus` CPUs.
+    pub fn perf_pages_for(&self, cpus: usize) -> usize {
+        self.perf_pages.unwrap_or_else(|| {
+            let budget_pages = (64 << 20) / 4096 / cpus.max(1);
+            // The largest power of two within the budget, between 64 and 1024 pages.
+            let p = if budget_pages.is_power_of_two() { budget_pages } else { budget_pages.next_power_of_two() / 2 };
+            p.clamp(64, 1024)
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -590,8 +599,10 @@ impl Config {
         if c.ports.is_empty() || c.ports.contains(&0) {
             bail!("{origin}: capture.ports: at least one port (1-65535) is needed");
         }
-        if !c.perf_pages.is_power_of_two() {
-            bail!("{origin}: capture.perfPages: {} is not a power of two", c.perf_pages);
+        if let Some(p) = c.perf_pages
+            && !p.is_power_of_two()
+        {
+            bail!("{origin}: capture.perfPages: {p} is not a power of two");
         }
         if self.tables.iter().all(|t| t.routes.is_empty()) {
             bail!("{origin}: no routes: give `routes`, or a VirtualService with `http` routes");

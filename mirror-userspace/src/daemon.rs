@@ -49,8 +49,9 @@ pub async fn run(path: &Path, metrics_addr: std::net::SocketAddr) -> Result<()> 
     let metrics = Arc::new(Metrics::new());
     let _server = metrics::serve(metrics_addr, metrics.clone()).await?;
     let replayer = Arc::new(Replayer::start(&router, &cfg.replay, Some(metrics.clone())));
-    let capture =
-        Capture::start(&cfg.capture.interfaces, &cfg.capture.ports, &endpoint_addrs(&router), cfg.capture.perf_pages)?;
+    let capture = Capture::start(&cfg.capture.interfaces, &cfg.capture.ports, &endpoint_addrs(&router), |cpus| {
+        cfg.capture.perf_pages_for(cpus)
+    })?;
     tracing::info!(
         interfaces = ?cfg.capture.interfaces,
         ports = ?cfg.capture.ports,

@@ -62,6 +62,13 @@ fn own_document_parses() {
     assert_eq!(c.tables.len(), 1);
     assert_eq!(c.route_count(), 1);
     assert_eq!(c.replay.connections, 4);
+    // Ring size: 4 MiB per CPU, less with many CPUs (64 MiB over all), or as configured.
+    assert_eq!(c.capture.perf_pages_for(2), 1024);
+    assert_eq!(c.capture.perf_pages_for(64), 256);
+    assert_eq!(c.capture.perf_pages_for(96), 128);
+    assert_eq!(c.capture.perf_pages_for(4096), 64);
+    let set = Config::parse(&OWN.replace("ports: [8000]", "ports: [8000]\n  perfPages: 8"), "t").unwrap();
+    assert_eq!(set.capture.perf_pages_for(2), 8);
 }
 
 #[test]
