@@ -95,7 +95,7 @@ pub async fn run(path: &Path, metrics_addr: std::net::SocketAddr) -> Result<()> 
 
 fn publish(capture: &Capture, pipeline: &Pipeline, metrics: &Metrics) {
     match capture.kernel_stats() {
-        Ok(kernel) => metrics.publish(&kernel, &pipeline.flows().stats, pipeline.flows().len(), &pipeline.stats()),
+        Ok(kernel) => metrics.publish(&kernel, &pipeline.flows().stats, pipeline.flows().len(), pipeline.stats()),
         Err(e) => tracing::warn!("reading kernel counters: {e:#}"),
     }
 }

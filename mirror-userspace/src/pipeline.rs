@@ -106,12 +106,21 @@ impl PipelineStats {
     }
 }
 
+/// One mirror's copy of the request being read.
+#[derive(Debug)]
+struct Shadow {
+    target: MirrorTarget,
+    /// The head as this mirror gets it (Host and headers per its policy).
+    head: Bytes,
+    /// Once the request outgrew the buffer and its start was sent: (stream id, next part index).
+    stream: Option<(u64, u64)>,
+}
+
 /// The request being read on a flow.
 #[derive(Debug)]
 struct InFlight {
-    /// The mirrors it goes to, each with its rewritten head and, once the request outgrew the
-    /// buffer and its start was sent, its stream: (id, next part index).
-    targets: Vec<(MirrorTarget, Bytes, Option<(u64, u64)>)>,
+    /// The mirrors it goes to.
+    targets: Vec<Shadow>,
     method: String,
     target: String,
     /// Body bytes held until the request completes or outgrows the buffer.
@@ -262,10 +271,7 @@ impl Requests {
                     st.current = Some(InFlight {
                         targets: targets
                             .into_iter()
-                            .map(|t| {
-                                let h = rewrite_head(&head, &t.policy);
-                                (t, h, None)
-                            })
+                            .map(|target| Shadow { head: rewrite_head(&head, &target.policy), target, stream: None })
                             .collect(),
                         method: head.method.clone(),
                         target: head.target.clone(),
@@ -283,7 +289,7 @@ impl Requests {
                     if cur.targets.is_empty() {
                         continue;
                     }
-                    let streaming = cur.targets[0].2.is_some();
+                    let streaming = cur.targets[0].stream.is_some();
                     if !streaming && cur.head_len + cur.body.len() + b.len() <= self.buffer_bytes {
                         cur.body.extend_from_slice(&b);
                         continue;
@@ -293,7 +299,7 @@ impl Requests {
                         cur.body.extend_from_slice(&b);
                         let body = std::mem::take(&mut cur.body).freeze();
                         self.stats.streamed += 1;
-                        for (t, head, stream) in &mut cur.targets {
+                        for Shadow { target: t, head, stream } in &mut cur.targets {
                             let id = self.next_stream;
                             self.next_stream += 1;
                             *stream = Some((id, 1));
@@ -307,7 +313,7 @@ impl Requests {
                         }
                         continue;
                     }
-                    for (t, _, stream) in &mut cur.targets {
+                    for Shadow { target: t, stream, .. } in &mut cur.targets {
                         let (id, index) = stream.as_mut().expect("streaming");
                         *index += 1;
                         out.push(outbound(key, t, Part::More { stream: *id, index: *index - 1, bytes: b.clone() }));
@@ -317,7 +323,7 @@ impl Requests {
                     self.stats.requests_complete += 1;
                     let Some(cur) = st.current.take() else { continue };
                     let body = cur.body.freeze();
-                    for (t, head, stream) in cur.targets {
+                    for Shadow { target: t, head, stream } in cur.targets {
                         self.stats.mirrored += 1;
                         self.stats.by_route.entry((t.route.clone(), t.endpoint.clone())).or_default().mirrored += 1;
                         let part = match stream {
@@ -334,7 +340,7 @@ impl Requests {
                 }
                 HttpEvent::Dropped(reason) => {
                     if let Some(cur) = st.current.take() {
-                        for (t, _, stream) in cur.targets {
+                        for Shadow { target: t, stream, .. } in cur.targets {
                             if let Some((id, _)) = stream {
                                 self.stats.drop("stream_aborted");
                                 out.push(outbound(key, &t, Part::Abort { stream: id }));

@@ -45,10 +45,7 @@ fn body_len(o: &Request) -> usize {
 }
 
 /// Replays a capture through the pipeline, mirroring everything; returns requests per flow.
-fn replay_capture(
-    name: &str,
-    ports: &HashSet<u16>,
-) -> (BTreeMap<(String, String), Vec<(String, String, usize)>>, Value) {
+fn replay_capture(name: &str, ports: &HashSet<u16>) -> (BTreeMap<(String, String), Vec<corpus::Req>>, Value) {
     let pcap = corpus::dir().join("pcaps").join(name);
     let port_list: Vec<String> = ports.iter().map(u16::to_string).collect();
     let cfg = Config::parse(
