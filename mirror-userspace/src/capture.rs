@@ -37,13 +37,9 @@ pub enum DecodeError {
     BadOffsets,
 }
 
-/// The kernel timestamp of a sample (0 if it is too short to have one).
-pub fn sample_time(sample: &[u8]) -> u64 {
-    SegmentEvent::parse(sample).map_or(0, |ev| ev.ts_ns)
-}
-
-/// Turns one perf sample (event header + bytes) into a segment.
-pub fn decode_sample(sample: &[u8]) -> Result<Segment, DecodeError> {
+/// Turns one perf sample (event header + bytes) into a segment, with the kernel timestamp of the
+/// packet it came from (`bpf_ktime_get_ns`, for ordering samples across CPU rings).
+pub fn decode_sample(sample: &[u8]) -> Result<(u64, Segment), DecodeError> {
     let ev = SegmentEvent::parse(sample).ok_or(DecodeError::Short)?;
     let data = &sample[SegmentEvent::LEN..];
     let captured = ev.captured_len as usize;
@@ -73,12 +69,15 @@ pub fn decode_sample(sample: &[u8]) -> Result<Segment, DecodeError> {
         6 => (Ipv6Addr::from(ev.saddr).into(), Ipv6Addr::from(ev.daddr).into()),
         _ => return Err(DecodeError::BadFamily),
     };
-    Ok(Segment {
-        key: FlowKey { client: SocketAddr::new(src, ev.sport), server: SocketAddr::new(dst, ev.dport) },
-        seq: ev.seq,
-        flags: ev.tcp_flags,
-        payload: Bytes::copy_from_slice(payload),
-    })
+    Ok((
+        ev.ts_ns,
+        Segment {
+            key: FlowKey { client: SocketAddr::new(src, ev.sport), server: SocketAddr::new(dst, ev.dport) },
+            seq: ev.seq,
+            flags: ev.tcp_flags,
+            payload: Bytes::copy_from_slice(payload),
+        },
+    ))
 }
 
 /// The object file built from `mirror-ebpf` by build.rs.
@@ -90,7 +89,6 @@ pub struct Capture {
     /// Kernel-side log records (aya-log), forwarded to `log`/`tracing` at debug level.
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     pub buffers: Vec<PerfEventArrayBuffer<MapData>>,
-    pub interfaces: Vec<String>,
 }
 
 impl Capture {
@@ -134,7 +132,7 @@ impl Capture {
         if buffers.is_empty() {
             bail!("no online CPUs");
         }
-        Ok(Capture { ebpf, logger, buffers, interfaces: interfaces.to_vec() })
+        Ok(Capture { ebpf, logger, buffers })
     }
 
     /// Replaces the mirror endpoints whose traffic is never captured.
@@ -260,7 +258,8 @@ mod tests {
         ev.payload_off = 54;
         ev.payload_len = 16;
         ev.captured_len = frame.len() as u32;
-        let s = decode_sample(&sample(ev, &frame)).unwrap();
+        let (ts, s) = decode_sample(&sample(SegmentEvent { ts_ns: 42, ..ev }, &frame)).unwrap();
+        assert_eq!(ts, 42);
         assert_eq!(&s.payload[..], b"GET / HTTP/1.1\r\n");
         assert_eq!(s.key.client, "10.0.0.1:40000".parse().unwrap());
         assert_eq!(s.key.server, "10.0.0.2:80".parse().unwrap());
@@ -279,7 +278,7 @@ mod tests {
         };
         ev.saddr[15] = 1;
         ev.daddr[15] = 2;
-        let s = decode_sample(&sample(ev, b"abc")).unwrap();
+        let (_, s) = decode_sample(&sample(ev, b"abc")).unwrap();
         assert_eq!(s.key.client, "[::1]:1".parse().unwrap());
         assert_eq!(&s.payload[..], b"abc");
         assert_eq!(decode_sample(&[1, 2, 3]), Err(DecodeError::Short));

@@ -17,7 +17,7 @@ use serde_json::json;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    capture::{Capture, decode_sample, sample_time},
+    capture::{Capture, decode_sample},
     config::Config,
     flow::FlowConfig,
     metrics::{self, Metrics},
@@ -175,9 +175,9 @@ fn capture_loop(
         batch.clear();
         capture.drain(
             |sample| match decode_sample(sample) {
-                Ok(seg) => {
+                Ok(timed) => {
                     drained_now += sample.len();
-                    batch.push((sample_time(sample), seg));
+                    batch.push(timed);
                 }
                 Err(e) => {
                     decode_errors += 1;
@@ -213,16 +213,11 @@ fn capture_loop(
     publish(&capture, &pipeline, &metrics);
     let kernel: serde_json::Map<String, serde_json::Value> =
         capture.kernel_stats()?.into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
-    let f = &pipeline.flows().stats;
     Ok(json!({
         "kernel": kernel,
         "perf_lost_samples": lost.load(Ordering::Relaxed),
         "decode_errors": decode_errors,
-        "flows": {
-            "opened": f.flows_opened, "midstream": f.flows_midstream, "gaps": f.gaps,
-            "retransmitted_segments": f.retransmitted_segments, "out_of_order_segments": f.out_of_order_segments,
-            "evicted": f.evicted,
-        },
+        "flows": pipeline.flows().stats,
         "pipeline": pipeline.stats(),
     }))
 }

@@ -93,10 +93,12 @@ impl Default for FlowConfig {
 }
 
 /// Counters of what the flow layer did (all monotonic).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct FlowStats {
     pub segments: u64,
+    #[serde(rename = "opened")]
     pub flows_opened: u64,
+    #[serde(rename = "midstream")]
     pub flows_midstream: u64,
     pub retransmitted_segments: u64,
     pub out_of_order_segments: u64,

@@ -37,13 +37,9 @@ pub async fn replay(cfg: &Config, pcap: &Path) -> Result<Value> {
     let stats = replayer.stats.clone();
     // Every queued request gets its full request timeout.
     replayer.shutdown(cfg.replay.request_timeout() + Duration::from_secs(1)).await;
-    let f = &pipeline.flows().stats;
     Ok(json!({
         "capture": counts,
-        "flows": {
-            "opened": f.flows_opened, "midstream": f.flows_midstream, "gaps": f.gaps, "gap_bytes": f.gap_bytes,
-            "retransmitted_segments": f.retransmitted_segments, "out_of_order_segments": f.out_of_order_segments,
-        },
+        "flows": pipeline.flows().stats,
         "pipeline": pipeline.stats(),
         "replay": stats.snapshot(),
     }))

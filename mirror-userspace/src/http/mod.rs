@@ -36,23 +36,6 @@ pub enum FramingError {
 }
 
 impl FramingError {
-    pub const ALL: [FramingError; 14] = [
-        FramingError::BadHead,
-        FramingError::UnknownMethod,
-        FramingError::HeadTooLarge,
-        FramingError::TooManyHeaders,
-        FramingError::TeAndCl,
-        FramingError::BadTransferEncoding,
-        FramingError::BadContentLength,
-        FramingError::ChunkSizeOverflow,
-        FramingError::BadChunkSize,
-        FramingError::ChunkExtensionTooLong,
-        FramingError::MissingChunkCrlf,
-        FramingError::TrailersTooLarge,
-        FramingError::BareLf,
-        FramingError::BareCr,
-    ];
-
     pub fn as_str(self) -> &'static str {
         match self {
             FramingError::BadHead => "bad_head",
@@ -238,11 +221,6 @@ impl RequestFramer {
             offset: 0,
             after_gap: midstream,
         }
-    }
-
-    /// True while a request has started (its head was emitted) but has not ended.
-    pub fn in_request(&self) -> bool {
-        matches!(self.state, State::Body { .. } | State::Chunked { .. })
     }
 
     /// Feeds the next in-order bytes of the stream.
