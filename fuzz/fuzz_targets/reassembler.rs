@@ -1,6 +1,7 @@
 //! The flow table on arbitrary segment sequences (any order, overlap, duplication, wrap, flags,
 //! time): it must never panic, every byte it delivers must be the byte sent at that stream offset,
-//! and it must hold no out-of-order bytes once every flow is closed.
+//! it must hold no out-of-order bytes once every flow is closed, and a tick before
+//! `poll_timeout` must do nothing.
 #![no_main]
 
 use std::time::Duration;
@@ -49,8 +50,12 @@ fuzz_target!(|data: &[u8]| {
         let seq = if flags & 0x02 != 0 { isn } else { isn.wrapping_add(1).wrapping_add(off as u32) };
         table.on_segment(Segment { key, seq, flags, payload: Bytes::from(payload) }, now, &mut out);
         if op[0] & 0x0e == 0x0e {
+            let due = table.poll_timeout().is_some_and(|at| at <= now);
+            let before = out.len();
             table.on_tick(now, &mut out);
+            assert!(due || out.len() == before, "a tick before poll_timeout did something");
         }
+        assert_eq!(table.poll_timeout().is_none(), table.is_empty(), "an open flow without a timer");
         check(&mut out, &mut next);
     }
     table.close_all(&mut out);

@@ -1,5 +1,5 @@
 use super::*;
-use mirror_common::{TCP_ACK, TCP_PSH};
+use mirror_common::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
 use proptest::prelude::*;
 
 fn key() -> FlowKey {
@@ -180,7 +180,144 @@ fn rst_closes_and_delivers_buffered_data_behind_a_gap() {
     );
 }
 
+#[test]
+fn poll_timeout_is_the_idle_deadline_and_none_when_empty() {
+    let cfg = FlowConfig { idle_timeout: Duration::from_secs(1), ..Default::default() };
+    let mut t = FlowTable::new(cfg);
+    let ms = Duration::from_millis;
+    assert_eq!(t.poll_timeout(), None);
+    let mut out = Vec::new();
+    t.on_segment(seg(100, TCP_SYN, b""), ms(10), &mut out);
+    assert_eq!(t.poll_timeout(), Some(ms(1010)));
+    out.clear();
+    t.on_tick(ms(1009), &mut out);
+    assert!(out.is_empty(), "nothing before the deadline");
+    t.on_tick(ms(1010), &mut out);
+    assert_eq!(merge(out), vec![StreamEvent::Close(CloseReason::Idle)]);
+    assert_eq!(t.poll_timeout(), None);
+}
+
+#[test]
+fn poll_timeout_follows_the_hole_timer() {
+    let cfg = FlowConfig { reorder_timeout: Duration::from_millis(100), ..Default::default() };
+    let idle = cfg.idle_timeout;
+    let mut t = FlowTable::new(cfg);
+    let ms = Duration::from_millis;
+    let mut out = Vec::new();
+    t.on_segment(seg(100, TCP_SYN, b""), ms(0), &mut out);
+    t.on_segment(seg(105, TCP_ACK, b"e"), ms(5), &mut out);
+    assert_eq!(t.poll_timeout(), Some(ms(105)), "a hole opened at 5 ms");
+    // A second out-of-order piece does not restart the timer.
+    t.on_segment(seg(107, TCP_ACK, b"g"), ms(20), &mut out);
+    assert_eq!(t.poll_timeout(), Some(ms(105)));
+    // Filling every hole stops it: back to the idle deadline.
+    t.on_segment(seg(101, TCP_ACK, b"abcd"), ms(30), &mut out);
+    t.on_segment(seg(106, TCP_ACK, b"f"), ms(40), &mut out);
+    assert_eq!(t.poll_timeout(), Some(ms(40) + idle));
+    assert_eq!(merge(out)[1], StreamEvent::Data(Bytes::from_static(b"abcdefg")));
+}
+
+#[test]
+fn poll_timeout_after_skipping_one_of_several_holes_is_already_due() {
+    let cfg = FlowConfig { reorder_timeout: Duration::from_millis(100), ..Default::default() };
+    let mut t = FlowTable::new(cfg);
+    let ms = Duration::from_millis;
+    let mut out = Vec::new();
+    t.on_segment(seg(100, TCP_SYN, b""), ms(0), &mut out);
+    t.on_segment(seg(103, TCP_ACK, b"c"), ms(0), &mut out);
+    t.on_segment(seg(106, TCP_ACK, b"f"), ms(0), &mut out);
+    out.clear();
+    t.on_tick(ms(100), &mut out);
+    assert_eq!(merge(std::mem::take(&mut out)), vec![StreamEvent::Gap(2), StreamEvent::Data(Bytes::from_static(b"c"))]);
+    // The second hole has waited as long: the next tick is due at once and gives it up.
+    assert_eq!(t.poll_timeout(), Some(ms(100)));
+    t.on_tick(ms(100), &mut out);
+    assert_eq!(merge(std::mem::take(&mut out)), vec![StreamEvent::Gap(2), StreamEvent::Data(Bytes::from_static(b"f"))]);
+    assert_eq!(t.poll_timeout(), Some(ms(0) + FlowConfig::default().idle_timeout));
+    assert_eq!(t.buffered_bytes(), 0);
+}
+
+#[test]
+fn poll_timeout_may_be_early_for_a_busy_flow_and_a_tick_rearms_it() {
+    let cfg = FlowConfig { idle_timeout: Duration::from_secs(1), ..Default::default() };
+    let mut t = FlowTable::new(cfg);
+    let ms = Duration::from_millis;
+    let mut out = Vec::new();
+    t.on_segment(seg(100, TCP_SYN, b""), ms(0), &mut out);
+    t.on_segment(seg(101, TCP_ACK, b"a"), ms(600), &mut out);
+    assert_eq!(t.poll_timeout(), Some(ms(1000)));
+    out.clear();
+    t.on_tick(ms(1000), &mut out);
+    assert!(out.is_empty(), "the flow was busy at 600 ms");
+    assert_eq!(t.poll_timeout(), Some(ms(1600)));
+}
+
+#[test]
+fn poll_timeout_forgets_closed_flows() {
+    let cfg = FlowConfig { max_flows: 1, idle_timeout: Duration::from_secs(1), ..Default::default() };
+    let mut t = FlowTable::new(cfg);
+    let ms = Duration::from_millis;
+    let mut out = Vec::new();
+    t.on_segment(seg(100, TCP_SYN, b""), ms(0), &mut out);
+    t.on_segment(seg(101, TCP_ACK | TCP_FIN, b"a"), ms(1), &mut out);
+    assert_eq!(t.poll_timeout(), None, "FIN");
+    t.on_segment(seg(100, TCP_SYN, b""), ms(2), &mut out);
+    t.on_segment(seg(101, TCP_RST, b""), ms(3), &mut out);
+    assert_eq!(t.poll_timeout(), None, "RST");
+    t.on_segment(seg(100, TCP_SYN, b""), ms(4), &mut out);
+    let mut other = seg(1, TCP_ACK, b"x");
+    other.key.client.set_port(1);
+    t.on_segment(other, ms(5), &mut out);
+    assert_eq!(t.stats.evicted, 1);
+    assert_eq!(t.poll_timeout(), Some(ms(1005)), "evicted");
+    t.close_all(&mut out);
+    assert_eq!(t.poll_timeout(), None, "close_all");
+}
+
 proptest! {
+    /// A table ticked only when `poll_timeout` says so emits exactly what a table that looks at
+    /// every flow every millisecond emits: the timers never miss a deadline, and no tick before
+    /// `poll_timeout` ever has anything to do.
+    #[test]
+    fn ticking_at_poll_timeout_equals_ticking_always(
+        ops in proptest::collection::vec((0u8..20, 0u16..3, 0u32..64, 0usize..12, 0u64..40), 1..80),
+    ) {
+        let cfg = FlowConfig {
+            max_flows: 2,
+            max_flow_buffer: 24,
+            max_total_buffer: 40,
+            idle_timeout: Duration::from_millis(150),
+            reorder_timeout: Duration::from_millis(30),
+        };
+        let (mut always, mut polled) = (FlowTable::new(cfg.clone()), FlowTable::new(cfg));
+        let (mut out_a, mut out_p) = (Vec::new(), Vec::new());
+        let mut now = Duration::ZERO;
+        for (kind, port, off, len, wait) in ops {
+            // Mostly data: SYN, RST and FIN one time in twenty each.
+            let flags = [TCP_SYN, TCP_RST, TCP_ACK | TCP_FIN].get(kind as usize).copied().unwrap_or(TCP_ACK);
+            let payload: Vec<u8> = if kind == 0 { Vec::new() } else { (0..len).map(|i| (off as usize + i) as u8).collect() };
+            let mut s = seg(if kind == 0 { 999 } else { 1000 + off }, flags, &payload);
+            s.key.client.set_port(port);
+            // Time moves a millisecond at a time; both tables see every instant.
+            for _ in 0..wait {
+                now += Duration::from_millis(1);
+                always.on_tick_scanning_all(now, &mut out_a);
+                if polled.poll_timeout().is_some_and(|at| at <= now) {
+                    polled.on_tick(now, &mut out_p);
+                }
+                prop_assert_eq!(&out_a, &out_p);
+                prop_assert_eq!(polled.poll_timeout().is_none(), polled.is_empty());
+            }
+            always.on_segment(s.clone(), now, &mut out_a);
+            polled.on_segment(s, now, &mut out_p);
+        }
+        always.close_all(&mut out_a);
+        polled.close_all(&mut out_p);
+        prop_assert_eq!(&out_a, &out_p);
+        prop_assert_eq!(&always.stats, &polled.stats);
+        prop_assert_eq!(polled.poll_timeout(), None);
+    }
+
     /// Any permutation, duplication and re-cut of a flow's segments yields the same bytes.
     #[test]
     fn any_permutation_duplication_recut_yields_same_stream(
