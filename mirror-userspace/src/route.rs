@@ -29,15 +29,12 @@ enum Matcher {
 
 impl Matcher {
     fn compile(sm: &config::StringMatch) -> Result<Matcher> {
-        Ok(if let Some(e) = &sm.exact {
-            Matcher::Exact(e.clone())
-        } else if let Some(p) = &sm.prefix {
-            Matcher::Prefix(p.clone())
-        } else if let Some(r) = &sm.regex {
-            // Envoy's (RE2) regex matches must cover the whole value.
-            Matcher::Regex(Regex::new(&format!("^(?:{r})$")).with_context(|| format!("regex {r:?}"))?)
-        } else {
-            Matcher::Present
+        Ok(match sm {
+            config::StringMatch::Present => Matcher::Present,
+            config::StringMatch::Exact(e) => Matcher::Exact(e.clone()),
+            config::StringMatch::Prefix(p) => Matcher::Prefix(p.clone()),
+            // Compiled by the config, anchored: Envoy's (RE2) regex matches cover the whole value.
+            config::StringMatch::Regex(r) => Matcher::Regex(r.clone()),
         })
     }
 

@@ -1,0 +1,269 @@
+//! Our own document (the one without `kind`): what to capture, where mirrors are reached, how to
+//! replay, our routes and our per-destination extensions. The sections as read, and the types of
+//! the checked config that are ours rather than Istio's.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use serde::Deserialize;
+
+use super::{diagnostic::Location, istio::HttpRouteDoc, span::Spanned};
+
+/// What the classifier watches.
+#[derive(Debug, Clone)]
+pub struct Capture {
+    /// Interfaces whose TC ingress hook gets the classifier.
+    pub interfaces: Vec<String>,
+    /// Destination ports of the primary service.
+    pub ports: Vec<u16>,
+    /// Pages per CPU of the perf ring (a power of two). Absent: 1024 (4 MiB on 4 KiB pages), fewer
+    /// on machines with many CPUs so that all rings together stay within 64 MiB.
+    pub perf_pages: Option<usize>,
+}
+
+impl Capture {
+    /// The ring size per CPU to use on a machine with `cpus` CPUs.
+    pub fn perf_pages_for(&self, cpus: usize) -> usize {
+        self.perf_pages.unwrap_or_else(|| {
+            let budget_pages = (64 << 20) / 4096 / cpus.max(1);
+            // The largest power of two within the budget, between 64 and 1024 pages.
+            let p = if budget_pages.is_power_of_two() { budget_pages } else { budget_pages.next_power_of_two() / 2 };
+            p.clamp(64, 1024)
+        })
+    }
+}
+
+/// `capture` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct CaptureDoc {
+    pub(crate) interfaces: Vec<String>,
+    pub(crate) ports: Vec<Spanned<u16>>,
+    #[serde(default, alias = "perf_pages")]
+    pub(crate) perf_pages: Option<Spanned<usize>>,
+}
+
+/// How requests are sent to the mirrors.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ReplaySettings {
+    /// Kept-alive connections per mirror endpoint address.
+    #[serde(default = "default_connections")]
+    pub connections: usize,
+    /// Requests (or parts of streamed ones) waiting per connection before new ones are dropped.
+    #[serde(default = "default_queue")]
+    pub queue: usize,
+    /// How long connecting to a mirror may take, in milliseconds.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// How long a mirror may take to answer a request, in milliseconds.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Requests up to this size (head + body) are held until every byte was seen and only then
+    /// sent. Larger ones are streamed to the mirror as they arrive (constant memory); if one of
+    /// their bytes is lost, the mirror connection is reset so it never gets a complete request.
+    #[serde(default = "default_buffer_bytes")]
+    pub buffer_bytes: usize,
+    /// Bytes of requests waiting for all mirrors together; beyond it new ones are dropped.
+    #[serde(default = "default_max_queued_bytes")]
+    pub max_queued_bytes: usize,
+}
+
+impl Default for ReplaySettings {
+    fn default() -> Self {
+        Self {
+            connections: default_connections(),
+            queue: default_queue(),
+            connect_timeout_ms: default_connect_timeout_ms(),
+            request_timeout_ms: default_request_timeout_ms(),
+            buffer_bytes: default_buffer_bytes(),
+            max_queued_bytes: default_max_queued_bytes(),
+        }
+    }
+}
+
+fn default_connections() -> usize {
+    4
+}
+fn default_queue() -> usize {
+    1024
+}
+fn default_connect_timeout_ms() -> u64 {
+    1000
+}
+fn default_request_timeout_ms() -> u64 {
+    5000
+}
+fn default_buffer_bytes() -> usize {
+    1024 * 1024
+}
+fn default_max_queued_bytes() -> usize {
+    64 * 1024 * 1024
+}
+
+impl ReplaySettings {
+    /// [`connect_timeout_ms`](Self::connect_timeout_ms) as a duration.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+    /// [`request_timeout_ms`](Self::request_timeout_ms) as a duration.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+/// Our extensions for one mirror destination.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct MirrorPolicy {
+    /// What the mirror gets as Host: `shadow` (Envoy's `-shadow` rule, the default), `keep` (as
+    /// sent, Istio 1.28's default), or `{set: "literal"}`.
+    #[serde(default)]
+    pub(crate) host: HostRewrite,
+    /// Header changes for the mirrored copy, applied in the order remove, set, add.
+    #[serde(default)]
+    pub(crate) headers: HeaderOps,
+    /// Consistent sampling: requests with the same value of this header or cookie are all
+    /// mirrored or none (requests without it are sampled at random).
+    #[serde(default)]
+    pub(crate) sample_by: Option<SampleKey>,
+}
+
+/// What a mirrored request gets as its Host header.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "HostRewriteRaw")]
+pub enum HostRewrite {
+    /// Envoy's rule: `-shadow` appended to the host name (`httpbin:8000` → `httpbin-shadow:8000`).
+    #[default]
+    Shadow,
+    /// As the client sent it.
+    Keep,
+    /// This literal value.
+    Set(String),
+}
+
+/// `shadow`, `keep`, or `{set: value}` as written in YAML.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum HostRewriteRaw {
+    Mode(String),
+    Set { set: String },
+}
+
+impl TryFrom<HostRewriteRaw> for HostRewrite {
+    type Error = String;
+    fn try_from(raw: HostRewriteRaw) -> Result<Self, String> {
+        match raw {
+            HostRewriteRaw::Mode(m) if m == "shadow" => Ok(HostRewrite::Shadow),
+            HostRewriteRaw::Mode(m) if m == "keep" => Ok(HostRewrite::Keep),
+            HostRewriteRaw::Mode(m) => Err(format!("host: `{m}` is not one of shadow, keep, {{set: value}}")),
+            HostRewriteRaw::Set { set } => Ok(HostRewrite::Set(set)),
+        }
+    }
+}
+
+/// Header changes for the mirrored copy of a request.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderOps {
+    /// Headers replaced (every line of that name removed, this one added).
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    /// Headers added (existing lines of that name kept).
+    #[serde(default)]
+    pub add: BTreeMap<String, String>,
+    /// Headers removed.
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+impl HeaderOps {
+    /// Whether the mirrored copy keeps every header as it was.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// What consistent sampling hashes.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "SampleKeyRaw")]
+pub enum SampleKey {
+    /// The value of this header (name lower-cased).
+    Header(String),
+    /// The value of this cookie.
+    Cookie(String),
+}
+
+/// `{header: name}` or `{cookie: name}` as written in YAML.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SampleKeyRaw {
+    #[serde(default)]
+    header: Option<String>,
+    #[serde(default)]
+    cookie: Option<String>,
+}
+
+impl TryFrom<SampleKeyRaw> for SampleKey {
+    type Error = &'static str;
+    fn try_from(raw: SampleKeyRaw) -> Result<Self, &'static str> {
+        match (raw.header, raw.cookie) {
+            (Some(h), None) => Ok(SampleKey::Header(h.to_ascii_lowercase())),
+            (None, Some(c)) => Ok(SampleKey::Cookie(c)),
+            _ => Err("sampleBy: give exactly one of header, cookie"),
+        }
+    }
+}
+
+/// A top-level section and where its key was written.
+#[derive(Debug)]
+pub(crate) struct Section<T> {
+    /// The place of the section's key (`capture:`).
+    pub(crate) at: Option<Location>,
+    /// The section.
+    pub(crate) value: T,
+}
+
+/// `endpoints` as written: `host[/subset]` → addresses.
+pub(crate) type EndpointsDoc = BTreeMap<Spanned<String>, Vec<Spanned<String>>>;
+
+/// `mirrorPolicies` as written.
+pub(crate) type PoliciesDoc = BTreeMap<Spanned<String>, MirrorPolicy>;
+
+/// Our document's sections, each absent or given once over all the documents of the stream.
+#[derive(Debug, Default)]
+pub(crate) struct OwnDoc {
+    pub(crate) capture: Option<Section<CaptureDoc>>,
+    pub(crate) endpoints: Option<Section<EndpointsDoc>>,
+    pub(crate) replay: Option<Section<ReplaySettings>>,
+    pub(crate) routes: Option<Section<Vec<Spanned<HttpRouteDoc>>>>,
+    pub(crate) mirror_policies: Option<Section<PoliciesDoc>>,
+}
+
+/// The names of our document's sections, as written.
+pub(crate) const OWN_FIELDS: &[&str] = &["capture", "endpoints", "replay", "routes", "mirrorPolicies"];
+
+impl OwnDoc {
+    /// Takes the sections of a further document of ours; `Err((name, place))` for a section given
+    /// again.
+    pub(crate) fn merge(&mut self, other: OwnDoc) -> Result<(), (&'static str, Option<Location>)> {
+        fn take<T>(
+            into: &mut Option<Section<T>>,
+            from: Option<Section<T>>,
+            name: &'static str,
+        ) -> Result<(), (&'static str, Option<Location>)> {
+            match (into.is_some(), from) {
+                (true, Some(again)) => Err((name, again.at)),
+                (_, Some(v)) => {
+                    *into = Some(v);
+                    Ok(())
+                }
+                (_, None) => Ok(()),
+            }
+        }
+        take(&mut self.capture, other.capture, "capture")?;
+        take(&mut self.endpoints, other.endpoints, "endpoints")?;
+        take(&mut self.replay, other.replay, "replay")?;
+        take(&mut self.routes, other.routes, "routes")?;
+        take(&mut self.mirror_policies, other.mirror_policies, "mirrorPolicies")
+    }
+}
