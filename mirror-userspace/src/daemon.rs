@@ -40,6 +40,8 @@ fn endpoint_addrs(router: &Router) -> Vec<std::net::SocketAddr> {
     router.endpoints.values().flatten().copied().collect()
 }
 
+/// Runs the daemon with the config at `path` and metrics on `metrics_addr` until SIGINT/SIGTERM,
+/// then prints the JSON summary.
 pub async fn run(path: &Path, metrics_addr: std::net::SocketAddr) -> Result<()> {
     let cfg = Config::load(path)?;
     for w in &cfg.warnings {

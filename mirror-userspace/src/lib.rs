@@ -1,7 +1,7 @@
 //! mirror: shadow production HTTP traffic from the packet path.
 //!
 //! The data path, in module order: [`capture`] (kernel events) → [`flow`] (TCP reassembly) →
-//! [`http`] (request framing) → [`route`] (match, sample, rewrite) → [`replay`] (send to mirrors).
+//! [`http`] (request framing) → [`route`] (match, sample, rewrite) → `replay` (send to mirrors).
 //! [`pipeline`] strings the sans-IO stages together; [`daemon`] is the thin tokio/aya shell.
 
 pub mod capture;
@@ -9,8 +9,9 @@ pub mod config;
 pub mod daemon;
 pub mod flow;
 pub mod http;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod offline;
 pub mod pipeline;
-pub mod replay;
+pub(crate) mod replay;
 pub mod route;
+pub mod stats;

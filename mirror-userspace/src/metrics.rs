@@ -15,7 +15,7 @@ use http_body_util::Full;
 use hyper::{Request, Response, body::Bytes, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
 use prometheus_client::{
-    encoding::EncodeLabelSet,
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
     metrics::{
         counter::Counter,
         family::Family,
@@ -25,29 +25,40 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{flow::FlowStats, pipeline::PipelineStats};
+use crate::{flow::FlowStats, pipeline::PipelineStats, stats::DropReason};
 
+/// `{kind}`: what a kernel or flow counter counts.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KindLabel {
-    pub kind: String,
+struct KindLabel {
+    kind: String,
 }
 
+/// `{reason}` of `mirror_requests_dropped_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabel {
-    pub reason: String,
+struct ReasonLabel {
+    reason: DropReason,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RouteMirror {
-    pub route: String,
-    pub mirror: String,
+/// The label value is [`DropReason::as_str`].
+impl EncodeLabelValue for DropReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
 }
 
+/// `{route, mirror}`: a route's name and a mirror's endpoints key.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResponseLabel {
-    pub route: String,
-    pub mirror: String,
-    pub class: String,
+struct RouteMirror {
+    route: String,
+    mirror: String,
+}
+
+/// `{route, mirror, class}`: a mirror response's status class (`2xx`, …, `other`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResponseLabel {
+    route: String,
+    mirror: String,
+    class: String,
 }
 
 fn latency_histogram() -> Histogram {
@@ -55,6 +66,7 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
 
+/// Every metric the daemon exports, registered under the `mirror_` prefix.
 pub struct Metrics {
     registry: Registry,
     kernel: Family<KindLabel, Counter>,
@@ -78,6 +90,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Registers every metric (all at zero).
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("mirror");
         let m = Metrics {
@@ -157,10 +170,8 @@ impl Metrics {
         }
         self.framed.inc_by(self.delta("framed", p.requests_framed));
         self.no_route.inc_by(self.delta("no_route", p.no_route));
-        for (reason, v) in &p.dropped {
-            self.dropped
-                .get_or_create(&ReasonLabel { reason: reason.clone() })
-                .inc_by(self.delta(&format!("drop/{reason}"), *v));
+        for (&reason, v) in &p.dropped {
+            self.dropped.get_or_create(&ReasonLabel { reason }).inc_by(self.delta(&format!("drop/{reason}"), *v));
         }
         for ((route, mirror), c) in &p.by_route {
             let labels = RouteMirror { route: route.to_string(), mirror: mirror.to_string() };
@@ -182,10 +193,11 @@ impl Metrics {
     }
 
     /// A request replay lost (replay workers and the queue).
-    pub fn drop_reason(&self, reason: &str) {
-        self.dropped.get_or_create(&ReasonLabel { reason: reason.into() }).inc();
+    pub fn drop_reason(&self, reason: DropReason) {
+        self.dropped.get_or_create(&ReasonLabel { reason }).inc();
     }
 
+    /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("encoding to a String");

@@ -15,6 +15,7 @@ use crate::{
     flow::{FlowConfig, FlowKey, FlowTable, Segment, StreamEvent},
     http::{BodyKind, FramerConfig, HttpEvent, RequestFramer},
     route::{Decision, MirrorTarget, Router, rewrite_head},
+    stats::DropReason,
 };
 
 /// Something for one mirror endpoint: a whole request, or a part of a streamed one.
@@ -22,9 +23,11 @@ use crate::{
 pub struct Outbound {
     /// The endpoints key (`host/subset`) of the mirror.
     pub endpoint: Arc<str>,
+    /// The name of the route that sent it there.
     pub route: Arc<str>,
     /// The client connection it came from (its requests share one mirror connection, in order).
     pub flow: FlowKey,
+    /// What of the request this is.
     pub part: Part,
 }
 
@@ -32,12 +35,17 @@ pub struct Outbound {
 /// exactly as seen (chunk framing included).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
+    /// The head as this mirror gets it (Host and headers per its policy).
     pub head: Bytes,
+    /// The body bytes (all of them for a whole request, those held so far for a streamed one).
     pub body: Bytes,
+    /// The request method.
     pub method: String,
+    /// The request-target, as captured.
     pub target: String,
 }
 
+/// A request for a mirror, whole or as parts of a stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Part {
     /// A complete request: every byte of it was seen. The common case.
@@ -45,21 +53,30 @@ pub enum Part {
     /// A request larger than the buffer: its start. `More` parts (numbered from 1) and then `End`
     /// or `Abort` follow on the same flow.
     Start {
+        /// The stream's id, unique in this pipeline.
         stream: u64,
+        /// The head and the body bytes held when the request outgrew the buffer.
         request: Request,
     },
+    /// The next body bytes of a streamed request.
     More {
+        /// The stream's id.
         stream: u64,
+        /// 1 for the first `More`, then one more each time (a missing index means a lost part).
         index: u64,
+        /// Raw body bytes, as seen.
         bytes: Bytes,
     },
     /// The streamed request is complete (`index` is one past the last `More`).
     End {
+        /// The stream's id.
         stream: u64,
+        /// One past the last `More`'s index.
         index: u64,
     },
     /// The streamed request lost bytes: the mirror connection must be reset, never completed.
     Abort {
+        /// The stream's id.
         stream: u64,
     },
 }
@@ -77,7 +94,9 @@ impl Outbound {
 /// What the core did, for metrics and `--json` summaries.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct PipelineStats {
+    /// Request heads framed (every request that started, whatever became of it).
     pub requests_framed: u64,
+    /// Requests framed to their end (every byte seen).
     pub requests_complete: u64,
     /// Requests handed to replay complete (whole, or streamed to their end), once per mirror.
     pub mirrored: u64,
@@ -85,31 +104,37 @@ pub struct PipelineStats {
     pub streamed: u64,
     /// (request, mirror) pairs a route's sampling left out.
     pub sampled_out: u64,
+    /// Requests no route matched (CONNECT requests included: they are never routed).
     pub no_route: u64,
+    /// Flows that became tunnels (CONNECT, Upgrade): nothing after is framed.
     pub tunnels: u64,
-    /// Requests (or would-be requests) lost, by reason.
-    pub dropped: BTreeMap<String, u64>,
+    /// Requests (or would-be requests) lost, by reason (a JSON object keyed by
+    /// [`DropReason::as_str`]).
+    pub dropped: BTreeMap<DropReason, u64>,
     /// Per (route, mirror endpoint): for metrics labels.
     #[serde(skip)]
     pub by_route: BTreeMap<(Arc<str>, Arc<str>), RouteCounts>,
 }
 
+/// What became of the requests one route sent to one mirror.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RouteCounts {
+    /// Handed to replay complete.
     pub mirrored: u64,
+    /// Left out by the route's sampling.
     pub sampled_out: u64,
 }
 
 impl PipelineStats {
-    fn drop(&mut self, reason: &str) {
-        *self.dropped.entry(reason.to_string()).or_default() += 1;
+    fn count_drop(&mut self, reason: DropReason) {
+        *self.dropped.entry(reason).or_default() += 1;
     }
 }
 
 /// One mirror's copy of the request being read.
 #[derive(Debug)]
 struct Shadow {
-    target: MirrorTarget,
+    mirror: MirrorTarget,
     /// The head as this mirror gets it (Host and headers per its policy).
     head: Bytes,
     /// Once the request outgrew the buffer and its start was sent: (stream id, next part index).
@@ -119,32 +144,38 @@ struct Shadow {
 /// The request being read on a flow.
 #[derive(Debug)]
 struct InFlight {
-    /// The mirrors it goes to.
-    targets: Vec<Shadow>,
+    /// One copy per mirror it goes to.
+    shadows: Vec<Shadow>,
     method: String,
+    /// The request-target.
     target: String,
     /// Body bytes held until the request completes or outgrows the buffer.
     body: BytesMut,
     head_len: usize,
 }
 
+/// The HTTP side of one flow: its framer and the request being read.
 #[derive(Debug)]
-struct FlowState {
+struct HttpState {
     framer: RequestFramer,
     current: Option<InFlight>,
 }
 
+/// The sans-IO core: flow → http → route. Feed it segments and ticks; it appends what to send to
+/// the mirrors.
 pub struct Pipeline {
     flows: FlowTable,
-    states: HashMap<FlowKey, FlowState>,
+    /// The HTTP state of every open flow.
+    http: HashMap<FlowKey, HttpState>,
     framer_cfg: FramerConfig,
-    req: Requests,
+    routing: RouteStage,
     flow_events: Vec<(FlowKey, StreamEvent)>,
     http_events: Vec<HttpEvent>,
 }
 
-/// The route stage: what happens to each framed request.
-struct Requests {
+/// The route stage: what happens to each framed request (route, sample, rewrite, buffer or
+/// stream, count).
+struct RouteStage {
     router: Arc<Router>,
     buffer_bytes: usize,
     next_stream: u64,
@@ -162,9 +193,9 @@ impl Pipeline {
     pub fn with_rng(router: Arc<Router>, flow_cfg: FlowConfig, buffer_bytes: usize, rng: StdRng) -> Self {
         Self {
             flows: FlowTable::new(flow_cfg),
-            states: HashMap::new(),
+            http: HashMap::new(),
             framer_cfg: FramerConfig::default(),
-            req: Requests { router, buffer_bytes, next_stream: 0, rng, stats: PipelineStats::default() },
+            routing: RouteStage { router, buffer_bytes, next_stream: 0, rng, stats: PipelineStats::default() },
             flow_events: Vec::new(),
             http_events: Vec::new(),
         }
@@ -172,18 +203,20 @@ impl Pipeline {
 
     /// Replaces the routes; requests already being read keep the decision they got.
     pub fn set_router(&mut self, router: Arc<Router>) {
-        self.req.router = router;
+        self.routing.router = router;
     }
 
     /// What the core did so far.
     pub fn stats(&self) -> &PipelineStats {
-        &self.req.stats
+        &self.routing.stats
     }
 
+    /// The flow table (its counters and open flows).
     pub fn flows(&self) -> &FlowTable {
         &self.flows
     }
 
+    /// A captured segment, at `now` (time since an arbitrary start, monotonic).
     pub fn on_segment(&mut self, seg: Segment, now: Duration, out: &mut Vec<Outbound>) {
         let mut events = std::mem::take(&mut self.flow_events);
         self.flows.on_segment(seg, now, &mut events);
@@ -191,6 +224,7 @@ impl Pipeline {
         self.flow_events = events;
     }
 
+    /// Time passes: reorder and idle timeouts fire.
     pub fn on_tick(&mut self, now: Duration, out: &mut Vec<Outbound>) {
         let mut events = std::mem::take(&mut self.flow_events);
         self.flows.on_tick(now, &mut events);
@@ -211,51 +245,51 @@ impl Pipeline {
         for (key, ev) in events.drain(..) {
             match ev {
                 StreamEvent::Open { midstream } => {
-                    self.states.insert(
+                    self.http.insert(
                         key,
-                        FlowState { framer: RequestFramer::new(self.framer_cfg.clone(), midstream), current: None },
+                        HttpState { framer: RequestFramer::new(self.framer_cfg.clone(), midstream), current: None },
                     );
                 }
                 StreamEvent::Data(data) => {
-                    if let Some(st) = self.states.get_mut(&key) {
+                    if let Some(st) = self.http.get_mut(&key) {
                         st.framer.on_data(data, &mut http);
                     }
                 }
                 StreamEvent::Gap(len) => {
-                    if let Some(st) = self.states.get_mut(&key) {
+                    if let Some(st) = self.http.get_mut(&key) {
                         st.framer.on_gap(len, &mut http);
                     }
                 }
                 StreamEvent::Close(_) => {
-                    if let Some(mut st) = self.states.remove(&key) {
+                    if let Some(mut st) = self.http.remove(&key) {
                         st.framer.on_close(&mut http);
-                        self.req.apply(key, &mut st, &mut http, out);
+                        self.routing.apply(key, &mut st, &mut http, out);
                     }
                     continue;
                 }
             }
-            if let Some(st) = self.states.get_mut(&key) {
-                self.req.apply(key, st, &mut http, out);
+            if let Some(st) = self.http.get_mut(&key) {
+                self.routing.apply(key, st, &mut http, out);
             }
         }
         self.http_events = http;
     }
 }
 
-impl Requests {
-    fn apply(&mut self, key: FlowKey, st: &mut FlowState, http: &mut Vec<HttpEvent>, out: &mut Vec<Outbound>) {
+impl RouteStage {
+    fn apply(&mut self, key: FlowKey, st: &mut HttpState, http: &mut Vec<HttpEvent>, out: &mut Vec<Outbound>) {
         for ev in http.drain(..) {
             match ev {
                 HttpEvent::Head(head) => {
                     self.stats.requests_framed += 1;
                     let decision = if head.method == "CONNECT" {
                         // A CONNECT opens a tunnel on the mirror too: never replayed.
-                        self.stats.drop("connect");
+                        self.stats.count_drop(DropReason::ConnectMethod);
                         Decision::NoRoute
                     } else {
                         self.router.decide(&head, key.server.port(), &mut self.rng)
                     };
-                    let targets = match decision {
+                    let mirrors = match decision {
                         Decision::NoRoute => {
                             self.stats.no_route += 1;
                             Vec::new()
@@ -269,9 +303,9 @@ impl Requests {
                         }
                     };
                     st.current = Some(InFlight {
-                        targets: targets
+                        shadows: mirrors
                             .into_iter()
-                            .map(|target| Shadow { head: rewrite_head(&head, &target.policy), target, stream: None })
+                            .map(|mirror| Shadow { head: rewrite_head(&head, &mirror.policy), mirror, stream: None })
                             .collect(),
                         method: head.method.clone(),
                         target: head.target.clone(),
@@ -286,10 +320,10 @@ impl Requests {
                 }
                 HttpEvent::Body(b) => {
                     let Some(cur) = st.current.as_mut() else { continue };
-                    if cur.targets.is_empty() {
+                    if cur.shadows.is_empty() {
                         continue;
                     }
-                    let streaming = cur.targets[0].stream.is_some();
+                    let streaming = cur.shadows[0].stream.is_some();
                     if !streaming && cur.head_len + cur.body.len() + b.len() <= self.buffer_bytes {
                         cur.body.extend_from_slice(&b);
                         continue;
@@ -299,7 +333,7 @@ impl Requests {
                         cur.body.extend_from_slice(&b);
                         let body = std::mem::take(&mut cur.body).freeze();
                         self.stats.streamed += 1;
-                        for Shadow { target: t, head, stream } in &mut cur.targets {
+                        for Shadow { mirror, head, stream } in &mut cur.shadows {
                             let id = self.next_stream;
                             self.next_stream += 1;
                             *stream = Some((id, 1));
@@ -309,23 +343,31 @@ impl Requests {
                                 method: cur.method.clone(),
                                 target: cur.target.clone(),
                             };
-                            out.push(outbound(key, t, Part::Start { stream: id, request }));
+                            out.push(outbound(key, mirror, Part::Start { stream: id, request }));
                         }
                         continue;
                     }
-                    for Shadow { target: t, stream, .. } in &mut cur.targets {
+                    for Shadow { mirror, stream, .. } in &mut cur.shadows {
                         let (id, index) = stream.as_mut().expect("streaming");
                         *index += 1;
-                        out.push(outbound(key, t, Part::More { stream: *id, index: *index - 1, bytes: b.clone() }));
+                        out.push(outbound(
+                            key,
+                            mirror,
+                            Part::More { stream: *id, index: *index - 1, bytes: b.clone() },
+                        ));
                     }
                 }
                 HttpEvent::End => {
                     self.stats.requests_complete += 1;
                     let Some(cur) = st.current.take() else { continue };
                     let body = cur.body.freeze();
-                    for Shadow { target: t, head, stream } in cur.targets {
+                    for Shadow { mirror, head, stream } in cur.shadows {
                         self.stats.mirrored += 1;
-                        self.stats.by_route.entry((t.route.clone(), t.endpoint.clone())).or_default().mirrored += 1;
+                        self.stats
+                            .by_route
+                            .entry((mirror.route.clone(), mirror.endpoint.clone()))
+                            .or_default()
+                            .mirrored += 1;
                         let part = match stream {
                             Some((id, index)) => Part::End { stream: id, index },
                             None => Part::Whole(Request {
@@ -335,19 +377,19 @@ impl Requests {
                                 target: cur.target.clone(),
                             }),
                         };
-                        out.push(outbound(key, &t, part));
+                        out.push(outbound(key, &mirror, part));
                     }
                 }
                 HttpEvent::Dropped(reason) => {
                     if let Some(cur) = st.current.take() {
-                        for Shadow { target: t, stream, .. } in cur.targets {
+                        for Shadow { mirror, stream, .. } in cur.shadows {
                             if let Some((id, _)) = stream {
-                                self.stats.drop("stream_aborted");
-                                out.push(outbound(key, &t, Part::Abort { stream: id }));
+                                self.stats.count_drop(DropReason::StreamAborted);
+                                out.push(outbound(key, &mirror, Part::Abort { stream: id }));
                             }
                         }
                     }
-                    self.stats.drop(reason.as_str());
+                    self.stats.count_drop(reason);
                 }
                 HttpEvent::Tunnel => self.stats.tunnels += 1,
             }
@@ -355,8 +397,8 @@ impl Requests {
     }
 }
 
-fn outbound(flow: FlowKey, t: &MirrorTarget, part: Part) -> Outbound {
-    Outbound { endpoint: t.endpoint.clone(), route: t.route.clone(), flow, part }
+fn outbound(flow: FlowKey, mirror: &MirrorTarget, part: Part) -> Outbound {
+    Outbound { endpoint: mirror.endpoint.clone(), route: mirror.route.clone(), flow, part }
 }
 
 #[cfg(test)]
@@ -420,13 +462,13 @@ mod tests {
         p.finish(&mut out);
         assert_eq!(out.len(), 1, "only the request after the gap");
         assert_eq!(out[0].whole().unwrap().target, "/after");
-        assert_eq!(p.stats().dropped.get("gap"), Some(&1));
+        assert_eq!(p.stats().dropped.get(&DropReason::Gap), Some(&1));
     }
 
     #[test]
     fn large_request_is_streamed_in_order_and_small_ones_stay_whole() {
         let mut p = pipeline(100.0);
-        p.req.buffer_bytes = 100;
+        p.routing.buffer_bytes = 100;
         let big = format!("POST /big HTTP/1.1\r\nContent-Length: 300\r\n\r\n{}", "x".repeat(300));
         let next = b"GET /small HTTP/1.1\r\n\r\n";
         let (a, b) = big.as_bytes().split_at(120);
@@ -452,7 +494,7 @@ mod tests {
     #[test]
     fn streamed_request_cut_by_a_gap_is_aborted() {
         let mut p = pipeline(100.0);
-        p.req.buffer_bytes = 50;
+        p.routing.buffer_bytes = 50;
         let big = format!("POST /big HTTP/1.1\r\nContent-Length: 300\r\n\r\n{}", "x".repeat(300));
         let b = big.as_bytes();
         let mut out = feed(&mut p, &[(1, TCP_SYN, b""), (2, TCP_ACK, &b[..100]), (2 + 150, TCP_ACK, &b[150..])]);
@@ -461,6 +503,6 @@ mod tests {
         assert!(matches!(parts.first(), Some(Part::Start { .. })));
         assert!(matches!(parts.last(), Some(Part::Abort { stream: 0 })));
         assert!(!parts.iter().any(|p| matches!(p, Part::End { .. })));
-        assert_eq!(p.stats().dropped.get("stream_aborted"), Some(&1));
+        assert_eq!(p.stats().dropped.get(&DropReason::StreamAborted), Some(&1));
     }
 }

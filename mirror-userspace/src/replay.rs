@@ -30,24 +30,36 @@ use crate::{
     metrics::Metrics,
     pipeline::{Outbound, Part, Request},
     route::Router,
+    stats::DropReason,
 };
 
 /// Counters of what replay did.
 #[derive(Debug, Default)]
 pub struct ReplayStats {
+    /// Requests sent and answered.
     pub sent: AtomicU64,
+    /// Responses by status class: index 1 to 5 for 1xx to 5xx, 0 for anything else.
     pub responses: [AtomicU64; 6],
-    pub queue_full: AtomicU64,
-    pub connect_error: AtomicU64,
-    pub io_error: AtomicU64,
-    pub bad_response: AtomicU64,
-    pub timeout: AtomicU64,
-    /// Streamed requests whose mirror connection was reset before they completed (bytes lost in
-    /// capture, a part dropped on a full queue, or a write error).
-    pub streams_reset: AtomicU64,
+    /// Requests (or streams) lost in replay, one counter per [`DropReason::REPLAY`] entry.
+    dropped: [AtomicU64; DropReason::REPLAY.len()],
 }
 
 impl ReplayStats {
+    /// How many were lost for `reason` (0 for reasons replay does not count).
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        Self::index(reason).map_or(0, |i| self.dropped[i].load(Ordering::Relaxed))
+    }
+
+    fn count_drop(&self, reason: DropReason) {
+        let i = Self::index(reason).expect("replay counts only DropReason::REPLAY");
+        self.dropped[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn index(reason: DropReason) -> Option<usize> {
+        DropReason::REPLAY.iter().position(|r| *r == reason)
+    }
+
+    /// The counters for the JSON summary: `sent`, `responses_<class>` and `dropped_<reason>`.
     pub fn snapshot(&self) -> BTreeMap<String, u64> {
         let mut m = BTreeMap::new();
         m.insert("sent".into(), self.sent.load(Ordering::Relaxed));
@@ -55,15 +67,8 @@ impl ReplayStats {
             let label = if i == 0 { "responses_other".to_string() } else { format!("responses_{i}xx") };
             m.insert(label, c.load(Ordering::Relaxed));
         }
-        for (k, v) in [
-            ("dropped_queue_full", &self.queue_full),
-            ("dropped_connect_error", &self.connect_error),
-            ("dropped_io_error", &self.io_error),
-            ("dropped_bad_response", &self.bad_response),
-            ("dropped_timeout", &self.timeout),
-            ("streams_reset", &self.streams_reset),
-        ] {
-            m.insert(k.into(), v.load(Ordering::Relaxed));
+        for reason in DropReason::REPLAY {
+            m.insert(format!("dropped_{reason}"), self.dropped(reason));
         }
         m
     }
@@ -81,6 +86,7 @@ pub struct Replayer {
     settings: ReplaySettings,
     runtime: tokio::runtime::Handle,
     workers: Mutex<JoinSet<()>>,
+    /// What replay did so far (shared with the workers).
     pub stats: Arc<ReplayStats>,
     metrics: Option<Arc<Metrics>>,
     /// Bytes of requests waiting in the queues, over all endpoints.
@@ -163,9 +169,9 @@ impl Replayer {
         if sent {
             self.queued.fetch_add(w, Ordering::Relaxed);
         } else {
-            self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
+            self.stats.count_drop(DropReason::QueueFull);
             if let Some(m) = &self.metrics {
-                m.drop_reason("queue_full");
+                m.drop_reason(DropReason::QueueFull);
             }
         }
     }
@@ -182,7 +188,7 @@ impl Replayer {
             Some(q) if q.send(ob).await.is_ok() => {}
             _ => {
                 self.queued.fetch_sub(w, Ordering::Relaxed);
-                self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
+                self.stats.count_drop(DropReason::QueueFull);
             }
         }
     }
@@ -223,8 +229,8 @@ struct Recorder {
 }
 
 impl Recorder {
-    fn count(&self, counter: &AtomicU64, reason: &str) {
-        counter.fetch_add(1, Ordering::Relaxed);
+    fn count_drop(&self, reason: DropReason) {
+        self.stats.count_drop(reason);
         if let Some(m) = &self.metrics {
             m.drop_reason(reason);
         }
@@ -324,7 +330,7 @@ fn reset(conn: &mut Option<TcpStream>, rec: &Recorder) {
         // about non-zero lingers).
         #[allow(deprecated)]
         let _ = s.set_linger(Some(Duration::ZERO));
-        rec.count(&rec.stats.streams_reset, "stream_reset");
+        rec.count_drop(DropReason::StreamReset);
     }
 }
 
@@ -348,17 +354,16 @@ fn record(
         }
         Ok(Err(f)) => {
             *conn = None;
-            let (counter, reason) = match f {
-                Failure::Connect => (&stats.connect_error, "connect_error"),
-                Failure::Io => (&stats.io_error, "io_error"),
-                Failure::BadResponse => (&stats.bad_response, "bad_response"),
-            };
-            rec.count(counter, reason);
+            rec.count_drop(match f {
+                Failure::Connect => DropReason::ConnectError,
+                Failure::Io => DropReason::IoError,
+                Failure::BadResponse => DropReason::BadResponse,
+            });
             tracing::debug!(%addr, %route, "mirror request failed: {f:?}");
         }
         Err(_) => {
             *conn = None;
-            rec.count(&stats.timeout, "timeout");
+            rec.count_drop(DropReason::Timeout);
             tracing::debug!(%addr, %route, "mirror request timed out");
         }
     }

@@ -2,9 +2,13 @@
 //! processes running in them, and a raw HTTP client that runs inside a namespace.
 //!
 //! Everything is named uniquely (prefix, pid, counter) and removed on drop, so a failing test
-//! leaves nothing behind. Traffic only ever goes to addresses inside these namespaces.
+//! leaves nothing behind. Traffic only ever goes to addresses inside these namespaces. The helpers
+//! the tests, the demo and the benchmark share are all here ([`load`] is the benchmark's load
+//! generator).
 
 pub mod corpus;
+pub mod load;
+mod procfs;
 
 use std::{
     fs,
@@ -20,18 +24,25 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::Value;
 
+pub use procfs::{cpu_seconds, peak_rss_kib, rss_kib};
+
 /// Prefix of every namespace this harness creates (`cargo xtask test` sweeps leftovers by it).
 pub const NS_PREFIX: &str = "mirrort";
 
+/// The client's IPv4 address.
 pub const CLIENT_V4: &str = "10.77.0.1";
+/// The primary's IPv4 address (the client reaches it directly).
 pub const PRIMARY_V4: &str = "10.77.0.2";
 /// The mirror sits on its own link behind the primary, reached by a host route (so the examples in
 /// `config/` work unchanged: `httpbin/v2: ["10.77.0.3:8000"]`).
 pub const MIRROR_V4: &str = "10.77.0.3";
+/// The client's IPv6 address.
 pub const CLIENT_V6: &str = "fd77::1";
+/// The primary's IPv6 address.
 pub const PRIMARY_V6: &str = "fd77::2";
 /// The primary's interface facing the client: where the classifier is attached.
 pub const PRIMARY_IFACE: &str = "eth0";
+/// The port the primary and the mirror serve HTTP on.
 pub const PORT: u16 = 8000;
 
 /// Moves the calling thread into network namespace `ns` (its sockets then live there).
@@ -51,7 +62,7 @@ pub fn require_root() {
     assert_eq!(euid, 0, "the namespace tests need root (CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_BPF): run them as root");
 }
 
-/// Directory holding the workspace's built binaries (target/<profile>).
+/// Directory holding the workspace's built binaries (`target/<profile>`).
 pub fn bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("MIRROR_BIN_DIR") {
         return PathBuf::from(dir);
@@ -62,6 +73,7 @@ pub fn bin_dir() -> PathBuf {
     if dir.file_name().is_some_and(|n| n == "deps") { dir.parent().expect("target dir") } else { dir }.to_path_buf()
 }
 
+/// The path of the workspace binary `name`; panics if it was not built.
 pub fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
     assert!(p.exists(), "{} is missing: build the workspace first (`cargo xtask test` does)", p.display());
@@ -83,16 +95,21 @@ pub fn ns_run(ns: &str, cmd: &str, args: &[&str]) -> Result<String> {
 
 /// A process that is killed when dropped.
 pub struct Proc {
+    /// The process (`ip netns exec` running the program).
     pub child: Child,
+    /// Where its stderr goes.
     pub stderr_path: PathBuf,
+    /// Where its stdout goes.
     pub stdout_path: PathBuf,
 }
 
 impl Proc {
+    /// Its process id.
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
 
+    /// Sends it signal `sig`.
     pub fn signal(&self, sig: i32) {
         // SAFETY: sending a signal to our own child.
         unsafe { libc::kill(self.pid(), sig) };
@@ -112,10 +129,12 @@ impl Proc {
         }
     }
 
+    /// Its stderr so far.
     pub fn stderr(&self) -> String {
         fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
+    /// Its stdout so far.
     pub fn stdout(&self) -> String {
         fs::read_to_string(&self.stdout_path).unwrap_or_default()
     }
@@ -145,15 +164,20 @@ impl Drop for Proc {
 
 /// Three namespaces: client ↔ primary ↔ mirror.
 pub struct Topology {
+    /// The client's namespace.
     pub client: String,
+    /// The primary's namespace (where the daemon runs).
     pub primary: String,
+    /// The mirror's namespace.
     pub mirror: String,
+    /// A scratch directory for configs, logs and outputs, removed on drop.
     pub dir: PathBuf,
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 impl Topology {
+    /// Creates the namespaces, links and addresses (needs root).
     pub fn new() -> Result<Topology> {
         require_root();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -188,6 +212,7 @@ impl Topology {
         Ok(())
     }
 
+    /// A file in the scratch directory.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
@@ -299,8 +324,11 @@ impl Drop for Topology {
 /// A response as the client saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
+    /// The status code.
     pub status: u16,
+    /// The test server's `X-Served-By` header (which server answered).
     pub served_by: String,
+    /// The body.
     pub body: Vec<u8>,
 }
 
@@ -327,6 +355,7 @@ pub struct KeepAliveClient {
 }
 
 impl KeepAliveClient {
+    /// Connects to `addr` from namespace `ns`.
     pub fn connect(ns: &str, addr: SocketAddr) -> Result<KeepAliveClient> {
         let (req_tx, req_rx) = std::sync::mpsc::channel::<Vec<u8>>();
         let (resp_tx, resp_rx) = std::sync::mpsc::channel();
@@ -355,6 +384,7 @@ impl KeepAliveClient {
         Ok(KeepAliveClient { tx: req_tx, rx: resp_rx })
     }
 
+    /// Sends a raw request on the connection and reads its response.
     pub fn send(&self, request: Vec<u8>) -> Result<Response> {
         self.tx.send(request).map_err(|_| anyhow::anyhow!("client thread gone"))?;
         self.rx.recv_timeout(Duration::from_secs(15))?
@@ -392,6 +422,7 @@ pub fn timed_gets(topo: &Topology, n: usize, tag: &str) -> Result<(Vec<u16>, Vec
     Ok((statuses, times))
 }
 
+/// The median of some durations.
 pub fn median(v: &[Duration]) -> Duration {
     let mut v = v.to_vec();
     v.sort();
@@ -435,13 +466,6 @@ pub fn upload(
         }
     }
     read_response(&mut reader)
-}
-
-/// Resident memory of a process, in KiB.
-pub fn rss_kib(pid: i32) -> Result<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
-    Ok(line.split_whitespace().nth(1).context("VmRSS value")?.parse()?)
 }
 
 fn read_response(reader: &mut impl BufRead) -> Result<Response> {

@@ -49,6 +49,7 @@ enum State {
     Done,
 }
 
+/// Where a chunked body ends, found byte by byte (it never needs more than the bytes at hand).
 #[derive(Debug, Clone)]
 pub struct ChunkedBody {
     state: State,
@@ -63,10 +64,12 @@ impl Default for ChunkedBody {
 }
 
 impl ChunkedBody {
+    /// At the first chunk-size line.
     pub fn new() -> Self {
         Self { state: State::Size { value: 0, digits: 0 }, line_len: 0, trailer_len: 0 }
     }
 
+    /// The final empty line (after the last chunk and any trailers) was consumed.
     pub fn is_done(&self) -> bool {
         self.state == State::Done
     }

@@ -3,11 +3,12 @@
 
 use bytes::{Buf, BytesMut};
 
-use super::{FramingError, chunked::ChunkedBody, has_token};
+use super::{FramingError, chunked::ChunkedBody, head::has_token};
 
 /// The end of one response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResponseDone {
+    /// The final status code (interim 1xx responses are skipped; 101 ends the connection).
     pub status: u16,
     /// The connection may carry the next request.
     pub reusable: bool,
@@ -32,7 +33,7 @@ enum State {
     },
 }
 
-/// Reads one response at a time; create a new one (or call [`ResponseReader::reset`]) per request.
+/// Reads one response; create a new one per request.
 #[derive(Debug)]
 pub struct ResponseReader {
     state: State,

@@ -2,22 +2,24 @@
 //! what CPU, in network namespaces (client, primary, mirror) on this machine. Writes BENCHMARKS.md
 //! and two SVG plots. Traffic goes only to addresses inside the namespaces it creates.
 //!
-//! Load is open-loop at a constant rate (wrk2-style): each request has a scheduled send time and
-//! its latency is measured from that time, so a stalled server cannot hide its stalls
-//! (coordinated omission).
+//! Load is open-loop at a constant rate ([`mirror_tests::load`]): latency is measured from each
+//! request's scheduled send time (no coordinated omission).
 
 use std::{
     fmt::Write as _,
     io::Write as _,
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::Arc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, bail};
 use clap::Parser;
-use mirror_tests::*;
+use mirror::stats::DropReason;
+use mirror_tests::{
+    load::{Load, load},
+    *,
+};
 use plotters::prelude::*;
 use serde_json::Value;
 
@@ -40,123 +42,13 @@ struct Args {
     criterion: Option<PathBuf>,
 }
 
-/// What one load run saw.
-#[derive(Debug, Default, Clone)]
-struct Load {
-    sent: u64,
-    ok: u64,
-    errors: u64,
-    /// Microseconds, from scheduled send to full response.
-    latencies: Vec<u64>,
-    elapsed: Duration,
-}
-
-impl Load {
-    fn pct(&self, p: f64) -> f64 {
-        if self.latencies.is_empty() {
-            return f64::NAN;
-        }
-        let mut v = self.latencies.clone();
-        v.sort_unstable();
-        let i = ((v.len() as f64 * p / 100.0).ceil() as usize).clamp(1, v.len()) - 1;
-        v[i] as f64 / 1000.0
-    }
-    fn throughput(&self) -> f64 {
-        self.ok as f64 / self.elapsed.as_secs_f64()
-    }
-}
-
-/// Open-loop constant-rate load over `conns` kept-alive connections, run inside namespace `ns`:
-/// one thread per connection, paced with the OS's high-resolution sleep.
-fn load(ns: &str, addr: SocketAddr, rate: f64, duration: Duration, conns: usize, request: Vec<u8>) -> Result<Load> {
-    let request = Arc::new(request);
-    let start = Instant::now() + Duration::from_millis(100);
-    let interval = Duration::from_secs_f64(conns as f64 / rate);
-    let mut threads = Vec::new();
-    for c in 0..conns {
-        let ns = ns.to_string();
-        let request = request.clone();
-        threads.push(std::thread::spawn(move || -> Result<Load> {
-            enter_netns(&ns)?;
-            let mut out = Load::default();
-            let connect = || -> Result<std::net::TcpStream> {
-                let s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-                s.set_nodelay(true)?;
-                s.set_read_timeout(Some(Duration::from_secs(30)))?;
-                Ok(s)
-            };
-            let mut s = connect()?;
-            let mut buf = vec![0u8; 256 * 1024];
-            // Connections are staggered across one interval.
-            let offset = interval.mul_f64(c as f64 / conns as f64);
-            for i in 0u32.. {
-                let scheduled = start + offset + interval * i;
-                if scheduled >= start + duration {
-                    break;
-                }
-                if let Some(wait) = scheduled.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(wait);
-                }
-                out.sent += 1;
-                if s.write_all(&request).is_err() || read_one(&mut s, &mut buf).is_err() {
-                    out.errors += 1;
-                    s = connect()?;
-                    continue;
-                }
-                out.ok += 1;
-                out.latencies.push(scheduled.elapsed().as_micros() as u64);
-            }
-            Ok(out)
-        }));
-    }
-    let mut total = Load::default();
-    for t in threads {
-        let r = t.join().map_err(|_| anyhow::anyhow!("load thread panicked"))??;
-        total.sent += r.sent;
-        total.ok += r.ok;
-        total.errors += r.errors;
-        total.latencies.extend(r.latencies);
-    }
-    total.elapsed = start.elapsed().max(duration);
-    Ok(total)
-}
-
-/// Reads one response with a Content-Length body.
-fn read_one(s: &mut std::net::TcpStream, buf: &mut [u8]) -> Result<()> {
-    use std::io::Read as _;
-    let mut have = 0;
-    loop {
-        let n = s.read(&mut buf[have..])?;
-        ensure!(n > 0, "closed");
-        have += n;
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut resp = httparse::Response::new(&mut headers);
-        if let httparse::Status::Complete(h) = resp.parse(&buf[..have])? {
-            let len: usize = resp
-                .headers
-                .iter()
-                .find(|x| x.name.eq_ignore_ascii_case("content-length"))
-                .and_then(|x| std::str::from_utf8(x.value).ok()?.trim().parse().ok())
-                .unwrap_or(0);
-            while have < h + len {
-                let n = s.read(&mut buf[have..])?;
-                ensure!(n > 0, "closed");
-                have += n;
-            }
-            return Ok(());
-        }
-    }
-}
-
 fn get_request() -> Vec<u8> {
-    format!("GET /api/items?id=42 HTTP/1.1\r\nHost: httpbin:{PORT}\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n")
-        .into_bytes()
+    request("GET", "/api/items?id=42", &[("User-Agent", "bench"), ("Accept", "*/*")], b"")
 }
 
 fn post_request(size: usize) -> Vec<u8> {
-    let mut r = format!("POST /upload HTTP/1.1\r\nHost: httpbin:{PORT}\r\nContent-Length: {size}\r\n\r\n").into_bytes();
-    r.extend((0..size).map(|i| (i % 251) as u8));
-    r
+    let body: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    request("POST", "/upload", &[], &body)
 }
 
 /// An nginx in `ns` with the given `server` blocks; killed on drop.
@@ -184,21 +76,6 @@ fn nginx_worker(master: &Proc) -> Result<i32> {
 
 fn lines(path: &Path) -> usize {
     std::fs::read_to_string(path).map(|t| t.lines().count()).unwrap_or(0)
-}
-
-/// CPU seconds (user + system) a process has used.
-fn cpu_seconds(pid: i32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let fields: Vec<&str> = stat.rsplit(')').next().context("stat")?.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    // SAFETY: sysconf has no preconditions.
-    Ok(ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64)
-}
-
-fn peak_rss_kib(pid: i32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).context("VmHWM")?;
-    Ok(line.split_whitespace().nth(1).context("value")?.parse()?)
 }
 
 struct Scenario {
@@ -342,21 +219,25 @@ fn main() -> Result<()> {
     report.write(&args.out)
 }
 
+/// The drop reasons a fidelity step reports, with their names in the report.
+const LOSSES: [(DropReason, &str); 6] = [
+    (DropReason::QueueFull, "queue full"),
+    (DropReason::Gap, "gap"),
+    (DropReason::Timeout, "backend timeout"),
+    (DropReason::ConnectError, "backend connect"),
+    (DropReason::IoError, "backend io"),
+    (DropReason::StreamReset, "stream reset"),
+];
+
 /// What the daemon's counters say about losses since the previous step.
 fn loss_reasons(metrics: &str, last: &mut Value) -> String {
-    let series = [
-        ("kernel ring", "mirror_kernel_packets_total{kind=\"lost\"}"),
-        ("queue full", "mirror_requests_dropped_total{reason=\"queue_full\"}"),
-        ("gap", "mirror_requests_dropped_total{reason=\"gap\"}"),
-        ("backend timeout", "mirror_requests_dropped_total{reason=\"timeout\"}"),
-        ("backend connect", "mirror_requests_dropped_total{reason=\"connect_error\"}"),
-        ("backend io", "mirror_requests_dropped_total{reason=\"io_error\"}"),
-        ("stream reset", "mirror_requests_dropped_total{reason=\"stream_reset\"}"),
-    ];
+    let drops = LOSSES.map(|(reason, label)| (label, format!("mirror_requests_dropped_total{{reason=\"{reason}\"}}")));
+    let series =
+        std::iter::once(("kernel ring", "mirror_kernel_packets_total{kind=\"lost\"}".to_string())).chain(drops);
     let mut out = Vec::new();
     let mut now = serde_json::Map::new();
     for (label, s) in series {
-        let v = metric(metrics, s);
+        let v = metric(metrics, &s);
         let prev = last.get(label).and_then(Value::as_f64).unwrap_or(0.0);
         if v > prev {
             out.push(format!("{label} +{}", v - prev));
@@ -628,5 +509,24 @@ impl Report<'_> {
             bail!("plot not written");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_loss_series_are_the_measured_ones() {
+        let get = b"GET /api/items?id=42 HTTP/1.1\r\nHost: httpbin:8000\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n";
+        assert_eq!(get_request(), get);
+        assert_eq!(
+            post_request(3),
+            b"POST /upload HTTP/1.1\r\nHost: httpbin:8000\r\nContent-Length: 3\r\n\r\n\x00\x01\x02"
+        );
+        let metrics = "mirror_kernel_packets_total{kind=\"lost\"} 5\nmirror_requests_dropped_total{reason=\"queue_full\"} 2\nmirror_requests_dropped_total{reason=\"stream_reset\"} 1\n";
+        let mut last = Value::Null;
+        assert_eq!(loss_reasons(metrics, &mut last), "kernel ring +5, queue full +2, stream reset +1");
+        assert_eq!(loss_reasons(metrics, &mut last), "none");
     }
 }

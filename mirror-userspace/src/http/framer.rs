@@ -1,0 +1,308 @@
+//! The request framer: one client→server byte stream in, [`HttpEvent`]s out. Heads are parsed by
+//! `head::parse`, bodies are delimited here (Content-Length) or by [`ChunkedBody`];
+//! after a gap, or on a flow picked up mid-stream, framing resumes at the next request line.
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use super::{BodyKind, HttpEvent, chunked::ChunkedBody, head, head::is_known_method};
+use crate::stats::DropReason;
+
+/// Limits of the framer.
+#[derive(Debug, Clone)]
+pub struct FramerConfig {
+    /// Largest request head (request line + headers) accepted.
+    pub max_head: usize,
+    /// Most header fields accepted in one head.
+    pub max_headers: usize,
+}
+
+impl Default for FramerConfig {
+    fn default() -> Self {
+        Self { max_head: 64 * 1024, max_headers: 128 }
+    }
+}
+
+/// What the flow becomes once the current request ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum After {
+    Next,
+    Tunnel,
+    Close,
+}
+
+#[derive(Debug)]
+enum State {
+    /// Looking for the start of a request line (mid-stream pick-up, or after a gap).
+    Resync,
+    Head,
+    Body {
+        remaining: u64,
+        after: After,
+    },
+    Chunked {
+        body: ChunkedBody,
+        after: After,
+    },
+    Tunnel,
+    /// The last request was not persistent (`Connection: close`, HTTP/1.0 without keep-alive): the
+    /// server closes after answering it, so nothing after it is a request.
+    Done,
+    /// A framing error: nothing more is framed on this flow.
+    Failed,
+}
+
+/// Frames the requests of one client→server byte stream.
+#[derive(Debug)]
+pub struct RequestFramer {
+    cfg: FramerConfig,
+    state: State,
+    /// Unconsumed bytes while looking for or parsing a head.
+    buf: BytesMut,
+    /// Stream offset of the next byte fed to the framer.
+    offset: u64,
+    /// Set by a gap (or mid-stream start) until the next head is framed.
+    after_gap: bool,
+}
+
+/// Longest line we wait for while resynchronising before giving up on it.
+const MAX_RESYNC_LINE: usize = 16 * 1024;
+
+impl RequestFramer {
+    /// `midstream`: the flow was picked up without its start, so framing begins at the first
+    /// request line rather than at the first byte.
+    pub fn new(cfg: FramerConfig, midstream: bool) -> Self {
+        Self {
+            cfg,
+            state: if midstream { State::Resync } else { State::Head },
+            buf: BytesMut::new(),
+            offset: 0,
+            after_gap: midstream,
+        }
+    }
+
+    /// Feeds the next in-order bytes of the stream.
+    pub fn on_data(&mut self, mut data: Bytes, out: &mut Vec<HttpEvent>) {
+        let start_offset = self.offset;
+        self.offset += data.len() as u64;
+        // Offset of `data[0]`, for heads parsed out of `buf`.
+        let mut data_offset = start_offset;
+        loop {
+            match &mut self.state {
+                State::Body { remaining, after } => {
+                    if data.is_empty() {
+                        return;
+                    }
+                    let take = (*remaining).min(data.len() as u64) as usize;
+                    out.push(HttpEvent::Body(data.split_to(take)));
+                    data_offset += take as u64;
+                    *remaining -= take as u64;
+                    if *remaining == 0 {
+                        let after = *after;
+                        self.finish_request(after, out);
+                    }
+                }
+                State::Chunked { body, after } => {
+                    if data.is_empty() {
+                        return;
+                    }
+                    match body.advance(&data) {
+                        Ok(n) => {
+                            if n > 0 {
+                                out.push(HttpEvent::Body(data.split_to(n)));
+                                data_offset += n as u64;
+                            }
+                            if body.is_done() {
+                                let after = *after;
+                                self.finish_request(after, out);
+                            }
+                        }
+                        Err(e) => {
+                            out.push(HttpEvent::Dropped(DropReason::Framing(e)));
+                            self.state = State::Failed;
+                        }
+                    }
+                }
+                State::Head | State::Resync => {
+                    // `buf` holds bytes from before `data`; offset of its first byte:
+                    data_offset -= self.buf.len() as u64;
+                    self.buf.extend_from_slice(&data);
+                    // Parse heads out of buf; a body found after one continues from `data`.
+                    match self.parse_buffered(data_offset, out) {
+                        Some((rest, rest_offset)) => {
+                            data = rest;
+                            data_offset = rest_offset;
+                        }
+                        None => return,
+                    }
+                }
+                State::Tunnel | State::Done | State::Failed => return,
+            }
+        }
+    }
+
+    /// Bytes were lost before the next bytes fed: drop the request in progress and resynchronise.
+    pub fn on_gap(&mut self, len: u64, out: &mut Vec<HttpEvent>) {
+        self.offset += len;
+        match self.state {
+            State::Tunnel | State::Done | State::Failed => return,
+            // Client bytes are requests: whatever the gap fell into (the request being read, or
+            // one that began inside it) is lost, and counted once.
+            State::Body { .. } | State::Chunked { .. } | State::Head | State::Resync => {
+                out.push(HttpEvent::Dropped(DropReason::Gap));
+            }
+        }
+        self.buf.clear();
+        self.state = State::Resync;
+        self.after_gap = true;
+    }
+
+    /// The stream ended: a request in progress is dropped.
+    pub fn on_close(&mut self, out: &mut Vec<HttpEvent>) {
+        match self.state {
+            State::Body { .. } | State::Chunked { .. } => {
+                out.push(HttpEvent::Dropped(DropReason::IncompleteAtClose));
+            }
+            State::Head if !self.buf.iter().all(|b| matches!(b, b'\r' | b'\n')) => {
+                out.push(HttpEvent::Dropped(DropReason::IncompleteAtClose));
+            }
+            _ => {}
+        }
+        self.buf.clear();
+        self.state = State::Failed;
+    }
+
+    fn finish_request(&mut self, after: After, out: &mut Vec<HttpEvent>) {
+        out.push(HttpEvent::End);
+        match after {
+            After::Tunnel => {
+                out.push(HttpEvent::Tunnel);
+                self.state = State::Tunnel;
+                self.buf.clear();
+            }
+            After::Close => {
+                self.state = State::Done;
+                self.buf.clear();
+            }
+            After::Next => self.state = State::Head,
+        }
+    }
+
+    /// Works through `buf` (which starts at stream offset `offset`). Returns the bytes after a head
+    /// whose body follows, with their offset, or `None` when more input is needed.
+    fn parse_buffered(&mut self, mut offset: u64, out: &mut Vec<HttpEvent>) -> Option<(Bytes, u64)> {
+        loop {
+            match self.state {
+                State::Resync => match find_request_line(&self.buf) {
+                    Resync::Found(p) => {
+                        self.buf.advance(p);
+                        offset += p as u64;
+                        self.state = State::Head;
+                    }
+                    Resync::NeedMore(p) => {
+                        self.buf.advance(p);
+                        return None;
+                    }
+                },
+                State::Head => {
+                    // Empty lines before a request line are ignored (RFC 9112 §2.2).
+                    let skip = self.buf.iter().take_while(|b| matches!(b, b'\r' | b'\n')).count();
+                    self.buf.advance(skip);
+                    offset += skip as u64;
+                    if self.buf.is_empty() {
+                        return None;
+                    }
+                    match head::parse(&self.buf, &self.cfg, offset, self.after_gap) {
+                        Ok(None) => return None,
+                        Ok(Some(head)) => {
+                            let head_len = head.raw.len();
+                            self.buf.advance(head_len);
+                            offset += head_len as u64;
+                            self.after_gap = false;
+                            let body = head.body;
+                            let after = if head.tunnel {
+                                After::Tunnel
+                            } else if head.persistent {
+                                After::Next
+                            } else {
+                                After::Close
+                            };
+                            let connect = head.method == "CONNECT";
+                            out.push(HttpEvent::Head(Box::new(head)));
+                            self.state = match body {
+                                BodyKind::Length(n) if n > 0 && !connect => State::Body { remaining: n, after },
+                                BodyKind::Chunked if !connect => State::Chunked { body: ChunkedBody::new(), after },
+                                _ => {
+                                    self.finish_request(after, out);
+                                    continue;
+                                }
+                            };
+                            let rest = self.buf.split().freeze();
+                            return Some((rest, offset));
+                        }
+                        Err(e) => {
+                            out.push(HttpEvent::Dropped(DropReason::Framing(e)));
+                            self.state = State::Failed;
+                            self.buf.clear();
+                            return None;
+                        }
+                    }
+                }
+                _ => return None,
+            }
+        }
+    }
+}
+
+enum Resync {
+    /// A request line starts at this offset.
+    Found(usize),
+    /// None yet; everything before this offset can be discarded.
+    NeedMore(usize),
+}
+
+/// Looks for the start of a request line in `buf`. After a gap the next request usually follows the
+/// lost one's body on the same line (bodies end without a newline), so a request line may start
+/// anywhere a method token starts, not only after a LF.
+fn find_request_line(buf: &[u8]) -> Resync {
+    let mut p = 0;
+    while p < buf.len() {
+        match buf[p..].iter().position(|b| *b == b'\n') {
+            Some(nl) => {
+                let line = &buf[p..p + nl];
+                // Only a line ending in ` HTTP/1.x` can hold a request line: checked first, so
+                // resynchronising through a body costs one pass over it, not one per candidate.
+                if line.ends_with(b" HTTP/1.1\r") || line.ends_with(b" HTTP/1.0\r") {
+                    let starts = (0..line.len())
+                        .filter(|&i| line[i].is_ascii_uppercase() && (i == 0 || !line[i - 1].is_ascii_uppercase()));
+                    for i in starts {
+                        if looks_like_request_line(&line[i..]) {
+                            return Resync::Found(p + i);
+                        }
+                    }
+                }
+                p += nl + 1;
+            }
+            None => {
+                // An unfinished last line: keep it unless it is too long to be a request line.
+                return if buf.len() - p > MAX_RESYNC_LINE { Resync::NeedMore(buf.len()) } else { Resync::NeedMore(p) };
+            }
+        }
+    }
+    Resync::NeedMore(buf.len())
+}
+
+/// `METHOD SP request-target SP HTTP/1.x CR`: the shape of a request line, strictly.
+fn looks_like_request_line(line: &[u8]) -> bool {
+    let Some(line) = line.strip_suffix(b"\r") else {
+        return false;
+    };
+    let mut parts = line.split(|b| *b == b' ');
+    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    std::str::from_utf8(method).is_ok_and(is_known_method)
+        && !target.is_empty()
+        && target.iter().all(|b| b.is_ascii_graphic())
+        && (version == b"HTTP/1.1" || version == b"HTTP/1.0")
+}
