@@ -4,8 +4,9 @@
 //! reads it back with [`SegmentEvent::parse`]. Byte order of every integer is host order.
 #![no_std]
 
-/// Name of the TC classifier program, as `bpftool prog` and `bpftool net` show it.
-pub const PROGRAM_NAME: &str = "mirror_ingress";
+/// Name of the TC classifier program, as `bpftool prog`, `bpftool net` and `tc filter show` show it
+/// (also the name by which netlink filters left by a killed daemon are found).
+pub const PROGRAM_NAME: &str = "mirror_tc";
 
 /// Map names (the daemon looks them up by these).
 pub const MAP_PORTS: &str = "MIRROR_PORTS";
@@ -27,6 +28,10 @@ pub const KIND_PACKET: u8 = 0;
 /// `SegmentEvent::kind`: the event is followed by `captured_len` TCP payload bytes only (the tail
 /// of an skb too large for one sample); `seq` already points at the first of them.
 pub const KIND_TAIL: u8 = 1;
+/// `SegmentEvent::kind`: a segment from the primary back to a client (source port watched), header
+/// only: `captured_len` is 0; saddr/sport are the primary's, daddr/dport the client's; seq, ack,
+/// tcp_flags and payload_len are the segment's.
+pub const KIND_REVERSE: u8 = 2;
 
 /// TCP flag bits as in the TCP header.
 pub const TCP_FIN: u8 = 0x01;
@@ -44,9 +49,22 @@ pub const STAT_TAILS: u32 = 4;
 pub const STAT_FRAGMENTS: u32 = 5;
 /// Segments to a mirror endpoint (shadow traffic, ours or another node's): never captured.
 pub const STAT_SKIPPED_MIRROR: u32 = 6;
-pub const STAT_COUNT: u32 = 7;
-pub const STAT_NAMES: [&str; STAT_COUNT as usize] =
-    ["seen", "shipped", "lost", "truncated", "tail_pieces", "ip_fragments", "skipped_mirror_traffic"];
+/// Packets whose IP or TCP header could not be read or does not add up (passed, not captured).
+pub const STAT_MALFORMED: u32 = 7;
+/// Headers of primary → client segments shipped (`KIND_REVERSE`).
+pub const STAT_REVERSE: u32 = 8;
+pub const STAT_COUNT: u32 = 9;
+pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
+    "seen",
+    "shipped",
+    "lost",
+    "truncated",
+    "tail_pieces",
+    "ip_fragments",
+    "skipped_mirror_traffic",
+    "malformed",
+    "reverse_shipped",
+];
 
 /// Key of `MAP_SKIP`: a destination (address, port) whose traffic is never captured, because it is
 /// a mirror endpoint. IPv4 addresses use the first 4 bytes.

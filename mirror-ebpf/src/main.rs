@@ -1,5 +1,7 @@
-//! TC ingress classifier: copies TCP segments whose destination port is watched into a perf ring
-//! for the daemon, and always lets the packet through untouched.
+//! TC classifier, attached to both ingress and egress: copies TCP segments whose destination port is
+//! watched (client → primary) into a perf ring for the daemon, with their bytes, and the headers of
+//! segments whose source port is watched (primary → client: acknowledgements, flags, response
+//! lengths), and always lets the packet through untouched.
 //!
 //! The verdict is `TC_ACT_UNSPEC` (`TCX_NEXT` under TCX): any program attached after ours (a CNI's,
 //! for instance) still runs, and the packet is never dropped, rewritten or delayed.
@@ -10,6 +12,7 @@
 //! (`KIND_TAIL`) copied through a per-CPU scratch buffer.
 #![no_std]
 #![no_main]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 use core::{ffi::c_void, mem::size_of, ptr};
 
@@ -23,7 +26,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use mirror_common::{
-    KIND_PACKET, KIND_TAIL, MAX_INLINE_CAPTURE, MAX_TAIL_CAPTURE, STAT_COUNT, STAT_FRAGMENTS, STAT_LOST, STAT_SEEN,
+    KIND_PACKET, KIND_REVERSE, KIND_TAIL, MAX_INLINE_CAPTURE, MAX_TAIL_CAPTURE, STAT_COUNT, STAT_FRAGMENTS, STAT_LOST, STAT_MALFORMED, STAT_REVERSE, STAT_SEEN,
     STAT_SHIPPED, STAT_SKIPPED_MIRROR, STAT_TAILS, STAT_TRUNCATED, SegmentEvent, SkipKey, TCP_FIN, TCP_RST, TCP_SYN,
     TailPiece,
 };
@@ -56,15 +59,20 @@ static MIRROR_SEGMENTS: PerfEventArray<SegmentEvent> = PerfEventArray::new(0);
 static MIRROR_SCRATCH: PerCpuArray<TailPiece> = PerCpuArray::with_max_entries(1, 0);
 
 #[classifier]
-pub fn mirror_ingress(ctx: TcContext) -> i32 {
-    let _ = capture(&ctx);
+pub fn mirror_tc(ctx: TcContext) -> i32 {
+    if capture(&ctx).is_err() {
+        // A header that could not be read or does not add up (a short or malformed packet): the
+        // packet still passes; the daemon sees the count.
+        bump(STAT_MALFORMED);
+    }
     TC_ACT_UNSPEC
 }
 
 #[inline(always)]
 fn bump(index: u32) {
     if let Some(counter) = MIRROR_STATS.get_ptr_mut(index) {
-        // Per-CPU value: no other CPU writes it, and this program is not re-entered on one CPU.
+        // SAFETY: the pointer comes from the map lookup and is valid for this CPU's slot; a per-CPU
+        // value is written by no other CPU, and this program is not re-entered on one CPU.
         unsafe { *counter += 1 };
     }
 }
@@ -122,6 +130,10 @@ fn capture(ctx: &TcContext) -> Result<(), ()> {
     let tcp: [u8; 14] = ctx.load(l4_off as usize).map_err(|_| ())?;
     let dport = u16::from_be_bytes([tcp[2], tcp[3]]);
     if MIRROR_PORTS.get_ptr(dport).is_none() {
+        let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
+        if MIRROR_PORTS.get_ptr(sport).is_some() {
+            return ship_reverse(ctx, &mut ev, &tcp, l4_off, ip_end, skb_len);
+        }
         return Ok(());
     }
     let payload_off = l4_off + u32::from(tcp[12] >> 4) * 4;
@@ -143,6 +155,7 @@ fn capture(ctx: &TcContext) -> Result<(), ()> {
     }
     let inline = if ip_end > MAX_INLINE_CAPTURE { MAX_INLINE_CAPTURE } else { ip_end };
 
+    // SAFETY: a helper without arguments.
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
     ev.sport = u16::from_be_bytes([tcp[0], tcp[1]]);
     ev.dport = dport;
@@ -150,13 +163,17 @@ fn capture(ctx: &TcContext) -> Result<(), ()> {
     ev.ack = u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]);
     ev.tcp_flags = tcp[13];
     ev.kind = KIND_PACKET;
+    // SAFETY: `ctx.skb.skb` is the context pointer the kernel passed in; reading a field of it is a
+    // context access the verifier checks and rewrites.
     ev.ifindex = unsafe { (*ctx.skb.skb).ifindex };
     ev.payload_off = payload_off;
     ev.payload_len = ip_end - payload_off;
     ev.captured_len = inline;
     ev.skb_len = skb_len;
 
-    let flags = u64::from(BPF_F_CURRENT_CPU) | (u64::from(inline) << 32);
+    let flags = BPF_F_CURRENT_CPU | (u64::from(inline) << 32);
+    // SAFETY: the context is the skb, the map is our perf event array, and `ev` is a live stack
+    // value of the size passed; the kernel appends `inline` (≤ skb len) bytes of the skb itself.
     let ret = unsafe {
         bpf_perf_event_output(
             ctx.as_ptr(),
@@ -169,31 +186,97 @@ fn capture(ctx: &TcContext) -> Result<(), ()> {
     if ret != 0 {
         bump(STAT_LOST);
         debug!(ctx, "perf ring full: segment to port {} lost", dport);
-        return Err(());
+        return Ok(());
     }
     bump(STAT_SHIPPED);
 
     if ip_end > inline && inline >= payload_off {
-        ship_tail(ctx, &ev, inline, ip_end)?;
+        ship_tail(ctx, &ev, inline, ip_end);
     }
     Ok(())
 }
 
-/// Ships bytes `[start, end)` of an oversized skb (all TCP payload) as a `KIND_TAIL` event.
+/// A segment from a watched port back to a client (the primary's side of a flow): its header only,
+/// no payload bytes (`KIND_REVERSE`). The daemon releases a client byte to framing only once the
+/// primary's TCP has acknowledged it, and learns where the primary's responses are from these.
 #[inline(always)]
-fn ship_tail(ctx: &TcContext, head: &SegmentEvent, start: u32, end: u32) -> Result<(), ()> {
+fn ship_reverse(
+    ctx: &TcContext,
+    ev: &mut SegmentEvent,
+    tcp: &[u8; 14],
+    l4_off: u32,
+    ip_end: u32,
+    skb_len: u32,
+) -> Result<(), ()> {
+    let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
+    // Responses of a mirror endpoint (shadow traffic) are not the primary's.
+    let skip = SkipKey { addr: ev.saddr, port: sport, family: ev.family, _pad: 0 };
+    if MIRROR_SKIP.get_ptr(skip).is_some() {
+        bump(STAT_SKIPPED_MIRROR);
+        return Ok(());
+    }
+    let ip_end = if ip_end > skb_len { skb_len } else { ip_end };
+    let payload_off = l4_off + u32::from(tcp[12] >> 4) * 4;
+    // SAFETY: a helper without arguments.
+    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    ev.sport = sport;
+    ev.dport = u16::from_be_bytes([tcp[2], tcp[3]]);
+    ev.seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+    ev.ack = u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]);
+    ev.tcp_flags = tcp[13];
+    ev.kind = KIND_REVERSE;
+    ev.payload_off = 0;
+    ev.payload_len = ip_end.saturating_sub(payload_off);
+    ev.captured_len = 0;
+    ev.skb_len = skb_len;
+    // SAFETY: as for the forward event: the skb context, our perf array, a live stack value of the
+    // size passed; no skb bytes are appended (capture length 0 in the flags).
+    let ret = unsafe {
+        bpf_perf_event_output(
+            ctx.as_ptr(),
+            segments_map(),
+            BPF_F_CURRENT_CPU,
+            ptr::from_mut(ev).cast(),
+            size_of::<SegmentEvent>() as u64,
+        )
+    };
+    if ret != 0 {
+        bump(STAT_LOST);
+        return Ok(());
+    }
+    bump(STAT_REVERSE);
+    Ok(())
+}
+
+/// Ships bytes `[start, end)` of an oversized skb (all TCP payload) as a `KIND_TAIL` event. A
+/// piece that cannot be shipped is counted (`lost`) and becomes a gap the daemon sees.
+#[inline(always)]
+fn ship_tail(ctx: &TcContext, head: &SegmentEvent, start: u32, end: u32) {
     let mut want = end - start;
     if want > MAX_TAIL_CAPTURE {
         bump(STAT_TRUNCATED);
         debug!(ctx, "skb of {} bytes: {} beyond what is shipped", head.skb_len, want - MAX_TAIL_CAPTURE);
         want = MAX_TAIL_CAPTURE;
     }
-    let piece = MIRROR_SCRATCH.get_ptr_mut(0).ok_or(())?;
-    // Launder the length through memory so the verifier keeps the bounds checked below.
-    let n = unsafe { ptr::read_volatile(&want) };
-    if n == 0 || n > MAX_TAIL_CAPTURE {
-        return Err(());
+    if want == 0 {
+        return;
     }
+    let Some(piece) = MIRROR_SCRATCH.get_ptr_mut(0) else {
+        bump(STAT_LOST);
+        return;
+    };
+    // The length handed to bpf_skb_load_bytes must be provably within [1, MAX_TAIL_CAPTURE].
+    // Kernels before 6.8 lose the lower bound through a `n == 0` test (LLVM folds the two range
+    // checks into one unsigned compare that 6.1's verifier cannot split), so derive the bound by
+    // arithmetic the verifier tracks everywhere: a mask of a power of two, plus one. `want` is
+    // laundered through memory so LLVM cannot prove the mask redundant and drop it.
+    const _: () = assert!(MAX_TAIL_CAPTURE.is_power_of_two());
+    // SAFETY: a volatile read of a live local.
+    let want = unsafe { ptr::read_volatile(&want) };
+    let n = ((want - 1) & (MAX_TAIL_CAPTURE - 1)) + 1;
+    // SAFETY: `piece` is this CPU's scratch slot from the map lookup (no other CPU uses it and the
+    // program is not re-entered on one CPU); the load writes `n ≤ MAX_TAIL_CAPTURE` bytes into
+    // `piece.bytes`, and the output reads the event header plus those `n` bytes.
     unsafe {
         let piece = &mut *piece;
         piece.event = *head;
@@ -203,22 +286,22 @@ fn ship_tail(ctx: &TcContext, head: &SegmentEvent, start: u32, end: u32) -> Resu
         piece.event.payload_len = n;
         piece.event.captured_len = n;
         if bpf_skb_load_bytes(ctx.as_ptr(), start, piece.bytes.as_mut_ptr().cast(), n) != 0 {
-            return Err(());
+            bump(STAT_LOST);
+            return;
         }
         let ret = bpf_perf_event_output(
             ctx.as_ptr(),
             segments_map(),
-            u64::from(BPF_F_CURRENT_CPU),
+            BPF_F_CURRENT_CPU,
             ptr::from_mut(piece).cast(),
             (size_of::<SegmentEvent>() as u32 + n) as u64,
         );
         if ret != 0 {
             bump(STAT_LOST);
-            return Err(());
+            return;
         }
     }
     bump(STAT_TAILS);
-    Ok(())
 }
 
 #[cfg(not(test))]

@@ -1,9 +1,13 @@
 //! Capture: the kernel side's events, and the thin aya shell that loads, attaches and reads them.
 //!
 //! [`decode_sample`] is pure (turns one perf sample into a [`Segment`]); [`Capture`] owns the loaded
-//! program, its TCX links and the per-CPU perf buffers. Dropping it detaches everything.
+//! program, its attachments (`attach`: TCX or netlink) and the per-CPU perf buffers. Dropping it
+//! detaches everything. `kernel` checks what the running kernel offers before anything is loaded.
 
+pub mod attach;
+pub mod kernel;
 pub mod pcap;
+pub mod tc;
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -17,15 +21,16 @@ use aya::{
         HashMap as BpfHashMap, MapData, PerCpuArray, PerfEventArray,
         perf::{PerfEvent, PerfEventArrayBuffer},
     },
-    programs::{SchedClassifier, TcAttachType},
+    programs::SchedClassifier,
     util::online_cpus,
 };
 use bytes::Bytes;
 use mirror_common::{
-    KIND_PACKET, KIND_TAIL, MAP_PORTS, MAP_SEGMENTS, MAP_SKIP, MAP_STATS, PROGRAM_NAME, STAT_COUNT, STAT_NAMES,
+    KIND_PACKET, KIND_REVERSE, KIND_TAIL, MAP_PORTS, MAP_SEGMENTS, MAP_SKIP, MAP_STATS, PROGRAM_NAME, STAT_COUNT, STAT_NAMES,
     SegmentEvent, SkipKey,
 };
 
+use self::attach::{AttachMode, AttachPreference, Attached};
 use crate::flow::{FlowKey, Segment};
 
 /// Why a sample could not be turned into a segment (counted, never fatal).
@@ -39,6 +44,10 @@ pub enum DecodeError {
 
 /// Turns one perf sample (event header + bytes) into a segment, with the kernel timestamp of the
 /// packet it came from (`bpf_ktime_get_ns`, for ordering samples across CPU rings).
+///
+/// `KIND_PACKET` and `KIND_TAIL` are client→server segments (source = client); `KIND_REVERSE` is
+/// a server→client segment's header alone (source = server), decoded with its key oriented
+/// (client, server) and an empty payload.
 pub fn decode_sample(sample: &[u8]) -> Result<(u64, Segment), DecodeError> {
     let ev = SegmentEvent::parse(sample).ok_or(DecodeError::Short)?;
     let data = &sample[SegmentEvent::LEN..];
@@ -46,6 +55,7 @@ pub fn decode_sample(sample: &[u8]) -> Result<(u64, Segment), DecodeError> {
     if data.len() < captured {
         return Err(DecodeError::Short);
     }
+    let reverse = ev.kind == KIND_REVERSE;
     let payload = match ev.kind {
         KIND_PACKET => {
             let start = ev.payload_off as usize;
@@ -58,6 +68,7 @@ pub fn decode_sample(sample: &[u8]) -> Result<(u64, Segment), DecodeError> {
             &data[start..end]
         }
         KIND_TAIL => &data[..captured],
+        KIND_REVERSE => &[][..],
         _ => return Err(DecodeError::BadKind),
     };
     let (src, dst): (IpAddr, IpAddr) = match ev.family {
@@ -69,15 +80,17 @@ pub fn decode_sample(sample: &[u8]) -> Result<(u64, Segment), DecodeError> {
         6 => (Ipv6Addr::from(ev.saddr).into(), Ipv6Addr::from(ev.daddr).into()),
         _ => return Err(DecodeError::BadFamily),
     };
-    Ok((
-        ev.ts_ns,
-        Segment {
-            key: FlowKey { client: SocketAddr::new(src, ev.sport), server: SocketAddr::new(dst, ev.dport) },
-            seq: ev.seq,
-            flags: ev.tcp_flags,
-            payload: Bytes::copy_from_slice(payload),
-        },
-    ))
+    let (src, dst) = (SocketAddr::new(src, ev.sport), SocketAddr::new(dst, ev.dport));
+    let seg = if reverse {
+        Segment::to_client(FlowKey { client: dst, server: src }, ev.seq, ev.ack, ev.tcp_flags, ev.payload_len)
+    } else {
+        let mut seg =
+            Segment::to_server(FlowKey { client: src, server: dst }, ev.seq, ev.ack, ev.tcp_flags, Bytes::copy_from_slice(payload));
+        // The wire length, which the captured payload may fall short of (a lost or oversize tail).
+        seg.len = seg.len.max(ev.payload_len);
+        seg
+    };
+    Ok((ev.ts_ns, seg))
 }
 
 /// The object file built from `mirror-ebpf` by build.rs.
@@ -85,6 +98,8 @@ static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR
 
 /// The loaded, attached classifier and its perf buffers.
 pub struct Capture {
+    /// Where the classifier is attached; detached on drop, before the program is unloaded.
+    attached: Vec<Attached>,
     ebpf: Ebpf,
     /// Kernel-side log records (aya-log), forwarded to `log`/`tracing` at debug level.
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
@@ -92,14 +107,18 @@ pub struct Capture {
 }
 
 impl Capture {
-    /// Loads the program, fills the port map, attaches to each interface's TC ingress (TCX on
-    /// kernels ≥ 6.6) and opens one perf buffer per online CPU, of `perf_pages(cpus)` pages.
+    /// Checks the kernel, loads the program, fills the port map, attaches to each interface's TC
+    /// ingress (TCX on kernels ≥ 6.6 unless `attach` says otherwise, netlink before) and opens one
+    /// perf buffer per online CPU, of `perf_pages(cpus)` pages. On any error nothing stays attached.
     pub fn start(
         interfaces: &[String],
         ports: &[u16],
         skip: &[SocketAddr],
         perf_pages: impl Fn(usize) -> usize,
+        attach: AttachPreference,
     ) -> Result<Capture> {
+        let support = kernel::check()?;
+        tracing::info!(kernel = %support.release, tcx = support.tcx, "kernel checked");
         bump_memlock_rlimit();
         let mut ebpf = Ebpf::load(PROGRAM_OBJECT).context("loading the eBPF object")?;
         let logger = aya_log::EbpfLogger::init(&mut ebpf)
@@ -116,12 +135,15 @@ impl Capture {
         let prog: &mut SchedClassifier =
             ebpf.program_mut(PROGRAM_NAME).context("classifier missing from the object")?.try_into()?;
         prog.load().context("loading the classifier into the kernel (verifier)")?;
+        let perf_map = ebpf.take_map(MAP_SEGMENTS).context("segments map missing")?;
+        // From here on, dropping `capture` detaches whatever was attached.
+        let mut capture = Capture { attached: Vec::new(), ebpf, logger, buffers: Vec::new() };
         for iface in interfaces {
-            prog.attach(iface, TcAttachType::Ingress)
-                .with_context(|| format!("attaching to the TC ingress of {iface}"))?;
-            tracing::info!(interface = %iface, "attached {PROGRAM_NAME} to TC ingress");
+            let a = attach::attach(capture.classifier()?, iface, attach, support.tcx)?;
+            tracing::info!(interface = %iface, mode = a.mode.as_str(), "attached {PROGRAM_NAME} to TC ingress and egress");
+            capture.attached.push(a);
         }
-        let mut perf = PerfEventArray::try_from(ebpf.take_map(MAP_SEGMENTS).context("segments map missing")?)?;
+        let mut perf = PerfEventArray::try_from(perf_map)?;
         let cpus = online_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
         let mut buffers = Vec::new();
         let pages = perf_pages(cpus.len());
@@ -132,7 +154,17 @@ impl Capture {
         if buffers.is_empty() {
             bail!("no online CPUs");
         }
-        Ok(Capture { ebpf, logger, buffers })
+        capture.buffers = buffers;
+        Ok(capture)
+    }
+
+    fn classifier(&mut self) -> Result<&mut SchedClassifier> {
+        Ok(self.ebpf.program_mut(PROGRAM_NAME).context("classifier missing from the object")?.try_into()?)
+    }
+
+    /// Where the classifier is attached, and how: (interface, mode).
+    pub fn attachments(&self) -> impl Iterator<Item = (&str, AttachMode)> {
+        self.attached.iter().map(|a| (a.interface.as_str(), a.mode))
     }
 
     /// Replaces the mirror endpoints whose traffic is never captured.
@@ -192,6 +224,23 @@ impl Capture {
             self.buffers.iter().map(|b| libc::pollfd { fd: b.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
         // SAFETY: fds is a valid array of pollfd for the duration of the call.
         unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let attached = std::mem::take(&mut self.attached);
+        if attached.is_empty() {
+            return;
+        }
+        match self.classifier() {
+            Ok(prog) => {
+                for a in attached {
+                    attach::detach(prog, a);
+                }
+            }
+            Err(e) => tracing::warn!("detaching: {e}"),
+        }
     }
 }
 
@@ -258,8 +307,9 @@ mod tests {
         ev.payload_off = 54;
         ev.payload_len = 16;
         ev.captured_len = frame.len() as u32;
-        let (ts, s) = decode_sample(&sample(SegmentEvent { ts_ns: 42, ..ev }, &frame)).unwrap();
+        let (ts, s) = decode_sample(&sample(SegmentEvent { ts_ns: 42, ack: 77, ..ev }, &frame)).unwrap();
         assert_eq!(ts, 42);
+        assert_eq!((s.seq, s.ack, s.len), (9, 77, 16));
         assert_eq!(&s.payload[..], b"GET / HTTP/1.1\r\n");
         assert_eq!(s.key.client, "10.0.0.1:40000".parse().unwrap());
         assert_eq!(s.key.server, "10.0.0.2:80".parse().unwrap());
@@ -281,11 +331,40 @@ mod tests {
         let (_, s) = decode_sample(&sample(ev, b"abc")).unwrap();
         assert_eq!(s.key.client, "[::1]:1".parse().unwrap());
         assert_eq!(&s.payload[..], b"abc");
+        assert_eq!((s.dir, s.len), (crate::flow::Direction::ToServer, 3));
         assert_eq!(decode_sample(&[1, 2, 3]), Err(DecodeError::Short));
         assert_eq!(decode_sample(&sample(ev, b"ab")), Err(DecodeError::Short));
         assert_eq!(decode_sample(&sample(SegmentEvent { kind: 9, ..ev }, b"abc")), Err(DecodeError::BadKind));
         assert_eq!(decode_sample(&sample(SegmentEvent { family: 5, ..ev }, b"abc")), Err(DecodeError::BadFamily));
         let bad = SegmentEvent { kind: KIND_PACKET, payload_off: 10, ..ev };
         assert_eq!(decode_sample(&sample(bad, b"abc")), Err(DecodeError::BadOffsets));
+    }
+
+    #[test]
+    fn decodes_a_reverse_header_as_a_server_to_client_segment() {
+        // The server 10.0.0.2:80 acknowledges up to 1234 and sends 7 payload bytes (not shipped).
+        let mut ev = SegmentEvent {
+            family: 4,
+            sport: 80,
+            dport: 40000,
+            seq: 5000,
+            ack: 1234,
+            tcp_flags: mirror_common::TCP_ACK,
+            kind: KIND_REVERSE,
+            payload_len: 7,
+            ts_ns: 9,
+            ..Default::default()
+        };
+        ev.saddr[..4].copy_from_slice(&[10, 0, 0, 2]);
+        ev.daddr[..4].copy_from_slice(&[10, 0, 0, 1]);
+        let (ts, s) = decode_sample(&sample(ev, b"")).unwrap();
+        assert_eq!(ts, 9);
+        assert_eq!(s.dir, crate::flow::Direction::ToClient);
+        assert_eq!(s.key.client, "10.0.0.1:40000".parse().unwrap());
+        assert_eq!(s.key.server, "10.0.0.2:80".parse().unwrap());
+        assert_eq!((s.seq, s.ack, s.flags, s.len, s.payload.len()), (5000, 1234, mirror_common::TCP_ACK, 7, 0));
+        // Bytes after a reverse header are not payload: ignored.
+        let (_, s) = decode_sample(&sample(SegmentEvent { captured_len: 3, ..ev }, b"abc")).unwrap();
+        assert!(s.payload.is_empty());
     }
 }

@@ -17,7 +17,7 @@ use serde_json::json;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    capture::{Capture, decode_sample},
+    capture::{Capture, attach::AttachPreference, decode_sample},
     config::Config,
     flow::FlowConfig,
     metrics::{self, Metrics},
@@ -42,7 +42,7 @@ fn endpoint_addrs(router: &Router) -> Vec<std::net::SocketAddr> {
 
 /// Runs the daemon with the config at `path` and metrics on `metrics_addr` until SIGINT/SIGTERM,
 /// then prints the JSON summary.
-pub async fn run(path: &Path, metrics_addr: std::net::SocketAddr) -> Result<()> {
+pub async fn run(path: &Path, metrics_addr: std::net::SocketAddr, attach: AttachPreference) -> Result<()> {
     let cfg = Config::load(path)?;
     for w in &cfg.warnings {
         tracing::warn!("{w}");
@@ -53,7 +53,7 @@ pub async fn run(path: &Path, metrics_addr: std::net::SocketAddr) -> Result<()> 
     let replayer = Arc::new(Replayer::start(&router, &cfg.replay, Some(metrics.clone())));
     let capture = Capture::start(&cfg.capture.interfaces, &cfg.capture.ports, &endpoint_addrs(&router), |cpus| {
         cfg.capture.perf_pages_for(cpus)
-    })?;
+    }, attach)?;
     tracing::info!(
         interfaces = ?cfg.capture.interfaces,
         ports = ?cfg.capture.ports,

@@ -2,7 +2,10 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use mirror::config::Config;
+use mirror::{
+    capture::attach::{self, AttachPreference},
+    config::Config,
+};
 
 /// Shadow production HTTP traffic from the packet path.
 #[derive(Parser)]
@@ -22,6 +25,20 @@ enum Command {
         /// Where Prometheus metrics are served (text format, any path).
         #[arg(long, default_value = "127.0.0.1:9464")]
         metrics_addr: std::net::SocketAddr,
+        /// How to attach: tcx where the kernel has it and netlink otherwise (auto), or force one.
+        #[arg(long, value_enum, default_value_t = Attach::Auto)]
+        attach: Attach,
+    },
+    /// Remove the classifier's netlink filters left on interfaces by a daemon that was killed
+    /// (SIGKILL, OOM): only filters named mirror_tc, and only where no live daemon owns them.
+    /// TCX attachments need no cleanup: the kernel releases them with the daemon.
+    Detach {
+        /// Interfaces to clean (repeatable).
+        #[arg(long = "interface", required_unless_present = "config")]
+        interfaces: Vec<String>,
+        /// Or: every interface of this config's `capture.interfaces`.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Replay a pcap/pcapng capture through the same path to the config's mirrors, then summarise.
     Replay {
@@ -47,6 +64,7 @@ fn main() -> Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     match cli.command {
@@ -76,11 +94,57 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Run { config, metrics_addr } => {
+        Command::Run { config, metrics_addr, attach } => {
             // One runtime thread for replay and metrics (plus the capture thread): fewer cross-thread
             // wake-ups, which is most of what mirroring costs.
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-            rt.block_on(mirror::daemon::run(&config, metrics_addr))
+            rt.block_on(mirror::daemon::run(&config, metrics_addr, attach.into()))
+        }
+        Command::Detach { mut interfaces, config } => {
+            if let Some(path) = config {
+                interfaces.extend(Config::load(&path)?.capture.interfaces);
+            }
+            detach(&interfaces)
         }
     }
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Attach {
+    Auto,
+    Tcx,
+    Netlink,
+}
+
+impl From<Attach> for AttachPreference {
+    fn from(a: Attach) -> Self {
+        match a {
+            Attach::Auto => AttachPreference::Auto,
+            Attach::Tcx => AttachPreference::Tcx,
+            Attach::Netlink => AttachPreference::Netlink,
+        }
+    }
+}
+
+/// `mirror detach`: every interface is tried; the exit status says whether all went well.
+fn detach(interfaces: &[String]) -> Result<()> {
+    let mut failed = 0;
+    for iface in interfaces {
+        let result = attach::owned_by_live_daemon(iface).and_then(|live| {
+            if live {
+                anyhow::bail!("a running mirror daemon is attached to {iface}: stop it (it detaches on exit)");
+            }
+            attach::remove_ours(iface)
+        });
+        match result {
+            Ok(0) => println!("{iface}: nothing of mirror's attached"),
+            Ok(n) => println!("{iface}: removed {n} mirror_tc filter(s)"),
+            Err(e) => {
+                eprintln!("{iface}: {e:#}");
+                failed += 1;
+            }
+        }
+    }
+    anyhow::ensure!(failed == 0, "{failed} interface(s) could not be cleaned");
+    Ok(())
 }

@@ -93,6 +93,59 @@ pub fn ns_run(ns: &str, cmd: &str, args: &[&str]) -> Result<String> {
     run("ip", &full)
 }
 
+/// A TC hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// Arriving packets.
+    Ingress,
+    /// Leaving packets.
+    Egress,
+}
+
+/// Names of the classifiers on `iface`'s `hook` in `ns`: TCX programs (where the kernel has TCX)
+/// followed by the names of netlink `bpf` filters.
+pub fn tc_programs(ns: &str, iface: &str, hook: Hook) -> Result<Vec<String>> {
+    let (ns_owned, iface_owned) = (ns.to_string(), iface.to_string());
+    let (attach_type, hook_name) = match hook {
+        Hook::Ingress => (aya::programs::TcAttachType::Ingress, "ingress"),
+        Hook::Egress => (aya::programs::TcAttachType::Egress, "egress"),
+    };
+    let mut names = std::thread::spawn(move || -> Result<Vec<String>> {
+        enter_netns(&ns_owned)?;
+        Ok(match aya::programs::SchedClassifier::query_tcx(&iface_owned, attach_type) {
+            Ok((_, progs)) => progs.iter().map(|p| p.name_as_str().unwrap_or("?").to_string()).collect(),
+            // No TCX on this kernel (before 6.6): nothing can be attached that way.
+            Err(_) if !kernel_has_tcx() => Vec::new(),
+            Err(e) => return Err(e.into()),
+        })
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("thread panicked"))??;
+    let filters = ns_run(ns, "tc", &["filter", "show", "dev", iface, hook_name])?;
+    // "filter protocol all pref 49152 bpf chain 0 handle 0x1 mirror_tc direct-action ..."
+    for line in filters.lines().filter(|l| l.contains(" bpf ") && l.contains(" handle ")) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let Some(i) = words.iter().position(|w| *w == "handle") {
+            names.push(words.get(i + 2).unwrap_or(&"?").to_string());
+        }
+    }
+    Ok(names)
+}
+
+/// Whether the running kernel has TCX (Linux 6.6 or later).
+pub fn kernel_has_tcx() -> bool {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<u32>().ok());
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (6, 6)
+}
+
+/// How much slower than a native run this one is (`MIRROR_TEST_SLOWDOWN`, set by the VM runs:
+/// software emulation); every wait of the harness is stretched by it.
+pub fn slowdown() -> u32 {
+    std::env::var("MIRROR_TEST_SLOWDOWN").ok().and_then(|s| s.parse().ok()).filter(|n| *n >= 1).unwrap_or(1)
+}
+
 /// A process that is killed when dropped.
 pub struct Proc {
     /// The process (`ip netns exec` running the program).
@@ -117,6 +170,7 @@ impl Proc {
 
     /// Waits for the process to exit on its own, up to `limit`.
     pub fn wait_exit(&mut self, limit: Duration) -> Result<std::process::ExitStatus> {
+        let limit = limit * slowdown();
         let deadline = Instant::now() + limit;
         loop {
             if let Some(st) = self.child.try_wait()? {
@@ -141,7 +195,7 @@ impl Proc {
 
     /// Waits until stderr contains `needle` (or the process dies).
     pub fn wait_for_stderr(&mut self, needle: &str, limit: Duration) -> Result<()> {
-        let deadline = Instant::now() + limit;
+        let deadline = Instant::now() + limit * slowdown();
         while Instant::now() < deadline {
             if self.stderr().contains(needle) {
                 return Ok(());
@@ -289,14 +343,21 @@ impl Topology {
         serde_json::from_str(line).with_context(|| format!("summary: {line}"))
     }
 
-    /// Names of the programs attached to TCX ingress of the primary's client-facing interface,
-    /// asked of the kernel (BPF_PROG_QUERY) from inside the primary's namespace.
-    pub fn tcx_ingress_programs(&self) -> Result<Vec<String>> {
-        self.in_ns(&self.primary, || -> Result<Vec<String>> {
-            let (_, progs) =
-                aya::programs::SchedClassifier::query_tcx(PRIMARY_IFACE, aya::programs::TcAttachType::Ingress)?;
-            Ok(progs.iter().map(|p| p.name_as_str().unwrap_or("?").to_string()).collect())
-        })?
+    /// Names of the classifiers attached to the ingress hook of the primary's client-facing
+    /// interface, however attached: TCX programs (BPF_PROG_QUERY, on kernels that have TCX) and
+    /// netlink `bpf` filters (`tc filter show`), asked from inside the primary's namespace.
+    pub fn ingress_programs(&self) -> Result<Vec<String>> {
+        tc_programs(&self.primary, PRIMARY_IFACE, Hook::Ingress)
+    }
+
+    /// The same for the egress hook (where the classifier sees the primary's acknowledgements).
+    pub fn egress_programs(&self) -> Result<Vec<String>> {
+        tc_programs(&self.primary, PRIMARY_IFACE, Hook::Egress)
+    }
+
+    /// Whether the primary's client-facing interface has a clsact qdisc.
+    pub fn has_clsact(&self) -> Result<bool> {
+        Ok(ns_run(&self.primary, "tc", &["qdisc", "show", "dev", PRIMARY_IFACE])?.contains("clsact"))
     }
 
     /// Runs `f` on a thread that has entered namespace `ns` (so its sockets live there).
@@ -517,7 +578,7 @@ pub fn access_log(path: &Path) -> Vec<Value> {
 
 /// Polls a log until it has at least `n` entries, or `limit` passes; returns what it has.
 pub fn wait_for_entries(path: &Path, n: usize, limit: Duration) -> Vec<Value> {
-    let deadline = Instant::now() + limit;
+    let deadline = Instant::now() + limit * slowdown();
     loop {
         let entries = access_log(path);
         if entries.len() >= n || Instant::now() > deadline {

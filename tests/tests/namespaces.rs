@@ -124,11 +124,15 @@ fn primary_responses_are_unchanged_with_the_daemon_attached() {
 fn stopping_the_daemon_leaves_no_attachment() {
     let topo = Topology::new().unwrap();
     for sig in [libc::SIGINT, libc::SIGTERM] {
-        assert_eq!(topo.tcx_ingress_programs().unwrap(), Vec::<String>::new(), "attached before start");
+        assert_eq!(topo.ingress_programs().unwrap(), Vec::<String>::new(), "attached before start");
         let daemon = topo.daemon(&topo.config(100.0, "").unwrap()).unwrap();
-        assert_eq!(topo.tcx_ingress_programs().unwrap(), ["mirror_ingress"], "not attached while running");
+        assert_eq!(topo.ingress_programs().unwrap(), ["mirror_tc"], "not attached while running");
+        assert_eq!(topo.egress_programs().unwrap(), ["mirror_tc"], "not attached to egress while running");
         topo.stop_daemon(daemon, sig).unwrap();
-        assert_eq!(topo.tcx_ingress_programs().unwrap(), Vec::<String>::new(), "left attached after signal {sig}");
+        assert_eq!(topo.ingress_programs().unwrap(), Vec::<String>::new(), "left attached after signal {sig}");
+        assert_eq!(topo.egress_programs().unwrap(), Vec::<String>::new(), "left on egress after signal {sig}");
+        // Netlink mode added a clsact qdisc that nothing else uses: removed too. TCX adds none.
+        assert!(!topo.has_clsact().unwrap(), "clsact qdisc left after signal {sig}");
     }
 }
 

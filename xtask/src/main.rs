@@ -8,6 +8,9 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use clap::{Parser, Subcommand};
 
+mod tools;
+mod vm;
+
 #[derive(Parser)]
 #[command(name = "xtask")]
 struct Cli {
@@ -24,8 +27,14 @@ enum Task {
     Build,
     /// Run Istio's mirroring task in network namespaces with config/httpbin.yaml.
     Demo,
-    /// Run every test: unit, property, config examples, and the namespace integration tests.
-    Test,
+    /// Run every test: unit, property, config examples, the namespace integration tests on this
+    /// kernel, then the namespace tests again in VMs booted with Debian 12's 6.1 and 6.12 kernels.
+    Test {
+        /// Only run the namespace tests in a VM with this installed kernel release (as in
+        /// /boot/vmlinuz-<release>, e.g. 6.1.0-56-amd64).
+        #[arg(long)]
+        kernel: Option<String>,
+    },
     /// Replay every capture of ../shared/corpus with `mirror replay` to a local recording server
     /// and compare what arrives with the ground truth.
     Corpus,
@@ -63,10 +72,17 @@ fn main() -> Result<()> {
             build()?;
             demo()
         }
-        Task::Test => {
+        Task::Test { kernel } => {
             setup()?;
             build()?;
-            test()
+            match kernel {
+                Some(release) => {
+                    require_root("cargo xtask test --kernel")?;
+                    build_release()?;
+                    vm::test_in_vm(&root, &release)
+                }
+                None => test(&root),
+            }
         }
         Task::Bench { seconds, rate } => {
             setup()?;
@@ -178,21 +194,28 @@ fn setup() -> Result<()> {
             .env("PATH", path))?;
         std::fs::write(&stamp, llvm.to_string())?;
     }
-    // Namespaces and veth pairs (ip), and the demo's client (curl).
-    let mut tools = Vec::new();
-    if !have("ip") {
-        tools.push("iproute2");
+    // Every program the tests, the demo, the VM runs and the bench invoke: one list.
+    apt_install(&tools::debian_packages())?;
+    for pkg in tools::pypi_packages() {
+        let program = tools::TOOLS.iter().find(|(_, s)| *s == tools::Source::Pypi(pkg)).map(|(p, _)| *p);
+        if program.is_some_and(have) {
+            continue;
+        }
+        step(&format!("installing {pkg} from PyPI"));
+        run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "--root-user-action=ignore", pkg]))?;
     }
-    if !have("curl") {
-        tools.push("curl");
-    }
-    apt_install(&tools)?;
-    step(&format!("toolchain ready (nightly LLVM {llvm}, bpf-linker, rust-src)"));
+    let kernels = vm::install_kernels()?;
+    step(&format!("toolchain ready (nightly LLVM {llvm}, bpf-linker, rust-src); VM kernels {kernels:?}"));
     Ok(())
 }
 
 fn build() -> Result<()> {
     run(Command::new("cargo").args(["build", "--bins", "--tests"]))
+}
+
+/// Release binaries: what the VM runs use for the daemon and the servers (emulation is slow).
+fn build_release() -> Result<()> {
+    run(Command::new("cargo").args(["build", "--release", "--bins"]))
 }
 
 /// Namespaces left by a run that was killed before it could clean up.
@@ -213,8 +236,19 @@ fn require_root(what: &str) -> Result<()> {
     Ok(())
 }
 
-fn test() -> Result<()> {
+/// Every crate linted with warnings as errors: the userspace ones on the host, the eBPF one for
+/// its BPF target (clippy would not see it otherwise: it is not a default member).
+fn lint() -> Result<()> {
+    run(Command::new("cargo").args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    run(Command::new("cargo")
+        .current_dir("mirror-ebpf")
+        .args(["+nightly", "clippy", "--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .args(["--target-dir", "../target/ebpf-clippy", "--", "-D", "warnings"]))
+}
+
+fn test(root: &Path) -> Result<()> {
     require_root("cargo xtask test")?;
+    lint()?;
     sweep_namespaces()?;
     let result = run(Command::new("cargo").args(["test", "--no-fail-fast"]));
     sweep_namespaces()?;
@@ -222,7 +256,18 @@ fn test() -> Result<()> {
     // The benchmarks are not run here, only built.
     run(Command::new("cargo").args(["bench", "-p", "mirror-userspace", "--no-run"]))?;
     // End to end over the shared corpus: `mirror replay` to a loopback recording server.
-    run(&mut Command::new("target/debug/corpus"))
+    run(&mut Command::new("target/debug/corpus"))?;
+    // The kernel matrix: the namespace tests again on Debian's kernels (netlink and TCX attach).
+    build_release()?;
+    let mut failed = Vec::new();
+    for release in vm::install_kernels()? {
+        if let Err(e) = vm::test_in_vm(root, &release) {
+            println!("xtask: {e:#}");
+            failed.push(release);
+        }
+    }
+    ensure!(failed.is_empty(), "namespace tests failed in the VMs with kernels {failed:?}");
+    Ok(())
 }
 
 fn bench(seconds: u64, rate: u32) -> Result<()> {

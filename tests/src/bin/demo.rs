@@ -48,7 +48,7 @@ fn main() -> Result<()> {
     println!("== mirror run --config {}", args.config.display());
     let config = std::fs::canonicalize(&args.config).context("config")?;
     let daemon = topo.daemon(&config)?;
-    println!("   attached to TCX ingress of {PRIMARY_IFACE}: {:?}", topo.tcx_ingress_programs()?);
+    println!("   attached to the TC ingress of {PRIMARY_IFACE}: {:?}", topo.ingress_programs()?);
 
     let url = |path: &str| format!("http://{PRIMARY_V4}:{PORT}{path}");
     let calls: Vec<Vec<String>> = vec![
@@ -74,7 +74,7 @@ fn main() -> Result<()> {
     let mirrored = wait_for_entries(&topo.path("v2.log"), calls.len(), Duration::from_secs(10));
     check_interrupt()?;
     let summary = topo.stop_daemon(daemon, libc::SIGINT)?;
-    println!("== daemon stopped (SIGINT); TCX ingress now: {:?}", topo.tcx_ingress_programs()?);
+    println!("== daemon stopped (SIGINT); TC ingress now: {:?}", topo.ingress_programs()?);
     println!("   summary: {summary}");
     let show = |title: &str, entries: &[Value]| {
         println!("== {title}");

@@ -1,0 +1,178 @@
+//! The kernel matrix: the namespace integration tests run again inside virtual machines booted
+//! with Debian's own kernel packages (virtme-ng, this machine's root filesystem shared read-only).
+//!
+//! KVM is tried first; on a nested host where it cannot run stock kernels (qemu aborts, "failed
+//! to set MSR") the VM is booted again under software emulation, which takes ~40 s a boot.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+
+use crate::{apt_install, output, step};
+
+/// A Debian kernel series tested in a VM: the newest package whose name matches is installed.
+pub struct Series {
+    /// What the README calls it.
+    pub label: &'static str,
+    /// Package-name shape: `linux-image-<prefix><N><suffix>`.
+    prefix: &'static str,
+    suffix: &'static str,
+}
+
+/// Debian 12's stock kernel (netlink attach) and Debian 12's 6.12 (TCX attach).
+pub const SERIES: &[Series] = &[
+    Series { label: "Debian 12 stock 6.1", prefix: "6.1.0-", suffix: "-amd64" },
+    Series { label: "Debian 12 6.12", prefix: "6.12.", suffix: "+deb12-amd64" },
+];
+
+/// The namespace integration test binaries of the `mirror-tests` crate.
+const NAMESPACE_TESTS: &[&str] = &["attach", "namespaces", "operations", "routes", "framing"];
+
+/// The newest installable release of a series (e.g. `6.1.0-56-amd64`).
+fn newest(series: &Series) -> Result<String> {
+    let list = output(Command::new("apt-cache").args(["search", "--names-only", "^linux-image-"]))?;
+    let mut best: Option<(u32, String)> = None;
+    for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
+        let Some(rel) = name.strip_prefix("linux-image-") else { continue };
+        let Some(mid) = rel.strip_prefix(series.prefix).and_then(|r| r.strip_suffix(series.suffix)) else {
+            continue;
+        };
+        if let Ok(n) = mid.parse::<u32>()
+            && best.as_ref().is_none_or(|(b, _)| n > *b)
+        {
+            best = Some((n, rel.to_string()));
+        }
+    }
+    best.map(|(_, r)| r).with_context(|| format!("no Debian package linux-image-{}N{}", series.prefix, series.suffix))
+}
+
+/// Installs (if missing) the newest kernel of every series; returns their releases.
+pub fn install_kernels() -> Result<Vec<String>> {
+    let mut releases = Vec::new();
+    for s in SERIES {
+        let installed = installed_release(s);
+        let rel = match installed {
+            Some(r) => r,
+            None => {
+                let r = newest(s)?;
+                step(&format!("installing Debian's kernel {r} ({}) for the VM tests", s.label));
+                apt_install(&[&format!("linux-image-{r}")])?;
+                r
+            }
+        };
+        ensure!(Path::new(&format!("/boot/vmlinuz-{rel}")).exists(), "/boot/vmlinuz-{rel} missing after install");
+        releases.push(rel);
+    }
+    Ok(releases)
+}
+
+/// A release of `series` already in /boot.
+fn installed_release(series: &Series) -> Option<String> {
+    let mut found: Vec<(u32, String)> = std::fs::read_dir("/boot")
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let rel = name.strip_prefix("vmlinuz-")?.to_string();
+            let n = rel.strip_prefix(series.prefix)?.strip_suffix(series.suffix)?.parse().ok()?;
+            Some((n, rel))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, r)| r)
+}
+
+/// Paths of the namespace test executables, built already (`cargo test --no-run`).
+fn test_executables() -> Result<Vec<PathBuf>> {
+    let json = output(Command::new("cargo").args(["test", "-p", "mirror-tests", "--no-run", "--message-format=json"]))?;
+    let mut exes = Vec::new();
+    for line in json.lines() {
+        let Some(i) = line.find("\"executable\":\"") else { continue };
+        let rest = &line[i + 14..];
+        let exe = &rest[..rest.find('"').context("unterminated executable path")?];
+        let name = Path::new(exe).file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if NAMESPACE_TESTS.iter().any(|t| name.strip_prefix(t).is_some_and(|r| r.starts_with('-'))) {
+            exes.push(PathBuf::from(exe));
+        }
+    }
+    ensure!(exes.len() == NAMESPACE_TESTS.len(), "expected {} namespace test binaries, found {exes:?}", NAMESPACE_TESTS.len());
+    Ok(exes)
+}
+
+/// Whether KVM can boot a stock kernel here (decided by the first boot, then remembered).
+static KVM_WORKS: std::sync::Mutex<Option<bool>> = std::sync::Mutex::new(None);
+
+/// Runs every namespace test inside a VM booted with `/boot/vmlinuz-<release>`.
+pub fn test_in_vm(root: &Path, release: &str) -> Result<()> {
+    let kernel = format!("/boot/vmlinuz-{release}");
+    ensure!(Path::new(&kernel).exists(), "{kernel} is not installed (`cargo xtask setup` installs the matrix)");
+    let exes = test_executables()?;
+    let out = root.join("target").join("vm").join(release);
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out)?;
+    // Inside the VM: release binaries for the daemon and servers (debug ones are slow under
+    // emulation), generous timeouts, one test at a time (2 emulated vCPUs).
+    let mut script = String::from("set -u\nmount -t bpf bpf /sys/fs/bpf 2>/dev/null\nuname -r > \"$OUT/uname\"\nrc=0\n");
+    script.push_str(&format!("cd {}\nexport MIRROR_BIN_DIR={} MIRROR_TEST_SLOWDOWN=8 RUST_BACKTRACE=0\n", root.display(), root.join("target/release").display()));
+    for exe in &exes {
+        let name = exe.file_name().unwrap().to_string_lossy();
+        script.push_str(&format!(
+            "echo \"== {name}\"; {} --test-threads=1 > \"$OUT/{name}.log\" 2>&1; r=$?; echo \"$r\" > \"$OUT/{name}.rc\"; [ $r -eq 0 ] || rc=1\n",
+            exe.display()
+        ));
+    }
+    script.push_str("echo $rc > \"$OUT/rc\"\n");
+    std::fs::write(out.join("run.sh"), script)?;
+
+    let started = Instant::now();
+    let mut kvm = *KVM_WORKS.lock().unwrap();
+    loop {
+        let use_kvm = kvm.unwrap_or(true);
+        step(&format!("booting {release} ({}) to run the namespace tests", if use_kvm { "KVM" } else { "software emulation" }));
+        let mut cmd = Command::new("vng");
+        cmd.args(["--run", &kernel, "--cpus", "2", "--memory", "2G", "--rwdir"])
+            .arg(&out)
+            .arg("--exec")
+            .arg(format!("OUT={} sh {}", out.display(), out.join("run.sh").display()));
+        if !use_kvm {
+            cmd.arg("--disable-kvm");
+        }
+        let log = std::fs::File::create(out.join("console.log"))?;
+        let status = cmd.stdout(log.try_clone()?).stderr(log).status().context("running vng (virtme-ng)")?;
+        let booted = out.join("uname").exists();
+        if !booted && use_kvm && kvm.is_none() {
+            step("KVM cannot boot this kernel here; using software emulation");
+            kvm = Some(false);
+            *KVM_WORKS.lock().unwrap() = kvm;
+            continue;
+        }
+        if booted && kvm.is_none() {
+            *KVM_WORKS.lock().unwrap() = Some(use_kvm);
+        }
+        ensure!(booted, "the VM with {release} did not boot ({status}); see {}", out.join("console.log").display());
+        break;
+    }
+    let uname = std::fs::read_to_string(out.join("uname"))?;
+    ensure!(uname.trim() == release, "the VM ran kernel {uname:?}, not {release}");
+    let mut failed = Vec::new();
+    for exe in &exes {
+        let name = exe.file_name().unwrap().to_string_lossy().into_owned();
+        let log = std::fs::read_to_string(out.join(format!("{name}.log"))).unwrap_or_default();
+        let summary = log.lines().filter(|l| l.starts_with("test result:")).collect::<Vec<_>>().join(" ");
+        let rc = std::fs::read_to_string(out.join(format!("{name}.rc"))).unwrap_or_default();
+        println!("xtask: [{release}] {name}: {summary}");
+        if rc.trim() != "0" || summary.is_empty() {
+            println!("{log}");
+            failed.push(name);
+        }
+    }
+    step(&format!("[{release}] namespace tests took {:.0} s in the VM", started.elapsed().as_secs_f64()));
+    if !failed.is_empty() {
+        bail!("namespace tests failed on kernel {release}: {failed:?} (logs in {})", out.display());
+    }
+    Ok(())
+}
