@@ -3,15 +3,19 @@
 //! Everything here is `#[repr(C)]` plain data: the kernel writes it into the perf ring, the daemon
 //! reads it back with [`SegmentEvent::parse`]. Byte order of every integer is host order.
 #![no_std]
+#![warn(missing_docs)]
 
 /// Name of the TC classifier program, as `bpftool prog`, `bpftool net` and `tc filter show` show it
 /// (also the name by which netlink filters left by a killed daemon are found).
 pub const PROGRAM_NAME: &str = "mirror_tc";
 
-/// Map names (the daemon looks them up by these).
+/// Map of watched ports (the daemon looks maps up by these names).
 pub const MAP_PORTS: &str = "MIRROR_PORTS";
+/// Per-CPU counters map.
 pub const MAP_STATS: &str = "MIRROR_STATS";
+/// The perf event array the segments are shipped through.
 pub const MAP_SEGMENTS: &str = "MIRROR_SEGMENTS";
+/// Map of mirror endpoints whose traffic is never captured.
 pub const MAP_SKIP: &str = "MIRROR_SKIP";
 
 /// Largest number of packet bytes appended to one perf sample straight from the skb. A perf record
@@ -33,19 +37,28 @@ pub const KIND_TAIL: u8 = 1;
 /// tcp_flags and payload_len are the segment's.
 pub const KIND_REVERSE: u8 = 2;
 
-/// TCP flag bits as in the TCP header.
+/// TCP flag FIN, as in the TCP header.
 pub const TCP_FIN: u8 = 0x01;
+/// TCP flag SYN.
 pub const TCP_SYN: u8 = 0x02;
+/// TCP flag RST.
 pub const TCP_RST: u8 = 0x04;
+/// TCP flag PSH.
 pub const TCP_PSH: u8 = 0x08;
+/// TCP flag ACK.
 pub const TCP_ACK: u8 = 0x10;
 
-/// Indices of the per-CPU counters in `MAP_STATS`.
+/// Counter index in `MAP_STATS`: segments to a watched port with something to ship.
 pub const STAT_SEEN: u32 = 0;
+/// Counter: segments shipped to the ring.
 pub const STAT_SHIPPED: u32 = 1;
+/// Counter: events lost because the ring was full (or a tail could not be copied).
 pub const STAT_LOST: u32 = 2;
+/// Counter: skbs larger than inline + tail capture (their rest is a gap).
 pub const STAT_TRUNCATED: u32 = 3;
+/// Counter: tails of oversized skbs shipped as `KIND_TAIL` events.
 pub const STAT_TAILS: u32 = 4;
+/// Counter: IPv4 fragments (not captured: the TCP header may not be in them).
 pub const STAT_FRAGMENTS: u32 = 5;
 /// Segments to a mirror endpoint (shadow traffic, ours or another node's): never captured.
 pub const STAT_SKIPPED_MIRROR: u32 = 6;
@@ -53,7 +66,9 @@ pub const STAT_SKIPPED_MIRROR: u32 = 6;
 pub const STAT_MALFORMED: u32 = 7;
 /// Headers of primary → client segments shipped (`KIND_REVERSE`).
 pub const STAT_REVERSE: u32 = 8;
+/// Number of counters.
 pub const STAT_COUNT: u32 = 9;
+/// Counter names, by index, as the summary and the metrics show them.
 pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "seen",
     "shipped",
@@ -71,9 +86,13 @@ pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SkipKey {
+    /// Address; IPv4 uses the first 4 bytes.
     pub addr: [u8; 16],
+    /// Port, host byte order.
     pub port: u16,
+    /// 4 or 6.
     pub family: u8,
+    /// Padding (zero).
     pub _pad: u8,
 }
 
@@ -86,18 +105,26 @@ pub struct SegmentEvent {
     pub ts_ns: u64,
     /// Source and destination address; IPv4 uses the first 4 bytes.
     pub saddr: [u8; 16],
+    /// Destination address; IPv4 uses the first 4 bytes.
     pub daddr: [u8; 16],
+    /// TCP sequence number.
     pub seq: u32,
+    /// TCP acknowledgement number.
     pub ack: u32,
+    /// TCP source port.
     pub sport: u16,
+    /// TCP destination port.
     pub dport: u16,
     /// 4 or 6.
     pub family: u8,
+    /// TCP flags byte.
     pub tcp_flags: u8,
-    /// `KIND_PACKET` or `KIND_TAIL`.
+    /// `KIND_PACKET`, `KIND_TAIL` or `KIND_REVERSE`.
     pub kind: u8,
+    /// Padding.
     pub _pad: u8,
-    pub ifindex: u32,
+    /// Keeps the layout (was the interface index, which nothing read).
+    pub _pad2: u32,
     /// Offset of the TCP payload inside the bytes that follow (0 for `KIND_TAIL`).
     pub payload_off: u32,
     /// TCP payload length of the whole segment (for `KIND_TAIL`, of this piece).
@@ -111,6 +138,7 @@ pub struct SegmentEvent {
 }
 
 impl SegmentEvent {
+    /// Size of the header in a sample.
     pub const LEN: usize = core::mem::size_of::<SegmentEvent>();
 
     /// Reads an event header from the start of a sample. `None` if the sample is too short.
@@ -128,7 +156,9 @@ impl SegmentEvent {
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct TailPiece {
+    /// The event header (kind `KIND_TAIL`).
     pub event: SegmentEvent,
+    /// The tail's bytes (the first `event.captured_len` are valid).
     pub bytes: [u8; MAX_TAIL_CAPTURE as usize],
 }
 

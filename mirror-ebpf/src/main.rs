@@ -163,9 +163,6 @@ fn capture(ctx: &TcContext) -> Result<(), ()> {
     ev.ack = u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]);
     ev.tcp_flags = tcp[13];
     ev.kind = KIND_PACKET;
-    // SAFETY: `ctx.skb.skb` is the context pointer the kernel passed in; reading a field of it is a
-    // context access the verifier checks and rewrites.
-    ev.ifindex = unsafe { (*ctx.skb.skb).ifindex };
     ev.payload_off = payload_off;
     ev.payload_len = ip_end - payload_off;
     ev.captured_len = inline;

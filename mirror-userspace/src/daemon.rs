@@ -51,9 +51,16 @@ pub async fn run(path: &Path, metrics_addr: std::net::SocketAddr, attach: Attach
     let metrics = Arc::new(Metrics::new());
     let _server = metrics::serve(metrics_addr, metrics.clone()).await?;
     let replayer = Arc::new(Replayer::start(&router, &cfg.replay, Some(metrics.clone())));
-    let capture = Capture::start(&cfg.capture.interfaces, &cfg.capture.ports, &endpoint_addrs(&router), |cpus| {
-        cfg.capture.perf_pages_for(cpus)
-    }, attach)?;
+    let capture = Capture::start(
+        &cfg.capture.interfaces,
+        &cfg.capture.ports,
+        &endpoint_addrs(&router),
+        |cpus| cfg.capture.perf_pages_for(cpus),
+        attach,
+    )?;
+    for (interface, mode) in capture.attachments() {
+        metrics.attached(interface, mode.as_str());
+    }
     tracing::info!(
         interfaces = ?cfg.capture.interfaces,
         ports = ?cfg.capture.ports,
@@ -144,7 +151,6 @@ fn capture_loop(
     let lost = AtomicU64::new(0);
     let mut decode_errors = 0u64;
     let mut out = Vec::new();
-    let mut last_tick = Instant::now();
     let mut last_publish = Instant::now();
     // Bytes of samples handled by the last drain.
     let mut drained = 0usize;
@@ -162,7 +168,13 @@ fn capture_loop(
         // want of reading it.
         match drained {
             0 => {
-                capture.wait(100);
+                // Sleep until data arrives or the next flow timer (hole or idle timeout) is due,
+                // at most 100 ms (metrics are published every 500 ms).
+                let until_timer = pipeline
+                    .flows()
+                    .poll_timeout()
+                    .map_or(100, |t| t.saturating_sub(start.elapsed()).as_millis().min(100) as i32);
+                capture.wait(until_timer);
                 std::thread::sleep(Duration::from_millis(2));
             }
             n if n < HEAVY_DRAIN_BYTES => std::thread::sleep(Duration::from_millis(2)),
@@ -194,9 +206,10 @@ fn capture_loop(
         for (_, seg) in batch.drain(..) {
             pipeline.on_segment(seg, now, &mut out);
         }
-        if last_tick.elapsed() >= Duration::from_millis(50) {
-            pipeline.on_tick(start.elapsed(), &mut out);
-            last_tick = Instant::now();
+        // Flow timers: only when one is due (poll_timeout may be early, never late).
+        let now = start.elapsed();
+        if pipeline.flows().poll_timeout().is_some_and(|t| t <= now) {
+            pipeline.on_tick(now, &mut out);
         }
         if last_publish.elapsed() >= Duration::from_millis(500) {
             publish(&capture, &pipeline, &metrics);

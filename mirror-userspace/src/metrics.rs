@@ -46,6 +46,13 @@ impl EncodeLabelValue for DropReason {
     }
 }
 
+/// `{interface, mode}`: where the classifier is attached and how (`tcx` or `netlink`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AttachLabel {
+    interface: String,
+    mode: String,
+}
+
 /// `{route, mirror}`: a route's name and a mirror's endpoints key.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteMirror {
@@ -71,6 +78,7 @@ pub struct Metrics {
     registry: Registry,
     kernel: Family<KindLabel, Counter>,
     flows_open: Gauge,
+    attach: Family<AttachLabel, Gauge>,
     flow_events: Family<KindLabel, Counter>,
     framed: Counter,
     mirrored: Family<RouteMirror, Counter>,
@@ -96,6 +104,7 @@ impl Metrics {
         let m = Metrics {
             kernel: Family::default(),
             flows_open: Gauge::default(),
+            attach: Family::default(),
             flow_events: Family::default(),
             framed: Counter::default(),
             mirrored: Family::default(),
@@ -113,6 +122,11 @@ impl Metrics {
             m.kernel.clone(),
         );
         registry.register("flows_open", "TCP flows being reassembled", m.flows_open.clone());
+        registry.register(
+            "attach_info",
+            "1 for each interface the classifier is attached to, with the attach mode (tcx or netlink)",
+            m.attach.clone(),
+        );
         registry.register(
             "flow_events",
             "Flow events: opened, midstream, gaps, retransmitted, out_of_order, evicted",
@@ -142,6 +156,11 @@ impl Metrics {
             m.latency.clone(),
         );
         Metrics { registry, ..m }
+    }
+
+    /// Records that the classifier is attached to `interface` in `mode` (`tcx` or `netlink`).
+    pub fn attached(&self, interface: &str, mode: &str) {
+        self.attach.get_or_create(&AttachLabel { interface: interface.into(), mode: mode.into() }).set(1);
     }
 
     fn delta(&self, key: &str, now: u64) -> u64 {

@@ -122,11 +122,12 @@ pub fn tc_programs(ns: &str, iface: &str, hook: Hook) -> Result<Vec<String>> {
     .join()
     .map_err(|_| anyhow::anyhow!("thread panicked"))??;
     let filters = ns_run(ns, "tc", &["filter", "show", "dev", iface, hook_name])?;
-    // "filter protocol all pref 49152 bpf chain 0 handle 0x1 mirror_tc direct-action ..."
+    // "filter protocol all pref 49152 bpf chain 0 handle 0x1 mirror_tc direct-action not_in_hw id 103
+    // name mirror_tc tag ...": eBPF filters carry a program name; classic-BPF ones do not (skipped).
     for line in filters.lines().filter(|l| l.contains(" bpf ") && l.contains(" handle ")) {
         let words: Vec<&str> = line.split_whitespace().collect();
-        if let Some(i) = words.iter().position(|w| *w == "handle") {
-            names.push(words.get(i + 2).unwrap_or(&"?").to_string());
+        if let Some(i) = words.iter().position(|w| *w == "name") {
+            names.push(words.get(i + 1).unwrap_or(&"?").to_string());
         }
     }
     Ok(names)

@@ -19,14 +19,15 @@ fn detach(topo: &Topology) -> Result<String, String> {
         .map_err(|e| format!("{e:#}"))
 }
 
-/// A foreign filter (somebody else's, a CNI's say) on the same clsact qdisc.
+/// A foreign filter (somebody else's, a CNI's say) on the same clsact qdisc: a `bpf` filter too,
+/// but not ours (classic BPF that matches nothing, so classification goes on to the next filter).
 fn add_foreign_filter(topo: &Topology) {
     tc(topo, &["qdisc", "add", "dev", PRIMARY_IFACE, "clsact"]);
-    tc(topo, &["filter", "add", "dev", PRIMARY_IFACE, "ingress", "pref", "7", "matchall", "action", "pass"]);
+    tc(topo, &["filter", "add", "dev", PRIMARY_IFACE, "ingress", "pref", "7", "bpf", "bytecode", "1,6 0 0 0,", "classid", "1:1"]);
 }
 
 fn foreign_filter_present(topo: &Topology) -> bool {
-    tc(topo, &["filter", "show", "dev", PRIMARY_IFACE, "ingress"]).contains("matchall")
+    tc(topo, &["filter", "show", "dev", PRIMARY_IFACE, "ingress"]).contains("bytecode '1,6 0 0 0'")
 }
 
 #[test]

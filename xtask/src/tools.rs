@@ -74,6 +74,7 @@ pub fn pypi_packages() -> Vec<&'static str> {
 }
 
 /// Whether `program` is on the list.
+#[cfg(test)]
 pub fn listed(program: &str) -> bool {
     TOOLS.iter().any(|(p, _)| *p == program)
 }
