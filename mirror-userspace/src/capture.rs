@@ -26,8 +26,8 @@ use aya::{
 };
 use bytes::Bytes;
 use mirror_common::{
-    KIND_PACKET, KIND_REVERSE, KIND_TAIL, MAP_PORTS, MAP_SEGMENTS, MAP_SKIP, MAP_STATS, PROGRAM_NAME, STAT_COUNT, STAT_NAMES,
-    SegmentEvent, SkipKey,
+    KIND_PACKET, KIND_REVERSE, KIND_TAIL, MAP_PORTS, MAP_SEGMENTS, MAP_SKIP, MAP_STATS, PROGRAM_NAME, STAT_COUNT,
+    STAT_NAMES, SegmentEvent, SkipKey,
 };
 
 use self::attach::{AttachMode, AttachPreference, Attached};
@@ -84,8 +84,8 @@ pub fn decode_sample(sample: &[u8]) -> Result<(u64, Segment), DecodeError> {
     let seg = if reverse {
         Segment::to_client(FlowKey { client: dst, server: src }, ev.seq, ev.ack, ev.tcp_flags, ev.payload_len)
     } else {
-        let mut seg =
-            Segment::to_server(FlowKey { client: src, server: dst }, ev.seq, ev.ack, ev.tcp_flags, Bytes::copy_from_slice(payload));
+        let key = FlowKey { client: src, server: dst };
+        let mut seg = Segment::to_server(key, ev.seq, ev.ack, ev.tcp_flags, Bytes::copy_from_slice(payload));
         // The wire length, which the captured payload may fall short of (a lost or oversize tail).
         seg.len = seg.len.max(ev.payload_len);
         seg
@@ -149,7 +149,7 @@ impl Capture {
         let pages = perf_pages(cpus.len());
         tracing::info!(cpus = cpus.len(), pages_per_cpu = pages, "perf ring");
         for cpu in cpus {
-            buffers.push(perf.open(cpu, Some(pages)).with_context(|| format!("perf buffer for CPU {cpu}"))?);
+            buffers.push(perf.open(cpu, Some(pages)).map_err(|e| perf_open_error(cpu, e))?);
         }
         if buffers.is_empty() {
             bail!("no online CPUs");
@@ -241,6 +241,20 @@ impl Drop for Capture {
             }
             Err(e) => tracing::warn!("detaching: {e}"),
         }
+    }
+}
+
+/// Explains a failed `perf_event_open`: Debian and Ubuntu kernels default to
+/// `kernel.perf_event_paranoid = 3`, which refuses it to everyone without CAP_SYS_ADMIN, CAP_PERFMON
+/// included.
+fn perf_open_error(cpu: u32, e: impl std::error::Error + Send + Sync + 'static) -> anyhow::Error {
+    let paranoid = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid").unwrap_or_default();
+    let err = anyhow::Error::new(e).context(format!("perf buffer for CPU {cpu}"));
+    match paranoid.trim().parse::<i32>() {
+        Ok(level) if level > 2 => err.context(format!(
+            "kernel.perf_event_paranoid is {level} (Debian's and Ubuntu's default): perf_event_open is refused              to every process without CAP_SYS_ADMIN, CAP_PERFMON included. Set it to 2              (sysctl kernel.perf_event_paranoid=2) or run with CAP_SYS_ADMIN"
+        )),
+        _ => err,
     }
 }
 

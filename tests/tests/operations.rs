@@ -212,6 +212,15 @@ fn unprivileged_daemon(topo: &Topology, config: &std::path::Path, caps: &str, la
     topo.spawn(&topo.primary, label, std::path::Path::new("/usr/bin/setpriv"), &args).unwrap()
 }
 
+/// Puts kernel.perf_event_paranoid back as it was.
+struct RestoreParanoid(String);
+
+impl Drop for RestoreParanoid {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/proc/sys/kernel/perf_event_paranoid", self.0.trim());
+    }
+}
+
 #[test]
 fn runs_with_cap_bpf_net_admin_perfmon_instead_of_root() {
     let topo = Topology::new().unwrap();
@@ -222,6 +231,19 @@ fn runs_with_cap_bpf_net_admin_perfmon_instead_of_root() {
     let st = weak.wait_exit(Duration::from_secs(15)).unwrap();
     assert!(!st.success(), "started without CAP_BPF");
     assert!(weak.stderr().contains("Error"), "no clear error: {}", weak.stderr());
+    // Debian's kernels (the VM runs) default to perf_event_paranoid 3, which refuses perf_event_open
+    // to CAP_PERFMON: the daemon must say so clearly, and work once it is 2.
+    let paranoid = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid").unwrap();
+    let _restore = if paranoid.trim().parse::<i32>().unwrap() > 2 {
+        let mut refused = unprivileged_daemon(&topo, &config, "+bpf,+net_admin,+perfmon", "paranoid");
+        assert!(!refused.wait_exit(Duration::from_secs(15)).unwrap().success());
+        assert!(refused.stderr().contains("perf_event_paranoid is"), "{}", refused.stderr());
+        assert_eq!(topo.ingress_programs().unwrap(), Vec::<String>::new(), "left attached after a failed start");
+        std::fs::write("/proc/sys/kernel/perf_event_paranoid", "2").unwrap();
+        Some(RestoreParanoid(paranoid))
+    } else {
+        None
+    };
     // With the three capabilities, as uid 65534: attaches, mirrors, detaches.
     let mut d = unprivileged_daemon(&topo, &config, "+bpf,+net_admin,+perfmon", "least");
     d.wait_for_stderr("ready", Duration::from_secs(30)).unwrap();
