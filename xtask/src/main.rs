@@ -204,6 +204,13 @@ fn setup() -> Result<()> {
         step(&format!("installing {pkg} from PyPI"));
         run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "--root-user-action=ignore", pkg]))?;
     }
+    for (module, pkg) in tools::PYTHON_MODULES {
+        let present = Command::new("python3").args(["-c", &format!("import {module}")]).output().is_ok_and(|o| o.status.success());
+        if !present {
+            step(&format!("installing {pkg} from PyPI (python module {module})"));
+            run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "--root-user-action=ignore", pkg]))?;
+        }
+    }
     let kernels = vm::install_kernels()?;
     step(&format!("toolchain ready (nightly LLVM {llvm}, bpf-linker, rust-src); VM kernels {kernels:?}"));
     Ok(())
@@ -288,7 +295,7 @@ fn fuzz(seconds: u64) -> Result<()> {
     if !have("cargo-fuzz") {
         run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
     }
-    for target in ["framer", "reassembler"] {
+    for target in ["framer", "reassembler", "config"] {
         let corpus = format!("corpus/{target}");
         std::fs::create_dir_all(Path::new("fuzz").join(&corpus))?;
         run(Command::new("cargo")

@@ -48,6 +48,12 @@ pub const TOOLS: &[(&str, Source)] = &[
     ("vng", Source::Pypi("virtme-ng==1.42")),
 ];
 
+/// Python modules the test scripts import (tests/scripts/*.py), from PyPI: (module, package).
+pub const PYTHON_MODULES: &[(&str, &str)] = &[
+    // Crafted TCP segments (bad checksums, no ACK, out-of-window RST, spoofed sources).
+    ("scapy", "scapy==2.6.1"),
+];
+
 /// The Debian packages of `TOOLS`, deduplicated.
 pub fn debian_packages() -> Vec<&'static str> {
     let mut v: Vec<&str> = TOOLS
