@@ -1,54 +1,163 @@
-//! The flow table on arbitrary segment sequences (any order, overlap, duplication, wrap, flags,
-//! time): it must never panic, every byte it delivers must be the byte sent at that stream offset,
-//! it must hold no out-of-order bytes once every flow is closed, and a tick before
-//! `poll_timeout` must do nothing.
+//! The flow table on arbitrary segment sequences of both directions (any order, overlap,
+//! duplication, wrap, flags, time, forged copies, server ACKs and RSTs), in both modes. It must
+//! never panic; every byte it delivers must be the byte the client sent at that stream offset
+//! (never a forged copy's, in strict mode); in strict mode it must deliver only bytes the server
+//! acknowledged, nothing after a gap and nothing of a flow picked up mid-stream; it must hold
+//! nothing once every flow is closed; and a tick before `poll_timeout` must do nothing.
 #![no_main]
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use mirror::flow::{FlowConfig, FlowKey, FlowTable, Segment, StreamEvent};
+use mirror_common::{TCP_ACK, TCP_RST, TCP_SYN};
 
 /// The byte at stream offset `off` of every flow: data is a known function of its offset.
 fn byte_at(off: u64) -> u8 {
     (off.wrapping_mul(31) >> 3) as u8
 }
 
+/// Where the server's connection on one client port stands.
+#[derive(Default, PartialEq, Eq)]
+enum State {
+    /// None: a SYN starts one.
+    #[default]
+    Closed,
+    /// A SYN came: the next server segment is the SYN-ACK.
+    SynReceived,
+    /// Data flows (also for a connection that began before the input did).
+    Established,
+}
+
+/// The server's TCP on one client port: the genuine client bytes it received in the current
+/// connection, and the next one it expects.
+#[derive(Default)]
+struct Server {
+    state: State,
+    /// Sequence number of the connection's SYN (stream offset `o` is at `isn + 1 + o`).
+    isn: u32,
+    got: Vec<(u64, u64)>,
+    rcv_nxt: u64,
+}
+
+impl Server {
+    fn receive(&mut self, start: u64, end: u64) {
+        self.got.push((start, end));
+        self.got.sort_unstable();
+        for &(s, e) in &self.got {
+            if s <= self.rcv_nxt {
+                self.rcv_nxt = self.rcv_nxt.max(e);
+            }
+        }
+    }
+
+    /// The connection is gone (an RST either way).
+    fn reset(&mut self) {
+        *self = Server { isn: self.isn, ..Server::default() };
+    }
+
+    /// The sequence number of stream offset `off`.
+    fn seq_of(&self, off: u64) -> u32 {
+        self.isn.wrapping_add(1).wrapping_add(off as u32)
+    }
+}
+
+/// What the checker knows of one open flow.
+struct Seen {
+    /// Next stream offset, for flows that started with a SYN at offset 0.
+    next: Option<u64>,
+    /// A gap was delivered (strict mode: nothing may follow).
+    gapped: bool,
+    /// Picked up mid-stream (strict mode: nothing may be delivered).
+    midstream: bool,
+}
+
 fuzz_target!(|data: &[u8]| {
-    if data.len() < 4 {
+    if data.len() < 5 {
         return;
     }
     let isn = u32::from_le_bytes(data[..4].try_into().unwrap());
+    let strict = data[4] & 1 == 1;
     let cfg = FlowConfig {
         max_flows: 2,
         max_flow_buffer: 2048,
-        max_total_buffer: 4096,
+        // Room for both flows' bounds: no segment is ever dropped for the global budget (a hole
+        // the server acknowledged, filled by a forged copy later, is beyond what can be checked).
+        max_total_buffer: 8192,
         idle_timeout: Duration::from_millis(500),
         reorder_timeout: Duration::from_millis(50),
+        require_ack: strict,
     };
     let mut table = FlowTable::new(cfg);
     let mut out = Vec::new();
     let mut now = Duration::ZERO;
-    // Where each (client port) stream stands: next offset, and the base seq of offset 0.
-    let mut next: std::collections::HashMap<FlowKey, u64> = Default::default();
-    for op in data[4..].chunks(5) {
+    let mut seen: HashMap<FlowKey, Seen> = HashMap::new();
+    // Per client port: the server's view, and the furthest offset it acknowledged to the flow.
+    let mut servers: HashMap<u16, Server> = HashMap::new();
+    let mut acked: HashMap<FlowKey, u64> = HashMap::new();
+    for op in data[5..].chunks(5) {
         if op.len() < 5 {
             break;
         }
         let port = 1000 + u16::from(op[0] & 1);
         let flags = op[1] & 0x1f;
+        let kind = op[1] >> 5;
         let off = u64::from(u16::from_le_bytes([op[2], op[3]]));
         let len = u64::from(op[4] & 0x7f);
+        let new_isn = op[4] & 0x80 != 0;
         now += Duration::from_millis(u64::from(op[0] >> 4));
-        let key = FlowKey {
-            client: format!("10.0.0.1:{port}").parse().unwrap(),
-            server: "10.0.0.2:80".parse().unwrap(),
+        let key =
+            FlowKey { client: format!("10.0.0.1:{port}").parse().unwrap(), server: "10.0.0.2:80".parse().unwrap() };
+        let server = servers.entry(port).or_insert_with(|| Server { isn, ..Server::default() });
+        let seg = if kind == 7 {
+            // The server: its SYN-ACK, then ACKs of what it holds in order (an RST too, at times).
+            let ack = server.seq_of(server.rcv_nxt);
+            match server.state {
+                State::Closed => continue,
+                State::SynReceived => {
+                    server.state = State::Established;
+                    Segment::to_client(key, 5, ack, TCP_SYN | TCP_ACK, 0)
+                }
+                State::Established => {
+                    let a = acked.entry(key).or_default();
+                    *a = (*a).max(server.rcv_nxt);
+                    if flags & TCP_RST != 0 {
+                        server.reset();
+                    }
+                    Segment::to_client(key, 5, ack, TCP_ACK | (flags & TCP_RST), 0)
+                }
+            }
+        } else if flags & TCP_SYN != 0 {
+            // A SYN: a new connection if the server has none (another ISN if asked), else one it
+            // ignores (a retransmission, or a forged SYN with another ISN: strict mode only, as
+            // without the server's side the latest SYN before any data sets the stream's start).
+            let mut seq = server.isn;
+            if new_isn && strict {
+                seq = seq.wrapping_add(((off as u32) << 12) | 1);
+            }
+            if server.state == State::Closed {
+                server.isn = seq;
+                server.state = State::SynReceived;
+            }
+            Segment::to_server(key, seq, 0, flags, Bytes::new())
+        } else {
+            // Data at stream offset `off` has seq isn + 1 + off. Kind 6 is a copy the server's
+            // kernel drops (bad checksum, spoofed): different bytes, never received (strict mode
+            // only: without it the first copy wins, whatever it holds).
+            let forged = kind == 6 && strict;
+            let payload: Vec<u8> = (off..off + len).map(|o| if forged { !byte_at(o) } else { byte_at(o) }).collect();
+            let rst = flags & TCP_RST != 0;
+            if !forged && flags & TCP_ACK != 0 && !rst && len > 0 && server.state != State::SynReceived {
+                server.state = State::Established;
+                server.receive(off, off + len);
+            }
+            if rst && !forged && server.state == State::Established && off == server.rcv_nxt {
+                server.reset();
+            }
+            Segment::to_server(key, server.seq_of(off), 0, flags, Bytes::from(payload))
         };
-        // SYN carries isn; data at stream offset `off` has seq isn + 1 + off.
-        let payload: Vec<u8> = if flags & 0x02 != 0 { Vec::new() } else { (off..off + len).map(byte_at).collect() };
-        let seq = if flags & 0x02 != 0 { isn } else { isn.wrapping_add(1).wrapping_add(off as u32) };
-        table.on_segment(Segment { key, seq, flags, payload: Bytes::from(payload) }, now, &mut out);
+        table.on_segment(seg, now, &mut out);
         if op[0] & 0x0e == 0x0e {
             let due = table.poll_timeout().is_some_and(|at| at <= now);
             let before = out.len();
@@ -56,36 +165,57 @@ fuzz_target!(|data: &[u8]| {
             assert!(due || out.len() == before, "a tick before poll_timeout did something");
         }
         assert_eq!(table.poll_timeout().is_none(), table.is_empty(), "an open flow without a timer");
-        check(&mut out, &mut next);
+        check(&mut out, &mut seen, &mut acked, strict);
     }
     table.close_all(&mut out);
-    check(&mut out, &mut next);
+    check(&mut out, &mut seen, &mut acked, strict);
     assert_eq!(table.buffered_bytes(), 0);
     assert!(table.is_empty());
 });
 
-/// Checks delivered bytes against `byte_at`, for flows that started with a SYN at offset 0.
-fn check(out: &mut Vec<(FlowKey, StreamEvent)>, next: &mut std::collections::HashMap<FlowKey, u64>) {
+/// Checks delivered bytes against `byte_at` (flows that started with a SYN at offset 0) and, in
+/// strict mode, against what the server acknowledged, gaps and mid-stream pick-ups.
+fn check(
+    out: &mut Vec<(FlowKey, StreamEvent)>,
+    seen: &mut HashMap<FlowKey, Seen>,
+    acked: &mut HashMap<FlowKey, u64>,
+    strict: bool,
+) {
     for (key, ev) in out.drain(..) {
         match ev {
-            StreamEvent::Open { midstream: false } => {
-                next.insert(key, 0);
+            StreamEvent::Open { midstream } => {
+                seen.insert(key, Seen { next: (!midstream).then_some(0), gapped: false, midstream });
+                // Acknowledgements count from the flow's start.
+                acked.insert(key, 0);
             }
-            StreamEvent::Open { midstream: true } | StreamEvent::Close(_) => {
-                next.remove(&key);
+            StreamEvent::Close(_) => {
+                seen.remove(&key);
             }
             StreamEvent::Gap(n) => {
-                if let Some(o) = next.get_mut(&key) {
+                let s = seen.get_mut(&key).expect("a gap on a flow not open");
+                assert!(n > 0, "empty gap");
+                assert!(!(strict && s.gapped), "strict mode: a second gap on a given-up flow");
+                s.gapped = true;
+                if let Some(o) = s.next.as_mut() {
                     *o += n;
                 }
             }
             StreamEvent::Data(d) => {
+                let s = seen.get_mut(&key).expect("data on a flow not open");
                 assert!(!d.is_empty(), "empty data event");
-                if let Some(o) = next.get_mut(&key) {
+                if strict {
+                    assert!(!s.gapped, "strict mode: data after a gap");
+                    assert!(!s.midstream, "strict mode: data of a flow picked up mid-stream");
+                }
+                if let Some(o) = s.next.as_mut() {
                     for (i, b) in d.iter().enumerate() {
                         assert_eq!(*b, byte_at(*o + i as u64), "byte at offset {} was invented", *o + i as u64);
                     }
                     *o += d.len() as u64;
+                    if strict {
+                        let a = acked.get(&key).copied().unwrap_or(0);
+                        assert!(*o <= a, "strict mode: delivered up to {} but the server acknowledged {a}", *o);
+                    }
                 }
             }
         }

@@ -23,16 +23,19 @@ fn pipeline() -> Pipeline {
     Pipeline::with_rng(Arc::new(Router::new(&cfg).unwrap()), FlowConfig::default(), 1 << 20, StdRng::seed_from_u64(1))
 }
 
-/// One flow carrying `stream`, cut into `mss`-byte segments after a SYN.
+/// One flow carrying `stream`, cut into `mss`-byte segments after a SYN, each acknowledged by the
+/// server (a header-only segment back) as the primary's TCP does.
 fn segments(stream: &[u8], mss: usize) -> Vec<Segment> {
     let key = FlowKey { client: "10.0.0.1:40000".parse().unwrap(), server: "10.0.0.2:80".parse().unwrap() };
-    let mut segs = vec![Segment { key, seq: 999, flags: TCP_SYN, payload: Bytes::new() }];
+    let mut segs = vec![Segment::to_server(key, 999, 0, TCP_SYN, Bytes::new())];
+    segs.push(Segment::to_client(key, 0, 1000, TCP_SYN | TCP_ACK, 0));
     let stream = Bytes::copy_from_slice(stream);
     let mut seq = 1000u32;
     for start in (0..stream.len()).step_by(mss) {
         let end = (start + mss).min(stream.len());
-        segs.push(Segment { key, seq, flags: TCP_ACK, payload: stream.slice(start..end) });
+        segs.push(Segment::to_server(key, seq, 1, TCP_ACK, stream.slice(start..end)));
         seq = seq.wrapping_add((end - start) as u32);
+        segs.push(Segment::to_client(key, 1, seq, TCP_ACK, 0));
     }
     segs
 }

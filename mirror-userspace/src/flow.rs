@@ -1,15 +1,31 @@
 //! TCP flow reassembly, sans-IO: segments and timestamps in, each client→server byte stream out in
 //! order, with explicit gaps and closes.
 //!
-//! Only the client→server direction is seen (TC ingress on the primary's interface). Sequence
-//! numbers are unwrapped to 64-bit stream offsets, so 32-bit wrap is invisible above this layer.
-//! Out-of-order segments wait in a bounded buffer; a hole that stays open longer than
-//! `reorder_timeout`, or that would make the buffer exceed its bound, becomes a [`StreamEvent::Gap`]
-//! and the bytes after it are delivered. Overlaps keep the first copy delivered.
+//! Both directions are seen: the client's segments with their payload (TC ingress on the primary's
+//! interface), the server's as headers only (TC egress). Sequence numbers are unwrapped to 64-bit
+//! stream offsets, so 32-bit wrap is invisible above this layer.
 //!
-//! [`FlowTable`] holds the flows and their policy (SYN, RST, port reuse, eviction, idle timeout,
-//! the out-of-order budget over all flows, statistics); each flow's bytes are put in order by an
-//! `Assembler` (`flow/assembler.rs`). [`FlowTable::poll_timeout`] says when the next timer is due.
+//! **Linux's view of the stream, not the wire's** ([`FlowConfig::require_ack`], on by default): a
+//! client byte is delivered only once the primary's TCP has acknowledged it, because a copy on the
+//! wire may be one the primary's kernel dropped (bad checksum, spoofed source, out of window).
+//! Client data segments without ACK are ignored, as Linux ignores them on an established
+//! connection; a client RST closes a flow only at exactly the sequence number the server expects
+//! next (RFC 5961), a server RST always does; two different copies of the same unacknowledged
+//! bytes make that range a gap, never a guess. After a gap, and on a flow picked up mid-stream
+//! (no SYN seen), the flow is *given up*: nothing more of it is delivered until it closes, so a
+//! resynchronisation can never take body bytes for a request. Bytes never acknowledged are never
+//! delivered: at close they are a counted gap. Without `require_ack` (a capture of one direction
+//! only) the bytes are delivered as soon as they are in order, overlaps keep the first copy, and
+//! framing resynchronises after gaps and on mid-stream flows.
+//!
+//! Out-of-order segments wait in a bounded buffer; a hole that stays open longer than
+//! `reorder_timeout` while bytes after it are due, or that would make the buffer exceed its bound,
+//! becomes a [`StreamEvent::Gap`].
+//!
+//! [`FlowTable`] holds the flows and their policy (SYN, RST, acknowledgements, port reuse,
+//! eviction, idle timeout, the buffer budget over all flows, giving up, statistics); each flow's
+//! bytes are put in order by an `Assembler` (`flow/assembler.rs`). [`FlowTable::poll_timeout`]
+//! says when the next timer is due.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -20,12 +36,12 @@ mod table;
 
 pub use table::FlowTable;
 
-/// Client and server ends of a connection, seen from the client's segments.
+/// Client and server ends of a connection: the same key for the segments of both directions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
-    /// The client's address and port (the segments' source).
+    /// The client's address and port (the source of its segments, the destination of the server's).
     pub client: SocketAddr,
-    /// The server's address and port (the segments' destination).
+    /// The server's (the primary's watched) address and port.
     pub server: SocketAddr,
 }
 
@@ -35,17 +51,48 @@ impl std::fmt::Display for FlowKey {
     }
 }
 
-/// One client→server TCP segment.
+/// Which way a segment went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Client → server (the primary): the stream that is reassembled, payload included.
+    ToServer,
+    /// Server → client: headers only; its acknowledgements say which client bytes the primary's
+    /// TCP accepted, its RST closes the flow.
+    ToClient,
+}
+
+/// One TCP segment of a watched connection, in either direction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Segment {
-    /// The connection it belongs to.
+    /// The connection it belongs to, oriented (client, server) whatever the direction.
     pub key: FlowKey,
+    /// Which way it went.
+    pub dir: Direction,
     /// TCP sequence number of its first byte (of the SYN itself, if it has one).
     pub seq: u32,
+    /// TCP acknowledgement number (meaningful when `flags` has `TCP_ACK`).
+    pub ack: u32,
     /// TCP flags (`mirror_common::TCP_*` bits).
     pub flags: u8,
-    /// The TCP payload.
+    /// TCP payload length on the wire: `payload.len()` for a client segment captured whole, more
+    /// if the capture cut it short, and the server's payload length for a [`Direction::ToClient`]
+    /// segment (whose payload is not captured).
+    pub len: u32,
+    /// The TCP payload as captured (always empty for a [`Direction::ToClient`] segment).
     pub payload: Bytes,
+}
+
+impl Segment {
+    /// A client→server segment carrying `payload` (whole: `len` is its length).
+    pub fn to_server(key: FlowKey, seq: u32, ack: u32, flags: u8, payload: Bytes) -> Self {
+        let len = payload.len() as u32;
+        Self { key, dir: Direction::ToServer, seq, ack, flags, len, payload }
+    }
+
+    /// A server→client segment's headers: `len` payload bytes on the wire, none captured.
+    pub fn to_client(key: FlowKey, seq: u32, ack: u32, flags: u8, len: u32) -> Self {
+        Self { key, dir: Direction::ToClient, seq, ack, flags, len, payload: Bytes::new() }
+    }
 }
 
 /// What happened on a flow.
@@ -68,9 +115,10 @@ pub enum StreamEvent {
 /// Why a flow ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CloseReason {
-    /// Every byte up to the client's FIN was delivered (or declared a gap).
+    /// Every byte up to the client's FIN was delivered (or declared a gap); on a given-up flow,
+    /// the client's FIN was seen.
     Fin,
-    /// The client reset the connection.
+    /// The server reset the connection, or the client did with an RST the server accepts.
     Rst,
     /// No segment for the idle timeout.
     Idle,
@@ -93,8 +141,13 @@ pub struct FlowConfig {
     pub max_total_buffer: usize,
     /// How long a flow may go without a segment before it is closed.
     pub idle_timeout: Duration,
-    /// How long a hole may stay open waiting for a late or retransmitted segment.
+    /// How long a hole may stay open waiting for a late or retransmitted segment (once bytes
+    /// after it are due: acknowledged by the server, or any with `require_ack` off).
     pub reorder_timeout: Duration,
+    /// Deliver a client byte only once the server acknowledged it, and apply Linux's other rules
+    /// (see the module documentation). On by default; off only for a capture that holds the
+    /// client→server direction alone, where nothing confirms what the primary accepted.
+    pub require_ack: bool,
 }
 
 impl Default for FlowConfig {
@@ -107,6 +160,7 @@ impl Default for FlowConfig {
             max_total_buffer: 64 * 1024 * 1024,
             idle_timeout: Duration::from_secs(120),
             reorder_timeout: Duration::from_millis(500),
+            require_ack: true,
         }
     }
 }
@@ -114,7 +168,7 @@ impl Default for FlowConfig {
 /// Counters of what the flow layer did (all monotonic).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct FlowStats {
-    /// Segments fed to the table.
+    /// Segments fed to the table (both directions).
     pub segments: u64,
     /// Flows opened.
     #[serde(rename = "opened")]
@@ -142,6 +196,24 @@ pub struct FlowStats {
     pub reused: u64,
     /// Segments dropped because the global out-of-order budget was spent.
     pub buffer_overflows: u64,
+    /// Server→client segments fed to the table (headers only).
+    pub segments_to_client: u64,
+    /// Client segments with neither SYN, RST nor ACK, ignored (Linux discards them).
+    pub segments_without_ack: u64,
+    /// Client RSTs ignored because their sequence number was not exactly the next one the server
+    /// expects (RFC 5961: Linux answers with a challenge ACK and keeps the connection).
+    pub rst_ignored: u64,
+    /// Ranges of unacknowledged bytes seen in two different copies: each became a gap.
+    pub conflicting_copies: u64,
+    /// Bytes seen but never acknowledged by the server, dropped when their flow ended or was
+    /// given up (part of the gaps, or beyond the last one).
+    pub unacked_bytes: u64,
+    /// Flows given up after a gap (a lost or conflicting range, or a buffer bound): nothing more
+    /// of them was delivered.
+    pub flows_given_up_gap: u64,
+    /// Flows given up because they were picked up mid-stream (no SYN seen): nothing of them was
+    /// delivered.
+    pub flows_given_up_midstream: u64,
 }
 
 #[cfg(test)]

@@ -32,6 +32,17 @@ pub const STRICTER_THAN_REFERENCE: [&str; 3] = [
 /// it, complete: one POST with a 6634-byte body. The gapped request itself is dropped.
 pub const RESYNCS_BEYOND_REFERENCE: &str = "ppp__unidirectional_tcp_stream_with_missing_packet.pcap";
 
+/// Two-way captures with flows the capture holds without their SYN: the daemon, knowing only the
+/// primary's side and not where that flow's requests start, gives such a flow up (issue 11: a
+/// resynchronisation could take body bytes for a request) and mirrors none of its requests; the
+/// reference frames them from the first request line. Per capture, why its flows lack the SYN.
+pub const MIDSTREAM_GIVEN_UP: [(&str, &str); 4] = [
+    ("ndpi__1kxun.pcap", "76 connections were open before the capture began: 109 of its 133 requests"),
+    ("ppp__example.pcap", "one connection was open before the capture began: 1 of its 338 requests"),
+    ("zeek__http-get_nosyn.pcap", "its only connection was captured without its handshake: its 1 request"),
+    ("zeek__wikipedia.pcap", "two connections were open before the capture began: 1 of its 15 requests"),
+];
+
 /// (method, target, decoded body length) of one request.
 pub type Req = (String, String, usize);
 
@@ -43,6 +54,8 @@ pub struct Expectation {
     /// Complete requests per (client, server), CONNECT excluded (framed, never replayed).
     pub per_flow: BTreeMap<(String, String), Vec<Req>>,
     pub connects: usize,
+    /// Flows whose SYN the capture does not hold.
+    pub no_syn: BTreeSet<(String, String)>,
 }
 
 impl Expectation {
@@ -54,7 +67,16 @@ impl Expectation {
         if self.capture == RESYNCS_BEYOND_REFERENCE {
             return vec![("POST".into(), "/GetSearchMultipleSuggestions.ashx".into(), 6634)];
         }
-        self.per_flow.values().flatten().cloned().collect()
+        self.mirrored_per_flow().into_values().flatten().collect()
+    }
+
+    /// What should reach the mirror per flow, for the captures mirrored as the reference frames
+    /// them but for [`MIDSTREAM_GIVEN_UP`]'s flows.
+    pub fn mirrored_per_flow(&self) -> BTreeMap<(String, String), Vec<Req>> {
+        let given_up = MIDSTREAM_GIVEN_UP.iter().any(|(c, _)| *c == self.capture);
+        let mut flows = self.per_flow.clone();
+        flows.retain(|k, _| !(given_up && self.no_syn.contains(k)));
+        flows
     }
 }
 
@@ -76,8 +98,15 @@ pub fn expectations() -> Vec<Expectation> {
                     .collect(),
                 per_flow: BTreeMap::new(),
                 connects: 0,
+                no_syn: BTreeSet::new(),
             };
             for fl in flows {
+                if fl["syn"] == false {
+                    e.no_syn.insert((
+                        fl["client"].as_str().unwrap().to_string(),
+                        fl["server"].as_str().unwrap().to_string(),
+                    ));
+                }
                 for r in fl["requests"].as_array().unwrap() {
                     if !r["complete"].as_bool().unwrap() {
                         continue;

@@ -3,6 +3,11 @@
 //! Link types: Ethernet (with 802.1Q/802.1ad tags), Linux SLL and SLL2, BSD loopback (DLT_NULL and
 //! DLT_LOOP), raw IPv4/IPv6 (DLT 12, 14, 101, 228, 229). IPv4 fragments are reassembled. TCP
 //! checksums are not checked (offloaded or anonymised captures have bad ones).
+//!
+//! Both directions are decoded, as the kernel ships them: a segment to a watched port is a
+//! client→server [`Segment`] with its payload, one from a watched port a server→client segment
+//! with its headers only (empty payload, its length in [`Segment::len`]). A capture without any of
+//! the latter holds one direction only ([`PcapCounts::to_client`] is 0).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -20,7 +25,7 @@ use pcap_file::{
     pcapng::{Block, PcapNgReader},
 };
 
-use crate::flow::{FlowKey, Segment};
+use crate::flow::{Direction, FlowKey, Segment};
 
 /// One captured frame with its link type.
 pub struct Frame {
@@ -127,7 +132,8 @@ impl Defrag {
     }
 }
 
-/// Decodes one frame into a client→server segment if its destination port is watched.
+/// Decodes one frame into a segment if its destination port (client→server) or else its source
+/// port (server→client, headers only) is watched.
 pub fn decode_frame(linktype: u32, data: &[u8], ports: &HashSet<u16>, defrag: &mut Defrag) -> Result<Segment, Skip> {
     let (ethertype, l3) = match linktype {
         // Ethernet
@@ -233,18 +239,23 @@ fn decode_tcp(src: IpAddr, dst: IpAddr, tcp: &[u8], ports: &HashSet<u16>) -> Res
     }
     let sport = be16(tcp, 0).ok_or(Skip::Malformed)?;
     let dport = be16(tcp, 2).ok_or(Skip::Malformed)?;
-    if !ports.contains(&dport) {
+    let to_server = ports.contains(&dport);
+    if !to_server && !ports.contains(&sport) {
         return Err(Skip::NotWatched);
     }
     let doff = usize::from(tcp[12] >> 4) * 4;
     if doff < 20 || doff > tcp.len() {
         return Err(Skip::Malformed);
     }
-    Ok(Segment {
-        key: FlowKey { client: SocketAddr::new(src, sport), server: SocketAddr::new(dst, dport) },
-        seq: u32::from_be_bytes(tcp[4..8].try_into().expect("4 bytes")),
-        flags: tcp[13],
-        payload: Bytes::copy_from_slice(&tcp[doff..]),
+    let seq = u32::from_be_bytes(tcp[4..8].try_into().expect("4 bytes"));
+    let ack = u32::from_be_bytes(tcp[8..12].try_into().expect("4 bytes"));
+    let flags = tcp[13];
+    Ok(if to_server {
+        let key = FlowKey { client: SocketAddr::new(src, sport), server: SocketAddr::new(dst, dport) };
+        Segment::to_server(key, seq, ack, flags, Bytes::copy_from_slice(&tcp[doff..]))
+    } else {
+        let key = FlowKey { client: SocketAddr::new(dst, dport), server: SocketAddr::new(src, sport) };
+        Segment::to_client(key, seq, ack, flags, (tcp.len() - doff) as u32)
     })
 }
 
@@ -256,7 +267,12 @@ pub fn read_segments(path: &Path, ports: &HashSet<u16>) -> Result<(Vec<(Duration
     let mut segs = Vec::new();
     for f in frames {
         match decode_frame(f.linktype, &f.data, ports, &mut defrag) {
-            Ok(s) => segs.push((f.timestamp, s)),
+            Ok(s) => {
+                if s.dir == Direction::ToClient {
+                    counts.to_client += 1;
+                }
+                segs.push((f.timestamp, s));
+            }
             Err(Skip::NotWatched) => counts.not_watched += 1,
             Err(Skip::FragmentPending) => counts.fragments += 1,
             Err(Skip::Malformed) => counts.malformed += 1,
@@ -267,13 +283,29 @@ pub fn read_segments(path: &Path, ports: &HashSet<u16>) -> Result<(Vec<(Duration
     Ok((segs, counts))
 }
 
+/// What reading a capture found.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct PcapCounts {
+    /// Frames in the file.
     pub packets: u64,
+    /// Segments of watched connections, both directions.
     pub segments: u64,
+    /// Of those, server→client segments: 0 means the capture holds one direction only, and
+    /// nothing confirms which client bytes the primary accepted.
+    pub to_client: u64,
+    /// Frames not of a watched TCP port.
     pub not_watched: u64,
+    /// IPv4 fragments held for reassembly (the whole datagram counts once as a segment).
     pub fragments: u64,
+    /// Frames cut short or malformed.
     pub malformed: u64,
+}
+
+impl PcapCounts {
+    /// Whether the capture holds server→client segments (their acknowledgements).
+    pub fn two_way(&self) -> bool {
+        self.to_client > 0
+    }
 }
 
 #[cfg(test)]
@@ -290,8 +322,14 @@ mod tests {
     }
 
     fn tcp(dport: u16, payload: &[u8]) -> Vec<u8> {
-        let mut t =
-            vec![0x9c, 0x40, (dport >> 8) as u8, dport as u8, 0, 0, 0, 7, 0, 0, 0, 0, 0x50, 0x18, 0, 0, 0, 0, 0, 0];
+        tcp_ports(40000, dport, payload)
+    }
+
+    /// A TCP header (seq 7, ack 9, ACK|PSH) from `sport` to `dport`, then `payload`.
+    fn tcp_ports(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+        let mut t = vec![0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 9, 0x50, 0x18, 0, 0, 0, 0, 0, 0];
+        t[..2].copy_from_slice(&sport.to_be_bytes());
+        t[2..4].copy_from_slice(&dport.to_be_bytes());
         t.extend_from_slice(payload);
         t
     }
@@ -311,7 +349,7 @@ mod tests {
         let mut d = Defrag::default();
         let want = decode_frame(101, &ip, &ports, &mut d).unwrap();
         assert_eq!(&want.payload[..], b"GET");
-        assert_eq!(want.seq, 7);
+        assert_eq!((want.dir, want.seq, want.ack, want.len), (Direction::ToServer, 7, 9, 3));
         for (lt, frame) in [(1, &eth), (0, &null), (113, &sll), (228, &ip)] {
             assert_eq!(decode_frame(lt, frame, &ports, &mut d).unwrap(), want, "linktype {lt}");
         }
@@ -331,5 +369,20 @@ mod tests {
         assert_eq!(decode_frame(101, &second, &ports, &mut d), Err(Skip::FragmentPending));
         let s = decode_frame(101, &first, &ports, &mut d).unwrap();
         assert_eq!(&s.payload[..], b"0123456789abcdefXYZ");
+    }
+
+    #[test]
+    fn server_to_client_segments_come_as_headers_only_with_the_key_oriented_to_the_server() {
+        let ports: HashSet<u16> = [80].into();
+        // 10.0.0.1:80 -> 10.0.0.2:40000, 5 payload bytes.
+        let ip = ipv4_tcp(0, 1, &tcp_ports(80, 40000, b"HTTP/"));
+        let mut d = Defrag::default();
+        let s = decode_frame(101, &ip, &ports, &mut d).unwrap();
+        assert_eq!((s.dir, s.seq, s.ack, s.len, s.payload.len()), (Direction::ToClient, 7, 9, 5, 0));
+        assert_eq!(s.key.client, "10.0.0.2:40000".parse().unwrap());
+        assert_eq!(s.key.server, "10.0.0.1:80".parse().unwrap());
+        // Neither port watched: not ours.
+        let ip = ipv4_tcp(0, 1, &tcp_ports(81, 40000, b""));
+        assert_eq!(decode_frame(101, &ip, &ports, &mut d), Err(Skip::NotWatched));
     }
 }

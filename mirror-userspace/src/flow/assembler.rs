@@ -1,10 +1,20 @@
 //! Reassembly of one byte stream: bytes offered at 64-bit stream offsets in any order, delivered
-//! once and in order, with explicit gaps.
+//! once and in order, with explicit gaps — and, in strict mode, only up to the offset the server
+//! acknowledged.
 //!
 //! The [`Assembler`] knows nothing of sequence numbers, flags, bounds or statistics: its owner
-//! (the flow table) maps sequence numbers to offsets, decides how much may be buffered and when a
-//! hole has waited long enough, and counts what happened. Events go to a caller-supplied sink, so
-//! the owner can tag them with the flow's key without the assembler knowing it.
+//! (the flow table) maps sequence numbers to offsets, passes on the server's acknowledgements,
+//! decides how much may be buffered and when a hole has waited long enough, and counts what
+//! happened. Events go to a caller-supplied sink, so the owner can tag them with the flow's key
+//! without the assembler knowing it.
+//!
+//! Bytes not yet delivered wait as disjoint pieces: a copy offered over bytes already held only
+//! adds the bytes it has beyond them. Without strict mode the first copy wins. In strict mode the
+//! overlapping bytes are compared where the server has not acknowledged them yet: two different
+//! copies make the overlap a *wall*, a range that is never delivered (a gap when delivery reaches
+//! it), because the copy the server's TCP kept cannot be known. In strict mode the first gap of
+//! any kind *stops* the stream: nothing after it is delivered, because resynchronising after a gap
+//! could take body bytes for a request.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -15,37 +25,100 @@ use super::StreamEvent;
 /// What [`Assembler::insert`] did with the bytes it was offered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Insert {
-    /// Nothing new: every byte was already delivered (a retransmission), or there were none.
+    /// Nothing new: every byte was already delivered or held (a retransmission), or there were
+    /// none.
     Duplicate,
-    /// The bytes continued the stream: delivered, followed by any buffered bytes they reached.
-    Delivered,
-    /// The bytes lie beyond a hole: buffered until the hole fills or is skipped (kept only if no
-    /// copy at least as long waits at the same offset).
+    /// The bytes continued what was received in order (delivered at once if they are due).
+    InOrder,
+    /// The bytes lie beyond a hole: buffered until the hole fills or is skipped.
     Buffered,
-    /// The bytes lie beyond a hole but are more than the room allowed: dropped.
+    /// The bytes needed more room than allowed: dropped.
     NoRoom,
+    /// Strict mode: some of the bytes differ from another copy held for the same unacknowledged
+    /// offsets; that range will never be delivered.
+    Conflict,
 }
 
-/// One stream's reassembly state: where delivery stands, what waits beyond a hole, since when,
-/// and where the stream ends.
-#[derive(Debug, Default)]
+/// One stream's reassembly state: where delivery stands, what waits, since when, how far the
+/// server acknowledged, and where the stream ends.
+#[derive(Debug)]
 pub(crate) struct Assembler {
     /// Next stream offset to deliver.
     next: u64,
-    /// Out-of-order data by stream offset (never empty pieces).
+    /// Received bytes not delivered yet, by stream offset: disjoint, never empty, all at or after
+    /// `next`.
     pending: BTreeMap<u64, Bytes>,
     /// Bytes held in `pending`.
     buffered: usize,
-    /// When the current hole (pending data beyond `next`) opened.
+    /// End of the bytes received contiguously from `next` (`next` if none).
+    contig: u64,
+    /// Nothing at or beyond this offset is delivered: the server's acknowledgement in strict
+    /// mode, `u64::MAX` otherwise.
+    limit: u64,
+    /// Strict mode: acknowledgements gate delivery and different copies make walls.
+    strict: bool,
+    /// Strict mode: the first range seen in two different copies, `[start, end)`.
+    wall: Option<(u64, u64)>,
+    /// Strict mode: a gap was declared; nothing more is delivered.
+    stopped: bool,
+    /// Held bytes never acknowledged that were dropped (by a gap or [`clear`](Self::clear)), not
+    /// yet taken by the owner's statistics.
+    dropped_unacked: u64,
+    /// When the current hole (bytes due beyond a missing range) opened.
     hole_since: Option<Duration>,
     /// Stream offset of the end (FIN, or how far an RST said the stream went), once known.
     fin_at: Option<u64>,
 }
 
 impl Assembler {
-    /// An empty stream, nothing delivered, starting at offset 0.
-    pub(crate) fn new() -> Self {
-        Self::default()
+    /// An empty stream, nothing delivered, starting at offset 0. `strict`: deliver only what
+    /// [`acknowledge`](Self::acknowledge) allowed, and turn differing copies into walls.
+    pub(crate) fn new(strict: bool) -> Self {
+        Self {
+            next: 0,
+            pending: BTreeMap::new(),
+            buffered: 0,
+            contig: 0,
+            limit: if strict { 0 } else { u64::MAX },
+            strict,
+            wall: None,
+            stopped: false,
+            dropped_unacked: 0,
+            hole_since: None,
+            fin_at: None,
+        }
+    }
+
+    /// Whether delivery stopped for good (strict mode, after a gap).
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// Held bytes never acknowledged that were dropped since the last call (strict mode).
+    pub(crate) fn take_dropped_unacked(&mut self) -> u64 {
+        std::mem::take(&mut self.dropped_unacked)
+    }
+
+    /// Drops every held byte (a stopped or given-up stream): nothing more is kept or delivered.
+    pub(crate) fn clear(&mut self) {
+        self.dropped_unacked += self.unacked();
+        self.pending.clear();
+        self.buffered = 0;
+        self.hole_since = None;
+        self.wall = None;
+        self.stopped = self.strict;
+    }
+
+    /// Declares a gap of `len` bytes at `next` and moves past it; in strict mode the stream stops.
+    fn gap(&mut self, len: u64, emit: &mut impl FnMut(StreamEvent)) {
+        if len > 0 {
+            emit(StreamEvent::Gap(len));
+        }
+        self.skip_to(self.next + len);
+        if self.strict {
+            self.stopped = true;
+            self.hole_since = None;
+        }
     }
 
     /// The next stream offset to deliver: everything before it was delivered or declared a gap.
@@ -53,17 +126,35 @@ impl Assembler {
         self.next
     }
 
-    /// Bytes held out of order.
+    /// How far the server acknowledged (strict mode; `u64::MAX` otherwise).
+    pub(crate) fn acked(&self) -> u64 {
+        self.limit
+    }
+
+    /// Bytes held, delivered not yet.
     pub(crate) fn buffered(&self) -> usize {
         self.buffered
     }
 
-    /// Whether anything waits beyond a hole.
+    /// Whether any byte is held.
     pub(crate) fn has_pending(&self) -> bool {
         !self.pending.is_empty()
     }
 
-    /// When the current hole opened (the first out-of-order bytes arrived), if there is one.
+    /// Held bytes at or beyond the acknowledged offset (all of them outside strict mode).
+    pub(crate) fn unacked(&self) -> u64 {
+        let mut n = 0;
+        for (&k, v) in self.pending.range(..).rev() {
+            let end = k + v.len() as u64;
+            if end <= self.limit {
+                break;
+            }
+            n += end - k.max(self.limit);
+        }
+        n
+    }
+
+    /// When the current hole opened, if there is one.
     pub(crate) fn hole_since(&self) -> Option<Duration> {
         self.hole_since
     }
@@ -81,9 +172,15 @@ impl Assembler {
         self.fin_at
     }
 
-    /// Records a FIN ending the stream at `off`. The first FIN counts; later ones are ignored.
+    /// Records a FIN ending the stream at `off`. Outside strict mode the first FIN counts; in
+    /// strict mode the latest does (a FIN only ends the stream once acknowledged, see
+    /// [`is_finished`](Self::is_finished), so an early bogus one cannot hide the real one).
     pub(crate) fn set_fin(&mut self, off: u64) {
-        self.fin_at.get_or_insert(off);
+        if self.strict {
+            self.fin_at = Some(off);
+        } else {
+            self.fin_at.get_or_insert(off);
+        }
     }
 
     /// Records that the stream went at least as far as `off` (an RST's sequence number): moves
@@ -92,97 +189,254 @@ impl Assembler {
         self.fin_at = Some(self.fin_at.map_or(off, |f| f.max(off)));
     }
 
-    /// Whether every byte up to the FIN was delivered (or declared a gap).
+    /// Whether every byte up to the FIN was delivered (or declared a gap); in strict mode, also
+    /// that the server acknowledged exactly the FIN, nothing beyond it.
     pub(crate) fn is_finished(&self) -> bool {
-        self.fin_at.is_some_and(|f| self.next >= f)
+        match self.fin_at {
+            None => false,
+            Some(f) if self.strict => self.next == f && self.limit == f + 1,
+            Some(f) => self.next >= f,
+        }
+    }
+
+    /// Where delivery must stop for now: the acknowledgement, or a wall.
+    fn deliver_end(&self) -> u64 {
+        self.wall.map_or(self.limit, |(s, _)| s.min(self.limit))
+    }
+
+    /// Whether bytes are missing before bytes that are due: without strict mode, held bytes
+    /// beyond a missing range; in strict mode, acknowledged bytes never seen (the FIN's own
+    /// sequence number excepted).
+    fn has_hole(&self) -> bool {
+        if self.stopped {
+            false
+        } else if self.strict {
+            // The FIN's own sequence number is acknowledged, never seen as a byte.
+            let due = if self.fin_at == Some(self.contig) && self.limit == self.contig + 1 {
+                self.contig
+            } else {
+                self.limit
+            };
+            self.wall.is_none_or(|(s, _)| s > self.contig) && self.contig < due
+        } else {
+            self.pending.range(self.contig..).next().is_some()
+        }
+    }
+
+    /// Starts the hole timer at `now` if a hole opened, stops it if none is left.
+    fn refresh_hole(&mut self, now: Duration) {
+        if self.has_hole() {
+            self.hole_since.get_or_insert(now);
+        } else {
+            self.hole_since = None;
+        }
+    }
+
+    /// Extends `contig` over the held pieces that continue it.
+    fn extend_contig(&mut self) {
+        self.contig = self.contig.max(self.next);
+        while let Some(piece) = self.pending.get(&self.contig) {
+            self.contig += piece.len() as u64;
+        }
+    }
+
+    /// The server acknowledged every byte before `off` (strict mode; ignored otherwise, and when
+    /// it is not beyond what was acknowledged): delivers what is now due, and starts the hole
+    /// timer at `now` if acknowledged bytes were never seen.
+    pub(crate) fn acknowledge(&mut self, off: u64, now: Duration, emit: impl FnMut(StreamEvent)) {
+        if !self.strict || off <= self.limit {
+            return;
+        }
+        self.limit = off;
+        self.drain(emit);
+        self.refresh_hole(now);
     }
 
     /// Offers the bytes `data` found at stream offset `off`, seen at `now`.
     ///
-    /// Bytes before [`next_offset`](Self::next_offset) were delivered already and are dropped:
-    /// the copy delivered first wins. Bytes at it are delivered at once through `emit`, with
-    /// whatever buffered bytes they now reach. Bytes beyond it are buffered (starting the hole
-    /// timer if it is not running), unless there are more than `room` of them; at an offset where
-    /// bytes already wait, the longer copy is kept. Buffered pieces that overlap are trimmed when
-    /// delivered, so the piece at the lower offset wins.
+    /// Bytes before [`next_offset`](Self::next_offset) were delivered already and are dropped.
+    /// Bytes over held bytes keep the held copy (in strict mode, where they differ and are not
+    /// acknowledged, they make a wall instead). The other bytes are held, unless more than `room`
+    /// of them cannot be delivered at once, and what is due is delivered through `emit`.
     pub(crate) fn insert(
         &mut self,
         off: u64,
         mut data: Bytes,
         now: Duration,
         room: usize,
-        mut emit: impl FnMut(StreamEvent),
+        emit: impl FnMut(StreamEvent),
     ) -> Insert {
         let end = off + data.len() as u64;
-        if end <= self.next || data.is_empty() {
+        if end <= self.next || data.is_empty() || self.stopped {
             return Insert::Duplicate;
         }
-        if off <= self.next {
+        let off = if off < self.next {
             let _ = data.split_to((self.next - off) as usize);
-            self.next = end;
-            emit(StreamEvent::Data(data));
-            self.drain(emit);
-            return Insert::Delivered;
+            self.next
+        } else {
+            off
+        };
+        // The pieces of `data` not held yet, and a conflict with held bytes, if any.
+        let mut fresh: Vec<(u64, Bytes)> = Vec::new();
+        let mut conflict: Option<(u64, u64)> = None;
+        let mut cursor = off;
+        let first = self.pending.range(..=off).next_back().filter(|(k, v)| **k + v.len() as u64 > off).map(|(k, _)| *k);
+        for (&k, held) in self.pending.range(first.unwrap_or(off)..end) {
+            let held_end = k + held.len() as u64;
+            if k > cursor {
+                fresh.push((cursor, data.slice((cursor - off) as usize..(k - off) as usize)));
+            }
+            // Compare where the server has not acknowledged the bytes yet: a copy arriving after
+            // the acknowledgement is one its TCP ignores as old.
+            let (from, to) = (k.max(cursor).max(self.limit), held_end.min(end));
+            if self.strict
+                && from < to
+                && held[(from - k) as usize..(to - k) as usize] != data[(from - off) as usize..(to - off) as usize]
+            {
+                let (s, e) = (from, to);
+                conflict = Some(conflict.map_or((s, e), |(cs, ce)| (cs.min(s), ce.max(e))));
+            }
+            cursor = cursor.max(held_end);
         }
-        let len = data.len();
-        if len > room {
+        if cursor < end {
+            fresh.push((cursor, data.slice((cursor - off) as usize..)));
+        }
+        let in_order = fresh.first().is_some_and(|(o, _)| *o <= self.contig);
+        let total: usize = fresh.iter().map(|(_, d)| d.len()).sum();
+        let at_once = match fresh.first() {
+            Some((o, d)) if *o == self.next => (self.deliver_end().saturating_sub(*o) as usize).min(d.len()),
+            _ => 0,
+        };
+        if total - at_once > room {
             return Insert::NoRoom;
         }
-        let replaced = match self.pending.get(&off) {
-            Some(existing) if existing.len() >= len => None,
-            _ => Some(self.pending.insert(off, data).map_or(0, |p| p.len())),
-        };
-        if let Some(old) = replaced {
-            self.buffered = self.buffered + len - old;
+        for (o, d) in fresh {
+            self.buffered += d.len();
+            self.pending.insert(o, d);
         }
-        self.hole_since.get_or_insert(now);
-        Insert::Buffered
+        if let Some((s, e)) = conflict {
+            self.wall = Some(self.wall.map_or((s, e), |(ws, we)| if s < ws { (s, e) } else { (ws, we) }));
+        }
+        self.extend_contig();
+        self.drain(emit);
+        self.refresh_hole(now);
+        match () {
+            _ if conflict.is_some() => Insert::Conflict,
+            _ if total == 0 => Insert::Duplicate,
+            _ if in_order => Insert::InOrder,
+            _ => Insert::Buffered,
+        }
     }
 
-    /// Delivers the buffered bytes that are now in order (up to the next hole), and stops the
-    /// hole timer if nothing is left waiting.
+    /// Delivers the held bytes that are now in order and due, a wall reached as a gap, and stops
+    /// the hole timer if no hole is left.
     pub(crate) fn drain(&mut self, mut emit: impl FnMut(StreamEvent)) {
+        while !self.stopped {
+            let end = self.deliver_end();
+            if self.next < end
+                && let Some(mut entry) = self.pending.first_entry()
+                && *entry.key() == self.next
+            {
+                let len = entry.get().len() as u64;
+                let data = if self.next + len <= end {
+                    entry.remove()
+                } else {
+                    // Due only in part: deliver that part, hold the rest at its new offset.
+                    let head = entry.get_mut().split_to((end - self.next) as usize);
+                    let rest = entry.remove();
+                    self.pending.insert(end, rest);
+                    head
+                };
+                self.buffered -= data.len();
+                self.next += data.len() as u64;
+                emit(StreamEvent::Data(data));
+                continue;
+            }
+            if let Some((s, e)) = self.wall
+                && self.next >= s
+            {
+                // Strict mode: a range seen in two different copies is never delivered.
+                self.wall = None;
+                self.gap(e.saturating_sub(self.next).max(1), &mut emit);
+                continue;
+            }
+            break;
+        }
+        self.extend_contig();
+        if !self.has_hole() {
+            self.hole_since = None;
+        }
+    }
+
+    /// Moves delivery to `off` without delivering: held bytes before it are dropped (those never
+    /// acknowledged are counted).
+    fn skip_to(&mut self, off: u64) {
         while let Some(entry) = self.pending.first_entry() {
-            let off = *entry.key();
-            if off > self.next {
+            let k = *entry.key();
+            if k >= off {
                 break;
             }
             let mut data = entry.remove();
             self.buffered -= data.len();
-            let end = off + data.len() as u64;
-            if end <= self.next {
-                continue;
+            if k + data.len() as u64 > off {
+                let rest = data.split_off((off - k) as usize);
+                self.buffered += rest.len();
+                self.pending.insert(off, rest);
             }
-            let _ = data.split_to((self.next - off) as usize);
-            self.next = end;
-            emit(StreamEvent::Data(data));
+            let end = k + data.len() as u64;
+            self.dropped_unacked += end.saturating_sub(k.max(self.limit));
         }
-        if self.pending.is_empty() {
-            self.hole_since = None;
-        }
+        self.next = self.next.max(off);
+        self.contig = self.contig.max(self.next);
     }
 
-    /// Gives up on the first hole: declares it a [`StreamEvent::Gap`] and delivers the buffered
-    /// bytes that follow it, up to the next hole. Returns the gap's length (0 if there was no
-    /// hole). The hole timer keeps running if bytes still wait beyond another hole, so a timed-out
-    /// flow gives up one hole per call.
+    /// Gives up on the first hole: declares it a [`StreamEvent::Gap`] and delivers the held bytes
+    /// that follow it and are due, up to the next hole. Returns the gap's length (0 if there was
+    /// no hole). The hole timer keeps its start if another hole is left, so a timed-out flow
+    /// gives up one hole per call.
     pub(crate) fn skip_hole(&mut self, mut emit: impl FnMut(StreamEvent)) -> u64 {
-        let Some(&first) = self.pending.keys().next() else {
+        let since = self.hole_since;
+        if !self.has_hole() {
             self.hole_since = None;
             return 0;
-        };
-        let gap = first.saturating_sub(self.next);
-        if gap > 0 {
-            emit(StreamEvent::Gap(gap));
-            self.next = first;
         }
-        self.drain(emit);
+        // With a hole, everything received before it was delivered: it starts at `next`.
+        debug_assert_eq!(self.contig, self.next);
+        let start = self.next;
+        let mut to = self.pending.range(start..).next().map_or(u64::MAX, |(k, _)| *k);
+        if self.strict {
+            to = to.min(self.limit);
+        }
+        let gap = to - start;
+        self.gap(gap, &mut emit);
+        self.drain(&mut emit);
+        if let Some(t) = since {
+            self.refresh_hole(t);
+        }
         gap
     }
 
-    /// Ends the stream: delivers everything buffered across its holes, then declares the bytes up
-    /// to the FIN that never came a gap. Nothing is left buffered.
+    /// Ends the stream: outside strict mode, delivers everything held across its holes, then
+    /// declares the bytes up to the FIN that never came a gap. In strict mode delivers nothing
+    /// more: what is left up to the end of everything known (held, acknowledged, the FIN) is one
+    /// gap. Nothing is left held.
     pub(crate) fn finish(&mut self, mut emit: impl FnMut(StreamEvent)) {
+        if self.strict {
+            self.drain(&mut emit);
+            if self.stopped {
+                self.clear();
+                return;
+            }
+            let held = self.pending.last_key_value().map_or(0, |(k, v)| k + v.len() as u64);
+            let end = held.max(self.limit).max(self.fin_at.unwrap_or(0)).max(self.wall.map_or(0, |(_, e)| e));
+            // Only the FIN's sequence number left (acknowledged or not): nothing was lost.
+            let fin_only = self.fin_at == Some(self.next) && !self.has_pending() && self.limit <= self.next + 1;
+            if end > self.next && !fin_only {
+                self.gap(end - self.next, &mut emit);
+            }
+            self.clear();
+            return;
+        }
         while self.has_pending() {
             self.skip_hole(&mut emit);
         }
@@ -196,161 +450,5 @@ impl Assembler {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const T0: Duration = Duration::ZERO;
-    const ROOM: usize = usize::MAX;
-
-    fn b(s: &str) -> Bytes {
-        Bytes::copy_from_slice(s.as_bytes())
-    }
-
-    /// Runs `f` with a sink collecting events.
-    fn with<R>(f: impl FnOnce(&mut dyn FnMut(StreamEvent)) -> R) -> (R, Vec<StreamEvent>) {
-        let mut events = Vec::new();
-        let r = f(&mut |e| events.push(e));
-        (r, events)
-    }
-
-    fn data(s: &str) -> StreamEvent {
-        StreamEvent::Data(b(s))
-    }
-
-    #[test]
-    fn in_order_is_delivered_at_once() {
-        let mut a = Assembler::new();
-        let (r, ev) = with(|e| a.insert(0, b("abc"), T0, ROOM, e));
-        assert_eq!((r, ev), (Insert::Delivered, vec![data("abc")]));
-        let (r, ev) = with(|e| a.insert(3, b("de"), T0, ROOM, e));
-        assert_eq!((r, ev), (Insert::Delivered, vec![data("de")]));
-        assert_eq!(a.next_offset(), 5);
-        assert_eq!((a.buffered(), a.has_pending(), a.hole_since()), (0, false, None));
-    }
-
-    #[test]
-    fn out_of_order_waits_then_drains_behind_the_filler() {
-        let mut a = Assembler::new();
-        let ms = Duration::from_millis;
-        assert_eq!(with(|e| a.insert(6, b("gh"), ms(5), ROOM, e)), (Insert::Buffered, vec![]));
-        assert_eq!(with(|e| a.insert(3, b("def"), ms(7), ROOM, e)), (Insert::Buffered, vec![]));
-        assert_eq!(a.buffered(), 5);
-        // The timer started with the first out-of-order piece and is not restarted.
-        assert_eq!(a.hole_since(), Some(ms(5)));
-        assert_eq!(a.deadline(ms(100)), Some(ms(105)));
-        let (r, ev) = with(|e| a.insert(0, b("abc"), ms(9), ROOM, e));
-        assert_eq!((r, ev), (Insert::Delivered, vec![data("abc"), data("def"), data("gh")]));
-        assert_eq!((a.next_offset(), a.buffered(), a.hole_since(), a.deadline(ms(100))), (8, 0, None, None));
-    }
-
-    #[test]
-    fn retransmissions_and_overlaps_keep_the_delivered_copy() {
-        let mut a = Assembler::new();
-        with(|e| a.insert(0, b("abcd"), T0, ROOM, e));
-        assert_eq!(with(|e| a.insert(0, b("abcd"), T0, ROOM, e)), (Insert::Duplicate, vec![]));
-        assert_eq!(with(|e| a.insert(1, b("XY"), T0, ROOM, e)), (Insert::Duplicate, vec![]));
-        assert_eq!(with(|e| a.insert(9, b(""), T0, ROOM, e)), (Insert::Duplicate, vec![]));
-        // Overlapping the delivered bytes: only the new tail is delivered.
-        let (r, ev) = with(|e| a.insert(2, b("XXef"), T0, ROOM, e));
-        assert_eq!((r, ev), (Insert::Delivered, vec![data("ef")]));
-        assert_eq!(a.next_offset(), 6);
-    }
-
-    #[test]
-    fn overlapping_buffered_pieces_lower_offset_wins() {
-        let mut a = Assembler::new();
-        with(|e| a.insert(2, b("cdef"), T0, ROOM, e));
-        with(|e| a.insert(4, b("XYgh"), T0, ROOM, e));
-        assert_eq!(a.buffered(), 8);
-        let (_, ev) = with(|e| a.insert(0, b("ab"), T0, ROOM, e));
-        assert_eq!(ev, vec![data("ab"), data("cdef"), data("gh")]);
-        assert_eq!(a.buffered(), 0);
-    }
-
-    #[test]
-    fn same_offset_keeps_the_longer_copy() {
-        let mut a = Assembler::new();
-        with(|e| a.insert(2, b("cd"), T0, ROOM, e));
-        // Shorter or equal: the first copy stays.
-        with(|e| a.insert(2, b("X"), T0, ROOM, e));
-        with(|e| a.insert(2, b("XY"), T0, ROOM, e));
-        assert_eq!(a.buffered(), 2);
-        // Longer: replaces it, and the count follows.
-        with(|e| a.insert(2, b("cde"), T0, ROOM, e));
-        assert_eq!(a.buffered(), 3);
-        let (_, ev) = with(|e| a.insert(0, b("ab"), T0, ROOM, e));
-        assert_eq!(ev, vec![data("ab"), data("cde")]);
-    }
-
-    #[test]
-    fn no_room_drops_out_of_order_bytes_only() {
-        let mut a = Assembler::new();
-        assert_eq!(with(|e| a.insert(5, b("xyz"), T0, 2, e)), (Insert::NoRoom, vec![]));
-        assert_eq!((a.buffered(), a.hole_since()), (0, None));
-        // In-order bytes need no room.
-        assert_eq!(with(|e| a.insert(0, b("abc"), T0, 0, e)).0, Insert::Delivered);
-        assert_eq!(with(|e| a.insert(5, b("xy"), T0, 2, e)).0, Insert::Buffered);
-    }
-
-    #[test]
-    fn skip_hole_declares_one_gap_at_a_time() {
-        let mut a = Assembler::new();
-        let ms = Duration::from_millis;
-        with(|e| a.insert(0, b("ab"), T0, ROOM, e));
-        with(|e| a.insert(5, b("fg"), ms(1), ROOM, e));
-        with(|e| a.insert(7, b("h"), ms(2), ROOM, e));
-        with(|e| a.insert(10, b("k"), ms(3), ROOM, e));
-        let (gap, ev) = with(|e| a.skip_hole(e));
-        assert_eq!((gap, ev), (3, vec![StreamEvent::Gap(3), data("fg"), data("h")]));
-        // Another hole remains: the timer keeps its start.
-        assert_eq!((a.next_offset(), a.hole_since()), (8, Some(ms(1))));
-        let (gap, ev) = with(|e| a.skip_hole(e));
-        assert_eq!((gap, ev), (2, vec![StreamEvent::Gap(2), data("k")]));
-        assert_eq!((a.next_offset(), a.hole_since(), a.buffered()), (11, None, 0));
-        // Nothing pending: nothing to skip.
-        assert_eq!(with(|e| a.skip_hole(e)), (0, vec![]));
-    }
-
-    #[test]
-    fn fin_offset_first_fin_wins_and_rst_extends() {
-        let mut a = Assembler::new();
-        assert_eq!(a.fin_offset(), None);
-        assert!(!a.is_finished());
-        a.set_fin(5);
-        a.set_fin(9);
-        assert_eq!(a.fin_offset(), Some(5));
-        a.extend_fin(3);
-        assert_eq!(a.fin_offset(), Some(5));
-        a.extend_fin(7);
-        assert_eq!(a.fin_offset(), Some(7));
-        with(|e| a.insert(0, b("abcdef"), T0, ROOM, e));
-        assert!(!a.is_finished());
-        with(|e| a.insert(6, b("g"), T0, ROOM, e));
-        assert!(a.is_finished());
-    }
-
-    #[test]
-    fn finish_delivers_across_holes_then_gap_to_fin() {
-        let mut a = Assembler::new();
-        with(|e| a.insert(2, b("c"), T0, ROOM, e));
-        with(|e| a.insert(5, b("f"), T0, ROOM, e));
-        a.set_fin(9);
-        let (_, ev) = with(|e| a.finish(e));
-        assert_eq!(ev, vec![StreamEvent::Gap(2), data("c"), StreamEvent::Gap(2), data("f"), StreamEvent::Gap(3)]);
-        assert!(a.is_finished());
-        assert_eq!((a.buffered(), a.has_pending(), a.hole_since()), (0, false, None));
-        // Without a FIN, finishing only flushes.
-        let mut a = Assembler::new();
-        with(|e| a.insert(0, b("ab"), T0, ROOM, e));
-        assert_eq!(with(|e| a.finish(e)), ((), vec![]));
-    }
-
-    #[test]
-    fn deadline_is_none_without_hole_or_on_overflow() {
-        let mut a = Assembler::new();
-        assert_eq!(a.deadline(Duration::ZERO), None);
-        with(|e| a.insert(1, b("x"), Duration::from_secs(2), ROOM, e));
-        assert_eq!(a.deadline(Duration::ZERO), Some(Duration::from_secs(2)));
-        assert_eq!(a.deadline(Duration::MAX), None);
-    }
-}
+#[path = "assembler_tests.rs"]
+mod tests;

@@ -1,16 +1,17 @@
 //! The flow table: which flows exist and when they end. Sequence numbers to stream offsets, SYN
-//! and RST handling, port reuse, eviction, idle and reorder timers, the global out-of-order budget
-//! and the statistics; each flow's bytes are put in order by its [`Assembler`].
+//! and RST handling, the server's acknowledgements, port reuse, eviction, idle and reorder timers,
+//! the global buffer budget, giving flows up, and the statistics; each flow's bytes are put in
+//! order by its [`Assembler`].
 
 use std::{
     collections::{BTreeSet, HashMap},
     time::Duration,
 };
 
-use mirror_common::{TCP_FIN, TCP_RST, TCP_SYN};
+use mirror_common::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
 use super::{
-    CloseReason, FlowConfig, FlowKey, FlowStats, Segment, StreamEvent,
+    CloseReason, Direction, FlowConfig, FlowKey, FlowStats, Segment, StreamEvent,
     assembler::{Assembler, Insert},
 };
 
@@ -24,21 +25,62 @@ struct Flow {
     /// [`deadline`](Flow::deadline) (traffic since it was filed only moves the deadline later).
     timer: Option<Duration>,
     asm: Assembler,
+    /// Strict mode: nothing more of this flow is delivered (after a gap, or picked up mid-stream).
+    given_up: bool,
+    /// The server's latest acknowledgement number: the next sequence number its TCP expects.
+    server_ack: Option<u32>,
+    /// A client FIN was seen.
+    client_fin: bool,
+    /// Strict mode: the server answered the SYN that set `base` with a SYN-ACK, so its
+    /// acknowledgements are this connection's (a flow opened by a SYN delivers nothing before).
+    confirmed: bool,
+    /// Bytes of TCP Fast Open data the SYN that set `base` carried: its SYN-ACK may acknowledge
+    /// them too.
+    syn_len: u32,
+    /// Strict mode: a SYN with another ISN was seen while this flow carried bytes: (its sequence
+    /// number plus one, its data length). The 4-tuple is reused once the server's SYN-ACK
+    /// acknowledges it (a SYN the server answers with a challenge ACK leaves this flow as it was).
+    pending_isn: Option<(u32, u32)>,
 }
 
 impl Flow {
-    fn new(base: u32, syn_seen: bool, now: Duration) -> Self {
-        Self { base, syn_seen, last_seen: now, timer: None, asm: Assembler::new() }
+    fn new(base: u32, syn_seen: bool, syn_len: u32, now: Duration, strict: bool) -> Self {
+        Self {
+            base,
+            syn_seen,
+            last_seen: now,
+            timer: None,
+            asm: Assembler::new(strict),
+            given_up: false,
+            server_ack: None,
+            client_fin: false,
+            confirmed: false,
+            syn_len,
+            pending_isn: None,
+        }
     }
 
-    /// Stream offset of `seq`, unwrapped around the next expected offset. Negative offsets (bytes
-    /// before the stream's start) come back as `Err` with how many bytes to trim.
+    /// Whether a server SYN-ACK acknowledging `ack` answers the SYN that set `base` (its
+    /// acknowledgement may cover TCP Fast Open data too).
+    fn syn_ack_matches(&self, ack: u32) -> bool {
+        ack.wrapping_sub(self.base) <= self.syn_len
+    }
+
+    /// Stream offset of `seq`, unwrapped around the next offset to deliver. Negative offsets
+    /// (bytes before the stream's start) come back as `Err` with how many bytes to trim.
     fn offset_of(&self, seq: u32) -> Result<u64, u64> {
-        let next = self.asm.next_offset();
-        let rel = seq.wrapping_sub(self.base);
-        let delta = rel.wrapping_sub(next as u32) as i32 as i64;
-        let off = next as i64 + delta;
-        if off < 0 { Err((-off) as u64) } else { Ok(off as u64) }
+        unwrap_around(seq.wrapping_sub(self.base), self.asm.next_offset())
+    }
+
+    /// Whether a client RST with this sequence number is one the server's TCP accepts (RFC 5961
+    /// §3.2, as Linux does): exactly the next sequence number it expects, or one less once the
+    /// client's FIN was taken (Linux's allowance in CLOSE-WAIT). Before any acknowledgement was
+    /// seen, the expected number is the one after the SYN; mid-stream it is unknown.
+    fn accepts_rst(&self, seq: u32) -> bool {
+        match self.server_ack {
+            Some(ack) => seq == ack || (self.client_fin && seq == ack.wrapping_sub(1)),
+            None => self.syn_seen && seq == self.base,
+        }
     }
 
     /// Whether the flow has been idle for the idle timeout at `now`.
@@ -74,8 +116,22 @@ pub struct FlowTable {
     /// Every flow with a deadline, by the instant in its [`Flow::timer`].
     timers: BTreeSet<(Duration, FlowKey)>,
     total_pending: usize,
+    /// Strict mode: SYN-ACKs seen before the SYN they answer (capture order across CPUs, or a
+    /// capture file's own): acknowledgement and when, by flow. Bounded.
+    early_syn_acks: HashMap<FlowKey, (u32, Duration)>,
     /// What the table did so far.
     pub stats: FlowStats,
+}
+
+/// Most SYN-ACKs kept waiting for their SYN; beyond it they are all forgotten.
+const MAX_EARLY_SYN_ACKS: usize = 1024;
+
+/// Stream offset of a sequence number `rel` bytes past the stream's start (32 bits, wrapped),
+/// taken as the one nearest `around`. Negative offsets come back as `Err(how far before 0)`.
+fn unwrap_around(rel: u32, around: u64) -> Result<u64, u64> {
+    let delta = rel.wrapping_sub(around as u32) as i32 as i64;
+    let off = around as i64 + delta;
+    if off < 0 { Err((-off) as u64) } else { Ok(off as u64) }
 }
 
 /// A sink for one flow's events: tags them with its key and counts gaps.
@@ -128,56 +184,124 @@ impl FlowTable {
         self.timers.first().map(|&(at, _)| at)
     }
 
-    /// Feeds one segment seen at `now`; events for it are appended to `out`.
+    /// Feeds one segment seen at `now`, of either direction; events for it are appended to `out`.
     pub fn on_segment(&mut self, seg: Segment, now: Duration, out: &mut Vec<(FlowKey, StreamEvent)>) {
         self.stats.segments += 1;
+        match seg.dir {
+            Direction::ToServer => self.on_client_segment(seg, now, out),
+            Direction::ToClient => self.on_server_segment(seg, now, out),
+        }
+    }
+
+    /// A server→client segment: its acknowledgement releases client bytes, its RST closes the flow.
+    /// It never opens a flow.
+    fn on_server_segment(&mut self, seg: Segment, now: Duration, out: &mut Vec<(FlowKey, StreamEvent)>) {
+        self.stats.segments_to_client += 1;
         let key = seg.key;
+        let strict = self.cfg.require_ack;
+        let syn_ack = seg.flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK;
+        if syn_ack
+            && let Some(flow) = self.flows.get(&key)
+            && let Some((isn1, syn_len)) = flow.pending_isn
+            && seg.ack.wrapping_sub(isn1) <= syn_len
+        {
+            // The server accepted a new connection on this 4-tuple.
+            self.stats.reused += 1;
+            self.close(key, CloseReason::Reused, out);
+            self.open(key, isn1, Some(syn_len), now, out);
+        }
+        let Some(flow) = self.flows.get_mut(&key) else {
+            if syn_ack && strict {
+                if self.early_syn_acks.len() >= MAX_EARLY_SYN_ACKS {
+                    self.early_syn_acks.clear();
+                }
+                self.early_syn_acks.insert(key, (seg.ack, now));
+            }
+            return;
+        };
+        flow.last_seen = now;
+        if seg.flags & TCP_ACK != 0 {
+            flow.server_ack = Some(seg.ack);
+            if syn_ack && flow.syn_seen && flow.syn_ack_matches(seg.ack) {
+                flow.confirmed = true;
+            }
+            // The acknowledgement is taken nearest what was acknowledged before.
+            if strict
+                && flow.confirmed
+                && let Ok(off) = unwrap_around(seg.ack.wrapping_sub(flow.base), flow.asm.acked())
+            {
+                self.with_asm(key, out, |asm, emit| asm.acknowledge(off, now, emit));
+            }
+        }
+        if seg.flags & TCP_RST != 0 {
+            self.close(key, CloseReason::Rst, out);
+        } else {
+            self.close_if_finished(key, out);
+        }
+    }
+
+    /// A client→server segment: SYN, RST, FIN and the bytes of the stream.
+    fn on_client_segment(&mut self, seg: Segment, now: Duration, out: &mut Vec<(FlowKey, StreamEvent)>) {
+        let key = seg.key;
+        let strict = self.cfg.require_ack;
         let syn = seg.flags & TCP_SYN != 0;
+        let rst = seg.flags & TCP_RST != 0;
+        if !syn && !rst && seg.flags & TCP_ACK == 0 {
+            // Linux discards a segment with neither SYN, RST nor ACK (RFC 9293 §3.10.7.4): its
+            // bytes never reach the server.
+            self.stats.segments_without_ack += 1;
+            return;
+        }
 
         if syn && let Some(flow) = self.flows.get_mut(&key) {
             let isn1 = seg.seq.wrapping_add(1);
-            if flow.asm.next_offset() == 0 && !flow.asm.has_pending() {
+            let fresh = flow.asm.next_offset() == 0 && !flow.asm.has_pending();
+            if fresh && !flow.given_up {
                 // Nothing delivered yet: the SYN (or a new SYN after a failed attempt) sets the base.
                 flow.base = isn1;
                 flow.syn_seen = true;
+                flow.syn_len = seg.len;
+                flow.confirmed = false;
+                flow.pending_isn = None;
             } else if flow.base == isn1 || (!flow.syn_seen && flow.offset_of(isn1).is_err_and(|d| d < 1 << 20)) {
                 // A retransmitted SYN, or a late one for a flow picked up mid-stream.
                 flow.syn_seen = true;
+            } else if strict {
+                // A SYN with a new ISN on a flow that already carried bytes (or was given up): a
+                // new connection once the server answers it with a SYN-ACK.
+                flow.pending_isn = Some((isn1, seg.len));
+                return;
             } else {
-                // A SYN with a new ISN on a flow that already carried bytes: the 4-tuple was reused.
+                // Without the server's side: the 4-tuple was reused by a new connection.
                 self.stats.reused += 1;
                 self.close(key, CloseReason::Reused, out);
             }
         }
 
         if !self.flows.contains_key(&key) {
-            if seg.flags & TCP_RST != 0 {
+            if rst {
                 return;
             }
             if seg.payload.is_empty() && !syn {
                 // A bare ACK or FIN of a connection we never saw carry data: nothing to follow.
                 return;
             }
-            if self.flows.len() >= self.cfg.max_flows {
-                self.evict_oldest(out);
-            }
-            let (base, midstream) = if syn { (seg.seq.wrapping_add(1), false) } else { (seg.seq, true) };
-            self.flows.insert(key, Flow::new(base, syn, now));
-            self.rearm(key);
-            self.stats.flows_opened += 1;
-            if midstream {
-                self.stats.flows_midstream += 1;
-            }
-            out.push((key, StreamEvent::Open { midstream }));
+            let (base, syn_len) = if syn { (seg.seq.wrapping_add(1), Some(seg.len)) } else { (seg.seq, None) };
+            self.open(key, base, syn_len, now, out);
         }
 
-        if seg.flags & TCP_RST != 0 {
-            // Bytes sent before the RST that we never saw are a gap too.
-            if let Some(flow) = self.flows.get_mut(&key)
-                && let Ok(off) = flow.offset_of(seg.seq)
+        if rst {
+            let flow = self.flows.get_mut(&key).expect("inserted above");
+            if strict {
+                if !flow.accepts_rst(seg.seq) {
+                    self.stats.rst_ignored += 1;
+                    return;
+                }
+            } else if let Ok(off) = flow.offset_of(seg.seq)
                 && off > flow.asm.next_offset()
                 && off - flow.asm.next_offset() < 1 << 30
             {
+                // Bytes sent before the RST that we never saw are a gap too.
                 flow.asm.extend_fin(off);
             }
             self.close(key, CloseReason::Rst, out);
@@ -185,6 +309,14 @@ impl FlowTable {
         }
         let flow = self.flows.get_mut(&key).expect("inserted above");
         flow.last_seen = now;
+        let fin = seg.flags & TCP_FIN != 0;
+        flow.client_fin |= fin;
+        if flow.given_up {
+            if fin {
+                self.close(key, CloseReason::Fin, out);
+            }
+            return;
+        }
         if syn && seg.payload.is_empty() {
             return;
         }
@@ -202,37 +334,113 @@ impl FlowTable {
                 0
             }
         };
-        if seg.flags & TCP_FIN != 0 {
+        if fin {
             flow.asm.set_fin(off + payload.len() as u64);
         }
 
         if !payload.is_empty() {
-            let hole_before = flow.asm.hole_since();
-            let buffered_before = flow.asm.buffered();
             let room = self.cfg.max_total_buffer.saturating_sub(self.total_pending);
-            match flow.asm.insert(off, payload, now, room, emitter(key, &mut self.stats, out)) {
+            let max_flow_buffer = self.cfg.max_flow_buffer;
+            let mut result = Insert::Duplicate;
+            self.with_asm(key, out, |asm, emit| {
+                result = asm.insert(off, payload, now, room, &mut *emit);
+                if asm.buffered() > max_flow_buffer {
+                    // Out of room for this flow: in strict mode the flow is given up (its bytes
+                    // may never be acknowledged: a peer that never answers), otherwise the first
+                    // hole becomes a gap.
+                    if strict {
+                        asm.finish(emit);
+                    } else {
+                        asm.skip_hole(emit);
+                    }
+                }
+            });
+            match result {
                 Insert::Duplicate => self.stats.retransmitted_segments += 1,
-                Insert::Delivered => {}
+                Insert::InOrder => {}
+                Insert::Conflict => self.stats.conflicting_copies += 1,
                 Insert::NoRoom => {
                     // Out of global budget: this segment is lost to us; its hole becomes a gap
                     // when the reorder timer or the flow's end closes it.
                     self.stats.out_of_order_segments += 1;
                     self.stats.buffer_overflows += 1;
                 }
-                Insert::Buffered => {
-                    self.stats.out_of_order_segments += 1;
-                    if flow.asm.buffered() > self.cfg.max_flow_buffer {
-                        flow.asm.skip_hole(emitter(key, &mut self.stats, out));
-                    }
-                }
-            }
-            self.total_pending = self.total_pending - buffered_before + flow.asm.buffered();
-            if flow.asm.hole_since() != hole_before {
-                self.rearm(key);
+                Insert::Buffered => self.stats.out_of_order_segments += 1,
             }
         }
+        self.close_if_finished(key, out);
+    }
 
-        if self.flows.get(&key).is_some_and(|f| f.asm.is_finished()) {
+    /// Opens a flow whose stream starts at sequence number `base`: after a SYN carrying `syn_len`
+    /// bytes, or picked up mid-stream (`None`: given up at once in strict mode). Makes room in the
+    /// table first.
+    fn open(
+        &mut self,
+        key: FlowKey,
+        base: u32,
+        syn_len: Option<u32>,
+        now: Duration,
+        out: &mut Vec<(FlowKey, StreamEvent)>,
+    ) {
+        let strict = self.cfg.require_ack;
+        if self.flows.len() >= self.cfg.max_flows {
+            self.evict_oldest(out);
+        }
+        let syn = syn_len.is_some();
+        let mut flow = Flow::new(base, syn, syn_len.unwrap_or(0), now, strict);
+        if let Some((ack, at)) = self.early_syn_acks.remove(&key)
+            && syn
+            && flow.syn_ack_matches(ack)
+            && now.saturating_sub(at) <= self.cfg.reorder_timeout
+        {
+            // The SYN-ACK came first: the server accepted this connection already.
+            flow.confirmed = true;
+            flow.server_ack = Some(ack);
+            flow.asm.acknowledge(u64::from(ack.wrapping_sub(base)), now, |_| {});
+        }
+        self.stats.flows_opened += 1;
+        if !syn {
+            self.stats.flows_midstream += 1;
+            if strict {
+                // Where its requests start is unknown: resynchronising could take body bytes for
+                // a request line.
+                flow.given_up = true;
+                flow.asm.clear();
+                self.stats.flows_given_up_midstream += 1;
+            }
+        }
+        self.flows.insert(key, flow);
+        self.rearm(key);
+        out.push((key, StreamEvent::Open { midstream: !syn }));
+    }
+
+    /// Runs `f` on `key`'s assembler with an emitter for its events, then settles the table: the
+    /// global budget, giving the flow up if its stream stopped at a gap, its timer.
+    fn with_asm(
+        &mut self,
+        key: FlowKey,
+        out: &mut Vec<(FlowKey, StreamEvent)>,
+        f: impl FnOnce(&mut Assembler, &mut dyn FnMut(StreamEvent)),
+    ) {
+        let Some(flow) = self.flows.get_mut(&key) else { return };
+        let hole_before = flow.asm.hole_since();
+        let buffered_before = flow.asm.buffered();
+        f(&mut flow.asm, &mut emitter(key, &mut self.stats, out));
+        if flow.asm.is_stopped() && !flow.given_up {
+            flow.given_up = true;
+            self.stats.flows_given_up_gap += 1;
+            flow.asm.clear();
+        }
+        self.stats.unacked_bytes += flow.asm.take_dropped_unacked();
+        self.total_pending = self.total_pending - buffered_before + flow.asm.buffered();
+        if flow.asm.hole_since() != hole_before {
+            self.rearm(key);
+        }
+    }
+
+    /// Closes `key`'s flow if every byte up to its FIN was delivered.
+    fn close_if_finished(&mut self, key: FlowKey, out: &mut Vec<(FlowKey, StreamEvent)>) {
+        if self.flows.get(&key).is_some_and(|f| !f.given_up && f.asm.is_finished()) {
             self.close(key, CloseReason::Fin, out);
         }
     }
@@ -264,10 +472,10 @@ impl FlowTable {
                 continue;
             }
             if flow.hole_due_at(now, &self.cfg) {
-                let before = flow.asm.buffered();
-                flow.asm.skip_hole(emitter(key, &mut self.stats, out));
-                self.total_pending = self.total_pending - before + flow.asm.buffered();
-                if flow.asm.is_finished() {
+                self.with_asm(key, out, |asm, emit| {
+                    asm.skip_hole(emit);
+                });
+                if self.flows.get(&key).is_some_and(|f| !f.given_up && f.asm.is_finished()) {
                     closing.push(key);
                     continue;
                 }
@@ -276,7 +484,7 @@ impl FlowTable {
             self.rearm(key);
         }
         for key in closing {
-            let fin_done = self.flows.get(&key).is_some_and(|f| f.asm.is_finished());
+            let fin_done = self.flows.get(&key).is_some_and(|f| !f.given_up && f.asm.is_finished());
             self.close(key, if fin_done { CloseReason::Fin } else { CloseReason::Idle }, out);
         }
     }
@@ -313,11 +521,14 @@ impl FlowTable {
         if let Some(at) = flow.timer {
             self.timers.remove(&(at, key));
         }
-        // Whatever is buffered after holes is still delivered: complete requests behind a hole
-        // can be framed after the framer resynchronises. The FIN (or RST) says how far the stream
-        // went: bytes up to it that never came are a gap.
+        // Without strict mode, whatever is buffered after holes is still delivered: complete
+        // requests behind a hole can be framed after the framer resynchronises, and the FIN (or
+        // RST) says how far the stream went: bytes up to it that never came are a gap. In strict
+        // mode nothing more is delivered: what is left, held bytes the server never acknowledged
+        // included, is one last gap.
         self.total_pending -= flow.asm.buffered();
         flow.asm.finish(emitter(key, &mut self.stats, out));
+        self.stats.unacked_bytes += flow.asm.take_dropped_unacked();
         match reason {
             CloseReason::Fin => self.stats.closed_fin += 1,
             CloseReason::Rst => self.stats.closed_rst += 1,

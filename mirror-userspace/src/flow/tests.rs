@@ -1,13 +1,34 @@
+//! The flow table without `require_ack` (a capture of one direction: today's framing), its timers,
+//! and the property tests of both modes; `tests/strict.rs` has the rules of the strict mode.
+
 use super::*;
 use mirror_common::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
 use proptest::prelude::*;
+
+mod strict;
 
 fn key() -> FlowKey {
     FlowKey { client: "10.0.0.1:40000".parse().unwrap(), server: "10.0.0.2:80".parse().unwrap() }
 }
 
+/// A client→server segment.
 fn seg(seq: u32, flags: u8, data: &[u8]) -> Segment {
-    Segment { key: key(), seq, flags, payload: Bytes::copy_from_slice(data) }
+    Segment::to_server(key(), seq, 0, flags, Bytes::copy_from_slice(data))
+}
+
+/// A server→client segment acknowledging every client byte before sequence number `ack`.
+fn ack(ack: u32) -> Segment {
+    Segment::to_client(key(), 7, ack, TCP_ACK, 0)
+}
+
+/// The server's SYN-ACK, acknowledging the client's SYN (sequence number `ack` - 1).
+fn syn_ack(ack: u32) -> Segment {
+    Segment::to_client(key(), 7, ack, TCP_SYN | TCP_ACK, 0)
+}
+
+/// A table without `require_ack`.
+fn lax(cfg: FlowConfig) -> FlowTable {
+    FlowTable::new(FlowConfig { require_ack: false, ..cfg })
 }
 
 /// Runs segments through a table and returns the stream as events with data merged.
@@ -36,7 +57,7 @@ fn merge(out: Vec<(FlowKey, StreamEvent)>) -> Vec<StreamEvent> {
 
 #[test]
 fn in_order_with_handshake_and_fin() {
-    let mut t = FlowTable::new(FlowConfig::default());
+    let mut t = lax(FlowConfig::default());
     let ev = run(
         &mut t,
         vec![
@@ -59,7 +80,7 @@ fn in_order_with_handshake_and_fin() {
 
 #[test]
 fn out_of_order_and_retransmission() {
-    let mut t = FlowTable::new(FlowConfig::default());
+    let mut t = lax(FlowConfig::default());
     let ev = run(
         &mut t,
         vec![
@@ -77,7 +98,7 @@ fn out_of_order_and_retransmission() {
 
 #[test]
 fn sequence_wrap_is_seamless() {
-    let mut t = FlowTable::new(FlowConfig::default());
+    let mut t = lax(FlowConfig::default());
     let isn = u32::MAX - 3;
     let ev = run(
         &mut t,
@@ -94,7 +115,7 @@ fn sequence_wrap_is_seamless() {
 
 #[test]
 fn midstream_pickup_and_late_syn() {
-    let mut t = FlowTable::new(FlowConfig::default());
+    let mut t = lax(FlowConfig::default());
     let ev = run(&mut t, vec![seg(5000, TCP_ACK, b"xyz"), seg(4990, TCP_SYN, b""), seg(5003, TCP_ACK, b"!")]);
     assert_eq!(ev, vec![StreamEvent::Open { midstream: true }, StreamEvent::Data(Bytes::from_static(b"xyz!"))]);
     assert_eq!(t.stats.reused, 0);
@@ -102,7 +123,7 @@ fn midstream_pickup_and_late_syn() {
 
 #[test]
 fn port_reuse_with_new_isn_is_a_new_flow() {
-    let mut t = FlowTable::new(FlowConfig::default());
+    let mut t = lax(FlowConfig::default());
     let ev = run(
         &mut t,
         vec![
@@ -127,7 +148,7 @@ fn port_reuse_with_new_isn_is_a_new_flow() {
 #[test]
 fn hole_becomes_gap_after_reorder_timeout() {
     let cfg = FlowConfig { reorder_timeout: Duration::from_millis(100), ..Default::default() };
-    let mut t = FlowTable::new(cfg);
+    let mut t = lax(cfg);
     let mut out = Vec::new();
     t.on_segment(seg(100, TCP_SYN, b""), Duration::ZERO, &mut out);
     t.on_segment(seg(101, TCP_ACK, b"aaaa"), Duration::ZERO, &mut out);
@@ -144,7 +165,7 @@ fn hole_becomes_gap_after_reorder_timeout() {
 #[test]
 fn per_flow_buffer_bound_forces_gap() {
     let cfg = FlowConfig { max_flow_buffer: 10, ..Default::default() };
-    let mut t = FlowTable::new(cfg);
+    let mut t = lax(cfg);
     let ev = run(&mut t, vec![seg(100, TCP_SYN, b""), seg(200, TCP_ACK, b"0123456789"), seg(210, TCP_ACK, b"x")]);
     assert_eq!(ev[1], StreamEvent::Gap(99));
     assert_eq!(ev[2], StreamEvent::Data(Bytes::from_static(b"0123456789x")));
@@ -153,7 +174,7 @@ fn per_flow_buffer_bound_forces_gap() {
 #[test]
 fn flow_cap_evicts_oldest_idle_and_idle_timeout_closes() {
     let cfg = FlowConfig { max_flows: 2, idle_timeout: Duration::from_secs(1), ..Default::default() };
-    let mut t = FlowTable::new(cfg);
+    let mut t = lax(cfg);
     let mut out = Vec::new();
     for (i, port) in [1u16, 2, 3].into_iter().enumerate() {
         let mut s = seg(1, TCP_ACK, b"GET");
@@ -171,7 +192,7 @@ fn flow_cap_evicts_oldest_idle_and_idle_timeout_closes() {
 
 #[test]
 fn rst_closes_and_delivers_buffered_data_behind_a_gap() {
-    let mut t = FlowTable::new(FlowConfig::default());
+    let mut t = lax(FlowConfig::default());
     let ev = run(&mut t, vec![seg(100, TCP_SYN, b""), seg(105, TCP_ACK, b"late"), seg(0, TCP_RST, b"")]);
     // RST with a bogus seq still closes; the buffered bytes come out after a gap.
     assert_eq!(
@@ -183,7 +204,7 @@ fn rst_closes_and_delivers_buffered_data_behind_a_gap() {
 #[test]
 fn poll_timeout_is_the_idle_deadline_and_none_when_empty() {
     let cfg = FlowConfig { idle_timeout: Duration::from_secs(1), ..Default::default() };
-    let mut t = FlowTable::new(cfg);
+    let mut t = lax(cfg);
     let ms = Duration::from_millis;
     assert_eq!(t.poll_timeout(), None);
     let mut out = Vec::new();
@@ -201,7 +222,7 @@ fn poll_timeout_is_the_idle_deadline_and_none_when_empty() {
 fn poll_timeout_follows_the_hole_timer() {
     let cfg = FlowConfig { reorder_timeout: Duration::from_millis(100), ..Default::default() };
     let idle = cfg.idle_timeout;
-    let mut t = FlowTable::new(cfg);
+    let mut t = lax(cfg);
     let ms = Duration::from_millis;
     let mut out = Vec::new();
     t.on_segment(seg(100, TCP_SYN, b""), ms(0), &mut out);
@@ -220,7 +241,7 @@ fn poll_timeout_follows_the_hole_timer() {
 #[test]
 fn poll_timeout_after_skipping_one_of_several_holes_is_already_due() {
     let cfg = FlowConfig { reorder_timeout: Duration::from_millis(100), ..Default::default() };
-    let mut t = FlowTable::new(cfg);
+    let mut t = lax(cfg);
     let ms = Duration::from_millis;
     let mut out = Vec::new();
     t.on_segment(seg(100, TCP_SYN, b""), ms(0), &mut out);
@@ -240,7 +261,7 @@ fn poll_timeout_after_skipping_one_of_several_holes_is_already_due() {
 #[test]
 fn poll_timeout_may_be_early_for_a_busy_flow_and_a_tick_rearms_it() {
     let cfg = FlowConfig { idle_timeout: Duration::from_secs(1), ..Default::default() };
-    let mut t = FlowTable::new(cfg);
+    let mut t = lax(cfg);
     let ms = Duration::from_millis;
     let mut out = Vec::new();
     t.on_segment(seg(100, TCP_SYN, b""), ms(0), &mut out);
@@ -255,7 +276,7 @@ fn poll_timeout_may_be_early_for_a_busy_flow_and_a_tick_rearms_it() {
 #[test]
 fn poll_timeout_forgets_closed_flows() {
     let cfg = FlowConfig { max_flows: 1, idle_timeout: Duration::from_secs(1), ..Default::default() };
-    let mut t = FlowTable::new(cfg);
+    let mut t = lax(cfg);
     let ms = Duration::from_millis;
     let mut out = Vec::new();
     t.on_segment(seg(100, TCP_SYN, b""), ms(0), &mut out);
@@ -274,13 +295,37 @@ fn poll_timeout_forgets_closed_flows() {
     assert_eq!(t.poll_timeout(), None, "close_all");
 }
 
+/// The server's TCP as far as the tests need it: which client bytes it holds, and the next one it
+/// expects (what it acknowledges).
+#[derive(Default)]
+struct ServerModel {
+    /// Received ranges of stream offsets.
+    got: Vec<(usize, usize)>,
+    /// Every byte before it was received.
+    rcv_nxt: usize,
+}
+
+impl ServerModel {
+    fn receive(&mut self, start: usize, end: usize) {
+        self.got.push((start, end));
+        self.got.sort();
+        for &(s, e) in &self.got {
+            if s <= self.rcv_nxt {
+                self.rcv_nxt = self.rcv_nxt.max(e);
+            }
+        }
+    }
+}
+
 proptest! {
     /// A table ticked only when `poll_timeout` says so emits exactly what a table that looks at
     /// every flow every millisecond emits: the timers never miss a deadline, and no tick before
-    /// `poll_timeout` ever has anything to do.
+    /// `poll_timeout` ever has anything to do. Both modes, with server ACKs and RSTs among the
+    /// client's segments.
     #[test]
     fn ticking_at_poll_timeout_equals_ticking_always(
-        ops in proptest::collection::vec((0u8..20, 0u16..3, 0u32..64, 0usize..12, 0u64..40), 1..80),
+        ops in proptest::collection::vec((0u8..24, 0u16..3, 0u32..64, 0usize..12, 0u64..40), 1..80),
+        strict in any::<bool>(),
     ) {
         let cfg = FlowConfig {
             max_flows: 2,
@@ -288,15 +333,25 @@ proptest! {
             max_total_buffer: 40,
             idle_timeout: Duration::from_millis(150),
             reorder_timeout: Duration::from_millis(30),
+            require_ack: strict,
         };
         let (mut always, mut polled) = (FlowTable::new(cfg.clone()), FlowTable::new(cfg));
         let (mut out_a, mut out_p) = (Vec::new(), Vec::new());
         let mut now = Duration::ZERO;
         for (kind, port, off, len, wait) in ops {
-            // Mostly data: SYN, RST and FIN one time in twenty each.
-            let flags = [TCP_SYN, TCP_RST, TCP_ACK | TCP_FIN].get(kind as usize).copied().unwrap_or(TCP_ACK);
-            let payload: Vec<u8> = if kind == 0 { Vec::new() } else { (0..len).map(|i| (off as usize + i) as u8).collect() };
-            let mut s = seg(if kind == 0 { 999 } else { 1000 + off }, flags, &payload);
+            // Mostly data; one in twenty-four a SYN, a client RST, a FIN, a data segment without
+            // ACK, a server RST or a SYN-ACK; one in eight a server ACK.
+            let payload: Vec<u8> = (0..len).map(|i| (off as usize + i) as u8).collect();
+            let mut s = match kind {
+                0 => seg(999, TCP_SYN, b""),
+                1 => seg(1000 + off, TCP_RST, b""),
+                2 => seg(1000 + off, TCP_ACK | TCP_FIN, &payload),
+                3 => seg(1000 + off, TCP_PSH, &payload),
+                4 => Segment::to_client(key(), 5, 1000 + off, TCP_RST | TCP_ACK, 0),
+                5 => syn_ack(1000),
+                6..=8 => ack(1000 + off),
+                _ => seg(1000 + off, TCP_ACK, &payload),
+            };
             s.key.client.set_port(port);
             // Time moves a millisecond at a time; both tables see every instant.
             for _ in 0..wait {
@@ -316,16 +371,21 @@ proptest! {
         prop_assert_eq!(&out_a, &out_p);
         prop_assert_eq!(&always.stats, &polled.stats);
         prop_assert_eq!(polled.poll_timeout(), None);
+        prop_assert_eq!(polled.buffered_bytes(), 0);
     }
 
-    /// Any permutation, duplication and re-cut of a flow's segments yields the same bytes.
+    /// Any permutation, duplication and re-cut of a flow's segments yields the same bytes, in
+    /// both modes, with the server's ACKs (what it holds in order at that point) interleaved at
+    /// random points and a last one once it has everything.
     #[test]
     fn any_permutation_duplication_recut_yields_same_stream(
         data in proptest::collection::vec(any::<u8>(), 1..400),
         cuts in proptest::collection::vec(1usize..50, 1..30),
         extra in proptest::collection::vec((0usize..400, 1usize..60), 0..10),
         order in any::<u64>(),
+        acks in any::<u64>(),
         isn in any::<u32>(),
+        strict in any::<bool>(),
     ) {
         // Cut the stream into segments, add re-cut retransmissions of arbitrary ranges.
         let mut pieces = Vec::new();
@@ -346,11 +406,19 @@ proptest! {
             state ^= state << 13; state ^= state >> 7; state ^= state << 17;
             pieces.swap(i, (state % (i as u64 + 1)) as usize);
         }
-        let mut segs = vec![seg(isn, TCP_SYN, b"")];
-        for (s, e) in pieces {
-            segs.push(seg(isn.wrapping_add(1).wrapping_add(s as u32), TCP_ACK, &data[s..e]));
+        let seq_of = |off: usize| isn.wrapping_add(1).wrapping_add(off as u32);
+        let mut segs = vec![seg(isn, TCP_SYN, b""), syn_ack(seq_of(0))];
+        let mut server = ServerModel::default();
+        for (i, (s, e)) in pieces.into_iter().enumerate() {
+            segs.push(seg(seq_of(s), TCP_ACK, &data[s..e]));
+            server.receive(s, e);
+            if acks >> (i % 64) & 1 == 1 {
+                segs.push(ack(seq_of(server.rcv_nxt)));
+            }
         }
-        let mut t = FlowTable::new(FlowConfig::default());
+        prop_assert_eq!(server.rcv_nxt, data.len());
+        segs.push(ack(seq_of(data.len())));
+        let mut t = FlowTable::new(FlowConfig { require_ack: strict, ..FlowConfig::default() });
         let mut out = Vec::new();
         for s in segs { t.on_segment(s, Duration::ZERO, &mut out); }
         t.close_all(&mut out);
@@ -359,5 +427,7 @@ proptest! {
         prop_assert_eq!(&ev[1], &StreamEvent::Data(Bytes::from(data.clone())));
         prop_assert_eq!(&ev[2], &StreamEvent::Close(CloseReason::Shutdown));
         prop_assert_eq!(t.stats.gaps, 0);
+        prop_assert_eq!(t.stats.conflicting_copies, 0);
+        prop_assert_eq!(t.stats.unacked_bytes, 0);
     }
 }
