@@ -129,9 +129,11 @@ impl RequestView<'_> {
 /// The extensions of one mirror destination, compiled.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
+    /// What the mirror's copy gets as Host: `-shadow` appended (Envoy), kept, or a literal.
     pub host: HostRewrite,
     /// Header names lower-cased.
     pub headers: HeaderOps,
+    /// Consistent sampling by a header or cookie value (the same value always decides the same).
     pub sample_by: Option<SampleKey>,
 }
 
@@ -140,7 +142,9 @@ pub struct Policy {
 pub struct MirrorTarget {
     /// The endpoints key (`host/subset`).
     pub endpoint: Arc<str>,
+    /// The name of the route that matched.
     pub route: Arc<str>,
+    /// The destination's policy (host rewrite, header operations, sampling key).
     pub policy: Arc<Policy>,
 }
 
@@ -178,9 +182,19 @@ pub enum Decision {
     /// No route matched (or the request's Host is in no table).
     NoRoute,
     /// A route matched: the mirrors sampled in, and the endpoints of those sampled out.
-    Route { route: Arc<str>, targets: Vec<MirrorTarget>, sampled_out: Vec<Arc<str>> },
+    Route {
+        /// The route's name.
+        route: Arc<str>,
+        /// The mirrors this request goes to.
+        targets: Vec<MirrorTarget>,
+        /// The endpoints whose sampling left this request out.
+        sampled_out: Vec<Arc<str>>,
+    },
 }
 
+/// The routing stage: the config's route tables (VirtualServices in order, then our `routes`),
+/// scoped by Host, first match wins, each mirror sampled on its own. Immutable: a reload builds a
+/// new one.
 #[derive(Debug, Clone)]
 pub struct Router {
     tables: Vec<Table>,
@@ -194,6 +208,7 @@ pub fn percent_to_ppm(value: f64) -> u32 {
 }
 
 impl Router {
+    /// Compiles the routes, policies and endpoints of a checked config.
     pub fn new(cfg: &Config) -> Result<Router> {
         let endpoints: BTreeMap<Arc<str>, Vec<SocketAddr>> =
             cfg.endpoints.iter().map(|(k, v)| (Arc::from(k.as_str()), v.clone())).collect();

@@ -48,7 +48,8 @@ fn primary_unharmed(topo: &Topology, config: &std::path::Path, n: usize, settle:
     let (b, w) = (median(&base_times), median(&times));
     println!("primary median latency: {b:?} without the daemon, {w:?} with it");
     // Noise bound, loose on purpose (timing belongs to the benchmarks): the daemon is off the path.
-    assert!(w <= b * 3 + Duration::from_millis(3), "primary slowed from {b:?} to {w:?}");
+    // Under software emulation (the VM runs) every latency is noisier: the bound scales with it.
+    assert!(w <= b * 3 + Duration::from_millis(3) * slowdown(), "primary slowed from {b:?} to {w:?}");
     (summary, metrics)
 }
 
