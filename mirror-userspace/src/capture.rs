@@ -36,9 +36,13 @@ use crate::flow::{FlowKey, Segment};
 /// Why a sample could not be turned into a segment (counted, never fatal).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DecodeError {
+    /// Shorter than its header or than the bytes it says follow.
     Short,
+    /// An address family other than 4 or 6.
     BadFamily,
+    /// An unknown event kind.
     BadKind,
+    /// A payload offset beyond the captured bytes.
     BadOffsets,
 }
 
@@ -103,6 +107,7 @@ pub struct Capture {
     ebpf: Ebpf,
     /// Kernel-side log records (aya-log), forwarded to `log`/`tracing` at debug level.
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    /// One perf buffer per online CPU.
     pub buffers: Vec<PerfEventArrayBuffer<MapData>>,
 }
 

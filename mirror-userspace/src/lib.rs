@@ -4,6 +4,8 @@
 //! [`http`] (request framing) → [`route`] (match, sample, rewrite) → `replay` (send to mirrors).
 //! [`pipeline`] strings the sans-IO stages together; [`daemon`] is the thin tokio/aya shell.
 
+#![warn(missing_docs)]
+
 pub mod capture;
 pub mod config;
 pub mod daemon;

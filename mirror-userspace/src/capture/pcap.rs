@@ -29,8 +29,11 @@ use crate::flow::{Direction, FlowKey, Segment};
 
 /// One captured frame with its link type.
 pub struct Frame {
+    /// Capture time.
     pub timestamp: Duration,
+    /// The link type (LINKTYPE_*) of the interface it was captured on.
     pub linktype: u32,
+    /// The frame's bytes.
     pub data: Vec<u8>,
 }
 
@@ -81,6 +84,7 @@ pub enum Skip {
     Malformed,
     /// An IPv4 fragment waiting for the rest.
     FragmentPending,
+    /// A link type this reader does not decode.
     UnsupportedLinkType(u32),
 }
 
