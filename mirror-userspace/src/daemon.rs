@@ -50,6 +50,7 @@ pub async fn run(path: &Path, metrics_addr: std::net::SocketAddr, attach: Attach
     let router = Arc::new(Router::new(&cfg)?);
     let metrics = Arc::new(Metrics::new());
     let _server = metrics::serve(metrics_addr, metrics.clone()).await?;
+    metrics::raise_fd_limit();
     let replayer = Arc::new(Replayer::start(&router, &cfg.replay, Some(metrics.clone())));
     let capture = Capture::start(
         &cfg.capture.interfaces,

@@ -39,6 +39,8 @@ pub const TOOLS: &[(&str, Source)] = &[
     ("nft", Source::Debian("nftables")),
     // Least-privilege test: run the daemon as nobody with three capabilities.
     ("setpriv", Source::Debian("util-linux")),
+    // Metrics endpoint test: the daemon under a low fd limit.
+    ("prlimit", Source::Debian("util-linux")),
     // The benchmark's primary, mirror and the nginx mirror-module peer; its load generator.
     ("nginx", Source::Debian("nginx")),
     ("wrk", Source::Debian("wrk")),
