@@ -1,0 +1,221 @@
+//! Prometheus metrics (prometheus-client), served as text on `--metrics-addr`.
+//!
+//! The sans-IO core keeps plain counters; the capture thread publishes them here periodically
+//! (as deltas), and the replay workers record responses, latencies and failures directly.
+
+use std::{collections::BTreeMap, sync::Mutex, time::Duration};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+use crate::{flow::FlowStats, pipeline::PipelineStats, stats::DropReason};
+
+mod endpoint;
+
+use endpoint::EndpointMetrics;
+pub(crate) use endpoint::{raise_fd_limit, serve};
+
+/// `{kind}`: what a kernel or flow counter counts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
+/// `{reason}` of `mirror_requests_dropped_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: DropReason,
+}
+
+/// The label value is [`DropReason::as_str`].
+impl EncodeLabelValue for DropReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+/// `{interface, mode}`: where the classifier is attached and how (`tcx` or `netlink`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AttachLabel {
+    interface: String,
+    mode: String,
+}
+
+/// `{route, mirror}`: a route's name and a mirror's endpoints key.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteMirror {
+    route: String,
+    mirror: String,
+}
+
+/// `{route, mirror, class}`: a mirror response's status class (`2xx`, …, `other`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResponseLabel {
+    route: String,
+    mirror: String,
+    class: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms .. ~16 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// Every metric the daemon exports, registered under the `mirror_` prefix.
+pub struct Metrics {
+    registry: Registry,
+    kernel: Family<KindLabel, Counter>,
+    flows_open: Gauge,
+    attach: Family<AttachLabel, Gauge>,
+    flow_events: Family<KindLabel, Counter>,
+    framed: Counter,
+    mirrored: Family<RouteMirror, Counter>,
+    sampled_out: Family<RouteMirror, Counter>,
+    no_route: Counter,
+    dropped: Family<ReasonLabel, Counter>,
+    responses: Family<ResponseLabel, Counter>,
+    latency: Family<RouteMirror, Histogram, fn() -> Histogram>,
+    /// The metrics endpoint's own connections (see [`serve`]).
+    endpoint: EndpointMetrics,
+    /// Last published absolute values, to publish deltas.
+    last: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric (all at zero).
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("mirror");
+        let m = Metrics {
+            kernel: Family::default(),
+            flows_open: Gauge::default(),
+            attach: Family::default(),
+            flow_events: Family::default(),
+            framed: Counter::default(),
+            mirrored: Family::default(),
+            sampled_out: Family::default(),
+            no_route: Counter::default(),
+            dropped: Family::default(),
+            responses: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            endpoint: EndpointMetrics::default(),
+            last: Mutex::new(BTreeMap::new()),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "kernel_packets",
+            "TCP segments to watched ports, by what the classifier did: seen, shipped, lost (ring full), truncated, tail_pieces, ip_fragments, skipped_mirror_traffic",
+            m.kernel.clone(),
+        );
+        registry.register("flows_open", "TCP flows being reassembled", m.flows_open.clone());
+        registry.register(
+            "attach_info",
+            "1 for each interface the classifier is attached to, with the attach mode (tcx or netlink)",
+            m.attach.clone(),
+        );
+        registry.register(
+            "flow_events",
+            "Flow counters, by the names of the JSON summary's `flows` object (opened, midstream, gaps, segments_without_ack, rst_ignored, conflicting_copies, flows_given_up_gap, flows_given_up_midstream, ...)",
+            m.flow_events.clone(),
+        );
+        registry.register("requests_framed", "HTTP/1.1 requests framed", m.framed.clone());
+        registry.register(
+            "requests_mirrored",
+            "Requests handed to replay complete, per route and mirror",
+            m.mirrored.clone(),
+        );
+        registry.register(
+            "requests_sampled_out",
+            "Requests a route's sampling left out, per route and mirror",
+            m.sampled_out.clone(),
+        );
+        registry.register("requests_no_route", "Requests no route matched", m.no_route.clone());
+        registry.register(
+            "requests_dropped",
+            "Requests (or streams) lost, by reason: gap, queue_full, timeout, connect_error, io_error, bad_response, stream_reset and framing errors",
+            m.dropped.clone(),
+        );
+        registry.register("shadow_responses", "Mirror responses, by status class", m.responses.clone());
+        registry.register(
+            "shadow_latency_seconds",
+            "Time from sending a request to the mirror to its full response",
+            m.latency.clone(),
+        );
+        m.endpoint.register(&mut registry);
+        Metrics { registry, ..m }
+    }
+
+    /// Records that the classifier is attached to `interface` in `mode` (`tcx` or `netlink`).
+    pub fn attached(&self, interface: &str, mode: &str) {
+        self.attach.get_or_create(&AttachLabel { interface: interface.into(), mode: mode.into() }).set(1);
+    }
+
+    fn delta(&self, key: &str, now: u64) -> u64 {
+        let mut last = self.last.lock().expect("metrics lock");
+        let prev = last.insert(key.to_string(), now).unwrap_or(0);
+        now.saturating_sub(prev)
+    }
+
+    /// Publishes the capture thread's counters (absolute values; deltas are added).
+    pub fn publish(&self, kernel: &[(&'static str, u64)], flows: &FlowStats, flows_open: usize, p: &PipelineStats) {
+        for (kind, v) in kernel {
+            let d = self.delta(&format!("kernel/{kind}"), *v);
+            self.kernel.get_or_create(&KindLabel { kind: kind.to_string() }).inc_by(d);
+        }
+        self.flows_open.set(flows_open as i64);
+        // Every flow counter, under the name the JSON summary gives it (one vocabulary).
+        if let Ok(serde_json::Value::Object(counters)) = serde_json::to_value(flows) {
+            for (kind, v) in counters {
+                let d = self.delta(&format!("flow/{kind}"), v.as_u64().unwrap_or(0));
+                self.flow_events.get_or_create(&KindLabel { kind }).inc_by(d);
+            }
+        }
+        self.framed.inc_by(self.delta("framed", p.requests_framed));
+        self.no_route.inc_by(self.delta("no_route", p.no_route));
+        for (&reason, v) in &p.dropped {
+            self.dropped.get_or_create(&ReasonLabel { reason }).inc_by(self.delta(&format!("drop/{reason}"), *v));
+        }
+        for ((route, mirror), c) in &p.by_route {
+            let labels = RouteMirror { route: route.to_string(), mirror: mirror.to_string() };
+            self.mirrored.get_or_create(&labels).inc_by(self.delta(&format!("m/{route}/{mirror}"), c.mirrored));
+            self.sampled_out.get_or_create(&labels).inc_by(self.delta(&format!("s/{route}/{mirror}"), c.sampled_out));
+        }
+    }
+
+    /// A mirror response (replay workers).
+    pub fn response(&self, route: &str, mirror: &str, status: u16, latency: Duration) {
+        let class = match status / 100 {
+            c @ 1..=5 => format!("{c}xx"),
+            _ => "other".to_string(),
+        };
+        self.responses.get_or_create(&ResponseLabel { route: route.into(), mirror: mirror.into(), class }).inc();
+        self.latency
+            .get_or_create(&RouteMirror { route: route.into(), mirror: mirror.into() })
+            .observe(latency.as_secs_f64());
+    }
+
+    /// A request replay lost (replay workers and the queue).
+    pub fn drop_reason(&self, reason: DropReason) {
+        self.dropped.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("encoding to a String");
+        out
+    }
+}
