@@ -29,8 +29,16 @@ pub const SERIES: &[Series] = &[
     Series { label: "Debian 12 6.12", prefix: "6.12.", suffix: "+deb12-amd64" },
 ];
 
-/// The namespace integration test binaries of the `mirror-tests` crate.
-const NAMESPACE_TESTS: &[&str] = &["attach", "namespaces", "operations", "routes", "framing"];
+/// Integration test binaries of the `mirror-tests` crate that do not run in the VMs, and why.
+/// Every other one does: a new test file is in the matrix unless it is listed here.
+const NOT_IN_VMS: &[(&str, &str)] = &[
+    // The rules they check live in the sans-IO flow module, identical on every kernel; the
+    // kernel's part (the egress hook shipping the primary's ACKs) is what every other namespace
+    // test needs to mirror anything. Scapy's sniffing under software emulation misses its timeouts.
+    ("crafted", "kernel-independent rules; scapy too slow under emulation"),
+    // A load test: 20,000 SYN/s cannot be generated in a software-emulated VM.
+    ("flood", "load test, not meaningful under emulation"),
+];
 
 /// The newest installable release of a series (e.g. `6.1.0-56-amd64`).
 fn newest(series: &Series) -> Result<String> {
@@ -95,11 +103,17 @@ fn test_executables() -> Result<Vec<PathBuf>> {
         let rest = &line[i + 14..];
         let exe = &rest[..rest.find('"').context("unterminated executable path")?];
         let name = Path::new(exe).file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if NAMESPACE_TESTS.iter().any(|t| name.strip_prefix(t).is_some_and(|r| r.starts_with('-'))) {
-            exes.push(PathBuf::from(exe));
+        // Integration tests only (tests/tests/*.rs), not the library's or the binaries' unit tests.
+        if !line.contains("\"kind\":[\"test\"]") {
+            continue;
         }
+        let stem = name.rsplit_once('-').map_or(name, |(s, _)| s);
+        if NOT_IN_VMS.iter().any(|(t, _)| *t == stem) {
+            continue;
+        }
+        exes.push(PathBuf::from(exe));
     }
-    ensure!(exes.len() == NAMESPACE_TESTS.len(), "expected {} namespace test binaries, found {exes:?}", NAMESPACE_TESTS.len());
+    ensure!(exes.len() >= 5, "expected the namespace test binaries, found {exes:?}");
     Ok(exes)
 }
 
