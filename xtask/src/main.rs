@@ -229,6 +229,11 @@ fn build_release() -> Result<()> {
 fn sweep_namespaces() -> Result<()> {
     let list = output(Command::new("ip").args(["netns", "list"]))?;
     for ns in list.lines().filter_map(|l| l.split_whitespace().next()).filter(|n| n.starts_with("mirrort")) {
+        // mirrort<pid>x<n>...: leave the namespaces of a test process that is still running.
+        let pid = ns["mirrort".len()..].split('x').next().unwrap_or("");
+        if !pid.is_empty() && Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
         step(&format!("removing leftover namespace {ns}"));
         let _ = Command::new("ip").args(["netns", "del", ns]).status();
     }
