@@ -164,7 +164,8 @@ fuzz_target!(|data: &[u8]| {
             table.on_tick(now, &mut out);
             assert!(due || out.len() == before, "a tick before poll_timeout did something");
         }
-        assert_eq!(table.poll_timeout().is_none(), table.is_empty(), "an open flow without a timer");
+        // Open flows may wait without a timer (clean kept-alive connections); an empty table has none.
+        assert!(!table.is_empty() || table.poll_timeout().is_none(), "a timer without a flow");
         check(&mut out, &mut seen, &mut acked, strict);
     }
     table.close_all(&mut out);

@@ -24,7 +24,9 @@
 //!
 //! [`FlowTable`] holds the flows and their policy (SYN, RST, acknowledgements, port reuse,
 //! eviction, idle timeout, the buffer budget over all flows, giving up, statistics); each flow's
-//! bytes are put in order by an `Assembler` (`flow/assembler.rs`). [`FlowTable::poll_timeout`]
+//! connection state is in `flow/conn.rs`, its bytes are put in order by an `Assembler`
+//! (`flow/assembler.rs`), and the order in which a full table evicts is kept by `flow/lru.rs`
+//! (every table operation is O(1) or O(log n) in the flows open). [`FlowTable::poll_timeout`]
 //! says when the next timer is due.
 
 use std::{net::SocketAddr, time::Duration};
@@ -32,6 +34,8 @@ use std::{net::SocketAddr, time::Duration};
 use bytes::Bytes;
 
 mod assembler;
+mod conn;
+mod lru;
 mod table;
 
 pub use table::FlowTable;
@@ -120,7 +124,8 @@ pub enum CloseReason {
     Fin,
     /// The server reset the connection, or the client did with an RST the server accepts.
     Rst,
-    /// No segment for the idle timeout.
+    /// No segment for the idle timeout (and not a clean kept-alive connection: see
+    /// [`FlowConfig::idle_timeout`]).
     Idle,
     /// Evicted to make room (flow table full).
     Evicted,
@@ -133,13 +138,23 @@ pub enum CloseReason {
 /// Bounds and timeouts of a [`FlowTable`].
 #[derive(Debug, Clone)]
 pub struct FlowConfig {
-    /// Flows tracked at once; a new one beyond it evicts the flow idle the longest.
+    /// Flows tracked at once. A new one beyond it evicts the least recently active flow among
+    /// those with the least at stake: given-up flows first, then flows that delivered nothing yet
+    /// (handshakes: what a SYN flood adds), then clean kept-alive flows, then flows holding bytes
+    /// — except that flows that delivered nothing yet keep an eighth of the table, so that a
+    /// genuine handshake survives a flood long enough to carry its request. O(1).
     pub max_flows: usize,
     /// Out-of-order bytes buffered per flow before the hole is declared a gap.
     pub max_flow_buffer: usize,
     /// Out-of-order bytes buffered over all flows.
     pub max_total_buffer: usize,
-    /// How long a flow may go without a segment before it is closed.
+    /// How long a flow may go without a segment before it is closed, unless it is a clean
+    /// established connection: one that delivered bytes (or whose SYN the server answered, in
+    /// strict mode) and holds nothing, no hole, no FIN. Such a flow is a kept-alive connection
+    /// between requests (Envoy keeps them an hour): it stays open, costing its table entry only,
+    /// until a FIN or RST closes it or the table's bound evicts it, so that its next request, at
+    /// exactly the next sequence number, is delivered. Closing it would make that request's
+    /// flow one picked up mid-stream, given up until the connection closes.
     pub idle_timeout: Duration,
     /// How long a hole may stay open waiting for a late or retransmitted segment (once bytes
     /// after it are due: acknowledged by the server, or any with `require_ack` off).
@@ -192,6 +207,9 @@ pub struct FlowStats {
     pub closed_idle: u64,
     /// Flows evicted because the table was full.
     pub evicted: u64,
+    /// Idle timeouts that left a flow open because it was a clean kept-alive connection (see
+    /// [`FlowConfig::idle_timeout`]).
+    pub kept_alive: u64,
     /// Flows closed because a SYN with a new ISN reused their addresses and ports.
     pub reused: u64,
     /// Segments dropped because the global out-of-order budget was spent.

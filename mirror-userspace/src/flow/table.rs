@@ -4,7 +4,7 @@
 //! order by its [`Assembler`].
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap, VecDeque},
     time::Duration,
 };
 
@@ -13,126 +13,47 @@ use mirror_common::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 use super::{
     CloseReason, Direction, FlowConfig, FlowKey, FlowStats, Segment, StreamEvent,
     assembler::{Assembler, Insert},
+    conn::{Flow, unwrap_around},
+    lru::{Lru, Tier},
 };
-
-#[derive(Debug)]
-struct Flow {
-    /// Sequence number of stream offset 0.
-    base: u32,
-    syn_seen: bool,
-    last_seen: Duration,
-    /// The instant this flow is filed under in [`FlowTable::timers`]: never later than its
-    /// [`deadline`](Flow::deadline) (traffic since it was filed only moves the deadline later).
-    timer: Option<Duration>,
-    asm: Assembler,
-    /// Strict mode: nothing more of this flow is delivered (after a gap, or picked up mid-stream).
-    given_up: bool,
-    /// The server's latest acknowledgement number: the next sequence number its TCP expects.
-    server_ack: Option<u32>,
-    /// A client FIN was seen.
-    client_fin: bool,
-    /// Strict mode: the server answered the SYN that set `base` with a SYN-ACK, so its
-    /// acknowledgements are this connection's (a flow opened by a SYN delivers nothing before).
-    confirmed: bool,
-    /// Bytes of TCP Fast Open data the SYN that set `base` carried: its SYN-ACK may acknowledge
-    /// them too.
-    syn_len: u32,
-    /// Strict mode: a SYN with another ISN was seen while this flow carried bytes: (its sequence
-    /// number plus one, its data length). The 4-tuple is reused once the server's SYN-ACK
-    /// acknowledges it (a SYN the server answers with a challenge ACK leaves this flow as it was).
-    pending_isn: Option<(u32, u32)>,
-}
-
-impl Flow {
-    fn new(base: u32, syn_seen: bool, syn_len: u32, now: Duration, strict: bool) -> Self {
-        Self {
-            base,
-            syn_seen,
-            last_seen: now,
-            timer: None,
-            asm: Assembler::new(strict),
-            given_up: false,
-            server_ack: None,
-            client_fin: false,
-            confirmed: false,
-            syn_len,
-            pending_isn: None,
-        }
-    }
-
-    /// Whether a server SYN-ACK acknowledging `ack` answers the SYN that set `base` (its
-    /// acknowledgement may cover TCP Fast Open data too).
-    fn syn_ack_matches(&self, ack: u32) -> bool {
-        ack.wrapping_sub(self.base) <= self.syn_len
-    }
-
-    /// Stream offset of `seq`, unwrapped around the next offset to deliver. Negative offsets
-    /// (bytes before the stream's start) come back as `Err` with how many bytes to trim.
-    fn offset_of(&self, seq: u32) -> Result<u64, u64> {
-        unwrap_around(seq.wrapping_sub(self.base), self.asm.next_offset())
-    }
-
-    /// Whether a client RST with this sequence number is one the server's TCP accepts (RFC 5961
-    /// §3.2, as Linux does): exactly the next sequence number it expects, or one less once the
-    /// client's FIN was taken (Linux's allowance in CLOSE-WAIT). Before any acknowledgement was
-    /// seen, the expected number is the one after the SYN; mid-stream it is unknown.
-    fn accepts_rst(&self, seq: u32) -> bool {
-        match self.server_ack {
-            Some(ack) => seq == ack || (self.client_fin && seq == ack.wrapping_sub(1)),
-            None => self.syn_seen && seq == self.base,
-        }
-    }
-
-    /// Whether the flow has been idle for the idle timeout at `now`.
-    fn idle_at(&self, now: Duration, cfg: &FlowConfig) -> bool {
-        now.saturating_sub(self.last_seen) >= cfg.idle_timeout
-    }
-
-    /// Whether its hole has waited the reorder timeout at `now`.
-    fn hole_due_at(&self, now: Duration, cfg: &FlowConfig) -> bool {
-        self.asm.hole_since().is_some_and(|t| now.saturating_sub(t) >= cfg.reorder_timeout)
-    }
-
-    /// The first instant at which a tick has something to do for this flow: close it as idle or
-    /// give up on its hole. `None` if that is beyond what a `Duration` holds.
-    fn deadline(&self, cfg: &FlowConfig) -> Option<Duration> {
-        let idle = self.last_seen.checked_add(cfg.idle_timeout);
-        match (idle, self.asm.deadline(cfg.reorder_timeout)) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-}
 
 /// All flows, keyed by [`FlowKey`].
 ///
 /// Time is the caller's: a [`Duration`] since any fixed start, the same clock for
 /// [`on_segment`](Self::on_segment), [`on_tick`](Self::on_tick) and
 /// [`poll_timeout`](Self::poll_timeout), never going backwards.
+///
+/// Cost, with n flows open: a segment O(log n) (a hash lookup, its flow's place in the eviction
+/// order in O(1), its timer in O(log n) when it changes), opening a flow in a full table the same
+/// (the flow to evict is the head of a list), a tick O(log n) per flow due, and
+/// [`poll_timeout`](Self::poll_timeout) O(1). Only [`close_all`](Self::close_all) looks at every
+/// flow.
 #[derive(Debug, Default)]
 pub struct FlowTable {
     cfg: FlowConfig,
     flows: HashMap<FlowKey, Flow>,
+    /// Every flow, in eviction order (see `flow/lru.rs`).
+    lru: Lru,
     /// Every flow with a deadline, by the instant in its [`Flow::timer`].
     timers: BTreeSet<(Duration, FlowKey)>,
     total_pending: usize,
     /// Strict mode: SYN-ACKs seen before the SYN they answer (capture order across CPUs, or a
-    /// capture file's own): acknowledgement and when, by flow. Bounded.
+    /// capture file's own): acknowledgement and when, by flow. At most [`MAX_EARLY_SYN_ACKS`],
+    /// the oldest forgotten first (`early_order`).
     early_syn_acks: HashMap<FlowKey, (u32, Duration)>,
+    /// The keys of `early_syn_acks` in the order they were filed, with when (an entry taken by
+    /// its SYN since is skipped when its turn comes).
+    early_order: VecDeque<(FlowKey, Duration)>,
     /// What the table did so far.
     pub stats: FlowStats,
 }
 
-/// Most SYN-ACKs kept waiting for their SYN; beyond it they are all forgotten.
-const MAX_EARLY_SYN_ACKS: usize = 1024;
+/// Opening flows (nothing delivered yet) are guaranteed this fraction of the table: a handshake
+/// during a flood has (max_flows / this) / (flood rate) seconds to carry its first request.
+const OPENING_RESERVE_DIVISOR: usize = 8;
 
-/// Stream offset of a sequence number `rel` bytes past the stream's start (32 bits, wrapped),
-/// taken as the one nearest `around`. Negative offsets come back as `Err(how far before 0)`.
-fn unwrap_around(rel: u32, around: u64) -> Result<u64, u64> {
-    let delta = rel.wrapping_sub(around as u32) as i32 as i64;
-    let off = around as i64 + delta;
-    if off < 0 { Err((-off) as u64) } else { Ok(off as u64) }
-}
+/// Most SYN-ACKs kept waiting for their SYN; beyond it the oldest is forgotten.
+const MAX_EARLY_SYN_ACKS: usize = 1024;
 
 /// A sink for one flow's events: tags them with its key and counts gaps.
 fn emitter<'a>(
@@ -152,7 +73,7 @@ fn emitter<'a>(
 impl FlowTable {
     /// An empty table with these bounds and timeouts.
     pub fn new(cfg: FlowConfig) -> Self {
-        Self { cfg, ..Self::default() }
+        Self { lru: Lru::new(cfg.max_flows / OPENING_RESERVE_DIVISOR), cfg, ..Self::default() }
     }
 
     /// Flows open.
@@ -172,8 +93,9 @@ impl FlowTable {
 
     /// When [`on_tick`](Self::on_tick) next has something to do: the earliest instant at which a
     /// flow may have been idle for the idle timeout, or a hole may have waited the reorder
-    /// timeout. `None` when no flow is open (nothing will happen until a segment arrives), or
-    /// when every deadline is beyond what a `Duration` holds.
+    /// timeout. `None` when no flow has a timer (nothing will happen until a segment arrives:
+    /// clean kept-alive flows wait without one, see [`FlowConfig::idle_timeout`]), or when every
+    /// deadline is beyond what a `Duration` holds.
     ///
     /// A tick before this instant does nothing, so the caller may sleep until it (and until the
     /// next segment). It may be earlier than needed, never later: a flow that saw traffic since
@@ -187,9 +109,25 @@ impl FlowTable {
     /// Feeds one segment seen at `now`, of either direction; events for it are appended to `out`.
     pub fn on_segment(&mut self, seg: Segment, now: Duration, out: &mut Vec<(FlowKey, StreamEvent)>) {
         self.stats.segments += 1;
+        let key = seg.key;
         match seg.dir {
             Direction::ToServer => self.on_client_segment(seg, now, out),
             Direction::ToClient => self.on_server_segment(seg, now, out),
+        }
+        self.settle(key, true);
+    }
+
+    /// After `key`'s flow changed: moves it to its tier in the eviction order (as the most recent
+    /// flow there if `active`: it just saw a segment), and files it under a deadline again if it
+    /// had none (a kept-alive flow that was idle). O(1), or O(log n) when its timer is filed.
+    fn settle(&mut self, key: FlowKey, active: bool) {
+        let Some(flow) = self.flows.get(&key) else { return };
+        let tier = flow.tier();
+        if active || self.lru.tier_of(flow.lru) != tier {
+            self.lru.touch(flow.lru, tier);
+        }
+        if flow.timer.is_none() {
+            self.rearm(key);
         }
     }
 
@@ -212,10 +150,7 @@ impl FlowTable {
         }
         let Some(flow) = self.flows.get_mut(&key) else {
             if syn_ack && strict {
-                if self.early_syn_acks.len() >= MAX_EARLY_SYN_ACKS {
-                    self.early_syn_acks.clear();
-                }
-                self.early_syn_acks.insert(key, (seg.ack, now));
+                self.file_early_syn_ack(key, seg.ack, now);
             }
             return;
         };
@@ -383,11 +318,14 @@ impl FlowTable {
         out: &mut Vec<(FlowKey, StreamEvent)>,
     ) {
         let strict = self.cfg.require_ack;
-        if self.flows.len() >= self.cfg.max_flows {
-            self.evict_oldest(out);
+        if self.flows.len() >= self.cfg.max_flows
+            && let Some(victim) = self.lru.oldest()
+        {
+            self.close(victim, CloseReason::Evicted, out);
         }
         let syn = syn_len.is_some();
-        let mut flow = Flow::new(base, syn, syn_len.unwrap_or(0), now, strict);
+        let slot = self.lru.insert(key, Tier::Opening);
+        let mut flow = Flow::new(base, syn, syn_len.unwrap_or(0), now, strict, slot);
         if let Some((ack, at)) = self.early_syn_acks.remove(&key)
             && syn
             && flow.syn_ack_matches(ack)
@@ -409,6 +347,7 @@ impl FlowTable {
                 self.stats.flows_given_up_midstream += 1;
             }
         }
+        self.lru.touch(slot, flow.tier());
         self.flows.insert(key, flow);
         self.rearm(key);
         out.push((key, StreamEvent::Open { midstream: !syn }));
@@ -446,7 +385,9 @@ impl FlowTable {
     }
 
     /// Advances time: holes open longer than the reorder timeout become gaps (one hole per flow
-    /// and tick), idle flows close. Only flows whose timer is due at `now` are looked at.
+    /// and tick), idle flows close (clean kept-alive ones stay, without a timer until their next
+    /// segment: see [`FlowConfig::idle_timeout`]). Only flows whose timer is due at `now` are
+    /// looked at.
     pub fn on_tick(&mut self, now: Duration, out: &mut Vec<(FlowKey, StreamEvent)>) {
         let due = self.timers.iter().take_while(|&&(at, _)| at <= now).map(|&(_, k)| k).collect();
         self.tick_flows(due, now, out);
@@ -460,15 +401,24 @@ impl FlowTable {
         self.tick_flows(all, now, out);
     }
 
-    /// Ticks the flows in `due`: closes the idle ones, gives up on the holes that waited long
-    /// enough, and files the others under their deadlines.
+    /// Ticks the flows in `due`: closes the idle ones (a clean kept-alive flow only loses its
+    /// timer), gives up on the holes that waited long enough, and files the others under their
+    /// deadlines.
     fn tick_flows(&mut self, mut due: Vec<FlowKey>, now: Duration, out: &mut Vec<(FlowKey, StreamEvent)>) {
         due.sort();
         let mut closing = Vec::new();
         for key in due {
             let Some(flow) = self.flows.get_mut(&key) else { continue };
             if flow.idle_at(now, &self.cfg) {
-                closing.push(key);
+                if flow.keeps_alive(self.cfg.require_ack) {
+                    // Quiet, not dead: filed again by its next segment.
+                    if let Some(at) = flow.timer.take() {
+                        self.timers.remove(&(at, key));
+                        self.stats.kept_alive += 1;
+                    }
+                } else {
+                    closing.push(key);
+                }
                 continue;
             }
             if flow.hole_due_at(now, &self.cfg) {
@@ -482,6 +432,7 @@ impl FlowTable {
             }
             // Busy since its timer was set, or another hole waits: file it under its deadline.
             self.rearm(key);
+            self.settle(key, false);
         }
         for key in closing {
             let fin_done = self.flows.get(&key).is_some_and(|f| !f.given_up && f.asm.is_finished());
@@ -521,6 +472,7 @@ impl FlowTable {
         if let Some(at) = flow.timer {
             self.timers.remove(&(at, key));
         }
+        self.lru.remove(flow.lru);
         // Without strict mode, whatever is buffered after holes is still delivered: complete
         // requests behind a hole can be framed after the framer resynchronises, and the FIN (or
         // RST) says how far the stream went: bytes up to it that never came are a gap. In strict
@@ -539,10 +491,16 @@ impl FlowTable {
         out.push((key, StreamEvent::Close(reason)));
     }
 
-    fn evict_oldest(&mut self, out: &mut Vec<(FlowKey, StreamEvent)>) {
-        // O(flows), and only when the table is full.
-        if let Some(key) = self.flows.iter().min_by_key(|(k, f)| (f.last_seen, **k)).map(|(k, _)| *k) {
-            self.close(key, CloseReason::Evicted, out);
+    /// Keeps a SYN-ACK that came before its SYN, forgetting the oldest one kept if there are too
+    /// many. O(1) (amortized: entries already taken are skipped once).
+    fn file_early_syn_ack(&mut self, key: FlowKey, ack: u32, now: Duration) {
+        self.early_syn_acks.insert(key, (ack, now));
+        self.early_order.push_back((key, now));
+        while self.early_order.len() > MAX_EARLY_SYN_ACKS {
+            let Some((old, at)) = self.early_order.pop_front() else { break };
+            if self.early_syn_acks.get(&old).is_some_and(|&(_, t)| t == at) {
+                self.early_syn_acks.remove(&old);
+            }
         }
     }
 }

@@ -5,6 +5,7 @@ use super::*;
 use mirror_common::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
 use proptest::prelude::*;
 
+mod evict;
 mod strict;
 
 fn key() -> FlowKey {
@@ -172,7 +173,7 @@ fn per_flow_buffer_bound_forces_gap() {
 }
 
 #[test]
-fn flow_cap_evicts_oldest_idle_and_idle_timeout_closes() {
+fn flow_cap_evicts_least_recent_and_idle_timeout_closes_only_unclean_flows() {
     let cfg = FlowConfig { max_flows: 2, idle_timeout: Duration::from_secs(1), ..Default::default() };
     let mut t = lax(cfg);
     let mut out = Vec::new();
@@ -185,9 +186,15 @@ fn flow_cap_evicts_oldest_idle_and_idle_timeout_closes() {
     assert_eq!(t.stats.evicted, 1);
     let evicted: Vec<_> = out.iter().filter(|(_, e)| *e == StreamEvent::Close(CloseReason::Evicted)).collect();
     assert_eq!(evicted[0].0.client.port(), 1);
+    // Port 3 holds bytes behind a hole: the idle timeout closes it; port 2 is clean: a
+    // kept-alive connection, left open.
+    let mut s = seg(10, TCP_ACK, b"late");
+    s.key.client.set_port(3);
+    t.on_segment(s, Duration::from_millis(3), &mut out);
     t.on_tick(Duration::from_secs(5), &mut out);
-    assert!(t.is_empty());
-    assert_eq!(t.stats.closed_idle, 2);
+    assert_eq!((t.len(), t.stats.closed_idle, t.stats.kept_alive), (1, 1, 1));
+    assert_eq!(out.last().unwrap().0.client.port(), 3);
+    assert_eq!(t.poll_timeout(), None, "a kept-alive flow waits without a timer");
 }
 
 #[test]
@@ -361,7 +368,8 @@ proptest! {
                     polled.on_tick(now, &mut out_p);
                 }
                 prop_assert_eq!(&out_a, &out_p);
-                prop_assert_eq!(polled.poll_timeout().is_none(), polled.is_empty());
+                // Clean kept-alive flows wait without a timer; an empty table has none.
+                prop_assert!(!polled.is_empty() || polled.poll_timeout().is_none());
             }
             always.on_segment(s.clone(), now, &mut out_a);
             polled.on_segment(s, now, &mut out_p);

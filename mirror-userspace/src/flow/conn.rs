@@ -1,0 +1,139 @@
+//! One flow's connection state: where its stream starts, what the server acknowledged and
+//! answered, its FIN and SYNs, its timers, and what is at stake if it were evicted; its bytes are
+//! put in order by its [`Assembler`].
+
+use std::time::Duration;
+
+use super::{
+    FlowConfig,
+    assembler::Assembler,
+    lru::{Slot, Tier},
+};
+
+#[derive(Debug)]
+pub(super) struct Flow {
+    /// Sequence number of stream offset 0.
+    pub(super) base: u32,
+    pub(super) syn_seen: bool,
+    pub(super) last_seen: Duration,
+    /// Its place in the table's eviction order.
+    pub(super) lru: Slot,
+    /// The instant this flow is filed under in the table's timers: never later than its
+    /// [`deadline`](Flow::deadline) (traffic since it was filed only moves the deadline later).
+    pub(super) timer: Option<Duration>,
+    pub(super) asm: Assembler,
+    /// Strict mode: nothing more of this flow is delivered (after a gap, or picked up mid-stream).
+    pub(super) given_up: bool,
+    /// The server's latest acknowledgement number: the next sequence number its TCP expects.
+    pub(super) server_ack: Option<u32>,
+    /// A client FIN was seen.
+    pub(super) client_fin: bool,
+    /// Strict mode: the server answered the SYN that set `base` with a SYN-ACK, so its
+    /// acknowledgements are this connection's (a flow opened by a SYN delivers nothing before).
+    pub(super) confirmed: bool,
+    /// Bytes of TCP Fast Open data the SYN that set `base` carried: its SYN-ACK may acknowledge
+    /// them too.
+    pub(super) syn_len: u32,
+    /// Strict mode: a SYN with another ISN was seen while this flow carried bytes: (its sequence
+    /// number plus one, its data length). The 4-tuple is reused once the server's SYN-ACK
+    /// acknowledges it (a SYN the server answers with a challenge ACK leaves this flow as it was).
+    pub(super) pending_isn: Option<(u32, u32)>,
+}
+
+impl Flow {
+    pub(super) fn new(base: u32, syn_seen: bool, syn_len: u32, now: Duration, strict: bool, lru: Slot) -> Self {
+        Self {
+            base,
+            syn_seen,
+            last_seen: now,
+            lru,
+            timer: None,
+            asm: Assembler::new(strict),
+            given_up: false,
+            server_ack: None,
+            client_fin: false,
+            confirmed: false,
+            syn_len,
+            pending_isn: None,
+        }
+    }
+
+    /// Whether a server SYN-ACK acknowledging `ack` answers the SYN that set `base` (its
+    /// acknowledgement may cover TCP Fast Open data too).
+    pub(super) fn syn_ack_matches(&self, ack: u32) -> bool {
+        ack.wrapping_sub(self.base) <= self.syn_len
+    }
+
+    /// Stream offset of `seq`, unwrapped around the next offset to deliver. Negative offsets
+    /// (bytes before the stream's start) come back as `Err` with how many bytes to trim.
+    pub(super) fn offset_of(&self, seq: u32) -> Result<u64, u64> {
+        unwrap_around(seq.wrapping_sub(self.base), self.asm.next_offset())
+    }
+
+    /// Whether a client RST with this sequence number is one the server's TCP accepts (RFC 5961
+    /// §3.2, as Linux does): exactly the next sequence number it expects, or one less once the
+    /// client's FIN was taken (Linux's allowance in CLOSE-WAIT). Before any acknowledgement was
+    /// seen, the expected number is the one after the SYN; mid-stream it is unknown.
+    pub(super) fn accepts_rst(&self, seq: u32) -> bool {
+        match self.server_ack {
+            Some(ack) => seq == ack || (self.client_fin && seq == ack.wrapping_sub(1)),
+            None => self.syn_seen && seq == self.base,
+        }
+    }
+
+    /// How much would be lost if it were evicted (see [`Tier`]).
+    pub(super) fn tier(&self) -> Tier {
+        if self.given_up {
+            Tier::Doomed
+        } else if self.asm.next_offset() == 0 {
+            Tier::Opening
+        } else if self.asm.has_pending() || self.asm.hole_since().is_some() {
+            Tier::Busy
+        } else {
+            Tier::Idle
+        }
+    }
+
+    /// Whether the idle timeout leaves it open: a connection that is established (it delivered
+    /// bytes, or in strict mode the server answered its SYN) and *clean* — nothing held, no hole,
+    /// no FIN or new SYN waiting for the server — can stay quiet as long as its peers keep it
+    /// alive (Envoy: an hour) and go on at exactly the next sequence number. It stays until a
+    /// FIN or RST closes it or the table's bound evicts it (as an [`Tier::Idle`] or
+    /// [`Tier::Opening`] flow: before any flow carrying data).
+    pub(super) fn keeps_alive(&self, strict: bool) -> bool {
+        !self.given_up
+            && !self.client_fin
+            && self.pending_isn.is_none()
+            && !self.asm.has_pending()
+            && self.asm.hole_since().is_none()
+            && (self.asm.next_offset() > 0 || (strict && self.confirmed))
+    }
+
+    /// Whether the flow has been idle for the idle timeout at `now`.
+    pub(super) fn idle_at(&self, now: Duration, cfg: &FlowConfig) -> bool {
+        now.saturating_sub(self.last_seen) >= cfg.idle_timeout
+    }
+
+    /// Whether its hole has waited the reorder timeout at `now`.
+    pub(super) fn hole_due_at(&self, now: Duration, cfg: &FlowConfig) -> bool {
+        self.asm.hole_since().is_some_and(|t| now.saturating_sub(t) >= cfg.reorder_timeout)
+    }
+
+    /// The first instant at which a tick has something to do for this flow: close it as idle or
+    /// give up on its hole. `None` if that is beyond what a `Duration` holds.
+    pub(super) fn deadline(&self, cfg: &FlowConfig) -> Option<Duration> {
+        let idle = self.last_seen.checked_add(cfg.idle_timeout);
+        match (idle, self.asm.deadline(cfg.reorder_timeout)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// Stream offset of a sequence number `rel` bytes past the stream's start (32 bits, wrapped),
+/// taken as the one nearest `around`. Negative offsets come back as `Err(how far before 0)`.
+pub(super) fn unwrap_around(rel: u32, around: u64) -> Result<u64, u64> {
+    let delta = rel.wrapping_sub(around as u32) as i32 as i64;
+    let off = around as i64 + delta;
+    if off < 0 { Err((-off) as u64) } else { Ok(off as u64) }
+}
