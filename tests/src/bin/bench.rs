@@ -4,6 +4,12 @@
 //!
 //! Load is open-loop at a constant rate ([`mirror_tests::load`]): latency is measured from each
 //! request's scheduled send time (no coordinated omission).
+//!
+//! `--only mirror-delay` runs just the mirror-delay section ([`mirror_delay`]) and replaces that
+//! section of `--out` in place, leaving the rest of the file as it was.
+
+#[path = "bench/mirror_delay.rs"]
+mod mirror_delay;
 
 use std::{
     fmt::Write as _,
@@ -14,7 +20,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use mirror::stats::DropReason;
 use mirror_tests::{
     load::{Load, load},
@@ -40,6 +46,17 @@ struct Args {
     /// Offline framing results (criterion estimates dir), if already measured.
     #[arg(long)]
     criterion: Option<PathBuf>,
+    /// Run only this section and replace it in `--out` (the rest of the file is kept).
+    #[arg(long, value_enum)]
+    only: Option<Section>,
+    #[command(flatten)]
+    mirror_delay: mirror_delay::Opts,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Section {
+    /// Client send → mirror receive, next to the primary's response latency.
+    MirrorDelay,
 }
 
 fn get_request() -> Vec<u8> {
@@ -96,6 +113,13 @@ struct FidelityStep {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if let Some(Section::MirrorDelay) = args.only {
+        let section = mirror_delay::section(&args.mirror_delay, &machine())?;
+        let old = std::fs::read_to_string(&args.out).unwrap_or_default();
+        std::fs::write(&args.out, mirror_delay::replace_section(&old, mirror_delay::HEADING, &section))?;
+        println!("{section}");
+        return Ok(());
+    }
     let topo = Topology::new()?;
     let dur = Duration::from_secs(args.seconds);
     let rate = f64::from(args.rate);
@@ -201,6 +225,7 @@ fn main() -> Result<()> {
     }
     let rss = peak_rss_kib(daemon.pid())?;
     let final_summary = topo.stop_daemon(daemon, libc::SIGINT)?;
+    let mirror_delay = mirror_delay::section(&args.mirror_delay, &machine())?;
 
     let report = Report {
         args: &args,
@@ -215,6 +240,7 @@ fn main() -> Result<()> {
         steps,
         rss_kib: rss,
         final_summary,
+        mirror_delay,
     };
     report.write(&args.out)
 }
@@ -261,6 +287,8 @@ struct Report<'a> {
     steps: Vec<FidelityStep>,
     rss_kib: u64,
     final_summary: Value,
+    /// The mirror-delay section, heading included.
+    mirror_delay: String,
 }
 
 fn machine() -> String {
@@ -421,6 +449,7 @@ impl Report<'_> {
                 }
             }
         }
+        writeln!(md, "\n{}", self.mirror_delay.trim_end())?;
         writeln!(md, "\n## Targets\n")?;
         let p99 = self.ours.load.pct(99.0) / b.pct(99.0);
         writeln!(

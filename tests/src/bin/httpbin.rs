@@ -1,6 +1,8 @@
 //! A small httpbin-like server for the demo and the namespace tests: answers every request
 //! (`/status/NNN` with that status, anything else 200 with a JSON echo), and appends one JSON line
-//! per request to an access log: method, target, headers in order, body length and SHA-256.
+//! per request to an access log: method, target, headers in order, body length and SHA-256, and
+//! `received_unix_ns`, the wall clock when the request head was read (the bench's mirror delay
+//! joins it to the client's send times: every namespace reads the same machine clock).
 
 use std::{convert::Infallible, io::Write, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -58,6 +60,9 @@ async fn handle(
     args: Args,
     log: Arc<Mutex<std::fs::File>>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    // hyper calls the service as soon as the head is parsed, before the body is read.
+    let received_unix_ns =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     let (parts, body) = req.into_parts();
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let headers: Vec<(String, String)> = parts
@@ -76,6 +81,7 @@ async fn handle(
         "host": host,
         "body_len": body.len(),
         "body_sha256": hex::encode(Sha256::digest(&body)),
+        "received_unix_ns": received_unix_ns,
     });
     {
         let mut f = log.lock().await;
