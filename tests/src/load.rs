@@ -104,7 +104,7 @@ pub fn load(ns: &str, addr: SocketAddr, rate: f64, duration: Duration, conns: us
 /// Reads one response with a Content-Length body into `buf`, reused across requests: unlike the
 /// harness's `read_response` (used by [`exchange`](crate::exchange)), which allocates per
 /// response, this keeps the load generator's own cost per request small and constant.
-fn read_one(s: &mut TcpStream, buf: &mut [u8]) -> Result<()> {
+pub fn read_one(s: &mut TcpStream, buf: &mut [u8]) -> Result<()> {
     let mut have = 0;
     loop {
         let n = s.read(&mut buf[have..])?;
@@ -119,6 +119,7 @@ fn read_one(s: &mut TcpStream, buf: &mut [u8]) -> Result<()> {
                 .find(|x| x.name.eq_ignore_ascii_case("content-length"))
                 .and_then(|x| std::str::from_utf8(x.value).ok()?.trim().parse().ok())
                 .unwrap_or(0);
+            ensure!(h + len <= buf.len(), "response larger than the buffer");
             while have < h + len {
                 let n = s.read(&mut buf[have..])?;
                 ensure!(n > 0, "closed");

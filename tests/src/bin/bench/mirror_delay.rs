@@ -16,7 +16,7 @@
 use std::{
     collections::HashMap,
     fmt::Write as _,
-    io::{Read as _, Write as _},
+    io::Write as _,
     net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     sync::Arc,
@@ -24,7 +24,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, ensure};
-use mirror_tests::*;
+use mirror_tests::{load::read_one, *};
 use serde_json::Value;
 
 // The section's options, flattened into the bench's (a doc comment here would become the
@@ -258,33 +258,6 @@ fn load(ns: &str, addr: SocketAddr, case: &Case, tag: &str, duration: Duration) 
         lag = lag.max(l);
     }
     Ok((all, lag))
-}
-
-/// Reads one response with a Content-Length body (httpbin always sends one).
-fn read_one(s: &mut TcpStream, buf: &mut [u8]) -> Result<()> {
-    let mut have = 0;
-    loop {
-        let n = s.read(&mut buf[have..])?;
-        ensure!(n > 0, "closed");
-        have += n;
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut resp = httparse::Response::new(&mut headers);
-        if let httparse::Status::Complete(h) = resp.parse(&buf[..have])? {
-            let len: usize = resp
-                .headers
-                .iter()
-                .find(|x| x.name.eq_ignore_ascii_case("content-length"))
-                .and_then(|x| std::str::from_utf8(x.value).ok()?.trim().parse().ok())
-                .context("no content-length")?;
-            ensure!(h + len <= buf.len(), "response larger than the buffer");
-            while have < h + len {
-                let n = s.read(&mut buf[have..])?;
-                ensure!(n > 0, "closed");
-                have += n;
-            }
-            return Ok(());
-        }
-    }
 }
 
 /// `uri` → `received_unix_ns` of an httpbin access log (first entry per uri).
