@@ -1,8 +1,10 @@
 //! Offline capture: pcap and pcapng files into the same [`Segment`]s the kernel program produces.
 //!
 //! Link types: Ethernet (with 802.1Q/802.1ad tags), Linux SLL and SLL2, BSD loopback (DLT_NULL and
-//! DLT_LOOP), raw IPv4/IPv6 (DLT 12, 14, 101, 228, 229). IPv4 fragments are reassembled. TCP
-//! checksums are not checked (offloaded or anonymised captures have bad ones).
+//! DLT_LOOP), raw IPv4/IPv6 (DLT 12, 14, 101, 228, 229). IPv4 fragments are reassembled, with
+//! bounded buffers and a timeout in capture time ([`Defrag`]); the fragments given up are
+//! counted ([`PcapCounts::fragments_dropped`]). TCP checksums are not checked (offloaded or
+//! anonymised captures have bad ones).
 //!
 //! Both directions are decoded, as the kernel ships them: a segment to a watched port is a
 //! client→server [`Segment`] with its payload, one from a watched port a server→client segment
@@ -10,7 +12,7 @@
 //! the latter holds one direction only ([`PcapCounts::to_client`] is 0).
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     fs::File,
     io::{BufReader, Read},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -26,6 +28,11 @@ use pcap_file::{
 };
 
 use crate::flow::{Direction, FlowKey, Segment};
+
+pub mod defrag;
+pub use defrag::Defrag;
+#[cfg(test)]
+pub(crate) mod testdata;
 
 /// One captured frame with its link type.
 pub struct Frame {
@@ -86,54 +93,6 @@ pub enum Skip {
     FragmentPending,
     /// A link type this reader does not decode.
     UnsupportedLinkType(u32),
-}
-
-/// IPv4 fragment reassembly (RFC 791), bounded.
-#[derive(Default)]
-pub struct Defrag {
-    pending: HashMap<(Ipv4Addr, Ipv4Addr, u16, u8), Fragments>,
-}
-
-#[derive(Default)]
-struct Fragments {
-    pieces: Vec<(usize, Vec<u8>)>,
-    total: Option<usize>,
-}
-
-const MAX_PENDING_DATAGRAMS: usize = 1024;
-
-impl Defrag {
-    /// Adds a fragment; returns the whole payload once every piece is there.
-    fn add(&mut self, key: (Ipv4Addr, Ipv4Addr, u16, u8), offset: usize, more: bool, data: &[u8]) -> Option<Vec<u8>> {
-        if self.pending.len() >= MAX_PENDING_DATAGRAMS && !self.pending.contains_key(&key) {
-            self.pending.clear();
-        }
-        let f = self.pending.entry(key).or_default();
-        if !more {
-            f.total = Some(offset + data.len());
-        }
-        f.pieces.push((offset, data.to_vec()));
-        let total = f.total?;
-        f.pieces.sort_by_key(|(o, _)| *o);
-        let mut covered = 0;
-        for (o, d) in &f.pieces {
-            if *o > covered {
-                return None;
-            }
-            covered = covered.max(o + d.len());
-        }
-        if covered < total {
-            return None;
-        }
-        let mut whole = vec![0u8; total];
-        // Earlier pieces win on overlap: write in reverse so the first copy lands last.
-        for (o, d) in f.pieces.iter().rev() {
-            let end = (o + d.len()).min(total);
-            whole[*o..end].copy_from_slice(&d[..end - o]);
-        }
-        self.pending.remove(&key);
-        Some(whole)
-    }
 }
 
 /// Decodes one frame into a segment if its destination port (client→server) or else its source
@@ -270,6 +229,7 @@ pub fn read_segments(path: &Path, ports: &HashSet<u16>) -> Result<(Vec<(Duration
     let mut counts = PcapCounts { packets: frames.len() as u64, ..Default::default() };
     let mut segs = Vec::new();
     for f in frames {
+        defrag.advance(f.timestamp);
         match decode_frame(f.linktype, &f.data, ports, &mut defrag) {
             Ok(s) => {
                 if s.dir == Direction::ToClient {
@@ -283,6 +243,8 @@ pub fn read_segments(path: &Path, ports: &HashSet<u16>) -> Result<(Vec<(Duration
             Err(Skip::UnsupportedLinkType(l)) => bail!("{}: link type {l} is not supported", path.display()),
         }
     }
+    defrag.finish();
+    counts.fragments_dropped = defrag.dropped();
     counts.segments = segs.len() as u64;
     Ok((segs, counts))
 }
@@ -301,6 +263,12 @@ pub struct PcapCounts {
     pub not_watched: u64,
     /// IPv4 fragments held for reassembly (the whole datagram counts once as a segment).
     pub fragments: u64,
+    /// Of those, fragments given up without making a whole datagram: waiting longer than
+    /// [`defrag::TIMEOUT`] of capture time, pushed out by the bounds on datagrams waiting, bytes
+    /// held and pieces per datagram ([`defrag::MAX_DATAGRAMS`], [`defrag::MAX_BYTES`],
+    /// [`defrag::MAX_PIECES`]), impossible (beyond 64 KiB, two ends), or still waiting at the end
+    /// of the capture.
+    pub fragments_dropped: u64,
     /// Frames cut short or malformed.
     pub malformed: u64,
 }
