@@ -23,7 +23,23 @@ fn detach(topo: &Topology) -> Result<String, String> {
 /// but not ours (classic BPF that matches nothing, so classification goes on to the next filter).
 fn add_foreign_filter(topo: &Topology) {
     tc(topo, &["qdisc", "add", "dev", PRIMARY_IFACE, "clsact"]);
-    tc(topo, &["filter", "add", "dev", PRIMARY_IFACE, "ingress", "pref", "7", "bpf", "bytecode", "1,6 0 0 0,", "classid", "1:1"]);
+    tc(
+        topo,
+        &[
+            "filter",
+            "add",
+            "dev",
+            PRIMARY_IFACE,
+            "ingress",
+            "pref",
+            "7",
+            "bpf",
+            "bytecode",
+            "1,6 0 0 0,",
+            "classid",
+            "1:1",
+        ],
+    );
 }
 
 fn foreign_filter_present(topo: &Topology) -> bool {
@@ -35,7 +51,8 @@ fn netlink_attach_mirrors_and_removes_its_filter_and_the_qdisc_it_added() {
     let topo = Topology::new().unwrap();
     let (_v1, _v2) = topo.servers().unwrap();
     assert!(!topo.has_clsact().unwrap());
-    let daemon = topo.daemon_in(&topo.primary, "daemon", &topo.config(100.0, "").unwrap(), &["--attach", "netlink"]).unwrap();
+    let daemon =
+        topo.daemon_in(&topo.primary, "daemon", &topo.config(100.0, "").unwrap(), &["--attach", "netlink"]).unwrap();
     assert!(daemon.stderr().contains("mode=\"netlink\""), "{}", daemon.stderr());
     assert_eq!(topo.ingress_programs().unwrap(), ["mirror_tc"]);
     assert_eq!(topo.egress_programs().unwrap(), ["mirror_tc"]);
@@ -59,7 +76,8 @@ fn netlink_attach_mirrors_and_removes_its_filter_and_the_qdisc_it_added() {
 fn netlink_attach_keeps_a_qdisc_it_did_not_add_and_other_filters() {
     let topo = Topology::new().unwrap();
     add_foreign_filter(&topo);
-    let daemon = topo.daemon_in(&topo.primary, "daemon", &topo.config(100.0, "").unwrap(), &["--attach", "netlink"]).unwrap();
+    let daemon =
+        topo.daemon_in(&topo.primary, "daemon", &topo.config(100.0, "").unwrap(), &["--attach", "netlink"]).unwrap();
     assert_eq!(topo.ingress_programs().unwrap(), ["mirror_tc"]);
     topo.stop_daemon(daemon, libc::SIGINT).unwrap();
     assert_eq!(topo.ingress_programs().unwrap(), Vec::<String>::new());
@@ -117,7 +135,12 @@ fn a_failed_start_leaves_nothing_attached() {
     std::fs::write(&config, text).unwrap();
     for mode in ["auto", "netlink"] {
         let mut d = topo
-            .spawn(&topo.primary, mode, &bin("mirror"), &["run", "--config", config.to_str().unwrap(), "--attach", mode])
+            .spawn(
+                &topo.primary,
+                mode,
+                &bin("mirror"),
+                &["run", "--config", config.to_str().unwrap(), "--attach", mode],
+            )
             .unwrap();
         let st = d.wait_exit(Duration::from_secs(30)).unwrap();
         assert!(!st.success(), "started with a missing interface");
@@ -142,7 +165,12 @@ fn tcx_is_used_where_the_kernel_has_it_and_named_where_it_does_not() {
         assert!(auto.stderr().contains("mode=\"tcx\""), "auto did not pick TCX: {}", auto.stderr());
     } else {
         let mut d = topo
-            .spawn(&topo.primary, "tcx", &bin("mirror"), &["run", "--config", config.to_str().unwrap(), "--attach", "tcx"])
+            .spawn(
+                &topo.primary,
+                "tcx",
+                &bin("mirror"),
+                &["run", "--config", config.to_str().unwrap(), "--attach", "tcx"],
+            )
             .unwrap();
         let st = d.wait_exit(Duration::from_secs(30)).unwrap();
         assert!(!st.success());

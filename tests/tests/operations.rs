@@ -141,7 +141,8 @@ fn daemon_killed_with_sigkill_leaves_no_attachment_and_primary_keeps_working() {
         // A netlink filter outlives its daemon (it is harmless: the program passes every packet
         // and its ring has no reader); `mirror detach` removes it, as the next start would.
         assert_eq!(topo.ingress_programs().unwrap(), ["mirror_tc"]);
-        let out = ns_run(&topo.primary, bin("mirror").to_str().unwrap(), &["detach", "--interface", PRIMARY_IFACE]).unwrap();
+        let out =
+            ns_run(&topo.primary, bin("mirror").to_str().unwrap(), &["detach", "--interface", PRIMARY_IFACE]).unwrap();
         assert!(out.contains("removed 2"), "{out}");
         assert_eq!(topo.ingress_programs().unwrap(), Vec::<String>::new(), "attachment left after detach");
     }

@@ -205,7 +205,10 @@ fn setup() -> Result<()> {
         run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "--root-user-action=ignore", pkg]))?;
     }
     for (module, pkg) in tools::PYTHON_MODULES {
-        let present = Command::new("python3").args(["-c", &format!("import {module}")]).output().is_ok_and(|o| o.status.success());
+        let present = Command::new("python3")
+            .args(["-c", &format!("import {module}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
         if !present {
             step(&format!("installing {pkg} from PyPI (python module {module})"));
             run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "--root-user-action=ignore", pkg]))?;

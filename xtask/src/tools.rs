@@ -154,7 +154,10 @@ mod tests {
             }
         }
         assert!(seen > 10, "the scan found only {seen} invocations: it is broken");
-        assert!(missing.is_empty(), "invoked but not installed by `cargo xtask setup` (add to xtask/src/tools.rs): {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "invoked but not installed by `cargo xtask setup` (add to xtask/src/tools.rs): {missing:?}"
+        );
     }
 
     #[test]

@@ -130,8 +130,13 @@ pub fn test_in_vm(root: &Path, release: &str) -> Result<()> {
     std::fs::create_dir_all(&out)?;
     // Inside the VM: release binaries for the daemon and servers (debug ones are slow under
     // emulation), generous timeouts, one test at a time (2 emulated vCPUs).
-    let mut script = String::from("set -u\nmount -t bpf bpf /sys/fs/bpf 2>/dev/null\nuname -r > \"$OUT/uname\"\nrc=0\n");
-    script.push_str(&format!("cd {}\nexport MIRROR_BIN_DIR={} MIRROR_TEST_SLOWDOWN=8 RUST_BACKTRACE=0\n", root.display(), root.join("target/release").display()));
+    let mut script =
+        String::from("set -u\nmount -t bpf bpf /sys/fs/bpf 2>/dev/null\nuname -r > \"$OUT/uname\"\nrc=0\n");
+    script.push_str(&format!(
+        "cd {}\nexport MIRROR_BIN_DIR={} MIRROR_TEST_SLOWDOWN=8 RUST_BACKTRACE=0\n",
+        root.display(),
+        root.join("target/release").display()
+    ));
     for exe in &exes {
         let name = exe.file_name().unwrap().to_string_lossy();
         script.push_str(&format!(
@@ -146,12 +151,16 @@ pub fn test_in_vm(root: &Path, release: &str) -> Result<()> {
     let mut kvm = *KVM_WORKS.lock().unwrap();
     loop {
         let use_kvm = kvm.unwrap_or(true);
-        step(&format!("booting {release} ({}) to run the namespace tests", if use_kvm { "KVM" } else { "software emulation" }));
+        step(&format!(
+            "booting {release} ({}) to run the namespace tests",
+            if use_kvm { "KVM" } else { "software emulation" }
+        ));
         let mut cmd = Command::new("vng");
-        cmd.args(["--run", &kernel, "--cpus", "2", "--memory", "2G", "--rwdir"])
-            .arg(&out)
-            .arg("--exec")
-            .arg(format!("OUT={} sh {}", out.display(), out.join("run.sh").display()));
+        cmd.args(["--run", &kernel, "--cpus", "2", "--memory", "2G", "--rwdir"]).arg(&out).arg("--exec").arg(format!(
+            "OUT={} sh {}",
+            out.display(),
+            out.join("run.sh").display()
+        ));
         if !use_kvm {
             cmd.arg("--disable-kvm");
         }

@@ -128,7 +128,11 @@ pub fn attach(prog: &mut SchedClassifier, interface: &str, pref: AttachPreferenc
     if owner.is_some() {
         let removed = remove_ours(interface)?;
         if removed > 0 {
-            tracing::warn!(interface, removed, "removed {PROGRAM_NAME} filters left by a daemon that did not exit cleanly");
+            tracing::warn!(
+                interface,
+                removed,
+                "removed {PROGRAM_NAME} filters left by a daemon that did not exit cleanly"
+            );
         }
     } else {
         tracing::warn!(interface, "another mirror daemon is attached to this interface; attaching beside it");

@@ -22,7 +22,8 @@ pub struct Feature {
 }
 
 /// TC classifier programs (`BPF_PROG_TYPE_SCHED_CLS`).
-pub const SCHED_CLS: Feature = Feature { name: "eBPF TC classifier programs (BPF_PROG_TYPE_SCHED_CLS)", since: "4.1", fallback: None };
+pub const SCHED_CLS: Feature =
+    Feature { name: "eBPF TC classifier programs (BPF_PROG_TYPE_SCHED_CLS)", since: "4.1", fallback: None };
 /// Per-CPU perf event arrays, the segment ring.
 pub const PERF_EVENT_ARRAY: Feature = Feature { name: "BPF perf event array maps", since: "4.3", fallback: None };
 /// Hash maps (watched ports, skipped endpoints).
