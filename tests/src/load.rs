@@ -59,12 +59,7 @@ pub fn load(ns: &str, addr: SocketAddr, rate: f64, duration: Duration, conns: us
         threads.push(std::thread::spawn(move || -> Result<Load> {
             enter_netns(&ns)?;
             let mut out = Load::default();
-            let connect = || -> Result<TcpStream> {
-                let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-                s.set_nodelay(true)?;
-                s.set_read_timeout(Some(Duration::from_secs(30)))?;
-                Ok(s)
-            };
+            let connect = || connect(addr);
             let mut s = connect()?;
             let mut buf = vec![0u8; 256 * 1024];
             // Connections are staggered across one interval.
@@ -99,6 +94,14 @@ pub fn load(ns: &str, addr: SocketAddr, rate: f64, duration: Duration, conns: us
     }
     total.elapsed = start.elapsed().max(duration);
     Ok(total)
+}
+
+/// A load connection: Nagle off (each request leaves at once), a 30 s read timeout.
+pub fn connect(addr: SocketAddr) -> Result<TcpStream> {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    Ok(s)
 }
 
 /// Reads one response with a Content-Length body into `buf`, reused across requests: unlike the

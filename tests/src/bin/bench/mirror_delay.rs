@@ -17,14 +17,17 @@ use std::{
     collections::HashMap,
     fmt::Write as _,
     io::Write as _,
-    net::{SocketAddr, TcpStream},
+    net::SocketAddr,
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context as _, Result, ensure};
-use mirror_tests::{load::read_one, *};
+use mirror_tests::{
+    load::{self, read_one},
+    *,
+};
 use serde_json::Value;
 
 // The section's options, flattened into the bench's (a doc comment here would become the
@@ -219,12 +222,7 @@ fn load(ns: &str, addr: SocketAddr, case: &Case, tag: &str, duration: Duration) 
         };
         threads.push(std::thread::spawn(move || -> Result<(Vec<Sent>, u64)> {
             enter_netns(&ns)?;
-            let connect = || -> Result<TcpStream> {
-                let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-                s.set_nodelay(true)?;
-                s.set_read_timeout(Some(Duration::from_secs(30)))?;
-                Ok(s)
-            };
+            let connect = || load::connect(addr);
             let mut s = connect()?;
             let mut buf = vec![0u8; 64 * 1024];
             let (mut out, mut lag) = (Vec::new(), 0u64);
