@@ -254,6 +254,7 @@ fn require_root(what: &str) -> Result<()> {
 /// Every crate linted with warnings as errors: the userspace ones on the host, the eBPF one for
 /// its BPF target (clippy would not see it otherwise: it is not a default member).
 fn lint() -> Result<()> {
+    run(Command::new("cargo").args(["fmt", "--all", "--", "--check"]))?;
     run(Command::new("cargo").args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     run(Command::new("cargo")
         .current_dir("mirror-ebpf")
