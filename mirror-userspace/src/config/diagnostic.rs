@@ -4,6 +4,11 @@
 
 use std::fmt;
 
+use super::{
+    budget::{TOO_LONG, TOO_MANY_VALUES},
+    limits::{MAX_STRING_BYTES, MAX_TEXT_BYTES, MAX_VALUES},
+};
+
 /// A place in the config file, as people count: the first line is 1, the first column is 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Location {
@@ -65,7 +70,7 @@ pub enum ConfigErrorKind {
     NoCapture,
     /// `capture.interfaces` is empty.
     NoInterfaces,
-    /// `capture.ports` is empty or has port 0.
+    /// `capture.ports` is empty.
     NoPorts,
     /// `capture.perfPages` is not a power of two.
     PerfPagesNotPowerOfTwo {
@@ -74,8 +79,6 @@ pub enum ConfigErrorKind {
     },
     /// Neither `routes` nor a VirtualService with `http` routes.
     NoRoutes,
-    /// `replay.connections` or `replay.queue` is 0.
-    ReplayZero,
     /// A VirtualService's `spec.hosts` is empty.
     NoHosts,
     /// A route has both `mirror` and `mirrors` (Istio refuses that too).
@@ -129,6 +132,92 @@ pub enum ConfigErrorKind {
     NoAddresses,
     /// A `mirrorPolicies` key that is not an `endpoints` key.
     UnknownPolicy,
+    /// The file is larger than [`MAX_FILE_BYTES`](super::limits::MAX_FILE_BYTES) (no place: the
+    /// whole file is).
+    TooLarge {
+        /// Its size in bytes (reading stops one byte past the limit, if the file grows).
+        size: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// The file is not UTF-8; placed at the first byte that is not.
+    NotUtf8 {
+        /// That byte.
+        byte: u8,
+    },
+    /// Collections nested deeper than [`MAX_DEPTH`](super::limits::MAX_DEPTH) (or, through an alias
+    /// inside its own anchor, than serde_yaml's 128).
+    TooDeep {
+        /// The limit.
+        max: usize,
+    },
+    /// More than [`MAX_DOCUMENTS`](super::limits::MAX_DOCUMENTS) documents; placed at the first one
+    /// too many.
+    TooManyDocuments {
+        /// The limit.
+        max: usize,
+    },
+    /// More than [`MAX_TOKENS`](super::limits::MAX_TOKENS) YAML tokens; placed at the first one too
+    /// many.
+    TooManyTokens {
+        /// The limit.
+        max: usize,
+    },
+    /// More than [`MAX_VALUES`](super::limits::MAX_VALUES) values or
+    /// [`MAX_TEXT_BYTES`](super::limits::MAX_TEXT_BYTES) bytes of text once aliases are expanded
+    /// (or more alias jumps than serde_yaml's own limit).
+    TooManyValues {
+        /// The limit on values.
+        max_values: usize,
+        /// The limit on bytes of text.
+        max_text_bytes: usize,
+    },
+    /// A string longer than its limit.
+    TooLong {
+        /// What kind of string (`a string`, `an interface name`).
+        what: &'static str,
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A number outside its range (the limits are in [`limits`](super::limits)).
+    OutOfRange {
+        /// The setting, as README's table names it (`replay.queue`).
+        field: &'static str,
+        /// The value given (saturated to `i128`).
+        value: i128,
+        /// The smallest allowed.
+        min: i128,
+        /// The largest allowed.
+        max: i128,
+    },
+    /// A list or mapping with more entries than its limit; placed at the first entry too many.
+    TooMany {
+        /// The setting, as README's table names it (`capture.ports`).
+        field: &'static str,
+        /// The limit.
+        max: usize,
+    },
+    /// The regexes together compile to more than
+    /// [`REGEX_TOTAL_LIMIT`](super::limits::REGEX_TOTAL_LIMIT); placed at the first one too many.
+    RegexesTooLarge {
+        /// The limit.
+        max: usize,
+    },
+    /// An interface name Linux cannot have (1 to 15 bytes, no `/`, `:` or whitespace).
+    BadInterface {
+        /// The name as written.
+        name: String,
+    },
+    /// A header that would be written into mirrored requests as it is: its name must be an HTTP
+    /// token, its value free of control characters (a CR or LF would start another header).
+    BadHeader {
+        /// The header's name.
+        name: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
 }
 
 impl ConfigError {
@@ -194,6 +283,9 @@ impl ConfigError {
         let text = e.to_string();
         // serde_yaml appends the position; it is kept apart, in `location`.
         let message = text.split(" at line ").next().unwrap_or(&text);
+        if let Some((path, kind)) = limit_exceeded(message) {
+            return ConfigError::new(kind).within(path).at(location);
+        }
         match unknown_field(message) {
             Some((path, field, expected)) => {
                 ConfigError::new(ConfigErrorKind::unknown_field(field, expected)).within(path).at(location)
@@ -214,6 +306,29 @@ impl ConfigErrorKind {
             .map(|(_, c)| c.clone());
         ConfigErrorKind::UnknownField { field: field.to_string(), expected, suggestion }
     }
+}
+
+/// A limit of the budget (`budget`) or serde_yaml's own ones, from its message: the path before it,
+/// and the kind.
+fn limit_exceeded(message: &str) -> Option<(&str, ConfigErrorKind)> {
+    let too_many = || ConfigErrorKind::TooManyValues { max_values: MAX_VALUES, max_text_bytes: MAX_TEXT_BYTES };
+    match message {
+        // An alias repeated more often than serde_yaml allows (it gives no position).
+        "repetition limit exceeded" => return Some(("", too_many())),
+        // Only reachable through an alias inside its own anchor: the scan refuses deeper text.
+        "recursion limit exceeded" => return Some(("", ConfigErrorKind::TooDeep { max: 128 })),
+        _ => {}
+    }
+    // serde_yaml puts the path to the node first: `routes[0].name: <marker>`.
+    fn path(before: &str) -> &str {
+        before.strip_suffix(": ").unwrap_or("")
+    }
+    if let Some((before, len)) = message.split_once(TOO_LONG) {
+        let kind = ConfigErrorKind::TooLong { what: "a string", len: len.parse().unwrap_or(0), max: MAX_STRING_BYTES };
+        return Some((path(before), kind));
+    }
+    let (before, _) = message.split_once(TOO_MANY_VALUES)?;
+    Some((path(before), too_many()))
 }
 
 /// serde's "path: unknown field `x`, expected one of `a`, `b`" taken apart: path, field, expected.
@@ -276,7 +391,6 @@ impl fmt::Display for ConfigErrorKind {
             K::NoPorts => f.write_str("at least one port (1-65535) is needed"),
             K::PerfPagesNotPowerOfTwo { pages } => write!(f, "{pages} is not a power of two"),
             K::NoRoutes => f.write_str("no routes: give `routes`, or a VirtualService with `http` routes"),
-            K::ReplayZero => f.write_str("connections and queue must be at least 1"),
             K::NoHosts => f.write_str("spec.hosts is empty"),
             K::MirrorAndMirrors => f.write_str("`mirror` and `mirrors` cannot both be set (as in Istio)"),
             K::PercentageWithMirrors => f.write_str("with `mirrors`, give each entry its own `percentage`"),
@@ -298,6 +412,30 @@ impl fmt::Display for ConfigErrorKind {
             K::BadAddress { address } => write!(f, "'{address}' is not an address:port (like 10.0.0.3:8000)"),
             K::NoAddresses => f.write_str("no addresses"),
             K::UnknownPolicy => f.write_str("not a destination listed under `endpoints`"),
+            K::TooLarge { size, max } => {
+                write!(f, "{size} bytes: a config file may have at most {max} bytes")
+            }
+            K::NotUtf8 { byte } => write!(f, "not UTF-8 (byte 0x{byte:02x})"),
+            K::TooDeep { max } => write!(f, "nested more than {max} levels deep"),
+            K::TooManyDocuments { max } => write!(f, "more than {max} documents"),
+            K::TooManyTokens { max } => {
+                write!(f, "more than {max} YAML tokens (scalars, aliases, `-`, `?`, `:`, `,` and brackets)")
+            }
+            K::TooManyValues { max_values, max_text_bytes } => {
+                write!(f, "more than {max_values} values or {max_text_bytes} bytes of text once aliases are expanded")
+            }
+            K::TooLong { what, len, max } => write!(f, "{what} of {len} bytes: at most {max} bytes"),
+            K::OutOfRange { field, value, min, max } => {
+                write!(f, "{field} must be within {min}..={max}, not {value}")
+            }
+            K::TooMany { field, max } => write!(f, "more than {max} entries in {field}"),
+            K::RegexesTooLarge { max } => {
+                write!(f, "the regular expressions together compile to more than {max} bytes")
+            }
+            K::BadInterface { name } => {
+                write!(f, "'{name}' is not an interface name (1 to 15 bytes, no '/', ':' or whitespace)")
+            }
+            K::BadHeader { name, reason } => write!(f, "header `{name}`: {reason}"),
         }
     }
 }

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use regex::Regex;
 use serde::{Deserialize, de::IgnoredAny};
 
-use super::span::Spanned;
+use super::span::{Int, Spanned};
 
 /// Istio `HTTPRoute`, checked. Only `match` and the mirror fields matter here.
 #[derive(Debug, Clone, Default)]
@@ -112,7 +112,7 @@ pub(crate) enum StringMatch {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(crate) struct VirtualServiceSpec {
     #[serde(default)]
-    pub(crate) hosts: Vec<String>,
+    pub(crate) hosts: Vec<Spanned<String>>,
     #[serde(default)]
     pub(crate) http: Vec<Spanned<HttpRouteDoc>>,
     /// Not evaluated (a warning says so).
@@ -145,7 +145,7 @@ pub(crate) struct DestinationRuleSpec {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(crate) struct SubsetDoc {
-    pub(crate) name: String,
+    pub(crate) name: Spanned<String>,
     #[serde(default, rename = "labels")]
     _labels: Option<IgnoredAny>,
     #[serde(default, rename = "trafficPolicy")]
@@ -159,7 +159,7 @@ pub(crate) struct SubsetDoc {
 pub(crate) struct EitherSpec {
     // VirtualService
     #[serde(default)]
-    hosts: Option<Vec<String>>,
+    hosts: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     http: Option<Vec<Spanned<HttpRouteDoc>>>,
     #[serde(default)]
@@ -256,7 +256,7 @@ pub(crate) struct HttpRouteDoc {
     pub(crate) mirror_percentage: Option<PercentDoc>,
     /// Deprecated in Istio (an integer percentage).
     #[serde(default, alias = "mirror_percent")]
-    pub(crate) mirror_percent: Option<Spanned<u32>>,
+    pub(crate) mirror_percent: Option<Spanned<Int>>,
     // Istio fields about the primary's traffic: accepted so that a VirtualService loads unchanged.
     #[serde(default, rename = "route")]
     _route: Option<IgnoredAny>,
@@ -336,7 +336,7 @@ pub(crate) struct MatchRequestDoc {
     #[serde(default)]
     pub(crate) headers: NamedMatchesDoc,
     #[serde(default)]
-    pub(crate) port: Option<u32>,
+    pub(crate) port: Option<Spanned<Int>>,
     #[serde(default)]
     pub(crate) query_params: NamedMatchesDoc,
     #[serde(default)]

@@ -3,8 +3,16 @@
 //! reads `spec` as the `kind` says. Positions are those of the whole file (serde_yaml's marks
 //! count from the start of the stream), so an error in the third document says where it is in the
 //! file.
+//!
+//! Before libyaml sees the text, `scan` checks its size, depth, documents and tokens; while it is
+//! read, `budget` counts the values that aliases expand to. Time and memory stay linear in the
+//! size of the file.
 
-use std::{collections::BTreeMap, fmt};
+use std::{
+    cell::Cell,
+    collections::{BTreeMap, HashSet},
+    fmt,
+};
 
 use serde::{
     Deserialize,
@@ -12,12 +20,15 @@ use serde::{
 };
 
 use super::{
+    budget::Budget,
     diagnostic::{ConfigError, ConfigErrorKind, Location},
     istio::{
         DESTINATION_RULE_FIELDS, DestinationRuleSpec, EitherSpec, HttpRouteDoc, SpecMismatch, VIRTUAL_SERVICE_FIELDS,
         VirtualServiceSpec,
     },
+    limits::{MAX_HOSTS, MAX_SUBSETS},
     ours::{OWN_FIELDS, OwnDoc, Section},
+    scan,
     span::Spanned,
 };
 
@@ -48,14 +59,27 @@ pub(crate) struct Documents {
 
 /// Reads every document of `text`, once.
 pub(crate) fn documents(text: &str) -> Result<Documents, ConfigError> {
+    scan::check(text)?;
     let mut out = Documents::default();
+    let budget = Budget::default();
+    // The top-level key being read: the place of errors serde_yaml gives none (an alias that
+    // repeats too much).
+    let reading = Cell::new(None);
     // After a syntax error the iterator repeats it: the first error ends the loop.
     for (i, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let n = i + 1;
-        let doc = document.deserialize_any(DocVisitor).map_err(|e| ConfigError::from_yaml(&e))??;
+        reading.set(None);
+        let doc = budget.wrap(document).deserialize_any(DocVisitor { reading: &reading }).map_err(|e| {
+            let e = ConfigError::from_yaml(&e);
+            match (e.location(), e.path().is_empty()) {
+                (Some(_), _) => e,
+                (None, true) => e.at(reading.get()).within(format!("document {n}")),
+                (None, false) => e.at(reading.get()),
+            }
+        })??;
         match doc {
             Doc::Empty => {}
-            Doc::Ours(own) => out.own.merge(own).map_err(|(section, at)| {
+            Doc::Ours(own) => out.own.merge(*own).map_err(|(section, at)| {
                 ConfigError::new(ConfigErrorKind::DuplicateSection { section }).at(at).within(format!("document {n}"))
             })?,
             Doc::VirtualService { metadata, spec, at } => {
@@ -68,10 +92,20 @@ pub(crate) fn documents(text: &str) -> Result<Documents, ConfigError> {
                 if spec.hosts.is_empty() {
                     return Err(ConfigError::new(ConfigErrorKind::NoHosts).at(at).within(source));
                 }
-                out.tables.push(TableDoc { source, hosts: Some(spec.hosts), namespace, routes: spec.http });
+                if let Some(extra) = spec.hosts.get(MAX_HOSTS) {
+                    let kind = ConfigErrorKind::TooMany { field: "spec.hosts", max: MAX_HOSTS };
+                    return Err(ConfigError::new(kind).at(extra.at).within(format!("{source} spec.hosts")));
+                }
+                let hosts = spec.hosts.into_iter().map(Spanned::into_inner).collect();
+                out.tables.push(TableDoc { source, hosts: Some(hosts), namespace, routes: spec.http });
             }
             Doc::DestinationRule(spec) => {
-                let names = spec.subsets.into_iter().map(|s| s.name);
+                if let Some(extra) = spec.subsets.get(MAX_SUBSETS) {
+                    let kind = ConfigErrorKind::TooMany { field: "spec.subsets", max: MAX_SUBSETS };
+                    let within = format!("DestinationRule {} spec.subsets", spec.host);
+                    return Err(ConfigError::new(kind).at(extra.name.at).within(within));
+                }
+                let names = spec.subsets.into_iter().map(|s| s.name.into_inner());
                 out.subsets.entry(spec.host).or_default().extend(names);
             }
             Doc::Other(kind) => out.warnings.push(format!("document {n}: kind {kind} is not used, ignored")),
@@ -101,7 +135,7 @@ struct Metadata {
 enum Doc {
     /// Nothing in it (comments only).
     Empty,
-    Ours(OwnDoc),
+    Ours(Box<OwnDoc>),
     VirtualService {
         metadata: Metadata,
         spec: VirtualServiceSpec,
@@ -146,6 +180,8 @@ struct Parts {
     own: OwnDoc,
     /// Every key read, in order, with its schema.
     keys: Vec<(Spanned<String>, Owner)>,
+    /// The same keys, to find one given twice in constant time.
+    seen: HashSet<String>,
     /// The first key given twice.
     repeated: Option<Spanned<String>>,
 }
@@ -159,7 +195,7 @@ impl Parts {
     /// Reads the value of `key`. Problems that are not serde's (a key given twice, a key of the
     /// wrong schema) are noted and reported by [`Parts::finish`], once the whole mapping is read.
     fn read<'de, A: MapAccess<'de>>(&mut self, key: &Spanned<String>, map: &mut A) -> Result<Owner, A::Error> {
-        if self.keys.iter().any(|(k, _)| k.value == key.value) {
+        if !self.seen.insert(key.value.clone()) {
             self.repeated.get_or_insert_with(|| key.clone());
             map.next_value::<IgnoredAny>()?;
             return Ok(Owner::Neither);
@@ -215,7 +251,7 @@ impl Parts {
         }
         let Some(kind) = self.kind.as_deref() else {
             self.stray(Owner::Ours, OWN_FIELDS)?;
-            return Ok(Doc::Ours(self.own));
+            return Ok(Doc::Ours(Box::new(self.own)));
         };
         if !matches!(kind, "VirtualService" | "DestinationRule") {
             return Ok(Doc::Other(kind.to_string()));
@@ -258,9 +294,12 @@ fn unknown_field(field: &str, at: Option<Location>, expected: &[&str]) -> Config
 }
 
 /// Reads one document: ours, a VirtualService, a DestinationRule, or another kind (ignored).
-struct DocVisitor;
+struct DocVisitor<'a> {
+    /// Where the top-level key being read is.
+    reading: &'a Cell<Option<Location>>,
+}
 
-impl<'de> Visitor<'de> for DocVisitor {
+impl<'de> Visitor<'de> for DocVisitor<'_> {
     /// serde's errors stop the reading; ours are found once the document is read.
     type Value = Result<Doc, ConfigError>;
 
@@ -280,6 +319,7 @@ impl<'de> Visitor<'de> for DocVisitor {
         let mut parts = Parts::default();
         while let Some(key) = map.next_key::<Spanned<String>>()? {
             parts.at = parts.at.or(key.at);
+            self.reading.set(key.at);
             let owner = parts.read(&key, &mut map)?;
             parts.keys.push((key, owner));
         }

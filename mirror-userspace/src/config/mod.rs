@@ -10,24 +10,31 @@
 //! (`route`, `retries`, `fault`, …) are accepted and ignored, so an existing VirtualService loads
 //! as it is; fields Istio does not have are errors, with a suggestion.
 //!
-//! Loading goes `load` (the stream, each document read once, values keeping where they were
-//! written: `span`) → `validate` (sections, routes, match blocks and destinations checked one by
-//! one, regexes compiled) → [`Config`]. What is wrong is a [`ConfigError`] (`diagnostic`), shown as
-//! `file:line:column: where: what`.
+//! Loading goes `scan` (the raw text: size, nesting depth, documents and tokens, before libyaml
+//! sees it) → `load` (the stream, each document read once, values keeping where they were
+//! written: `span`, and counted as aliases expand them: `budget`) → `validate` (sections, routes,
+//! match blocks and destinations checked one by one, numbers against their ranges, regexes
+//! compiled) → [`Config`]. Every limit is in [`limits`]. What is wrong is a [`ConfigError`]
+//! (`diagnostic`), shown as `file:line:column: where: what`.
 
+mod budget;
 mod diagnostic;
 mod istio;
+pub mod limits;
 mod load;
 mod ours;
+mod scan;
 mod span;
 mod validate;
 
-use std::{collections::BTreeMap, net::SocketAddr, path::Path};
+use std::{collections::BTreeMap, io::Read, net::SocketAddr, path::Path};
 
 pub use diagnostic::{ConfigError, ConfigErrorKind, Location};
 pub(crate) use istio::{Destination, HttpRoute, MatchRequest, StringMatch};
 pub(crate) use ours::MirrorPolicy;
 pub use ours::{Capture, HeaderOps, HostRewrite, ReplaySettings, SampleKey};
+#[doc(hidden)]
+pub use scan::Counts as ScanCounts;
 
 /// Everything the documents say, checked.
 #[derive(Debug, Clone)]
@@ -59,12 +66,41 @@ pub(crate) struct RouteTable {
 }
 
 impl Config {
-    /// Reads and checks the config file at `path`.
+    /// Reads and checks the config file at `path`. Files over
+    /// [`MAX_FILE_BYTES`](limits::MAX_FILE_BYTES) are refused before they are read whole (and a
+    /// file that grows while read, or a device, is read no further than that).
     pub fn read(path: &Path) -> Result<Config, ConfigError> {
         let origin = path.display().to_string();
-        match std::fs::read_to_string(path) {
-            Ok(text) => Self::parse(&text, &origin),
-            Err(e) => Err(ConfigError::new(ConfigErrorKind::Read(e)).in_origin(origin)),
+        let fail = |kind| ConfigError::new(kind).in_origin(origin.as_str());
+        let mut file = std::fs::File::open(path).map_err(|e| fail(ConfigErrorKind::Read(e)))?;
+        let size = file.metadata().map_err(|e| fail(ConfigErrorKind::Read(e)))?.len();
+        if size > limits::MAX_FILE_BYTES as u64 {
+            return Err(fail(too_large(size)));
+        }
+        let mut bytes = Vec::with_capacity(size as usize);
+        (&mut file)
+            .take(limits::MAX_FILE_BYTES as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| fail(ConfigErrorKind::Read(e)))?;
+        Self::from_bytes(&bytes, &origin)
+    }
+
+    /// Checks the bytes of a config file: UTF-8 (or an error at the first byte that is not), then
+    /// [`Config::parse`].
+    pub fn from_bytes(bytes: &[u8], origin: &str) -> Result<Config, ConfigError> {
+        if bytes.len() > limits::MAX_FILE_BYTES {
+            return Err(ConfigError::new(too_large(bytes.len() as u64)).in_origin(origin));
+        }
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Self::parse(text, origin),
+            Err(e) => {
+                let valid = e.valid_up_to();
+                // The prefix is UTF-8: it says where the bad byte is.
+                let prefix = std::str::from_utf8(&bytes[..valid]).unwrap_or_default();
+                let at = scan::location_of(prefix, valid);
+                let kind = ConfigErrorKind::NotUtf8 { byte: bytes[valid] };
+                Err(ConfigError::new(kind).at(Some(at)).in_origin(origin))
+            }
         }
     }
 
@@ -74,7 +110,9 @@ impl Config {
         Ok(Self::read(path)?)
     }
 
-    /// Parses and checks a YAML stream; `origin` (a file name) starts every error message.
+    /// Parses and checks a YAML stream; `origin` (a file name) starts every error message. Every
+    /// limit of [`limits`] applies: time and memory are linear in the size of `text`, which is at
+    /// most [`MAX_FILE_BYTES`](limits::MAX_FILE_BYTES).
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         load::documents(text).and_then(validate::config).map_err(|e| e.in_origin(origin))
     }
@@ -85,10 +123,23 @@ impl Config {
         validate::resolve(&self.endpoints, d)
     }
 
+    /// What the pre-scan of the loader counts in `text` (tokens, deepest nesting, documents), or
+    /// the limit it exceeds. For the fuzz target, which checks these bounds against what
+    /// serde_yaml reads; not an API.
+    #[doc(hidden)]
+    pub fn scan(text: &str) -> Result<scan::Counts, ConfigError> {
+        scan::check(text)
+    }
+
     /// How many routes in all.
     pub fn route_count(&self) -> usize {
         self.tables.iter().map(|t| t.routes.len()).sum()
     }
+}
+
+/// The error for a file of `size` bytes, over the limit.
+fn too_large(size: u64) -> ConfigErrorKind {
+    ConfigErrorKind::TooLarge { size, max: limits::MAX_FILE_BYTES as u64 }
 }
 
 #[cfg(test)]

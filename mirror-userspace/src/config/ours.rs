@@ -6,7 +6,11 @@ use std::{collections::BTreeMap, time::Duration};
 
 use serde::Deserialize;
 
-use super::{diagnostic::Location, istio::HttpRouteDoc, span::Spanned};
+use super::{
+    diagnostic::Location,
+    istio::HttpRouteDoc,
+    span::{Int, Spanned},
+};
 
 /// What the classifier watches.
 #[derive(Debug, Clone)]
@@ -36,36 +40,48 @@ impl Capture {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(crate) struct CaptureDoc {
-    pub(crate) interfaces: Vec<String>,
-    pub(crate) ports: Vec<Spanned<u16>>,
+    pub(crate) interfaces: Vec<Spanned<String>>,
+    pub(crate) ports: Vec<Spanned<Int>>,
     #[serde(default, alias = "perf_pages")]
-    pub(crate) perf_pages: Option<Spanned<usize>>,
+    pub(crate) perf_pages: Option<Spanned<Int>>,
 }
 
-/// How requests are sent to the mirrors.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+/// How requests are sent to the mirrors. Each value is within its range in
+/// [`limits`](super::limits).
+#[derive(Debug, Clone)]
 pub struct ReplaySettings {
     /// Kept-alive connections per mirror endpoint address.
-    #[serde(default = "default_connections")]
     pub connections: usize,
     /// Requests (or parts of streamed ones) waiting per connection before new ones are dropped.
-    #[serde(default = "default_queue")]
     pub queue: usize,
     /// How long connecting to a mirror may take, in milliseconds.
-    #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
     /// How long a mirror may take to answer a request, in milliseconds.
-    #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
     /// Requests up to this size (head + body) are held until every byte was seen and only then
     /// sent. Larger ones are streamed to the mirror as they arrive (constant memory); if one of
     /// their bytes is lost, the mirror connection is reset so it never gets a complete request.
-    #[serde(default = "default_buffer_bytes")]
     pub buffer_bytes: usize,
     /// Bytes of requests waiting for all mirrors together; beyond it new ones are dropped.
-    #[serde(default = "default_max_queued_bytes")]
     pub max_queued_bytes: usize,
+}
+
+/// `replay` as written: each value is checked against its range.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct ReplayDoc {
+    #[serde(default)]
+    pub(crate) connections: Option<Spanned<Int>>,
+    #[serde(default)]
+    pub(crate) queue: Option<Spanned<Int>>,
+    #[serde(default)]
+    pub(crate) connect_timeout_ms: Option<Spanned<Int>>,
+    #[serde(default)]
+    pub(crate) request_timeout_ms: Option<Spanned<Int>>,
+    #[serde(default)]
+    pub(crate) buffer_bytes: Option<Spanned<Int>>,
+    #[serde(default)]
+    pub(crate) max_queued_bytes: Option<Spanned<Int>>,
 }
 
 impl Default for ReplaySettings {
@@ -112,20 +128,40 @@ impl ReplaySettings {
 }
 
 /// Our extensions for one mirror destination.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct MirrorPolicy {
     /// What the mirror gets as Host: `shadow` (Envoy's `-shadow` rule, the default), `keep` (as
     /// sent, Istio 1.28's default), or `{set: "literal"}`.
-    #[serde(default)]
     pub(crate) host: HostRewrite,
     /// Header changes for the mirrored copy, applied in the order remove, set, add.
-    #[serde(default)]
     pub(crate) headers: HeaderOps,
     /// Consistent sampling: requests with the same value of this header or cookie are all
     /// mirrored or none (requests without it are sampled at random).
-    #[serde(default)]
     pub(crate) sample_by: Option<SampleKey>,
+}
+
+/// A `mirrorPolicies` entry as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct MirrorPolicyDoc {
+    #[serde(default)]
+    pub(crate) host: Option<Spanned<HostRewrite>>,
+    #[serde(default)]
+    pub(crate) headers: HeaderOpsDoc,
+    #[serde(default)]
+    pub(crate) sample_by: Option<Spanned<SampleKey>>,
+}
+
+/// A policy's `headers` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HeaderOpsDoc {
+    #[serde(default)]
+    pub(crate) set: BTreeMap<Spanned<String>, Spanned<String>>,
+    #[serde(default)]
+    pub(crate) add: BTreeMap<Spanned<String>, Spanned<String>>,
+    #[serde(default)]
+    pub(crate) remove: Vec<Spanned<String>>,
 }
 
 /// What a mirrored request gets as its Host header.
@@ -161,18 +197,15 @@ impl TryFrom<HostRewriteRaw> for HostRewrite {
     }
 }
 
-/// Header changes for the mirrored copy of a request.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Header changes for the mirrored copy of a request. Names are HTTP tokens and values have no
+/// control characters but tab.
+#[derive(Debug, Clone, Default)]
 pub struct HeaderOps {
     /// Headers replaced (every line of that name removed, this one added).
-    #[serde(default)]
     pub set: BTreeMap<String, String>,
     /// Headers added (existing lines of that name kept).
-    #[serde(default)]
     pub add: BTreeMap<String, String>,
     /// Headers removed.
-    #[serde(default)]
     pub remove: Vec<String>,
 }
 
@@ -227,14 +260,14 @@ pub(crate) struct Section<T> {
 pub(crate) type EndpointsDoc = BTreeMap<Spanned<String>, Vec<Spanned<String>>>;
 
 /// `mirrorPolicies` as written.
-pub(crate) type PoliciesDoc = BTreeMap<Spanned<String>, MirrorPolicy>;
+pub(crate) type PoliciesDoc = BTreeMap<Spanned<String>, MirrorPolicyDoc>;
 
 /// Our document's sections, each absent or given once over all the documents of the stream.
 #[derive(Debug, Default)]
 pub(crate) struct OwnDoc {
     pub(crate) capture: Option<Section<CaptureDoc>>,
     pub(crate) endpoints: Option<Section<EndpointsDoc>>,
-    pub(crate) replay: Option<Section<ReplaySettings>>,
+    pub(crate) replay: Option<Section<ReplayDoc>>,
     pub(crate) routes: Option<Section<Vec<Spanned<HttpRouteDoc>>>>,
     pub(crate) mirror_policies: Option<Section<PoliciesDoc>>,
 }

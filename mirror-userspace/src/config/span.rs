@@ -14,7 +14,7 @@
 
 use std::{cmp::Ordering, fmt, ops::Deref};
 
-use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, MapAccess, Visitor};
+use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, MapAccess, Unexpected, Visitor};
 
 use super::diagnostic::Location;
 
@@ -70,10 +70,16 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Spanned<T> {
 /// The error a visitor reports instead of the value it built; nothing else says this.
 const MARKER: &str = "\u{1}mirror-config-position\u{1}";
 
-/// The position serde_yaml appended to the marker error: ` at line L column C`, or nothing at the
-/// very start of the file.
-fn position_in(message: &str) -> Option<Location> {
-    let rest = &message[message.find(MARKER)? + MARKER.len()..];
+/// Where the marker starts in an error message. This runs for every value placed: a search for
+/// its first character (memchr), not for the whole string.
+fn marker_in(message: &str) -> Option<usize> {
+    message.match_indices('\u{1}').map(|(i, _)| i).find(|&i| message[i..].starts_with(MARKER))
+}
+
+/// The position serde_yaml appended to the marker error (at `marker` in `message`):
+/// ` at line L column C`, or nothing at the very start of the file.
+fn position_in(message: &str, marker: usize) -> Option<Location> {
+    let rest = &message[marker + MARKER.len()..];
     if rest.is_empty() {
         return Some(Location { line: 1, column: 1 });
     }
@@ -101,13 +107,16 @@ fn settle<V, E: de::Error>(result: Result<V, E>, slot: Option<V>, at: &mut Optio
         Ok(v) => return Ok(v),
         Err(e) => e,
     };
+    let Some(v) = slot else {
+        return Err(e);
+    };
     let message = e.to_string();
-    match slot {
-        Some(v) if message.contains(MARKER) => {
-            *at = position_in(&message);
+    match marker_in(&message) {
+        Some(marker) => {
+            *at = position_in(&message, marker);
             Ok(v)
         }
-        _ => Err(e),
+        None => Err(e),
     }
 }
 
@@ -270,5 +279,46 @@ impl<'de, K: DeserializeSeed<'de>> DeserializeSeed<'de> for ProbeSeed<'_, K> {
     type Value = K::Value;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<K::Value, D::Error> {
         self.seed.deserialize(Probe { inner: d, at: self.at })
+    }
+}
+
+/// An integer as written, whatever its size (beyond `i128`: saturated), so that a range check
+/// sees the value rather than a type error; a float without a fractional part (`1e6`) counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Int(pub(crate) i128);
+
+impl<'de> Deserialize<'de> for Int {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(IntVisitor)
+    }
+}
+
+struct IntVisitor;
+
+impl Visitor<'_> for IntVisitor {
+    type Value = Int;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an integer")
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Int, E> {
+        Ok(Int(v.into()))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Int, E> {
+        Ok(Int(v.into()))
+    }
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<Int, E> {
+        Ok(Int(v))
+    }
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<Int, E> {
+        Ok(Int(i128::try_from(v).unwrap_or(i128::MAX)))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Int, E> {
+        if v.is_finite() && v.fract() == 0.0 {
+            // Saturating: far outside every range either way.
+            Ok(Int(v as i128))
+        } else {
+            Err(E::invalid_type(Unexpected::Float(v), &self))
+        }
     }
 }
