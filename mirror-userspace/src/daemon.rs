@@ -20,6 +20,7 @@ use crate::{
     capture::{Capture, attach::AttachPreference, decode_sample},
     config::Config,
     flow::FlowConfig,
+    memory::Memory,
     metrics::{self, Metrics},
     pipeline::Pipeline,
     replay::Replayer,
@@ -51,7 +52,8 @@ pub async fn run(path: &Path, metrics_addr: std::net::SocketAddr, attach: Attach
     let metrics = Arc::new(Metrics::new());
     let _server = metrics::serve(metrics_addr, metrics.clone()).await?;
     metrics::raise_fd_limit();
-    let replayer = Arc::new(Replayer::start(&router, &cfg.replay, Some(metrics.clone())));
+    let memory = Arc::new(Memory::new(cfg.memory.limit_bytes));
+    let replayer = Arc::new(Replayer::start(&router, &cfg.replay, Some(metrics.clone()), memory.clone()));
     let capture = Capture::start(
         &cfg.capture.interfaces,
         &cfg.capture.ports,
@@ -74,10 +76,11 @@ pub async fn run(path: &Path, metrics_addr: std::net::SocketAddr, attach: Attach
     let thread = {
         let stop = stop.clone();
         let replayer = replayer.clone();
-        let buffer_bytes = cfg.replay.buffer_bytes;
+        let pipeline =
+            Pipeline::new(router, FlowConfig::default(), cfg.replay.buffer_bytes).with_memory(memory.clone());
         std::thread::Builder::new()
             .name("capture".into())
-            .spawn(move || capture_loop(capture, router, replayer, metrics, buffer_bytes, stop, reload_rx))
+            .spawn(move || capture_loop(capture, pipeline, replayer, metrics, stop, reload_rx))
             .context("spawning the capture thread")?
     };
 
@@ -88,7 +91,12 @@ pub async fn run(path: &Path, metrics_addr: std::net::SocketAddr, attach: Attach
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break }
             _ = int.recv() => { tracing::info!("SIGINT: stopping"); break }
-            _ = hup.recv() => reload(path, &cfg, &replayer, &reload_tx),
+            // Off the signal loop: SIGINT and SIGTERM are acted on at once even during a reload.
+            _ = hup.recv() => {
+                let (path, cfg, replayer, memory, tx) =
+                    (path.to_path_buf(), cfg.clone(), replayer.clone(), memory.clone(), reload_tx.clone());
+                tokio::task::spawn_blocking(move || reload(&path, &cfg, &replayer, &memory, &tx));
+            }
         }
     }
     stop.store(true, Ordering::Relaxed);
@@ -104,6 +112,7 @@ pub async fn run(path: &Path, metrics_addr: std::net::SocketAddr, attach: Attach
 }
 
 fn publish(capture: &Capture, pipeline: &Pipeline, metrics: &Metrics) {
+    metrics.memory(pipeline.memory());
     match capture.kernel_stats() {
         Ok(kernel) => metrics.publish(&kernel, &pipeline.flows().stats, pipeline.flows().len(), pipeline.stats()),
         Err(e) => tracing::warn!("reading kernel counters: {e:#}"),
@@ -113,7 +122,7 @@ fn publish(capture: &Capture, pipeline: &Pipeline, metrics: &Metrics) {
 /// SIGHUP: load and check the config again. A valid one takes effect for requests framed from now
 /// on (flows and requests in progress keep going); an invalid one is refused and the current one
 /// stays.
-fn reload(path: &Path, current: &Config, replayer: &Replayer, tx: &std::sync::mpsc::Sender<Reload>) {
+fn reload(path: &Path, current: &Config, replayer: &Replayer, memory: &Memory, tx: &std::sync::mpsc::Sender<Reload>) {
     let new = Config::load(path).and_then(|cfg| Ok((Router::new(&cfg)?, cfg)));
     match new {
         Ok((router, cfg)) => {
@@ -127,6 +136,7 @@ fn reload(path: &Path, current: &Config, replayer: &Replayer, tx: &std::sync::mp
                 );
             }
             replayer.reconfigure(&router);
+            memory.set_limit(cfg.memory.limit_bytes);
             let routes = cfg.route_count();
             if tx.send(Reload { router: Arc::new(router), ports: cfg.capture.ports.clone() }).is_ok() {
                 tracing::info!(routes, endpoints = cfg.endpoints.len(), "reloaded {}", path.display());
@@ -140,14 +150,12 @@ fn reload(path: &Path, current: &Config, replayer: &Replayer, tx: &std::sync::mp
 /// detaches the classifier from every interface.
 fn capture_loop(
     mut capture: Capture,
-    router: Arc<Router>,
+    mut pipeline: Pipeline,
     replayer: Arc<Replayer>,
     metrics: Arc<Metrics>,
-    buffer_bytes: usize,
     stop: Arc<AtomicBool>,
     reloads: std::sync::mpsc::Receiver<Reload>,
 ) -> Result<serde_json::Value> {
-    let mut pipeline = Pipeline::new(router, FlowConfig::default(), buffer_bytes);
     let start = Instant::now();
     let lost = AtomicU64::new(0);
     let mut decode_errors = 0u64;

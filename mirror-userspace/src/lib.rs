@@ -11,6 +11,7 @@ pub mod config;
 pub mod daemon;
 pub mod flow;
 pub mod http;
+pub mod memory;
 pub(crate) mod metrics;
 pub mod offline;
 pub mod pipeline;

@@ -18,7 +18,8 @@ use anyhow::Result;
 use serde_json::{Value, json};
 
 use crate::{
-    capture::pcap::read_segments, config::Config, flow::FlowConfig, pipeline::Pipeline, replay::Replayer, route::Router,
+    capture::pcap::read_segments, config::Config, flow::FlowConfig, memory::Memory, pipeline::Pipeline,
+    replay::Replayer, route::Router,
 };
 
 /// Why a capture's requests are framed without confirmation: it holds no server→client segment.
@@ -42,14 +43,15 @@ pub async fn replay(cfg: &Config, pcap: &Path) -> Result<Value> {
         warnings.push(ONE_DIRECTION_WARNING);
     }
     let router = Arc::new(Router::new(cfg)?);
-    let replayer = Replayer::start(&router, &cfg.replay, None);
+    let memory = Arc::new(Memory::new(cfg.memory.limit_bytes));
+    let replayer = Replayer::start(&router, &cfg.replay, None, memory.clone());
     let flow_cfg = FlowConfig {
         idle_timeout: Duration::from_secs(u32::MAX as u64),
         reorder_timeout: Duration::from_secs(u32::MAX as u64),
         require_ack: counts.two_way(),
         ..FlowConfig::default()
     };
-    let mut pipeline = Pipeline::new(router, flow_cfg, cfg.replay.buffer_bytes);
+    let mut pipeline = Pipeline::new(router, flow_cfg, cfg.replay.buffer_bytes).with_memory(memory);
     let mut out = Vec::new();
     for (ts, seg) in segments {
         pipeline.on_segment(seg, ts, &mut out);

@@ -5,7 +5,11 @@
 //! [`Pipeline`]. A request is only emitted once every byte of it was seen: a request cut by a gap,
 //! a close or a framing error is dropped and counted, never sent torn.
 
-use std::{collections::BTreeMap, collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::Arc,
+    time::Duration,
+};
 
 use bytes::{Bytes, BytesMut};
 use rand::{SeedableRng, rngs::StdRng};
@@ -14,6 +18,7 @@ use serde::Serialize;
 use crate::{
     flow::{FlowConfig, FlowKey, FlowTable, Segment, StreamEvent},
     http::{BodyKind, FramerConfig, HttpEvent, RequestFramer},
+    memory::{Held, Memory},
     route::{Decision, MirrorTarget, Router, rewrite_head},
     stats::DropReason,
 };
@@ -108,6 +113,9 @@ pub struct PipelineStats {
     pub no_route: u64,
     /// Flows that became tunnels (CONNECT, Upgrade): nothing after is framed.
     pub tunnels: u64,
+    /// Flows given up to stay within the memory budget (the largest holder first): their
+    /// request in progress, if any, is counted as dropped for `memory_budget`.
+    pub shed_flows: u64,
     /// Requests (or would-be requests) lost, by reason (a JSON object keyed by
     /// [`DropReason::as_str`]).
     pub dropped: BTreeMap<DropReason, u64>,
@@ -159,6 +167,19 @@ struct InFlight {
 struct HttpState {
     framer: RequestFramer,
     current: Option<InFlight>,
+    /// What this flow was last charged to the memory budget: (partial head, buffered body).
+    held: (usize, usize),
+}
+
+impl HttpState {
+    fn new(framer: RequestFramer) -> Self {
+        Self { framer, current: None, held: (0, 0) }
+    }
+
+    /// What it holds now: the framer's buffer and the buffered body (their allocations).
+    fn holding(&self) -> (usize, usize) {
+        (self.framer.held(), self.current.as_ref().map_or(0, |c| c.body.capacity()))
+    }
 }
 
 /// The sans-IO core: flow → http → route. Feed it segments and ticks; it appends what to send to
@@ -171,6 +192,12 @@ pub struct Pipeline {
     routing: RouteStage,
     flow_events: Vec<(FlowKey, StreamEvent)>,
     http_events: Vec<HttpEvent>,
+    /// The budget shared with replay.
+    memory: Arc<Memory>,
+    /// What the flow table's out-of-order buffers were last charged.
+    reassembly_held: usize,
+    /// Flows holding bytes, by what they hold: the largest is shed first.
+    by_held: BTreeSet<(usize, FlowKey)>,
 }
 
 /// The route stage: what happens to each framed request (route, sample, rewrite, buffer or
@@ -198,7 +225,21 @@ impl Pipeline {
             routing: RouteStage { router, buffer_bytes, next_stream: 0, rng, stats: PipelineStats::default() },
             flow_events: Vec::new(),
             http_events: Vec::new(),
+            memory: Arc::new(Memory::new(crate::config::MemorySettings::default().limit_bytes)),
+            reassembly_held: 0,
+            by_held: BTreeSet::new(),
         }
+    }
+
+    /// Draws on `memory` (shared with replay) instead of a budget of its own.
+    pub fn with_memory(mut self, memory: Arc<Memory>) -> Self {
+        self.memory = memory;
+        self
+    }
+
+    /// The memory budget it draws on.
+    pub fn memory(&self) -> &Arc<Memory> {
+        &self.memory
     }
 
     /// Replaces the routes; requests already being read keep the decision they got.
@@ -221,6 +262,18 @@ impl Pipeline {
     /// [`FlowConfig::require_ack`]).
     pub fn on_segment(&mut self, seg: Segment, now: Duration, out: &mut Vec<Outbound>) {
         let mut events = std::mem::take(&mut self.flow_events);
+        // The flow table may buffer what the budget has left; to take this segment, the largest
+        // holders make room first (the flow table itself sheds nothing: it refuses what does not
+        // fit, and the hole becomes a gap).
+        if seg.payload.len() > self.memory.room() {
+            let mut http = std::mem::take(&mut self.http_events);
+            self.shed(seg.payload.len(), &mut http, out);
+            self.http_events = http;
+        }
+        // Out-of-order and unacknowledged bytes may take half the budget at most: a flood of them
+        // cannot crowd out the requests being framed.
+        let reassembly_room = (self.reassembly_held + self.memory.room()).min(self.memory.limit() / 2);
+        self.flows.set_buffer_limit(reassembly_room);
         self.flows.on_segment(seg, now, &mut events);
         self.handle(&mut events, out);
         self.flow_events = events;
@@ -247,10 +300,10 @@ impl Pipeline {
         for (key, ev) in events.drain(..) {
             match ev {
                 StreamEvent::Open { midstream } => {
-                    self.http.insert(
-                        key,
-                        HttpState { framer: RequestFramer::new(self.framer_cfg.clone(), midstream), current: None },
-                    );
+                    let framer = RequestFramer::new(self.framer_cfg.clone(), midstream);
+                    if let Some(old) = self.http.insert(key, HttpState::new(framer)) {
+                        self.forget(key, old.held);
+                    }
                 }
                 StreamEvent::Data(data) => {
                     if let Some(st) = self.http.get_mut(&key) {
@@ -266,15 +319,71 @@ impl Pipeline {
                     if let Some(mut st) = self.http.remove(&key) {
                         st.framer.on_close(&mut http);
                         self.routing.apply(key, &mut st, &mut http, out);
+                        self.forget(key, st.held);
                     }
                     continue;
                 }
             }
             if let Some(st) = self.http.get_mut(&key) {
                 self.routing.apply(key, st, &mut http, out);
+                self.account(key);
             }
         }
+        let reassembly = self.flows.buffered_bytes();
+        self.memory.adjust(Held::Reassembly, self.reassembly_held, reassembly);
+        self.reassembly_held = reassembly;
+        self.shed(0, &mut http, out);
         self.http_events = http;
+    }
+
+    /// Charges the budget with what flow `key` holds now, and files it by size.
+    fn account(&mut self, key: FlowKey) {
+        let Some(st) = self.http.get_mut(&key) else { return };
+        let (before, now) = (st.held, st.holding());
+        if before == now {
+            return;
+        }
+        st.held = now;
+        self.memory.adjust(Held::Heads, before.0, now.0);
+        self.memory.adjust(Held::Bodies, before.1, now.1);
+        let (old, new) = (before.0 + before.1, now.0 + now.1);
+        if old > 0 {
+            self.by_held.remove(&(old, key));
+        }
+        if new > 0 {
+            self.by_held.insert((new, key));
+        }
+    }
+
+    /// Flow `key`, charged `held`, is gone: gives its bytes back.
+    fn forget(&mut self, key: FlowKey, held: (usize, usize)) {
+        self.memory.release(Held::Heads, held.0);
+        self.memory.release(Held::Bodies, held.1);
+        if held.0 + held.1 > 0 {
+            self.by_held.remove(&(held.0 + held.1, key));
+        }
+    }
+
+    /// Gives up the flows holding the most until `need` more bytes fit in the budget (or no flow
+    /// holds anything). Their requests in progress are dropped (`memory_budget`); their later
+    /// bytes are not framed.
+    fn shed(&mut self, need: usize, http: &mut Vec<HttpEvent>, out: &mut Vec<Outbound>) {
+        while self.memory.used() + need > self.memory.limit() {
+            let Some(&(_, key)) = self.by_held.last() else { return };
+            let Some(st) = self.http.get_mut(&key) else {
+                self.by_held.pop_last();
+                continue;
+            };
+            st.framer.shed(http);
+            self.routing.apply(key, st, http, out);
+            self.routing.stats.shed_flows += 1;
+            self.account(key);
+            if let Some(st) = self.http.get(&key).filter(|st| st.held != (0, 0)) {
+                // Nothing more to free here (cannot happen: a shed framer and no request hold
+                // nothing); never pick it again.
+                self.by_held.remove(&(st.held.0 + st.held.1, key));
+            }
+        }
     }
 }
 
@@ -311,10 +420,12 @@ impl RouteStage {
                             .collect(),
                         method: head.method.clone(),
                         target: head.target.clone(),
-                        // Sized once from Content-Length (up to the buffer): no doubling growth, so
-                        // memory held is what is accounted.
+                        // Room for the first bytes only: a Content-Length is a promise, not bytes;
+                        // the buffer grows as they arrive (see `hold`).
                         body: match head.body {
-                            BodyKind::Length(n) => BytesMut::with_capacity((n as usize).min(self.buffer_bytes)),
+                            BodyKind::Length(n) => {
+                                BytesMut::with_capacity((n.min(FIRST_BODY_ROOM as u64) as usize).min(self.buffer_bytes))
+                            }
                             _ => BytesMut::new(),
                         },
                         head_len: head.raw.len(),
@@ -327,7 +438,7 @@ impl RouteStage {
                     }
                     let streaming = cur.shadows[0].stream.is_some();
                     if !streaming && cur.head_len + cur.body.len() + b.len() <= self.buffer_bytes {
-                        cur.body.extend_from_slice(&b);
+                        hold(&mut cur.body, &b, self.buffer_bytes - cur.head_len);
                         continue;
                     }
                     if !streaming {
@@ -399,189 +510,23 @@ impl RouteStage {
     }
 }
 
+/// Room a buffered body starts with.
+const FIRST_BODY_ROOM: usize = 16 * 1024;
+
+/// Appends `b` to `body`, growing it at most to `max` (doubling below it): what is held stays
+/// within twice what arrived, and never beyond the buffer.
+fn hold(body: &mut BytesMut, b: &[u8], max: usize) {
+    let need = body.len() + b.len();
+    if need > body.capacity() {
+        let target = (body.capacity() * 2).min(max).max(need);
+        body.reserve(target - body.len());
+    }
+    body.extend_from_slice(b);
+}
+
 fn outbound(flow: FlowKey, mirror: &MirrorTarget, part: Part) -> Outbound {
     Outbound { endpoint: mirror.endpoint.clone(), route: mirror.route.clone(), flow, part }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Config;
-    use mirror_common::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
-
-    fn pipeline(pct: f64) -> Pipeline {
-        let text = format!(
-            "capture: {{interfaces: [eth0], ports: [80]}}\nendpoints: {{'httpbin/v2': ['127.0.0.1:1']}}\nroutes:\n  - mirror: {{host: httpbin, subset: v2}}\n    mirrorPercentage: {{value: {pct}}}\n"
-        );
-        let router = Router::new(&Config::parse(&text, "t").unwrap()).unwrap();
-        Pipeline::with_rng(Arc::new(router), FlowConfig::default(), 1 << 20, StdRng::seed_from_u64(3))
-    }
-
-    fn key() -> FlowKey {
-        FlowKey { client: "10.0.0.1:5555".parse().unwrap(), server: "10.0.0.2:80".parse().unwrap() }
-    }
-
-    /// Feeds the client's segments, each followed by the server's ACK (a SYN-ACK for the SYN) of
-    /// everything up to the end of the furthest one so far (the server got every segment, even one
-    /// the capture lost).
-    fn feed(p: &mut Pipeline, segs: &[(u32, u8, &[u8])]) -> Vec<Outbound> {
-        let mut out = Vec::new();
-        let mut acked = 0u32;
-        for (i, (seq, flags, data)) in segs.iter().enumerate() {
-            let s = Segment::to_server(key(), *seq, 0, *flags, Bytes::copy_from_slice(data));
-            p.on_segment(s, Duration::from_millis(i as u64), &mut out);
-            let syn_fin = u32::from(flags & (TCP_SYN | TCP_FIN) != 0);
-            acked = acked.max(seq + data.len() as u32 + syn_fin);
-            // The SYN is answered with a SYN-ACK.
-            let ack_flags = TCP_ACK | (flags & TCP_SYN);
-            p.on_segment(Segment::to_client(key(), 7, acked, ack_flags, 0), Duration::from_millis(i as u64), &mut out);
-        }
-        out
-    }
-
-    #[test]
-    fn post_is_mirrored_with_host_rewritten_and_body_identical() {
-        let mut p = pipeline(100.0);
-        let req = b"POST /post HTTP/1.1\r\nHost: httpbin:8000\r\nContent-Length: 11\r\n\r\nhello world";
-        let out = feed(&mut p, &[(1, TCP_SYN, b""), (2, TCP_ACK, &req[..50]), (52, TCP_ACK | TCP_FIN, &req[50..])]);
-        assert_eq!(out.len(), 1);
-        let r = out[0].whole().unwrap();
-        assert_eq!(&r.head[..], b"POST /post HTTP/1.1\r\nHost: httpbin-shadow:8000\r\nContent-Length: 11\r\n\r\n");
-        assert_eq!(&r.body[..], b"hello world");
-        assert_eq!(p.stats().mirrored, 1);
-    }
-
-    #[test]
-    fn zero_percent_sends_nothing() {
-        let mut p = pipeline(0.0);
-        let out = feed(&mut p, &[(1, TCP_SYN, b""), (2, TCP_ACK, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")]);
-        assert!(out.is_empty());
-        assert_eq!(p.stats().sampled_out, 1);
-    }
-
-    #[test]
-    fn only_what_the_primary_processed_reaches_the_mirror() {
-        // Issue 11: a data segment without ACK, an out-of-window RST, text in a body that looks
-        // like a request line.
-        let mut p = pipeline(100.0);
-        let head = b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 25\r\n\r\n";
-        let body = b"GET /phantom HTTP/1.1\r\n\r\n";
-        let (h, n) = (head.len() as u32, (head.len() + body.len()) as u32);
-        let client = |seq, flags, data: &[u8]| Segment::to_server(key(), seq, 0, flags, Bytes::copy_from_slice(data));
-        let server = |ack, flags| Segment::to_client(key(), 7, ack, flags, 0);
-        let mut out = Vec::new();
-        for s in [
-            client(1, TCP_SYN, b""),
-            server(2, TCP_SYN | TCP_ACK),
-            client(2, 0, b"GET /noack HTTP/1.1\r\n\r\n"),
-            client(2, TCP_ACK, head),
-            server(2 + h, TCP_ACK),
-            client(99_999, TCP_RST, b""),
-            client(2 + h, TCP_ACK, body),
-            server(2 + n, TCP_ACK),
-        ] {
-            p.on_segment(s, Duration::ZERO, &mut out);
-        }
-        p.finish(&mut out);
-        let targets: Vec<&str> = out.iter().map(|o| o.whole().unwrap().target.as_str()).collect();
-        assert_eq!(targets, ["/up"]);
-        assert_eq!(&out[0].whole().unwrap().body[..], body);
-        assert_eq!((p.flows().stats.segments_without_ack, p.flows().stats.rst_ignored), (1, 1));
-    }
-
-    #[test]
-    fn request_the_primary_never_acknowledged_is_never_sent() {
-        // A spoofed source: the primary answers the SYN to an address that never completes.
-        let mut p = pipeline(100.0);
-        let mut out = Vec::new();
-        for (i, (seq, flags, data)) in
-            [(1, TCP_SYN, &b""[..]), (2, TCP_ACK, b"GET /spoofed HTTP/1.1\r\n\r\n")].into_iter().enumerate()
-        {
-            let s = Segment::to_server(key(), seq, 0, flags, Bytes::copy_from_slice(data));
-            p.on_segment(s, Duration::from_millis(i as u64), &mut out);
-        }
-        p.finish(&mut out);
-        assert!(out.is_empty());
-        assert_eq!(p.flows().stats.unacked_bytes, 25);
-        assert_eq!(p.stats().dropped.get(&DropReason::Gap), Some(&1));
-    }
-
-    #[test]
-    fn request_cut_by_a_lost_segment_is_never_sent_nor_what_follows() {
-        let mut p = pipeline(100.0);
-        let req = b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n0123456789";
-        let next = b"GET /after HTTP/1.1\r\nHost: h\r\n\r\n";
-        let n = req.len() as u32;
-        // Bytes 40..45 of the first request never arrive: the flow is given up.
-        let mut out = feed(
-            &mut p,
-            &[(1, TCP_SYN, b""), (2, TCP_ACK, &req[..40]), (47, TCP_ACK, &req[45..]), (2 + n, TCP_ACK, next)],
-        );
-        p.on_tick(Duration::from_secs(10), &mut out);
-        p.finish(&mut out);
-        assert!(out.is_empty());
-        assert_eq!(p.stats().dropped.get(&DropReason::Gap), Some(&1));
-        assert_eq!(p.flows().stats.flows_given_up_gap, 1);
-    }
-
-    #[test]
-    fn one_direction_only_resynchronises_after_a_lost_segment() {
-        let text = "capture: {interfaces: [eth0], ports: [80]}\nendpoints: {m: ['127.0.0.1:1']}\nroutes: [{mirror: {host: m}}]\n";
-        let router = Router::new(&Config::parse(text, "t").unwrap()).unwrap();
-        let flow_cfg = FlowConfig { require_ack: false, ..FlowConfig::default() };
-        let mut p = Pipeline::with_rng(Arc::new(router), flow_cfg, 1 << 20, StdRng::seed_from_u64(3));
-        let req = b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n0123456789";
-        let next = b"GET /after HTTP/1.1\r\nHost: h\r\n\r\n";
-        let n = req.len() as u32;
-        // Bytes 40..45 of the first request never arrive (no ACK is needed without require_ack).
-        let mut out = feed(
-            &mut p,
-            &[(1, TCP_SYN, b""), (2, TCP_ACK, &req[..40]), (47, TCP_ACK, &req[45..]), (2 + n, TCP_ACK, next)],
-        );
-        p.finish(&mut out);
-        assert_eq!(out.len(), 1, "only the request after the gap");
-        assert_eq!(out[0].whole().unwrap().target, "/after");
-        assert_eq!(p.stats().dropped.get(&DropReason::Gap), Some(&1));
-    }
-
-    #[test]
-    fn large_request_is_streamed_in_order_and_small_ones_stay_whole() {
-        let mut p = pipeline(100.0);
-        p.routing.buffer_bytes = 100;
-        let big = format!("POST /big HTTP/1.1\r\nContent-Length: 300\r\n\r\n{}", "x".repeat(300));
-        let next = b"GET /small HTTP/1.1\r\n\r\n";
-        let (a, b) = big.as_bytes().split_at(120);
-        let (b, c) = b.split_at(100);
-        let mut segs: Vec<(u32, u8, &[u8])> = vec![(1, TCP_SYN, b"")];
-        let mut seq = 2u32;
-        for part in [a, b, c, &next[..]] {
-            segs.push((seq, TCP_ACK, part));
-            seq += part.len() as u32;
-        }
-        let out = feed(&mut p, &segs);
-        let parts: Vec<&Part> = out.iter().map(|o| &o.part).collect();
-        assert!(
-            matches!(parts[0], Part::Start { stream: 0, request } if request.head.len() + request.body.len() == 120)
-        );
-        assert!(matches!(parts[1], Part::More { stream: 0, index: 1, bytes } if bytes.len() == 100));
-        assert!(matches!(parts[2], Part::More { stream: 0, index: 2, bytes } if bytes.len() == big.len() - 220));
-        assert!(matches!(parts[3], Part::End { stream: 0, index: 3 }));
-        assert!(matches!(parts[4], Part::Whole(r) if r.target == "/small"));
-        assert_eq!((p.stats().streamed, p.stats().mirrored), (1, 2));
-    }
-
-    #[test]
-    fn streamed_request_cut_by_a_gap_is_aborted() {
-        let mut p = pipeline(100.0);
-        p.routing.buffer_bytes = 50;
-        let big = format!("POST /big HTTP/1.1\r\nContent-Length: 300\r\n\r\n{}", "x".repeat(300));
-        let b = big.as_bytes();
-        let mut out = feed(&mut p, &[(1, TCP_SYN, b""), (2, TCP_ACK, &b[..100]), (2 + 150, TCP_ACK, &b[150..])]);
-        p.finish(&mut out);
-        let parts: Vec<&Part> = out.iter().map(|o| &o.part).collect();
-        assert!(matches!(parts.first(), Some(Part::Start { .. })));
-        assert!(matches!(parts.last(), Some(Part::Abort { stream: 0 })));
-        assert!(!parts.iter().any(|p| matches!(p, Part::End { .. })));
-        assert_eq!(p.stats().dropped.get(&DropReason::StreamAborted), Some(&1));
-    }
-}
+mod tests;

@@ -11,7 +11,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex, RwLock,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -27,6 +27,7 @@ use tokio::{
 use crate::{
     config::ReplaySettings,
     http::response::ResponseReader,
+    memory::{Held, Memory},
     metrics::Metrics,
     pipeline::{Outbound, Part, Request},
     route::Router,
@@ -89,17 +90,20 @@ pub struct Replayer {
     /// What replay did so far (shared with the workers).
     pub stats: Arc<ReplayStats>,
     metrics: Option<Arc<Metrics>>,
-    /// Bytes of requests waiting in the queues, over all endpoints.
-    queued: Arc<AtomicUsize>,
+    /// The budget the queued requests are charged to ([`Held::Replay`]), shared with the core.
+    memory: Arc<Memory>,
 }
 
-/// The bytes an item holds while queued.
+/// The bytes an item holds while queued: its own size (a queue slot, its strings) and its bytes.
 fn weight(ob: &Outbound) -> usize {
-    match &ob.part {
-        Part::Whole(r) | Part::Start { request: r, .. } => r.head.len() + r.body.len(),
+    let bytes = match &ob.part {
+        Part::Whole(r) | Part::Start { request: r, .. } => {
+            r.head.len() + r.body.len() + r.method.len() + r.target.len()
+        }
         Part::More { bytes, .. } => bytes.len(),
         Part::End { .. } | Part::Abort { .. } => 0,
-    }
+    };
+    std::mem::size_of::<Outbound>() + bytes
 }
 
 #[derive(Debug)]
@@ -112,7 +116,13 @@ enum Failure {
 impl Replayer {
     /// Spawns `settings.connections` workers per endpoint address on the current tokio runtime;
     /// with `metrics`, responses, latencies and failures are recorded there too.
-    pub fn start(router: &Router, settings: &ReplaySettings, metrics: Option<Arc<Metrics>>) -> Replayer {
+    /// Queued requests are charged to `memory`.
+    pub fn start(
+        router: &Router,
+        settings: &ReplaySettings,
+        metrics: Option<Arc<Metrics>>,
+        memory: Arc<Memory>,
+    ) -> Replayer {
         let r = Replayer {
             endpoints: RwLock::new(HashMap::new()),
             settings: settings.clone(),
@@ -120,7 +130,7 @@ impl Replayer {
             workers: Mutex::new(JoinSet::new()),
             stats: Arc::new(ReplayStats::default()),
             metrics,
-            queued: Arc::new(AtomicUsize::new(0)),
+            memory,
         };
         r.reconfigure(router);
         r
@@ -144,7 +154,7 @@ impl Replayer {
                     let rec = Recorder {
                         stats: self.stats.clone(),
                         metrics: self.metrics.clone(),
-                        queued: self.queued.clone(),
+                        memory: self.memory.clone(),
                     };
                     workers.spawn_on(worker(*addr, rx, self.settings.clone(), rec), &self.runtime);
                 }
@@ -159,19 +169,27 @@ impl Replayer {
     /// streamed request missing a part is reset by the worker, never completed.
     pub fn submit(&self, ob: Outbound) {
         // Memory is bounded by bytes, not only by queue slots: a burst of large requests to a slow
-        // mirror is dropped, never buffered without bound.
+        // mirror is dropped, never buffered without bound. Charged before it is queued, so the
+        // worker's release never comes first.
         let w = weight(&ob);
-        let over = self.queued.load(Ordering::Relaxed) + w > self.settings.max_queued_bytes;
-        let sent = !over && {
-            let eps = self.endpoints.read().expect("endpoints lock");
-            eps.get(&ob.endpoint).is_some_and(|ep| ep.queues[queue_index(&ob, ep.queues.len())].try_send(ob).is_ok())
-        };
-        if sent {
-            self.queued.fetch_add(w, Ordering::Relaxed);
+        let refused = if self.memory.held(Held::Replay) + w > self.settings.max_queued_bytes {
+            Some(DropReason::QueueFull)
+        } else if !self.memory.try_charge(Held::Replay, w) {
+            Some(DropReason::MemoryBudget)
         } else {
-            self.stats.count_drop(DropReason::QueueFull);
+            let eps = self.endpoints.read().expect("endpoints lock");
+            let queued = eps
+                .get(&ob.endpoint)
+                .is_some_and(|ep| ep.queues[queue_index(&ob, ep.queues.len())].try_send(ob).is_ok());
+            if !queued {
+                self.memory.release(Held::Replay, w);
+            }
+            (!queued).then_some(DropReason::QueueFull)
+        };
+        if let Some(reason) = refused {
+            self.stats.count_drop(reason);
             if let Some(m) = &self.metrics {
-                m.drop_reason(DropReason::QueueFull);
+                m.drop_reason(reason);
             }
         }
     }
@@ -183,11 +201,11 @@ impl Replayer {
             eps.get(&ob.endpoint).map(|ep| ep.queues[queue_index(&ob, ep.queues.len())].clone())
         };
         let w = weight(&ob);
-        self.queued.fetch_add(w, Ordering::Relaxed);
+        self.memory.adjust(Held::Replay, 0, w);
         match queue {
             Some(q) if q.send(ob).await.is_ok() => {}
             _ => {
-                self.queued.fetch_sub(w, Ordering::Relaxed);
+                self.memory.release(Held::Replay, w);
                 self.stats.count_drop(DropReason::QueueFull);
             }
         }
@@ -225,7 +243,7 @@ struct Active {
 struct Recorder {
     stats: Arc<ReplayStats>,
     metrics: Option<Arc<Metrics>>,
-    queued: Arc<AtomicUsize>,
+    memory: Arc<Memory>,
 }
 
 impl Recorder {
@@ -245,7 +263,7 @@ async fn worker(addr: SocketAddr, mut rx: mpsc::Receiver<Outbound>, settings: Re
     let limit = settings.request_timeout();
     let mut last_used = Instant::now();
     while let Some(ob) = rx.recv().await {
-        stats.queued.fetch_sub(weight(&ob), Ordering::Relaxed);
+        stats.memory.release(Held::Replay, weight(&ob));
         let (route, endpoint) = (ob.route, ob.endpoint);
         match ob.part {
             Part::Whole(req) => {

@@ -31,6 +31,10 @@ pub enum DropReason {
     /// A streamed request (larger than the buffer) lost bytes after its start was sent: its
     /// mirror connection is told to reset, once per mirror.
     StreamAborted,
+    /// Shed to stay within `memory.limitBytes`. In the core: the flow holding the most bytes of
+    /// unfinished requests (partial head, buffered body) loses its request and framing stops on
+    /// it until it closes. In replay: a request that would not fit in the budget is not queued.
+    MemoryBudget,
     /// Replay had no room for it: its connection's queue was full or the bytes queued for all
     /// mirrors were at `maxQueuedBytes` (live capture never waits).
     QueueFull,
@@ -49,8 +53,9 @@ pub enum DropReason {
 
 impl DropReason {
     /// The reasons replay counts, in the order of its summary.
-    pub const REPLAY: [DropReason; 6] = [
+    pub const REPLAY: [DropReason; 7] = [
         DropReason::QueueFull,
+        DropReason::MemoryBudget,
         DropReason::ConnectError,
         DropReason::IoError,
         DropReason::BadResponse,
@@ -67,6 +72,7 @@ impl DropReason {
             DropReason::Framing(e) => e.as_str(),
             DropReason::ConnectMethod => "connect",
             DropReason::StreamAborted => "stream_aborted",
+            DropReason::MemoryBudget => "memory_budget",
             DropReason::QueueFull => "queue_full",
             DropReason::ConnectError => "connect_error",
             DropReason::IoError => "io_error",

@@ -68,6 +68,9 @@ pub const REPLAY_MAX_QUEUED_BYTES: RangeInclusive<i128> = (64 << 10)..=(1 << 30)
 pub const REPLAY_TIMEOUT_MS: RangeInclusive<i128> = 1..=600_000;
 /// `replay.bufferBytes`: requests up to this size are held whole (1 KiB to 64 MiB).
 pub const REPLAY_BUFFER_BYTES: RangeInclusive<i128> = (1 << 10)..=(64 << 20);
+/// `memory.limitBytes`: the budget for requests in progress (8 MiB to 64 GiB), at least
+/// `replay.bufferBytes`.
+pub const MEMORY_LIMIT_BYTES: RangeInclusive<i128> = (8 << 20)..=(64 << 30);
 
 // routes
 

@@ -226,6 +226,7 @@ impl Parts {
             "capture" => self.own.capture = section(at, map.next_value()?),
             "endpoints" => self.own.endpoints = section(at, map.next_value()?),
             "replay" => self.own.replay = section(at, map.next_value()?),
+            "memory" => self.own.memory = section(at, map.next_value()?),
             "routes" => self.own.routes = section(at, map.next_value()?),
             "mirrorPolicies" => self.own.mirror_policies = section(at, map.next_value()?),
             _ => {

@@ -32,7 +32,7 @@ use std::{collections::BTreeMap, io::Read, net::SocketAddr, path::Path};
 pub use diagnostic::{ConfigError, ConfigErrorKind, Location};
 pub(crate) use istio::{Destination, HttpRoute, MatchRequest, StringMatch};
 pub(crate) use ours::MirrorPolicy;
-pub use ours::{Capture, HeaderOps, HostRewrite, ReplaySettings, SampleKey};
+pub use ours::{Capture, HeaderOps, HostRewrite, MemorySettings, ReplaySettings, SampleKey};
 #[doc(hidden)]
 pub use scan::Counts as ScanCounts;
 
@@ -45,6 +45,8 @@ pub struct Config {
     pub endpoints: BTreeMap<String, Vec<SocketAddr>>,
     /// How requests are sent to the mirrors.
     pub replay: ReplaySettings,
+    /// The budget for requests in progress.
+    pub memory: MemorySettings,
     /// Per mirror destination (`host` or `host/subset`): our extensions.
     pub(crate) policies: BTreeMap<String, MirrorPolicy>,
     /// Route lists in the order they are consulted: each VirtualService (scoped by its hosts),

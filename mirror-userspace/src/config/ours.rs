@@ -127,6 +127,30 @@ impl ReplaySettings {
     }
 }
 
+/// One budget over everything the daemon holds for requests in progress: out-of-order and
+/// not yet acknowledged bytes, partial heads, buffered bodies and the replay queues. At the
+/// budget the largest work is shed, counted by reason (see [`crate::memory`]).
+#[derive(Debug, Clone)]
+pub struct MemorySettings {
+    /// The budget in bytes. The default, 128 MiB, leaves room within the DaemonSet's 256 MiB
+    /// limit for the flow table, the perf rings and the program itself.
+    pub limit_bytes: usize,
+}
+
+impl Default for MemorySettings {
+    fn default() -> Self {
+        Self { limit_bytes: 128 << 20 }
+    }
+}
+
+/// `memory` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct MemoryDoc {
+    #[serde(default)]
+    pub(crate) limit_bytes: Option<Spanned<Int>>,
+}
+
 /// Our extensions for one mirror destination.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct MirrorPolicy {
@@ -268,12 +292,13 @@ pub(crate) struct OwnDoc {
     pub(crate) capture: Option<Section<CaptureDoc>>,
     pub(crate) endpoints: Option<Section<EndpointsDoc>>,
     pub(crate) replay: Option<Section<ReplayDoc>>,
+    pub(crate) memory: Option<Section<MemoryDoc>>,
     pub(crate) routes: Option<Section<Vec<Spanned<HttpRouteDoc>>>>,
     pub(crate) mirror_policies: Option<Section<PoliciesDoc>>,
 }
 
 /// The names of our document's sections, as written.
-pub(crate) const OWN_FIELDS: &[&str] = &["capture", "endpoints", "replay", "routes", "mirrorPolicies"];
+pub(crate) const OWN_FIELDS: &[&str] = &["capture", "endpoints", "replay", "memory", "routes", "mirrorPolicies"];
 
 impl OwnDoc {
     /// Takes the sections of a further document of ours; `Err((name, place))` for a section given
@@ -296,6 +321,7 @@ impl OwnDoc {
         take(&mut self.capture, other.capture, "capture")?;
         take(&mut self.endpoints, other.endpoints, "endpoints")?;
         take(&mut self.replay, other.replay, "replay")?;
+        take(&mut self.memory, other.memory, "memory")?;
         take(&mut self.routes, other.routes, "routes")?;
         take(&mut self.mirror_policies, other.mirror_policies, "mirrorPolicies")
     }

@@ -21,8 +21,8 @@ use super::{
     limits::*,
     load::{Documents, TableDoc},
     ours::{
-        Capture, CaptureDoc, EndpointsDoc, HeaderOps, HeaderOpsDoc, HostRewrite, MirrorPolicy, PoliciesDoc, ReplayDoc,
-        ReplaySettings, Section,
+        Capture, CaptureDoc, EndpointsDoc, HeaderOps, HeaderOpsDoc, HostRewrite, MemoryDoc, MemorySettings,
+        MirrorPolicy, PoliciesDoc, ReplayDoc, ReplaySettings, Section,
     },
     span::{Int, Spanned},
 };
@@ -32,6 +32,7 @@ pub(crate) fn config(docs: Documents) -> Result<Config, ConfigError> {
     let Documents { own, tables, subsets, warnings } = docs;
     let capture = capture(own.capture)?;
     let (replay, connections_at) = replay(own.replay)?;
+    let memory = memory(own.memory, &replay)?;
     let endpoints = endpoints(own.endpoints, &replay, connections_at)?;
     if tables.iter().all(|t| t.routes.is_empty()) {
         return Err(ConfigError::new(K::NoRoutes));
@@ -41,7 +42,26 @@ pub(crate) fn config(docs: Documents) -> Result<Config, ConfigError> {
     let tables = tables.into_iter().map(|t| checks.table(t)).collect::<Result<_, _>>()?;
     let warnings = checks.warnings;
     let policies = policies(own.mirror_policies, &endpoints)?;
-    Ok(Config { capture, endpoints, replay, policies, tables, warnings })
+    Ok(Config { capture, endpoints, replay, memory, policies, tables, warnings })
+}
+
+/// The memory budget; it must hold at least one buffered request.
+fn memory(section: Option<Section<MemoryDoc>>, replay: &ReplaySettings) -> Result<MemorySettings, ConfigError> {
+    let mut m = MemorySettings::default();
+    let Some(Section { value: MemoryDoc { limit_bytes: Some(v) }, .. }) = section else {
+        return Ok(m);
+    };
+    m.limit_bytes = in_range(&v, "memory.limitBytes", &MEMORY_LIMIT_BYTES, "memory")? as usize;
+    if m.limit_bytes < replay.buffer_bytes {
+        let kind = K::OutOfRange {
+            field: "memory.limitBytes",
+            value: m.limit_bytes as i128,
+            min: replay.buffer_bytes as i128,
+            max: *MEMORY_LIMIT_BYTES.end(),
+        };
+        return Err(ConfigError::new(kind).at(v.at).within("memory"));
+    }
+    Ok(m)
 }
 
 /// `v` if it is within `range`; `field` names the setting, `path` the place.

@@ -44,6 +44,9 @@ pub struct FlowTable {
     /// The keys of `early_syn_acks` in the order they were filed, with when (an entry taken by
     /// its SYN since is skipped when its turn comes).
     early_order: VecDeque<(FlowKey, Duration)>,
+    /// Out-of-order bytes allowed over all flows right now: `cfg.max_total_buffer`, or less
+    /// while the shared memory budget is short (see [`FlowTable::set_buffer_limit`]).
+    buffer_limit: usize,
     /// What the table did so far.
     pub stats: FlowStats,
 }
@@ -73,7 +76,19 @@ fn emitter<'a>(
 impl FlowTable {
     /// An empty table with these bounds and timeouts.
     pub fn new(cfg: FlowConfig) -> Self {
-        Self { lru: Lru::new(cfg.max_flows / OPENING_RESERVE_DIVISOR), cfg, ..Self::default() }
+        Self {
+            lru: Lru::new(cfg.max_flows / OPENING_RESERVE_DIVISOR),
+            buffer_limit: cfg.max_total_buffer,
+            cfg,
+            ..Self::default()
+        }
+    }
+
+    /// Lowers (or restores) the bound on bytes held over all flows to `min(limit,
+    /// max_total_buffer)`: a segment that would go beyond it is dropped (counted in
+    /// `buffer_overflows`; its hole becomes a gap). Bytes already held stay.
+    pub fn set_buffer_limit(&mut self, limit: usize) {
+        self.buffer_limit = limit.min(self.cfg.max_total_buffer);
     }
 
     /// Flows open.
@@ -274,7 +289,7 @@ impl FlowTable {
         }
 
         if !payload.is_empty() {
-            let room = self.cfg.max_total_buffer.saturating_sub(self.total_pending);
+            let room = self.buffer_limit.saturating_sub(self.total_pending);
             let max_flow_buffer = self.cfg.max_flow_buffer;
             let mut result = Insert::Duplicate;
             self.with_asm(key, out, |asm, emit| {

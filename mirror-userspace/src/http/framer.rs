@@ -64,6 +64,9 @@ pub struct RequestFramer {
     after_gap: bool,
 }
 
+/// An empty head buffer keeps at most this much room between requests.
+const KEEP_EMPTY_BUF: usize = 4096;
+
 /// Longest line we wait for while resynchronising before giving up on it.
 const MAX_RESYNC_LINE: usize = 16 * 1024;
 
@@ -127,7 +130,12 @@ impl RequestFramer {
                     data_offset -= self.buf.len() as u64;
                     self.buf.extend_from_slice(&data);
                     // Parse heads out of buf; a body found after one continues from `data`.
-                    match self.parse_buffered(data_offset, out) {
+                    let parsed = self.parse_buffered(data_offset, out);
+                    if self.buf.is_empty() && self.buf.capacity() > KEEP_EMPTY_BUF {
+                        // A large head was read: do not keep its room while the flow waits.
+                        self.buf = BytesMut::new();
+                    }
+                    match parsed {
                         Some((rest, rest_offset)) => {
                             data = rest;
                             data_offset = rest_offset;
@@ -154,6 +162,25 @@ impl RequestFramer {
         self.buf.clear();
         self.state = State::Resync;
         self.after_gap = true;
+    }
+
+    /// Bytes this framer holds (its buffer's allocation), for the memory budget.
+    pub fn held(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// Gives the flow up to free memory: the request in progress (a partial head, or a body
+    /// being read) is dropped as [`DropReason::MemoryBudget`] and nothing more is framed.
+    pub fn shed(&mut self, out: &mut Vec<HttpEvent>) {
+        match self.state {
+            State::Body { .. } | State::Chunked { .. } => out.push(HttpEvent::Dropped(DropReason::MemoryBudget)),
+            State::Head if !self.buf.iter().all(|b| matches!(b, b'\r' | b'\n')) => {
+                out.push(HttpEvent::Dropped(DropReason::MemoryBudget));
+            }
+            _ => {}
+        }
+        self.buf = BytesMut::new();
+        self.state = State::Failed;
     }
 
     /// The stream ended: a request in progress is dropped.

@@ -16,7 +16,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{flow::FlowStats, pipeline::PipelineStats, stats::DropReason};
+use crate::{flow::FlowStats, memory::Memory, pipeline::PipelineStats, stats::DropReason};
 
 mod endpoint;
 
@@ -74,6 +74,9 @@ pub struct Metrics {
     registry: Registry,
     kernel: Family<KindLabel, Counter>,
     flows_open: Gauge,
+    memory: Family<KindLabel, Gauge>,
+    memory_limit: Gauge,
+    shed_flows: Counter,
     attach: Family<AttachLabel, Gauge>,
     flow_events: Family<KindLabel, Counter>,
     framed: Counter,
@@ -102,6 +105,9 @@ impl Metrics {
         let m = Metrics {
             kernel: Family::default(),
             flows_open: Gauge::default(),
+            memory: Family::default(),
+            memory_limit: Gauge::default(),
+            shed_flows: Counter::default(),
             attach: Family::default(),
             flow_events: Family::default(),
             framed: Counter::default(),
@@ -121,6 +127,21 @@ impl Metrics {
             m.kernel.clone(),
         );
         registry.register("flows_open", "TCP flows being reassembled", m.flows_open.clone());
+        registry.register(
+            "memory_held_bytes",
+            "Bytes held for requests in progress, by kind: reassembly, heads, bodies, replay",
+            m.memory.clone(),
+        );
+        registry.register(
+            "memory_limit_bytes",
+            "The budget of memory_held_bytes (memory.limitBytes)",
+            m.memory_limit.clone(),
+        );
+        registry.register(
+            "flows_shed",
+            "Flows given up to stay within the memory budget, the largest holder first",
+            m.shed_flows.clone(),
+        );
         registry.register(
             "attach_info",
             "1 for each interface the classifier is attached to, with the attach mode (tcx or netlink)",
@@ -171,6 +192,7 @@ impl Metrics {
 
     /// Publishes the capture thread's counters (absolute values; deltas are added).
     pub fn publish(&self, kernel: &[(&'static str, u64)], flows: &FlowStats, flows_open: usize, p: &PipelineStats) {
+        self.shed_flows.inc_by(self.delta("shed_flows", p.shed_flows));
         for (kind, v) in kernel {
             let d = self.delta(&format!("kernel/{kind}"), *v);
             self.kernel.get_or_create(&KindLabel { kind: kind.to_string() }).inc_by(d);
@@ -193,6 +215,14 @@ impl Metrics {
             self.mirrored.get_or_create(&labels).inc_by(self.delta(&format!("m/{route}/{mirror}"), c.mirrored));
             self.sampled_out.get_or_create(&labels).inc_by(self.delta(&format!("s/{route}/{mirror}"), c.sampled_out));
         }
+    }
+
+    /// What the memory budget holds now.
+    pub fn memory(&self, memory: &Memory) {
+        for (kind, bytes) in memory.snapshot() {
+            self.memory.get_or_create(&KindLabel { kind: kind.as_str().into() }).set(bytes as i64);
+        }
+        self.memory_limit.set(memory.limit() as i64);
     }
 
     /// A mirror response (replay workers).

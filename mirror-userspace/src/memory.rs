@@ -1,0 +1,133 @@
+//! One memory budget over everything held for requests in progress, shared by the capture thread
+//! (flow reassembly, HTTP framing, buffered bodies) and the replay workers (queued requests).
+//!
+//! Each holder reports what it holds, by [`Held`] kind; the budget is the sum. The capture side
+//! reports after the fact (the bytes already arrived) and then sheds the largest work until the
+//! sum is back within the limit (see `Pipeline`); replay asks before it queues (`try_charge`) and
+//! drops what does not fit. Both count what they shed as
+//! [`DropReason::MemoryBudget`](crate::stats::DropReason::MemoryBudget).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// What the bytes are held for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// Client bytes waiting for a hole to fill or for the server's acknowledgement.
+    Reassembly,
+    /// Partial request heads in the framers.
+    Heads,
+    /// Bodies of requests buffered until complete.
+    Bodies,
+    /// Requests queued for the mirrors.
+    Replay,
+}
+
+impl Held {
+    /// Every kind, in the order of [`Memory::snapshot`].
+    pub const ALL: [Held; 4] = [Held::Reassembly, Held::Heads, Held::Bodies, Held::Replay];
+
+    /// The metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Held::Reassembly => "reassembly",
+            Held::Heads => "heads",
+            Held::Bodies => "bodies",
+            Held::Replay => "replay",
+        }
+    }
+}
+
+/// The budget and what is held against it.
+#[derive(Debug)]
+pub struct Memory {
+    limit: AtomicUsize,
+    held: [AtomicUsize; 4],
+}
+
+impl Memory {
+    /// A budget of `limit` bytes, nothing held.
+    pub fn new(limit: usize) -> Self {
+        Self { limit: AtomicUsize::new(limit), held: Default::default() }
+    }
+
+    /// The budget in bytes.
+    pub fn limit(&self) -> usize {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// A new budget (config reload); a lower one is met by shedding as bytes next arrive.
+    pub fn set_limit(&self, limit: usize) {
+        self.limit.store(limit, Ordering::Relaxed);
+    }
+
+    /// Bytes held, all kinds together.
+    pub fn used(&self) -> usize {
+        self.held.iter().map(|h| h.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Bytes held of one kind.
+    pub fn held(&self, kind: Held) -> usize {
+        self.held[kind as usize].load(Ordering::Relaxed)
+    }
+
+    /// Bytes that may still be taken before the budget is spent.
+    pub fn room(&self) -> usize {
+        self.limit().saturating_sub(self.used())
+    }
+
+    /// Bytes above the budget (0 within it).
+    pub fn excess(&self) -> usize {
+        self.used().saturating_sub(self.limit())
+    }
+
+    /// Takes `n` bytes for `kind` if they fit in the budget. Concurrent callers may overshoot
+    /// the budget by what they take at the same instant; never by more.
+    pub fn try_charge(&self, kind: Held, n: usize) -> bool {
+        if self.used() + n > self.limit() {
+            return false;
+        }
+        self.held[kind as usize].fetch_add(n, Ordering::Relaxed);
+        true
+    }
+
+    /// Records that `kind` now holds `before - after` bytes less (or more): for holders that
+    /// learn what they hold after the bytes arrived.
+    pub fn adjust(&self, kind: Held, before: usize, after: usize) {
+        let h = &self.held[kind as usize];
+        if after > before {
+            h.fetch_add(after - before, Ordering::Relaxed);
+        } else if before > after {
+            h.fetch_sub(before - after, Ordering::Relaxed);
+        }
+    }
+
+    /// Gives back `n` bytes taken for `kind`.
+    pub fn release(&self, kind: Held, n: usize) {
+        self.held[kind as usize].fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// `(kind, bytes)` for every kind.
+    pub fn snapshot(&self) -> [(Held, usize); 4] {
+        Held::ALL.map(|k| (k, self.held(k)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn charges_fit_the_budget_and_adjustments_follow_the_holder() {
+        let m = Memory::new(100);
+        assert!(m.try_charge(Held::Replay, 60));
+        assert!(!m.try_charge(Held::Replay, 41), "over the budget");
+        assert!(m.try_charge(Held::Replay, 40));
+        assert_eq!((m.used(), m.room(), m.excess()), (100, 0, 0));
+        m.adjust(Held::Bodies, 0, 30);
+        assert_eq!((m.used(), m.excess(), m.held(Held::Bodies)), (130, 30, 30));
+        m.adjust(Held::Bodies, 30, 10);
+        m.release(Held::Replay, 100);
+        assert_eq!((m.used(), m.room()), (10, 90));
+        assert_eq!(m.snapshot()[2], (Held::Bodies, 10));
+    }
+}

@@ -1,0 +1,177 @@
+//! The core end to end: segments in, mirrored requests out.
+use super::*;
+use crate::config::Config;
+use mirror_common::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+
+fn pipeline(pct: f64) -> Pipeline {
+    let text = format!(
+        "capture: {{interfaces: [eth0], ports: [80]}}\nendpoints: {{'httpbin/v2': ['127.0.0.1:1']}}\nroutes:\n  - mirror: {{host: httpbin, subset: v2}}\n    mirrorPercentage: {{value: {pct}}}\n"
+    );
+    let router = Router::new(&Config::parse(&text, "t").unwrap()).unwrap();
+    Pipeline::with_rng(Arc::new(router), FlowConfig::default(), 1 << 20, StdRng::seed_from_u64(3))
+}
+
+fn key() -> FlowKey {
+    FlowKey { client: "10.0.0.1:5555".parse().unwrap(), server: "10.0.0.2:80".parse().unwrap() }
+}
+
+/// Feeds the client's segments, each followed by the server's ACK (a SYN-ACK for the SYN) of
+/// everything up to the end of the furthest one so far (the server got every segment, even one
+/// the capture lost).
+fn feed(p: &mut Pipeline, segs: &[(u32, u8, &[u8])]) -> Vec<Outbound> {
+    let mut out = Vec::new();
+    let mut acked = 0u32;
+    for (i, (seq, flags, data)) in segs.iter().enumerate() {
+        let s = Segment::to_server(key(), *seq, 0, *flags, Bytes::copy_from_slice(data));
+        p.on_segment(s, Duration::from_millis(i as u64), &mut out);
+        let syn_fin = u32::from(flags & (TCP_SYN | TCP_FIN) != 0);
+        acked = acked.max(seq + data.len() as u32 + syn_fin);
+        // The SYN is answered with a SYN-ACK.
+        let ack_flags = TCP_ACK | (flags & TCP_SYN);
+        p.on_segment(Segment::to_client(key(), 7, acked, ack_flags, 0), Duration::from_millis(i as u64), &mut out);
+    }
+    out
+}
+
+#[test]
+fn post_is_mirrored_with_host_rewritten_and_body_identical() {
+    let mut p = pipeline(100.0);
+    let req = b"POST /post HTTP/1.1\r\nHost: httpbin:8000\r\nContent-Length: 11\r\n\r\nhello world";
+    let out = feed(&mut p, &[(1, TCP_SYN, b""), (2, TCP_ACK, &req[..50]), (52, TCP_ACK | TCP_FIN, &req[50..])]);
+    assert_eq!(out.len(), 1);
+    let r = out[0].whole().unwrap();
+    assert_eq!(&r.head[..], b"POST /post HTTP/1.1\r\nHost: httpbin-shadow:8000\r\nContent-Length: 11\r\n\r\n");
+    assert_eq!(&r.body[..], b"hello world");
+    assert_eq!(p.stats().mirrored, 1);
+}
+
+#[test]
+fn zero_percent_sends_nothing() {
+    let mut p = pipeline(0.0);
+    let out = feed(&mut p, &[(1, TCP_SYN, b""), (2, TCP_ACK, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")]);
+    assert!(out.is_empty());
+    assert_eq!(p.stats().sampled_out, 1);
+}
+
+#[test]
+fn only_what_the_primary_processed_reaches_the_mirror() {
+    // Issue 11: a data segment without ACK, an out-of-window RST, text in a body that looks
+    // like a request line.
+    let mut p = pipeline(100.0);
+    let head = b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 25\r\n\r\n";
+    let body = b"GET /phantom HTTP/1.1\r\n\r\n";
+    let (h, n) = (head.len() as u32, (head.len() + body.len()) as u32);
+    let client = |seq, flags, data: &[u8]| Segment::to_server(key(), seq, 0, flags, Bytes::copy_from_slice(data));
+    let server = |ack, flags| Segment::to_client(key(), 7, ack, flags, 0);
+    let mut out = Vec::new();
+    for s in [
+        client(1, TCP_SYN, b""),
+        server(2, TCP_SYN | TCP_ACK),
+        client(2, 0, b"GET /noack HTTP/1.1\r\n\r\n"),
+        client(2, TCP_ACK, head),
+        server(2 + h, TCP_ACK),
+        client(99_999, TCP_RST, b""),
+        client(2 + h, TCP_ACK, body),
+        server(2 + n, TCP_ACK),
+    ] {
+        p.on_segment(s, Duration::ZERO, &mut out);
+    }
+    p.finish(&mut out);
+    let targets: Vec<&str> = out.iter().map(|o| o.whole().unwrap().target.as_str()).collect();
+    assert_eq!(targets, ["/up"]);
+    assert_eq!(&out[0].whole().unwrap().body[..], body);
+    assert_eq!((p.flows().stats.segments_without_ack, p.flows().stats.rst_ignored), (1, 1));
+}
+
+#[test]
+fn request_the_primary_never_acknowledged_is_never_sent() {
+    // A spoofed source: the primary answers the SYN to an address that never completes.
+    let mut p = pipeline(100.0);
+    let mut out = Vec::new();
+    for (i, (seq, flags, data)) in
+        [(1, TCP_SYN, &b""[..]), (2, TCP_ACK, b"GET /spoofed HTTP/1.1\r\n\r\n")].into_iter().enumerate()
+    {
+        let s = Segment::to_server(key(), seq, 0, flags, Bytes::copy_from_slice(data));
+        p.on_segment(s, Duration::from_millis(i as u64), &mut out);
+    }
+    p.finish(&mut out);
+    assert!(out.is_empty());
+    assert_eq!(p.flows().stats.unacked_bytes, 25);
+    assert_eq!(p.stats().dropped.get(&DropReason::Gap), Some(&1));
+}
+
+#[test]
+fn request_cut_by_a_lost_segment_is_never_sent_nor_what_follows() {
+    let mut p = pipeline(100.0);
+    let req = b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n0123456789";
+    let next = b"GET /after HTTP/1.1\r\nHost: h\r\n\r\n";
+    let n = req.len() as u32;
+    // Bytes 40..45 of the first request never arrive: the flow is given up.
+    let mut out =
+        feed(&mut p, &[(1, TCP_SYN, b""), (2, TCP_ACK, &req[..40]), (47, TCP_ACK, &req[45..]), (2 + n, TCP_ACK, next)]);
+    p.on_tick(Duration::from_secs(10), &mut out);
+    p.finish(&mut out);
+    assert!(out.is_empty());
+    assert_eq!(p.stats().dropped.get(&DropReason::Gap), Some(&1));
+    assert_eq!(p.flows().stats.flows_given_up_gap, 1);
+}
+
+#[test]
+fn one_direction_only_resynchronises_after_a_lost_segment() {
+    let text =
+        "capture: {interfaces: [eth0], ports: [80]}\nendpoints: {m: ['127.0.0.1:1']}\nroutes: [{mirror: {host: m}}]\n";
+    let router = Router::new(&Config::parse(text, "t").unwrap()).unwrap();
+    let flow_cfg = FlowConfig { require_ack: false, ..FlowConfig::default() };
+    let mut p = Pipeline::with_rng(Arc::new(router), flow_cfg, 1 << 20, StdRng::seed_from_u64(3));
+    let req = b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n0123456789";
+    let next = b"GET /after HTTP/1.1\r\nHost: h\r\n\r\n";
+    let n = req.len() as u32;
+    // Bytes 40..45 of the first request never arrive (no ACK is needed without require_ack).
+    let mut out =
+        feed(&mut p, &[(1, TCP_SYN, b""), (2, TCP_ACK, &req[..40]), (47, TCP_ACK, &req[45..]), (2 + n, TCP_ACK, next)]);
+    p.finish(&mut out);
+    assert_eq!(out.len(), 1, "only the request after the gap");
+    assert_eq!(out[0].whole().unwrap().target, "/after");
+    assert_eq!(p.stats().dropped.get(&DropReason::Gap), Some(&1));
+}
+
+#[test]
+fn large_request_is_streamed_in_order_and_small_ones_stay_whole() {
+    let mut p = pipeline(100.0);
+    p.routing.buffer_bytes = 100;
+    let big = format!("POST /big HTTP/1.1\r\nContent-Length: 300\r\n\r\n{}", "x".repeat(300));
+    let next = b"GET /small HTTP/1.1\r\n\r\n";
+    let (a, b) = big.as_bytes().split_at(120);
+    let (b, c) = b.split_at(100);
+    let mut segs: Vec<(u32, u8, &[u8])> = vec![(1, TCP_SYN, b"")];
+    let mut seq = 2u32;
+    for part in [a, b, c, &next[..]] {
+        segs.push((seq, TCP_ACK, part));
+        seq += part.len() as u32;
+    }
+    let out = feed(&mut p, &segs);
+    let parts: Vec<&Part> = out.iter().map(|o| &o.part).collect();
+    assert!(matches!(parts[0], Part::Start { stream: 0, request } if request.head.len() + request.body.len() == 120));
+    assert!(matches!(parts[1], Part::More { stream: 0, index: 1, bytes } if bytes.len() == 100));
+    assert!(matches!(parts[2], Part::More { stream: 0, index: 2, bytes } if bytes.len() == big.len() - 220));
+    assert!(matches!(parts[3], Part::End { stream: 0, index: 3 }));
+    assert!(matches!(parts[4], Part::Whole(r) if r.target == "/small"));
+    assert_eq!((p.stats().streamed, p.stats().mirrored), (1, 2));
+}
+
+#[test]
+fn streamed_request_cut_by_a_gap_is_aborted() {
+    let mut p = pipeline(100.0);
+    p.routing.buffer_bytes = 50;
+    let big = format!("POST /big HTTP/1.1\r\nContent-Length: 300\r\n\r\n{}", "x".repeat(300));
+    let b = big.as_bytes();
+    let mut out = feed(&mut p, &[(1, TCP_SYN, b""), (2, TCP_ACK, &b[..100]), (2 + 150, TCP_ACK, &b[150..])]);
+    p.finish(&mut out);
+    let parts: Vec<&Part> = out.iter().map(|o| &o.part).collect();
+    assert!(matches!(parts.first(), Some(Part::Start { .. })));
+    assert!(matches!(parts.last(), Some(Part::Abort { stream: 0 })));
+    assert!(!parts.iter().any(|p| matches!(p, Part::End { .. })));
+    assert_eq!(p.stats().dropped.get(&DropReason::StreamAborted), Some(&1));
+}
+
+mod memory_budget;
