@@ -17,6 +17,31 @@ pub const MAP_STATS: &str = "MIRROR_STATS";
 pub const MAP_SEGMENTS: &str = "MIRROR_SEGMENTS";
 /// Map of mirror endpoints whose traffic is never captured.
 pub const MAP_SKIP: &str = "MIRROR_SKIP";
+/// Map of the interfaces the daemon attached to (ifindex → `IFACE_*` flags): on which hook the
+/// requests of each are captured. An interface not in it is not captured at all.
+pub const MAP_IFACES: &str = "MIRROR_IFACES";
+/// LPM trie of the IPv4 destinations captured (`capture.addresses`; `0.0.0.0/0` when empty).
+pub const MAP_ADDRS4: &str = "MIRROR_ADDRS4";
+/// LPM trie of the IPv6 destinations captured (`capture.addresses`; `::/0` when empty).
+pub const MAP_ADDRS6: &str = "MIRROR_ADDRS6";
+/// Largest number of interfaces attached at once (the size of `MAP_IFACES`).
+pub const MAX_LINKS: u32 = 4096;
+/// Largest number of prefixes per address family in `MAP_ADDRS4` / `MAP_ADDRS6`.
+pub const MAX_PREFIXES: u32 = 1024;
+
+/// `MAP_IFACES` flag: requests (client → primary) are captured as they arrive on the interface
+/// (TC ingress), the primary's answers as they leave (egress). A NIC, or the primary's own
+/// interface.
+pub const IFACE_REQUESTS_INGRESS: u8 = 1;
+/// `MAP_IFACES` flag: requests are captured as they leave the interface (TC egress), the
+/// primary's answers as they arrive (ingress): the host side of a pod's veth, where packets to
+/// the pod leave the node's namespace.
+pub const IFACE_REQUESTS_EGRESS: u8 = 2;
+
+/// `SegmentEvent::hook`: seen on TC ingress.
+pub const HOOK_INGRESS: u8 = 0;
+/// `SegmentEvent::hook`: seen on TC egress.
+pub const HOOK_EGRESS: u8 = 1;
 
 /// Largest number of packet bytes appended to one perf sample straight from the skb. A perf record
 /// header's size is a `u16`, so a sample (header + our event + bytes) must stay below 64 KiB.
@@ -66,8 +91,10 @@ pub const STAT_SKIPPED_MIRROR: u32 = 6;
 pub const STAT_MALFORMED: u32 = 7;
 /// Headers of primary → client segments shipped (`KIND_REVERSE`).
 pub const STAT_REVERSE: u32 = 8;
+/// Segments to (or answers from) a watched port whose address is outside `capture.addresses`.
+pub const STAT_OUTSIDE_ADDRESSES: u32 = 9;
 /// Number of counters.
-pub const STAT_COUNT: u32 = 9;
+pub const STAT_COUNT: u32 = 10;
 /// Counter names, by index, as the summary and the metrics show them.
 pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "seen",
@@ -79,6 +106,7 @@ pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "skipped_mirror_traffic",
     "malformed",
     "reverse_shipped",
+    "outside_addresses",
 ];
 
 /// Key of `MAP_SKIP`: a destination (address, port) whose traffic is never captured, because it is
@@ -121,10 +149,11 @@ pub struct SegmentEvent {
     pub tcp_flags: u8,
     /// `KIND_PACKET`, `KIND_TAIL` or `KIND_REVERSE`.
     pub kind: u8,
-    /// Padding.
-    pub _pad: u8,
-    /// Keeps the layout (was the interface index, which nothing read).
-    pub _pad2: u32,
+    /// `HOOK_INGRESS` or `HOOK_EGRESS`: where the packet was seen (with `ifindex`, the attach
+    /// point; the daemon drops the copy of a packet seen again at a second attach point).
+    pub hook: u8,
+    /// Index of the interface the packet was seen on.
+    pub ifindex: u32,
     /// Offset of the TCP payload inside the bytes that follow (0 for `KIND_TAIL`).
     pub payload_off: u32,
     /// TCP payload length of the whole segment (for `KIND_TAIL`, of this piece).
@@ -133,8 +162,11 @@ pub struct SegmentEvent {
     pub captured_len: u32,
     /// `skb->len` of the packet this came from.
     pub skb_len: u32,
+    /// The TCP header's checksum field as seen (big-endian bytes read as a host `u16`): two
+    /// sightings of one packet carry the same; a copy with other payload bytes does not.
+    pub tcp_csum: u16,
     /// Keeps the size a multiple of 8.
-    pub _reserved: u32,
+    pub _reserved: u16,
 }
 
 impl SegmentEvent {

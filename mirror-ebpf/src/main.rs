@@ -3,6 +3,16 @@
 //! segments whose source port is watched (primary → client: acknowledgements, flags, response
 //! lengths), and always lets the packet through untouched.
 //!
+//! Each interface says on which hook its requests are captured (`MIRROR_IFACES`): on ingress for
+//! a NIC or the primary's own interface, on egress for the host side of a pod's veth (packets to
+//! the pod leave the node's namespace there). Answers are taken on the other hook. So a request is
+//! captured where it goes towards its server, never where it leaves a client on this node for a
+//! server elsewhere. Addresses are checked against LPM tries (`capture.addresses`): the
+//! destination of a request, the source of an answer. The hook is told by `ingress_ifindex`: on
+//! ingress it is the interface itself; on egress it is where the packet came in (0 for a packet
+//! this host sent), which differs unless the packet leaves by the interface it came in by
+//! (hairpin), which is then taken as arriving.
+//!
 //! The verdict is `TC_ACT_UNSPEC` (`TCX_NEXT` under TCX): any program attached after ours (a CNI's,
 //! for instance) still runs, and the packet is never dropped, rewritten or delayed.
 //!
@@ -21,14 +31,15 @@ use aya_ebpf::{
     bindings::{BPF_F_CURRENT_CPU, TC_ACT_UNSPEC},
     helpers::{bpf_ktime_get_ns, bpf_perf_event_output, bpf_skb_load_bytes},
     macros::{classifier, map},
-    maps::{HashMap, PerCpuArray, PerfEventArray},
+    maps::{HashMap, LpmTrie, PerCpuArray, PerfEventArray, lpm_trie::Key},
     programs::TcContext,
 };
 use aya_log_ebpf::debug;
 use mirror_common::{
-    KIND_PACKET, KIND_REVERSE, KIND_TAIL, MAX_INLINE_CAPTURE, MAX_TAIL_CAPTURE, STAT_COUNT, STAT_FRAGMENTS, STAT_LOST,
-    STAT_MALFORMED, STAT_REVERSE, STAT_SEEN, STAT_SHIPPED, STAT_SKIPPED_MIRROR, STAT_TAILS, STAT_TRUNCATED,
-    SegmentEvent, SkipKey, TCP_FIN, TCP_RST, TCP_SYN, TailPiece,
+    HOOK_EGRESS, HOOK_INGRESS, IFACE_REQUESTS_EGRESS, IFACE_REQUESTS_INGRESS, KIND_PACKET, KIND_REVERSE, KIND_TAIL,
+    MAX_INLINE_CAPTURE, MAX_LINKS, MAX_PREFIXES, MAX_TAIL_CAPTURE, STAT_COUNT, STAT_FRAGMENTS, STAT_LOST,
+    STAT_MALFORMED, STAT_OUTSIDE_ADDRESSES, STAT_REVERSE, STAT_SEEN, STAT_SHIPPED, STAT_SKIPPED_MIRROR, STAT_TAILS,
+    STAT_TRUNCATED, SegmentEvent, SkipKey, TCP_FIN, TCP_RST, TCP_SYN, TailPiece,
 };
 use network_types::{
     eth::{EthHdr, EtherType},
@@ -45,6 +56,20 @@ static MIRROR_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(64, 0);
 /// mirror on a watched port (on this node or another one running the same config) does not loop.
 #[map(name = "MIRROR_SKIP")]
 static MIRROR_SKIP: HashMap<SkipKey, u8> = HashMap::with_max_entries(1024, 0);
+
+/// The interfaces the daemon attached to: ifindex → `IFACE_REQUESTS_*` (the hook where requests
+/// are captured). Filled before the program is attached to an interface, emptied after it is
+/// detached; an interface not in it is not captured.
+#[map(name = "MIRROR_IFACES")]
+static MIRROR_IFACES: HashMap<u32, u8> = HashMap::with_max_entries(MAX_LINKS, 0);
+
+/// IPv4 prefixes of the primaries (`capture.addresses`; `0.0.0.0/0` when none are given).
+#[map(name = "MIRROR_ADDRS4")]
+static MIRROR_ADDRS4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
+
+/// IPv6 prefixes of the primaries (`capture.addresses`; `::/0` when none are given).
+#[map(name = "MIRROR_ADDRS6")]
+static MIRROR_ADDRS6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
 
 /// Per-CPU counters, indexed by the `STAT_*` constants.
 #[map(name = "MIRROR_STATS")]
@@ -75,6 +100,29 @@ fn bump(index: u32) {
         // value is written by no other CPU, and this program is not re-entered on one CPU.
         unsafe { *counter += 1 };
     }
+}
+
+/// Whether `addr` (of `family`) is within `capture.addresses`.
+#[inline(always)]
+fn address_watched(family: u8, addr: &[u8; 16]) -> bool {
+    if family == 4 {
+        MIRROR_ADDRS4.get(Key::new(32, [addr[0], addr[1], addr[2], addr[3]])).is_some()
+    } else {
+        MIRROR_ADDRS6.get(Key::new(128, *addr)).is_some()
+    }
+}
+
+/// Where this packet is: (ifindex, seen on ingress?, `IFACE_REQUESTS_*` flags of the interface).
+/// `None` for an interface the daemon did not attach to (or not yet: its entry goes in first).
+#[inline(always)]
+fn attach_point(ctx: &TcContext) -> Option<(u32, bool, u8)> {
+    // SAFETY: the context's `__sk_buff` is valid for the program's run; these two fields are
+    // readable by TC programs on every kernel this runs on.
+    let (ifindex, ingress_ifindex) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).ingress_ifindex) };
+    let flags = MIRROR_IFACES.get_ptr(ifindex)?;
+    // SAFETY: a pointer from the map lookup, to a u8 value that lives as long as the entry.
+    let flags = unsafe { *flags };
+    Some((ifindex, ingress_ifindex == ifindex, flags))
 }
 
 #[inline(always)]
@@ -126,14 +174,31 @@ fn capture(ctx: &TcContext) -> Result<(), ()> {
         return Ok(());
     }
 
-    // Ports, sequence numbers, data offset and flags: the first 14 bytes of the TCP header.
-    let tcp: [u8; 14] = ctx.load(l4_off as usize).map_err(|_| ())?;
+    // Ports, sequence numbers, data offset, flags, window and checksum: the first 18 bytes of the
+    // TCP header.
+    let tcp: [u8; 18] = ctx.load(l4_off as usize).map_err(|_| ())?;
     let dport = u16::from_be_bytes([tcp[2], tcp[3]]);
     if MIRROR_PORTS.get_ptr(dport).is_none() {
         let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
         if MIRROR_PORTS.get_ptr(sport).is_some() {
+            let Some((ifindex, arrived, flags)) = attach_point(ctx) else { return Ok(()) };
+            // Answers travel the other way: they arrive where requests leave, and leave where
+            // requests arrive.
+            let answers = if arrived { IFACE_REQUESTS_EGRESS } else { IFACE_REQUESTS_INGRESS };
+            if flags & answers == 0 {
+                return Ok(());
+            }
+            ev.ifindex = ifindex;
+            ev.hook = if arrived { HOOK_INGRESS } else { HOOK_EGRESS };
             return ship_reverse(ctx, &mut ev, &tcp, l4_off, ip_end, skb_len);
         }
+        return Ok(());
+    }
+    let Some((ifindex, arrived, flags)) = attach_point(ctx) else { return Ok(()) };
+    // Requests on the hook where they travel towards their server, only: on the other one they are
+    // leaving a client of this node for a server elsewhere (whose own node captures them).
+    let requests = if arrived { IFACE_REQUESTS_INGRESS } else { IFACE_REQUESTS_EGRESS };
+    if flags & requests == 0 {
         return Ok(());
     }
     let payload_off = l4_off + u32::from(tcp[12] >> 4) * 4;
@@ -146,7 +211,14 @@ fn capture(ctx: &TcContext) -> Result<(), ()> {
         bump(STAT_SKIPPED_MIRROR);
         return Ok(());
     }
+    if !address_watched(ev.family, &ev.daddr) {
+        bump(STAT_OUTSIDE_ADDRESSES);
+        return Ok(());
+    }
     bump(STAT_SEEN);
+    ev.ifindex = ifindex;
+    ev.hook = if arrived { HOOK_INGRESS } else { HOOK_EGRESS };
+    ev.tcp_csum = u16::from_ne_bytes([tcp[16], tcp[17]]);
 
     // Ethernet padding of short frames lies between ip_end and skb_len: never ship it as payload.
     let ip_end = if ip_end > skb_len { skb_len } else { ip_end };
@@ -200,7 +272,7 @@ fn capture(ctx: &TcContext) -> Result<(), ()> {
 fn ship_reverse(
     ctx: &TcContext,
     ev: &mut SegmentEvent,
-    tcp: &[u8; 14],
+    tcp: &[u8; 18],
     l4_off: u32,
     ip_end: u32,
     skb_len: u32,
@@ -210,6 +282,10 @@ fn ship_reverse(
     let skip = SkipKey { addr: ev.saddr, port: sport, family: ev.family, _pad: 0 };
     if MIRROR_SKIP.get_ptr(skip).is_some() {
         bump(STAT_SKIPPED_MIRROR);
+        return Ok(());
+    }
+    if !address_watched(ev.family, &ev.saddr) {
+        bump(STAT_OUTSIDE_ADDRESSES);
         return Ok(());
     }
     let ip_end = if ip_end > skb_len { skb_len } else { ip_end };
@@ -222,6 +298,7 @@ fn ship_reverse(
     ev.ack = u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]);
     ev.tcp_flags = tcp[13];
     ev.kind = KIND_REVERSE;
+    ev.tcp_csum = u16::from_ne_bytes([tcp[16], tcp[17]]);
     ev.payload_off = 0;
     ev.payload_len = ip_end.saturating_sub(payload_off);
     ev.captured_len = 0;

@@ -1,15 +1,23 @@
 //! Capture: the kernel side's events, and the thin aya shell that loads, attaches and reads them.
 //!
 //! [`decode_sample`] is pure (turns one perf sample into a [`Segment`]); [`Capture`] owns the loaded
-//! program, its attachments (`attach`: TCX or netlink) and the per-CPU perf buffers. Dropping it
-//! detaches everything. `kernel` checks what the running kernel offers before anything is loaded.
+//! program, its attachments (`attach`: TCX or netlink; `points`: which links, kept in step with
+//! `select`, the compiled `capture.interfaces`, and with `links`, the namespace's links as they
+//! come and go) and the per-CPU perf buffers. Dropping it detaches everything. `kernel` checks
+//! what the running kernel offers before anything is loaded. `dedupe` drops the second sighting
+//! of a packet seen at two attach points.
 
 pub mod attach;
+pub mod dedupe;
 pub mod kernel;
+pub mod links;
 pub mod pcap;
+mod points;
+pub mod select;
 pub mod tc;
 
 use std::{
+    collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::AsRawFd,
 };
@@ -19,6 +27,7 @@ use aya::{
     Ebpf,
     maps::{
         HashMap as BpfHashMap, MapData, PerCpuArray, PerfEventArray,
+        lpm_trie::{Key as LpmKey, LpmTrie},
         perf::{PerfEvent, PerfEventArrayBuffer},
     },
     programs::SchedClassifier,
@@ -26,11 +35,18 @@ use aya::{
 };
 use bytes::Bytes;
 use mirror_common::{
-    KIND_PACKET, KIND_REVERSE, KIND_TAIL, MAP_PORTS, MAP_SEGMENTS, MAP_SKIP, MAP_STATS, PROGRAM_NAME, STAT_COUNT,
-    STAT_NAMES, SegmentEvent, SkipKey,
+    IFACE_REQUESTS_EGRESS, IFACE_REQUESTS_INGRESS, KIND_PACKET, KIND_REVERSE, KIND_TAIL, MAP_ADDRS4, MAP_ADDRS6,
+    MAP_PORTS, MAP_SEGMENTS, MAP_SKIP, MAP_STATS, PROGRAM_NAME, STAT_COUNT, STAT_NAMES, SegmentEvent, SkipKey,
 };
 
-use self::attach::{AttachMode, AttachPreference, Attached};
+pub use self::points::LinkStats;
+use self::{
+    attach::{AttachMode, AttachPreference},
+    dedupe::Dedupe,
+    links::Watcher,
+    points::Point,
+    select::Selection,
+};
 use crate::flow::{FlowKey, Segment};
 
 /// Why a sample could not be turned into a segment (counted, never fatal).
@@ -102,8 +118,19 @@ static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR
 
 /// The loaded, attached classifier and its perf buffers.
 pub struct Capture {
-    /// Where the classifier is attached; detached on drop, before the program is unloaded.
-    attached: Vec<Attached>,
+    /// Where the classifier is attached, by interface index; detached on drop, before the program
+    /// is unloaded.
+    points: BTreeMap<u32, Point>,
+    /// The compiled `capture.interfaces`.
+    selection: Selection,
+    /// Link notifications (`None` only if subscribing failed: then links are not followed).
+    watcher: Option<Watcher>,
+    preference: AttachPreference,
+    /// The kernel has TCX.
+    tcx: bool,
+    stats: LinkStats,
+    /// Second sightings of a packet, dropped when it may be seen at more than one point.
+    dedupe: Dedupe,
     ebpf: Ebpf,
     /// Kernel-side log records (aya-log), forwarded to `log`/`tracing` at debug level.
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
@@ -112,46 +139,73 @@ pub struct Capture {
 }
 
 impl Capture {
-    /// Checks the kernel, loads the program, fills the port map, attaches to each interface's TC
-    /// ingress (TCX on kernels ≥ 6.6 unless `attach` says otherwise, netlink before) and opens one
-    /// perf buffer per online CPU, of `perf_pages(cpus)` pages. On any error nothing stays attached.
-    pub fn start(
-        interfaces: &[String],
-        ports: &[u16],
-        skip: &[SocketAddr],
-        perf_pages: impl Fn(usize) -> usize,
-        attach: AttachPreference,
-    ) -> Result<Capture> {
+    /// Checks the kernel, loads the program, fills the port and address maps, attaches to each
+    /// link `capture.interfaces` matches (TCX on kernels ≥ 6.6 unless `attach` says otherwise,
+    /// netlink before), and opens one perf buffer per online CPU. Links named (not globbed) must
+    /// exist; links that a glob matches later are attached as they appear ([`Capture::watch_links`]).
+    /// On any error nothing stays attached.
+    pub fn start(config: &crate::config::Capture, skip: &[SocketAddr], attach: AttachPreference) -> Result<Capture> {
         let support = kernel::check()?;
         tracing::info!(kernel = %support.release, tcx = support.tcx, "kernel checked");
+        if attach == AttachPreference::Tcx && !support.tcx {
+            bail!(
+                "TCX attach was asked for, but this kernel ({}) has no TCX (Linux 6.6 or later): use auto or netlink",
+                support.release
+            );
+        }
         bump_memlock_rlimit();
         let mut ebpf = Ebpf::load(PROGRAM_OBJECT).context("loading the eBPF object")?;
         let logger = aya_log::EbpfLogger::init(&mut ebpf)
             .map_err(|e| tracing::debug!("kernel-side logging not available: {e}"))
             .ok();
-        {
-            let mut map: BpfHashMap<_, u16, u8> =
-                BpfHashMap::try_from(ebpf.map_mut(MAP_PORTS).context("ports map missing")?)?;
-            for p in ports {
-                map.insert(p, 1, 0).with_context(|| format!("watching port {p}"))?;
-            }
-        }
+        set_ports(&mut ebpf, &config.ports)?;
+        set_addresses(&mut ebpf, &config.addresses)?;
         set_skip(&mut ebpf, skip)?;
         let prog: &mut SchedClassifier =
             ebpf.program_mut(PROGRAM_NAME).context("classifier missing from the object")?.try_into()?;
         prog.load().context("loading the classifier into the kernel (verifier)")?;
         let perf_map = ebpf.take_map(MAP_SEGMENTS).context("segments map missing")?;
+        // Subscribed before the first dump: a link that appears in between is not missed.
+        let watcher = match Watcher::open() {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::error!("subscribing to link notifications: {e}; links that appear later are not attached");
+                None
+            }
+        };
         // From here on, dropping `capture` detaches whatever was attached.
-        let mut capture = Capture { attached: Vec::new(), ebpf, logger, buffers: Vec::new() };
-        for iface in interfaces {
-            let a = attach::attach(capture.classifier()?, iface, attach, support.tcx)?;
-            tracing::info!(interface = %iface, mode = a.mode.as_str(), "attached {PROGRAM_NAME} to TC ingress and egress");
-            capture.attached.push(a);
+        let mut capture = Capture {
+            points: BTreeMap::new(),
+            selection: Selection::new(&config.interfaces),
+            watcher,
+            preference: attach,
+            tcx: support.tcx,
+            stats: LinkStats::default(),
+            dedupe: Dedupe::default(),
+            ebpf,
+            logger,
+            buffers: Vec::new(),
+        };
+        let all = links::dump().context("listing the links")?;
+        for name in capture.selection.names() {
+            if !all.iter().any(|l| l.name == name) {
+                bail!("no interface named {name:?} in this network namespace");
+            }
+        }
+        capture.reconcile(&all, "start");
+        for name in capture.selection.names() {
+            if !capture.points.values().any(|p| p.attached.interface == name) {
+                bail!("could not attach to {name} (see the log above)");
+            }
+        }
+        for entry in capture.selection.entries().filter(|e| e.is_glob()) {
+            let n = capture.points.values().filter(|p| glob_matches(&entry.name, &p.attached.interface)).count();
+            tracing::info!(glob = %entry.name, direction = entry.direction.as_str(), links = n, "watching for links");
         }
         let mut perf = PerfEventArray::try_from(perf_map)?;
         let cpus = online_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
         let mut buffers = Vec::new();
-        let pages = perf_pages(cpus.len());
+        let pages = config.perf_pages_for(cpus.len());
         tracing::info!(cpus = cpus.len(), pages_per_cpu = pages, "perf ring");
         for cpu in cpus {
             buffers.push(perf.open(cpu, Some(pages)).map_err(|e| perf_open_error(cpu, e))?);
@@ -169,7 +223,28 @@ impl Capture {
 
     /// Where the classifier is attached, and how: (interface, mode).
     pub fn attachments(&self) -> impl Iterator<Item = (&str, AttachMode)> {
-        self.attached.iter().map(|a| (a.interface.as_str(), a.mode))
+        self.points.values().map(|p| (p.attached.interface.as_str(), p.attached.mode))
+    }
+
+    /// Applies a reloaded `capture` section: ports, addresses and interface entries (links
+    /// matched before and now keep their attachment, and their flows), and the mirror endpoints.
+    pub fn reconfigure(&mut self, config: &crate::config::Capture, skip: &[SocketAddr]) -> Result<()> {
+        self.set_ports(&config.ports)?;
+        set_addresses(&mut self.ebpf, &config.addresses)?;
+        self.set_skip(skip)?;
+        self.set_interfaces(Selection::new(&config.interfaces));
+        Ok(())
+    }
+
+    /// Copies dropped as a second sighting of one packet.
+    pub fn duplicates_dropped(&self) -> u64 {
+        self.dedupe.dropped
+    }
+
+    /// Whether a packet may be seen at more than one attach point: more than one link, or one
+    /// whose requests are captured on both hooks.
+    fn may_see_twice(&self) -> bool {
+        self.points.len() > 1 || self.points.values().any(|p| p.flags == IFACE_REQUESTS_INGRESS | IFACE_REQUESTS_EGRESS)
     }
 
     /// Replaces the mirror endpoints whose traffic is never captured.
@@ -179,16 +254,7 @@ impl Capture {
 
     /// Replaces the set of watched destination ports.
     pub fn set_ports(&mut self, ports: &[u16]) -> Result<()> {
-        let mut map: BpfHashMap<_, u16, u8> =
-            BpfHashMap::try_from(self.ebpf.map_mut(MAP_PORTS).context("ports map missing")?)?;
-        let old: Vec<u16> = map.keys().collect::<Result<_, _>>()?;
-        for p in old.iter().filter(|p| !ports.contains(p)) {
-            map.remove(p)?;
-        }
-        for p in ports {
-            map.insert(p, 1, 0)?;
-        }
-        Ok(())
+        set_ports(&mut self.ebpf, ports)
     }
 
     /// The kernel's per-CPU counters, summed: (name, value).
@@ -203,6 +269,13 @@ impl Capture {
             logger.flush();
         }
         let mut scratch = Vec::new();
+        let dedupe = self.may_see_twice();
+        let seen = &mut self.dedupe;
+        let mut pass = |sample: &[u8]| {
+            if !dedupe || SegmentEvent::parse(sample).is_none_or(|ev| seen.first_sighting(&ev)) {
+                on_sample(sample);
+            }
+        };
         for buf in &mut self.buffers {
             if !buf.readable() {
                 continue;
@@ -210,12 +283,12 @@ impl Capture {
             buf.for_each(|event| match event {
                 PerfEvent::Sample { head, tail } => {
                     if tail.is_empty() {
-                        on_sample(head);
+                        pass(head);
                     } else {
                         scratch.clear();
                         scratch.extend_from_slice(head);
                         scratch.extend_from_slice(tail);
-                        on_sample(&scratch);
+                        pass(&scratch);
                     }
                 }
                 PerfEvent::Lost { count } => on_lost(count),
@@ -223,10 +296,15 @@ impl Capture {
         }
     }
 
-    /// Waits until a buffer may have data, or `timeout_ms` passes.
+    /// Waits until a buffer may have data, a link notification arrives, or `timeout_ms` passes.
     pub fn wait(&self, timeout_ms: i32) {
-        let mut fds: Vec<libc::pollfd> =
-            self.buffers.iter().map(|b| libc::pollfd { fd: b.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
+        let mut fds: Vec<libc::pollfd> = self
+            .buffers
+            .iter()
+            .map(|b| b.as_raw_fd())
+            .chain(self.watcher.as_ref().map(Watcher::fd))
+            .map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 })
+            .collect();
         // SAFETY: fds is a valid array of pollfd for the duration of the call.
         unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
     }
@@ -234,19 +312,64 @@ impl Capture {
 
 impl Drop for Capture {
     fn drop(&mut self) {
-        let attached = std::mem::take(&mut self.attached);
-        if attached.is_empty() {
-            return;
-        }
-        match self.classifier() {
-            Ok(prog) => {
-                for a in attached {
-                    attach::detach(prog, a);
-                }
-            }
-            Err(e) => tracing::warn!("detaching: {e}"),
+        // Links that went while nobody was reading the notifications are forgotten, not detached.
+        self.watch_links();
+        let indexes: Vec<u32> = self.points.keys().copied().collect();
+        for index in indexes {
+            self.detach_link(index, "stop");
         }
     }
+}
+
+/// Whether glob `pattern` matches `name` (a glob that does not parse matches nothing).
+fn glob_matches(pattern: &str, name: &str) -> bool {
+    glob::Pattern::new(pattern).is_ok_and(|p| p.matches(name))
+}
+
+fn set_ports(ebpf: &mut Ebpf, ports: &[u16]) -> Result<()> {
+    let mut map: BpfHashMap<_, u16, u8> = BpfHashMap::try_from(ebpf.map_mut(MAP_PORTS).context("ports map missing")?)?;
+    let old: Vec<u16> = map.keys().collect::<Result<_, _>>()?;
+    for p in old.iter().filter(|p| !ports.contains(p)) {
+        map.remove(p)?;
+    }
+    for p in ports {
+        map.insert(p, 1, 0).with_context(|| format!("watching port {p}"))?;
+    }
+    Ok(())
+}
+
+/// Fills the kernel's prefix tries with `capture.addresses` (each family's `/0` when none are
+/// given: every address). Prefixes are added before stale ones are removed, so that an address
+/// in both the old and the new set is never briefly outside.
+fn set_addresses(ebpf: &mut Ebpf, addresses: &[ipnet::IpNet]) -> Result<()> {
+    let all = [ipnet::IpNet::from(ipnet::Ipv4Net::default()), ipnet::IpNet::from(ipnet::Ipv6Net::default())];
+    let want = if addresses.is_empty() { &all[..] } else { addresses };
+    let (mut v4, mut v6): (Vec<LpmKey<[u8; 4]>>, Vec<LpmKey<[u8; 16]>>) = (Vec::new(), Vec::new());
+    for net in want {
+        match net {
+            ipnet::IpNet::V4(n) => v4.push(LpmKey::new(u32::from(n.prefix_len()), n.network().octets())),
+            ipnet::IpNet::V6(n) => v6.push(LpmKey::new(u32::from(n.prefix_len()), n.network().octets())),
+        }
+    }
+    replace_prefixes(ebpf, MAP_ADDRS4, &v4)?;
+    replace_prefixes(ebpf, MAP_ADDRS6, &v6)
+}
+
+fn replace_prefixes<const N: usize>(ebpf: &mut Ebpf, name: &str, want: &[LpmKey<[u8; N]>]) -> Result<()>
+where
+    [u8; N]: aya::Pod,
+{
+    let mut trie: LpmTrie<_, [u8; N], u8> =
+        LpmTrie::try_from(ebpf.map_mut(name).with_context(|| format!("{name} map missing"))?)?;
+    let same = |a: &LpmKey<[u8; N]>, b: &LpmKey<[u8; N]>| a.prefix_len() == b.prefix_len() && a.data() == b.data();
+    let old: Vec<LpmKey<[u8; N]>> = trie.keys().collect::<Result<_, _>>()?;
+    for k in want {
+        trie.insert(k, 1, 0).context("adding a prefix of capture.addresses")?;
+    }
+    for k in old.iter().filter(|k| !want.iter().any(|w| same(w, k))) {
+        trie.remove(k)?;
+    }
+    Ok(())
 }
 
 /// Explains a failed `perf_event_open`: Debian and Ubuntu kernels default to

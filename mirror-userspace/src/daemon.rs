@@ -33,7 +33,8 @@ const HEAVY_DRAIN_BYTES: usize = 256 * 1024;
 /// A new configuration for the capture thread (SIGHUP).
 struct Reload {
     router: Arc<Router>,
-    ports: Vec<u16>,
+    /// Ports, addresses and interface entries.
+    capture: crate::config::Capture,
 }
 
 /// Every mirror endpoint address: shadow traffic to them is never captured (loop prevention).
@@ -54,19 +55,13 @@ pub async fn run(path: &Path, metrics_addr: std::net::SocketAddr, attach: Attach
     metrics::raise_fd_limit();
     let memory = Arc::new(Memory::new(cfg.memory.limit_bytes));
     let replayer = Arc::new(Replayer::start(&router, &cfg.replay, Some(metrics.clone()), memory.clone()));
-    let capture = Capture::start(
-        &cfg.capture.interfaces,
-        &cfg.capture.ports,
-        &endpoint_addrs(&router),
-        |cpus| cfg.capture.perf_pages_for(cpus),
-        attach,
-    )?;
-    for (interface, mode) in capture.attachments() {
-        metrics.attached(interface, mode.as_str());
-    }
+    let capture = Capture::start(&cfg.capture, &endpoint_addrs(&router), attach)?;
+    publish_links(&capture, &metrics);
     tracing::info!(
         interfaces = ?cfg.capture.interfaces,
+        links = capture.attachments().count(),
         ports = ?cfg.capture.ports,
+        addresses = ?cfg.capture.addresses,
         cpus = capture.buffers.len(),
         "ready"
     );
@@ -111,7 +106,18 @@ pub async fn run(path: &Path, metrics_addr: std::net::SocketAddr, attach: Attach
     Ok(())
 }
 
+/// Where the classifier is attached, how links came and went, and the copies dropped as second
+/// sightings of one packet.
+fn publish_links(capture: &Capture, metrics: &Metrics) {
+    metrics.links(
+        capture.attachments().map(|(i, m)| (i, m.as_str())),
+        capture.link_stats(),
+        capture.duplicates_dropped(),
+    );
+}
+
 fn publish(capture: &Capture, pipeline: &Pipeline, metrics: &Metrics) {
+    publish_links(capture, metrics);
     metrics.memory(pipeline.memory());
     match capture.kernel_stats() {
         Ok(kernel) => metrics.publish(&kernel, &pipeline.flows().stats, pipeline.flows().len(), pipeline.stats()),
@@ -130,15 +136,16 @@ fn reload(path: &Path, current: &Config, replayer: &Replayer, memory: &Memory, t
                 tracing::warn!("{w}");
             }
             if cfg.capture.interfaces != current.capture.interfaces {
-                tracing::warn!(
-                    "reload: capture.interfaces changed; that takes a restart (keeping {:?})",
-                    current.capture.interfaces
+                tracing::info!(
+                    from = ?current.capture.interfaces,
+                    to = ?cfg.capture.interfaces,
+                    "reload: capture.interfaces changed: attaching to links that match now, detaching from the others"
                 );
             }
             replayer.reconfigure(&router);
             memory.set_limit(cfg.memory.limit_bytes);
             let routes = cfg.route_count();
-            if tx.send(Reload { router: Arc::new(router), ports: cfg.capture.ports.clone() }).is_ok() {
+            if tx.send(Reload { router: Arc::new(router), capture: cfg.capture.clone() }).is_ok() {
                 tracing::info!(routes, endpoints = cfg.endpoints.len(), "reloaded {}", path.display());
             }
         }
@@ -166,11 +173,13 @@ fn capture_loop(
     let mut batch: Vec<(u64, crate::flow::Segment)> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         if let Ok(r) = reloads.try_recv() {
-            if let Err(e) = capture.set_ports(&r.ports).and_then(|_| capture.set_skip(&endpoint_addrs(&r.router))) {
+            if let Err(e) = capture.reconfigure(&r.capture, &endpoint_addrs(&r.router)) {
                 tracing::error!("reload: updating the kernel maps: {e:#}");
             }
             pipeline.set_router(r.router);
         }
+        // Links that appeared (attach), went (forget) or were renamed since the last round.
+        capture.watch_links();
         // Light traffic: wait for data, then let a batch gather for 2 ms, so each wake-up handles
         // many segments (context switches, not parsing, are what costs at low rates). Heavy
         // traffic (the last drain was large): drain again at once, so the ring never fills for
@@ -241,6 +250,10 @@ fn capture_loop(
         "kernel": kernel,
         "perf_lost_samples": lost.load(Ordering::Relaxed),
         "decode_errors": decode_errors,
+        "capture": {
+            "links": capture.link_stats(),
+            "duplicates_dropped": capture.duplicates_dropped(),
+        },
         "flows": pipeline.flows().stats,
         "pipeline": pipeline.stats(),
     }))

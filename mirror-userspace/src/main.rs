@@ -102,7 +102,8 @@ fn main() -> Result<()> {
         }
         Command::Detach { mut interfaces, config } => {
             if let Some(path) = config {
-                interfaces.extend(Config::load(&path)?.capture.interfaces);
+                let selection = mirror::capture::select::Selection::new(&Config::load(&path)?.capture.interfaces);
+                interfaces.extend(selection.matching_links()?);
             }
             detach(&interfaces)
         }

@@ -1,10 +1,16 @@
-//! Replay: sends complete requests to mirror endpoints over kept-alive connections and throws the
-//! responses away. Fire and forget: no retries, bounded queues, every failure counted.
+//! Replay: sends complete requests to mirror endpoints over kept-alive, pipelined connections and
+//! throws the responses away. Fire and forget: nothing the mirror may have processed is sent twice,
+//! queues are bounded, every loss is counted by cause.
 //!
 //! Requests are written exactly as captured (head with Host rewritten, body byte for byte), which
 //! is why this writes raw bytes rather than going through an HTTP client that would re-serialise
-//! them. Responses are only framed (by the sans-IO [`ResponseReader`]) to know when the connection
-//! is free for the next request.
+//! them. Responses are only framed (by the sans-IO
+//! [`ResponseReader`](crate::http::response::ResponseReader)) to know which request each answers.
+//! How a connection pipelines, batches and fails: [`conn`].
+
+mod conn;
+#[cfg(test)]
+mod tests;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -16,20 +22,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-    sync::mpsc,
-    task::JoinSet,
-    time::timeout,
-};
+use tokio::{sync::mpsc, task::JoinSet, time::timeout};
 
 use crate::{
     config::ReplaySettings,
-    http::response::ResponseReader,
     memory::{Held, Memory},
     metrics::Metrics,
-    pipeline::{Outbound, Part, Request},
+    pipeline::{Outbound, Part},
     route::Router,
     stats::DropReason,
 };
@@ -106,13 +105,6 @@ fn weight(ob: &Outbound) -> usize {
     std::mem::size_of::<Outbound>() + bytes
 }
 
-#[derive(Debug)]
-enum Failure {
-    Connect,
-    Io,
-    BadResponse,
-}
-
 impl Replayer {
     /// Spawns `settings.connections` workers per endpoint address on the current tokio runtime;
     /// with `metrics`, responses, latencies and failures are recorded there too.
@@ -156,7 +148,7 @@ impl Replayer {
                         metrics: self.metrics.clone(),
                         memory: self.memory.clone(),
                     };
-                    workers.spawn_on(worker(*addr, rx, self.settings.clone(), rec), &self.runtime);
+                    workers.spawn_on(conn::worker(*addr, rx, self.settings.clone(), rec), &self.runtime);
                 }
             }
             eps.insert(key.clone(), Endpoint { addrs: addrs.clone(), queues });
@@ -228,18 +220,8 @@ fn queue_index(ob: &Outbound, n: usize) -> usize {
     std::hash::Hasher::finish(&h) as usize % n
 }
 
-/// A streamed request being written on the connection.
-struct Active {
-    stream: u64,
-    /// Index of the next `More` (or of the `End`).
-    next: u64,
-    /// False once writing failed: the rest of the stream is discarded.
-    ok: bool,
-    head_request: bool,
-    started: Instant,
-}
-
-/// Where a worker records what happened: the summary counters and, if any, the metrics.
+/// Where a worker records what happened: the summary counters, the metrics if any, and the
+/// memory budget the queued requests were charged to.
 struct Recorder {
     stats: Arc<ReplayStats>,
     metrics: Option<Arc<Metrics>>,
@@ -253,193 +235,15 @@ impl Recorder {
             m.drop_reason(reason);
         }
     }
-}
 
-async fn worker(addr: SocketAddr, mut rx: mpsc::Receiver<Outbound>, settings: ReplaySettings, rec: Recorder) {
-    let stats = &rec;
-    let mut conn: Option<TcpStream> = None;
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut active: Option<Active> = None;
-    let limit = settings.request_timeout();
-    let mut last_used = Instant::now();
-    while let Some(ob) = rx.recv().await {
-        stats.memory.release(Held::Replay, weight(&ob));
-        let (route, endpoint) = (ob.route, ob.endpoint);
-        match ob.part {
-            Part::Whole(req) => {
-                reset_unfinished(&mut active, &mut conn, stats);
-                let started = Instant::now();
-                let result = timeout(limit, async {
-                    let stream = writable(&mut conn, addr, &settings, last_used.elapsed()).await?;
-                    write_request(stream, &req).await?;
-                    read_response(&mut conn, req.method == "HEAD", &mut buf).await
-                })
-                .await;
-                record(result, &mut conn, stats, addr, (&route, &endpoint), started);
-            }
-            Part::Start { stream, request } => {
-                reset_unfinished(&mut active, &mut conn, stats);
-                let started = Instant::now();
-                let result = timeout(limit, async {
-                    let s = writable(&mut conn, addr, &settings, last_used.elapsed()).await?;
-                    write_request(s, &request).await
-                })
-                .await;
-                let ok = matches!(result, Ok(Ok(())));
-                if !ok {
-                    record(result.map(|r| r.map(|_| 0)), &mut conn, stats, addr, (&route, &endpoint), started);
-                }
-                active = Some(Active { stream, next: 1, ok, head_request: request.method == "HEAD", started });
-            }
-            Part::More { stream, index, bytes } => {
-                let Some(a) = active.as_mut().filter(|a| a.stream == stream) else { continue };
-                if !a.ok {
-                    continue;
-                }
-                if index != a.next {
-                    // A part was dropped on a full queue: this request must never complete.
-                    reset(&mut conn, stats);
-                    a.ok = false;
-                    continue;
-                }
-                a.next += 1;
-                let Some(s) = conn.as_mut() else { continue };
-                if !matches!(timeout(limit, s.write_all(&bytes)).await, Ok(Ok(()))) {
-                    reset(&mut conn, stats);
-                    a.ok = false;
-                }
-            }
-            Part::End { stream, index } => {
-                let Some(a) = active.take_if(|a| a.stream == stream) else { continue };
-                if !a.ok {
-                    continue;
-                }
-                if index != a.next {
-                    reset(&mut conn, stats);
-                    continue;
-                }
-                let result = timeout(limit, read_response(&mut conn, a.head_request, &mut buf)).await;
-                record(result, &mut conn, stats, addr, (&route, &endpoint), a.started);
-            }
-            Part::Abort { stream } => {
-                if let Some(a) = active.take_if(|a| a.stream == stream)
-                    && a.ok
-                {
-                    reset(&mut conn, stats);
-                }
-            }
-        }
-        last_used = Instant::now();
-    }
-    reset_unfinished(&mut active, &mut conn, stats);
-}
-
-/// A streamed request that never got its end (its `End` was dropped): reset it.
-fn reset_unfinished(active: &mut Option<Active>, conn: &mut Option<TcpStream>, stats: &Recorder) {
-    if active.take().is_some_and(|a| a.ok) {
-        reset(conn, stats);
-    }
-}
-
-/// Closes the connection with a RST, so a request written in part is never completed.
-fn reset(conn: &mut Option<TcpStream>, rec: &Recorder) {
-    if let Some(s) = conn.take() {
-        // A zero linger makes close send RST at once; it does not block (the deprecation is
-        // about non-zero lingers).
-        #[allow(deprecated)]
-        let _ = s.set_linger(Some(Duration::ZERO));
-        rec.count_drop(DropReason::StreamReset);
-    }
-}
-
-fn record(
-    result: Result<Result<u16, Failure>, tokio::time::error::Elapsed>,
-    conn: &mut Option<TcpStream>,
-    rec: &Recorder,
-    addr: SocketAddr,
-    (route, endpoint): (&str, &str),
-    started: Instant,
-) {
-    let stats = &rec.stats;
-    match result {
-        Ok(Ok(status)) => {
-            stats.sent.fetch_add(1, Ordering::Relaxed);
-            let class = (status / 100) as usize;
-            stats.responses[if (1..=5).contains(&class) { class } else { 0 }].fetch_add(1, Ordering::Relaxed);
-            if let Some(m) = &rec.metrics {
-                m.response(route, endpoint, status, started.elapsed());
-            }
-        }
-        Ok(Err(f)) => {
-            *conn = None;
-            rec.count_drop(match f {
-                Failure::Connect => DropReason::ConnectError,
-                Failure::Io => DropReason::IoError,
-                Failure::BadResponse => DropReason::BadResponse,
-            });
-            tracing::debug!(%addr, %route, "mirror request failed: {f:?}");
-        }
-        Err(_) => {
-            *conn = None;
-            rec.count_drop(DropReason::Timeout);
-            tracing::debug!(%addr, %route, "mirror request timed out");
-        }
-    }
-}
-
-/// Whether a kept-alive connection was closed by the server while idle.
-fn closed_while_idle(stream: &TcpStream) -> bool {
-    let mut probe = [0u8; 1];
-    !matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-}
-
-/// The kept-alive connection, (re)connecting if there is none or the server closed it.
-async fn writable<'a>(
-    conn: &'a mut Option<TcpStream>,
-    addr: SocketAddr,
-    settings: &ReplaySettings,
-    idle: Duration,
-) -> Result<&'a mut TcpStream, Failure> {
-    // A server closes idle kept-alive connections after seconds, not milliseconds: only a
-    // connection that sat idle is probed (one syscall saved per request under load).
-    if idle > Duration::from_millis(250) && conn.as_ref().is_some_and(closed_while_idle) {
-        *conn = None;
-    }
-    if conn.is_none() {
-        let stream = timeout(settings.connect_timeout(), TcpStream::connect(addr))
-            .await
-            .map_err(|_| Failure::Connect)?
-            .map_err(|_| Failure::Connect)?;
-        let _ = stream.set_nodelay(true);
-        *conn = Some(stream);
-    }
-    Ok(conn.as_mut().expect("connected above"))
-}
-
-async fn write_request(stream: &mut TcpStream, req: &Request) -> Result<(), Failure> {
-    stream.write_all(&req.head).await.map_err(|_| Failure::Io)?;
-    if !req.body.is_empty() {
-        stream.write_all(&req.body).await.map_err(|_| Failure::Io)?;
-    }
-    Ok(())
-}
-
-/// Reads and discards one response; returns its status.
-async fn read_response(conn: &mut Option<TcpStream>, head_request: bool, buf: &mut [u8]) -> Result<u16, Failure> {
-    let stream = conn.as_mut().ok_or(Failure::Io)?;
-    let mut reader = ResponseReader::new(head_request);
-    loop {
-        let n = stream.read(buf).await.map_err(|_| Failure::Io)?;
-        if n == 0 {
-            let done = reader.on_eof().ok_or(Failure::Io)?;
-            *conn = None;
-            return Ok(done.status);
-        }
-        if let Some(done) = reader.feed(&buf[..n]).map_err(|_| Failure::BadResponse)? {
-            if !done.reusable {
-                *conn = None;
-            }
-            return Ok(done.status);
+    /// A request's response was read: counted, and its memory given back.
+    fn answered(&self, ob: &Outbound, started: Instant, status: u16) {
+        self.memory.release(Held::Replay, weight(ob));
+        self.stats.sent.fetch_add(1, Ordering::Relaxed);
+        let class = (status / 100) as usize;
+        self.stats.responses[if (1..=5).contains(&class) { class } else { 0 }].fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = &self.metrics {
+            m.response(&ob.route, &ob.endpoint, status, started.elapsed());
         }
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod corpus;
 pub mod load;
+pub mod node;
 mod procfs;
 
 use std::{
@@ -274,28 +275,12 @@ impl Topology {
 
     /// Spawns `program` inside `ns`, output to files in the topology's directory.
     pub fn spawn(&self, ns: &str, label: &str, program: &Path, args: &[&str]) -> Result<Proc> {
-        let stdout_path = self.path(&format!("{label}.stdout"));
-        let stderr_path = self.path(&format!("{label}.stderr"));
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .arg(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(fs::File::create(&stdout_path)?)
-            .stderr(fs::File::create(&stderr_path)?)
-            .spawn()
-            .with_context(|| format!("spawning {}", program.display()))?;
-        Ok(Proc { child, stderr_path, stdout_path })
+        spawn_in(&self.dir, ns, label, program, args)
     }
 
     /// Starts the httpbin test server named `name` in `ns`, logging to `<name>.log`.
     pub fn httpbin(&self, ns: &str, name: &str, listen: &str, extra: &[&str]) -> Result<Proc> {
-        let log = self.path(&format!("{name}.log"));
-        let mut args = vec!["--listen", listen, "--name", name, "--log", log.to_str().expect("utf-8 path")];
-        args.extend_from_slice(extra);
-        let mut p = self.spawn(ns, name, &bin("httpbin"), &args)?;
-        p.wait_for_stderr("listening", Duration::from_secs(10))?;
-        Ok(p)
+        httpbin_in(&self.dir, ns, name, listen, extra)
     }
 
     /// The usual pair: primary v1 on both address families, mirror v2.
@@ -381,6 +366,32 @@ impl Drop for Topology {
             let _ = fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// Spawns `program` inside `ns`, output to `<label>.stdout` and `<label>.stderr` in `dir`.
+pub fn spawn_in(dir: &Path, ns: &str, label: &str, program: &Path, args: &[&str]) -> Result<Proc> {
+    let stdout_path = dir.join(format!("{label}.stdout"));
+    let stderr_path = dir.join(format!("{label}.stderr"));
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&stdout_path)?)
+        .stderr(fs::File::create(&stderr_path)?)
+        .spawn()
+        .with_context(|| format!("spawning {}", program.display()))?;
+    Ok(Proc { child, stderr_path, stdout_path })
+}
+
+/// Starts the httpbin test server named `name` in `ns`, logging to `<name>.log` in `dir`.
+pub fn httpbin_in(dir: &Path, ns: &str, name: &str, listen: &str, extra: &[&str]) -> Result<Proc> {
+    let log = dir.join(format!("{name}.log"));
+    let mut args = vec!["--listen", listen, "--name", name, "--log", log.to_str().expect("utf-8 path")];
+    args.extend_from_slice(extra);
+    let mut p = spawn_in(dir, ns, name, &bin("httpbin"), &args)?;
+    p.wait_for_stderr("listening", Duration::from_secs(10))?;
+    Ok(p)
 }
 
 /// A response as the client saw it.

@@ -62,7 +62,8 @@ pub struct Attached {
     pub interface: String,
     /// How it is attached.
     pub mode: AttachMode,
-    ifindex: u32,
+    /// Interface index.
+    pub ifindex: u32,
     links: Vec<SchedClassifierLinkId>,
     /// We created the interface's clsact qdisc (so we remove it at exit if nothing else uses it).
     added_qdisc: bool,
@@ -171,6 +172,21 @@ pub fn attach(prog: &mut SchedClassifier, interface: &str, pref: AttachPreferenc
         }
     }
     Ok(attached)
+}
+
+/// Forgets the attachment of a link that is gone (deleted, or moved to another namespace): the
+/// kernel released its TCX links and netlink filters with it, so nothing is detached (that could
+/// only fail, or, were the index reused, touch another link); TCX link descriptors are closed.
+pub fn forget(prog: &mut SchedClassifier, attached: Attached) {
+    for id in attached.links {
+        match prog.take_link(id) {
+            // A netlink filter: plain data (index, hook, priority, handle), no descriptor.
+            Ok(link) if link.priority().is_ok() => std::mem::forget(link),
+            // A TCX link: dropping it closes its descriptor; the link is already defunct.
+            Ok(link) => drop(link),
+            Err(_) => {}
+        }
+    }
 }
 
 /// Adds a clsact qdisc to `interface` if it has none; true if we added it.

@@ -45,13 +45,13 @@ pub struct Filter {
 }
 
 /// An rtnetlink socket for one request at a time.
-struct Rtnl {
+pub(super) struct Rtnl {
     socket: Socket,
     seq: u32,
 }
 
 impl Rtnl {
-    fn open() -> io::Result<Rtnl> {
+    pub(super) fn open() -> io::Result<Rtnl> {
         let mut socket = Socket::new(NETLINK_ROUTE)?;
         socket.bind_auto()?;
         socket.connect(&SocketAddr::new(0, 0))?;
@@ -59,7 +59,7 @@ impl Rtnl {
     }
 
     /// Sends `msg` and collects the answers until the dump ends or the kernel acknowledges.
-    fn request(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<RouteNetlinkMessage>> {
+    pub(super) fn request(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<RouteNetlinkMessage>> {
         self.seq += 1;
         let mut header = NetlinkHeader::default();
         header.flags = NLM_F_REQUEST | flags;

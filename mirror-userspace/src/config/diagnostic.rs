@@ -218,6 +218,21 @@ pub enum ConfigErrorKind {
         /// What is wrong.
         reason: &'static str,
     },
+    /// A `capture.interfaces` glob that does not parse (`cali[`).
+    BadGlob {
+        /// The glob as written.
+        pattern: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A `capture.addresses` entry that is not a prefix (`10.244.0.0/16`, `fd00::/64`) or an
+    /// address.
+    BadPrefix {
+        /// The entry as written.
+        prefix: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl ConfigError {
@@ -437,6 +452,8 @@ impl fmt::Display for ConfigErrorKind {
             }
             K::BadHeader { name, reason } => write!(f, "header `{name}`: {reason}"),
         }
+            K::BadGlob { pattern, reason } => write!(f, "'{pattern}' is not a glob of interface names: {reason}"),
+            K::BadPrefix { prefix, reason } => write!(f, "'{prefix}' is not an address prefix: {reason}"),
     }
 }
 

@@ -37,6 +37,10 @@ pub const MAX_STRING_BYTES: usize = 16 << 10;
 pub const MAX_INTERFACES: usize = 64;
 /// Bytes in an interface name (Linux: IFNAMSIZ - 1).
 pub const MAX_INTERFACE_NAME_BYTES: usize = 15;
+/// Bytes in an interface glob (`cali*`): a glob may say more than the names it matches.
+pub const MAX_INTERFACE_GLOB_BYTES: usize = 64;
+/// Entries in `capture.addresses` (each family's kernel prefix map holds 1,024).
+pub const MAX_CAPTURE_ADDRESSES: usize = 256;
 /// Entries in `capture.ports` (the classifier's port map holds 64).
 pub const MAX_PORTS: usize = 64;
 /// A port: `capture.ports` entries and a match block's `port`.

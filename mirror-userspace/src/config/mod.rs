@@ -20,6 +20,7 @@
 mod budget;
 mod diagnostic;
 mod istio;
+mod interfaces;
 pub mod limits;
 mod load;
 mod ours;
@@ -32,6 +33,7 @@ use std::{collections::BTreeMap, io::Read, net::SocketAddr, path::Path};
 pub use diagnostic::{ConfigError, ConfigErrorKind, Location};
 pub(crate) use istio::{Destination, HttpRoute, MatchRequest, StringMatch};
 pub(crate) use ours::MirrorPolicy;
+pub use interfaces::{Direction, InterfaceEntry};
 pub use ours::{Capture, HeaderOps, HostRewrite, MemorySettings, ReplaySettings, SampleKey};
 #[doc(hidden)]
 pub use scan::Counts as ScanCounts;

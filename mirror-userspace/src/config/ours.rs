@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::{
     diagnostic::Location,
+    interfaces::{InterfaceEntry, InterfaceEntryDoc},
     istio::HttpRouteDoc,
     span::{Int, Spanned},
 };
@@ -15,10 +16,14 @@ use super::{
 /// What the classifier watches.
 #[derive(Debug, Clone)]
 pub struct Capture {
-    /// Interfaces whose TC ingress hook gets the classifier.
-    pub interfaces: Vec<String>,
+    /// Where the classifier is attached: link names or globs, each with the direction its
+    /// requests travel in (globs match links as they come and go).
+    pub interfaces: Vec<InterfaceEntry>,
     /// Destination ports of the primary service.
     pub ports: Vec<u16>,
+    /// Destination prefixes of the primary (IPv4 and IPv6), checked in the kernel; empty: every
+    /// address.
+    pub addresses: Vec<ipnet::IpNet>,
     /// Pages per CPU of the perf ring (a power of two). Absent: 1024 (4 MiB on 4 KiB pages), fewer
     /// on machines with many CPUs so that all rings together stay within 64 MiB.
     pub perf_pages: Option<usize>,
@@ -40,8 +45,10 @@ impl Capture {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(crate) struct CaptureDoc {
-    pub(crate) interfaces: Vec<Spanned<String>>,
+    pub(crate) interfaces: Vec<Spanned<InterfaceEntryDoc>>,
     pub(crate) ports: Vec<Spanned<Int>>,
+    #[serde(default)]
+    pub(crate) addresses: Vec<Spanned<String>>,
     #[serde(default, alias = "perf_pages")]
     pub(crate) perf_pages: Option<Spanned<Int>>,
 }

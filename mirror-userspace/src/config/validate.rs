@@ -14,6 +14,7 @@ use regex::{Regex, RegexBuilder};
 use super::{
     Config, RouteTable,
     diagnostic::{ConfigError, ConfigErrorKind as K, Location},
+    interfaces::{Direction, InterfaceEntry, InterfaceEntryDoc, is_glob},
     istio::{
         Destination, DestinationDoc, HttpRoute, HttpRouteDoc, MatchRequest, MatchRequestDoc, MirrorEntry,
         NamedMatchesDoc, Percent, PercentDoc, StringMatch, StringMatchDoc, endpoint_key,
@@ -99,17 +100,7 @@ fn capture(section: Option<Section<CaptureDoc>>) -> Result<Capture, ConfigError>
         return Err(ConfigError::new(K::NoInterfaces).at(at).within("capture.interfaces"));
     }
     at_most(c.interfaces.iter(), MAX_INTERFACES, "capture.interfaces", |i| i.at, "capture")?;
-    for name in &c.interfaces {
-        // Linux's dev_valid_name, and IFNAMSIZ.
-        let valid = !name.is_empty()
-            && name.len() <= MAX_INTERFACE_NAME_BYTES
-            && !matches!(name.as_str(), "." | "..")
-            && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace());
-        if !valid {
-            let kind = K::BadInterface { name: name.value.clone() };
-            return Err(ConfigError::new(kind).at(name.at).within("capture.interfaces"));
-        }
-    }
+    let interfaces = c.interfaces.into_iter().map(interface_entry).collect::<Result<Vec<_>, _>>()?;
     if c.ports.is_empty() {
         return Err(ConfigError::new(K::NoPorts).at(at).within("capture.ports"));
     }
@@ -120,6 +111,8 @@ fn capture(section: Option<Section<CaptureDoc>>) -> Result<Capture, ConfigError>
         .map(|p| in_range(p, "capture.ports", &PORT, "capture").map(|p| p as u16))
         .collect::<Result<_, _>>()?;
     let perf_pages = match &c.perf_pages {
+    at_most(c.addresses.iter(), MAX_CAPTURE_ADDRESSES, "capture.addresses", |a| a.at, "capture")?;
+    let addresses = c.addresses.iter().map(prefix).collect::<Result<_, _>>()?;
         Some(p) => {
             let pages = in_range(p, "capture.perfPages", &PERF_PAGES, "capture")? as usize;
             if !pages.is_power_of_two() {
@@ -129,7 +122,51 @@ fn capture(section: Option<Section<CaptureDoc>>) -> Result<Capture, ConfigError>
         }
         None => None,
     };
-    Ok(Capture { interfaces: c.interfaces.into_iter().map(Spanned::into_inner).collect(), ports, perf_pages })
+    Ok(Capture { interfaces, ports, addresses, perf_pages })
+}
+
+/// A `capture.interfaces` entry: a name Linux can give a link (`dev_valid_name`, IFNAMSIZ), or a
+/// glob whose text obeys the same rules (and that the glob crate parses).
+fn interface_entry(entry: Spanned<InterfaceEntryDoc>) -> Result<InterfaceEntry, ConfigError> {
+    let InterfaceEntryDoc { name, direction } = entry.value;
+    let place = name.at.or(entry.at);
+    let glob = is_glob(&name);
+    let max = if glob { MAX_INTERFACE_GLOB_BYTES } else { MAX_INTERFACE_NAME_BYTES };
+    let valid = !name.is_empty()
+        && name.len() <= max
+        && !matches!(name.as_str(), "." | "..")
+        && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace());
+    if !valid {
+        let kind = K::BadInterface { name: name.value.clone() };
+        return Err(ConfigError::new(kind).at(place).within("capture.interfaces"));
+    }
+    if glob && let Err(e) = glob::Pattern::new(&name) {
+        let kind = K::BadGlob { pattern: name.value.clone(), reason: e.msg.to_string() };
+        return Err(ConfigError::new(kind).at(place).within("capture.interfaces"));
+    }
+    let direction = direction.map_or(Direction::Ingress, Spanned::into_inner);
+    Ok(InterfaceEntry { name: name.into_inner(), direction })
+}
+
+/// A `capture.addresses` entry: a prefix without host bits (`10.244.0.0/16`), or one address.
+fn prefix(p: &Spanned<String>) -> Result<ipnet::IpNet, ConfigError> {
+    let bad = |reason: String| {
+        Err(ConfigError::new(K::BadPrefix { prefix: p.value.clone(), reason }).at(p.at).within("capture.addresses"))
+    };
+    let text = p.trim();
+    if !text.contains('/') {
+        return match text.parse::<std::net::IpAddr>() {
+            Ok(addr) => Ok(ipnet::IpNet::from(addr)),
+            Err(_) => bad("expected an address or a prefix like 10.244.0.0/16 or fd00::/64".into()),
+        };
+    }
+    match text.parse::<ipnet::IpNet>() {
+        Ok(net) if net.trunc() != net => bad(format!("host bits are set (did you mean {}?)", net.trunc())),
+        Ok(net) => Ok(net),
+        Err(_) => {
+            bad("expected a prefix like 10.244.0.0/16 or fd00::/64 (/0 to /32 for IPv4, /0 to /128 for IPv6)".into())
+        }
+    }
 }
 
 /// The replay settings, and where `connections` was given.

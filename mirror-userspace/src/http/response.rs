@@ -50,89 +50,91 @@ impl ResponseReader {
 
     /// Feeds bytes read from the connection. `Ok(Some(_))` when the response is complete. Bytes
     /// after the response (which a well-behaved server never sends unasked) make it not reusable.
+    #[cfg(test)]
     pub fn feed(&mut self, data: &[u8]) -> Result<Option<ResponseDone>, FramingError> {
-        let mut data = data;
+        let (used, done) = self.feed_some(data)?;
+        Ok(done.map(|d| ResponseDone { reusable: d.reusable && used == data.len(), ..d }))
+    }
+
+    /// Feeds bytes read from a connection that may carry further responses (pipelining): returns
+    /// how many bytes of `data` belong to this response and, once it is complete, how it ended.
+    /// The bytes after it are the next response's.
+    pub fn feed_some(&mut self, data: &[u8]) -> Result<(usize, Option<ResponseDone>), FramingError> {
+        if !matches!(self.state, State::Head) {
+            return self.feed_body(data);
+        }
+        // Only an incomplete head is ever kept, so whatever is left over after this response
+        // lies within `data`.
+        self.buf.extend_from_slice(data);
         loop {
-            match &mut self.state {
-                State::Head => {
-                    self.buf.extend_from_slice(data);
-                    data = &[];
-                    let mut slots = [httparse::EMPTY_HEADER; 64];
-                    let mut resp = httparse::Response::new(&mut slots);
-                    let n = match resp.parse(&self.buf) {
-                        Ok(httparse::Status::Complete(n)) => n,
-                        Ok(httparse::Status::Partial) => {
-                            if self.buf.len() > self.max_head {
-                                return Err(FramingError::HeadTooLarge);
-                            }
-                            return Ok(None);
-                        }
-                        Err(httparse::Error::TooManyHeaders) => {
-                            return Err(FramingError::TooManyHeaders);
-                        }
-                        Err(_) => return Err(FramingError::BadHead),
-                    };
-                    let status = resp.code.unwrap_or(0);
-                    let headers: &[httparse::Header<'_>] = resp.headers;
-                    let close = named(headers, "connection").any(|h| has_token(h.value, "close"));
-                    let keep_alive = named(headers, "connection").any(|h| has_token(h.value, "keep-alive"));
-                    let reusable = !close && (resp.version == Some(1) || keep_alive);
-                    let chunked = named(headers, "transfer-encoding").any(|h| has_token(h.value, "chunked"));
-                    let length = match named(headers, "content-length").next() {
-                        Some(h) => Some(
-                            std::str::from_utf8(h.value)
-                                .ok()
-                                .and_then(|s| s.trim().parse::<u64>().ok())
-                                .ok_or(FramingError::BadContentLength)?,
-                        ),
-                        None => None,
-                    };
-                    self.buf.advance(n);
-                    if (100..200).contains(&status) && status != 101 {
-                        // Interim response (100 Continue, 103 Early Hints): the final one follows.
-                        continue;
+            let mut slots = [httparse::EMPTY_HEADER; 64];
+            let mut resp = httparse::Response::new(&mut slots);
+            let n = match resp.parse(&self.buf) {
+                Ok(httparse::Status::Complete(n)) => n,
+                Ok(httparse::Status::Partial) => {
+                    if self.buf.len() > self.max_head {
+                        return Err(FramingError::HeadTooLarge);
                     }
-                    if status == 101 {
-                        return Ok(Some(ResponseDone { status, reusable: false }));
-                    }
-                    let bodiless = self.head_request || status == 204 || status == 304;
-                    self.state = if bodiless {
-                        State::Length { remaining: 0, status, reusable }
-                    } else if chunked {
-                        State::Chunked { body: ChunkedBody::new(), status, reusable }
-                    } else if let Some(n) = length {
-                        State::Length { remaining: n, status, reusable }
-                    } else {
-                        State::UntilClose { status }
-                    };
-                    let rest = self.buf.split();
-                    return self.feed_body(&rest);
+                    return Ok((data.len(), None));
                 }
-                _ => return self.feed_body(data),
+                Err(httparse::Error::TooManyHeaders) => return Err(FramingError::TooManyHeaders),
+                Err(_) => return Err(FramingError::BadHead),
+            };
+            let status = resp.code.unwrap_or(0);
+            let headers: &[httparse::Header<'_>] = resp.headers;
+            let close = named(headers, "connection").any(|h| has_token(h.value, "close"));
+            let keep_alive = named(headers, "connection").any(|h| has_token(h.value, "keep-alive"));
+            let reusable = !close && (resp.version == Some(1) || keep_alive);
+            let chunked = named(headers, "transfer-encoding").any(|h| has_token(h.value, "chunked"));
+            let length = match named(headers, "content-length").next() {
+                Some(h) => Some(
+                    std::str::from_utf8(h.value)
+                        .ok()
+                        .and_then(|s| s.trim().parse::<u64>().ok())
+                        .ok_or(FramingError::BadContentLength)?,
+                ),
+                None => None,
+            };
+            self.buf.advance(n);
+            if (100..200).contains(&status) && status != 101 {
+                // Interim response (100 Continue, 103 Early Hints): the final one follows.
+                continue;
             }
+            if status == 101 {
+                let left = self.buf.len();
+                self.buf.clear();
+                return Ok((data.len().saturating_sub(left), Some(ResponseDone { status, reusable: false })));
+            }
+            let bodiless = self.head_request || status == 204 || status == 304;
+            self.state = if bodiless {
+                State::Length { remaining: 0, status, reusable }
+            } else if chunked {
+                State::Chunked { body: ChunkedBody::new(), status, reusable }
+            } else if let Some(n) = length {
+                State::Length { remaining: n, status, reusable }
+            } else {
+                State::UntilClose { status }
+            };
+            let rest = self.buf.split();
+            let (used, done) = self.feed_body(&rest)?;
+            return Ok((data.len().saturating_sub(rest.len() - used), done));
         }
     }
 
-    fn feed_body(&mut self, data: &[u8]) -> Result<Option<ResponseDone>, FramingError> {
+    fn feed_body(&mut self, data: &[u8]) -> Result<(usize, Option<ResponseDone>), FramingError> {
         match &mut self.state {
-            State::Head => self.feed(data),
+            State::Head => unreachable!("feed_some handles heads"),
             State::Length { remaining, status, reusable } => {
                 let take = (*remaining).min(data.len() as u64);
                 *remaining -= take;
-                if *remaining == 0 {
-                    let extra = data.len() as u64 > take;
-                    return Ok(Some(ResponseDone { status: *status, reusable: *reusable && !extra }));
-                }
-                Ok(None)
+                let done = (*remaining == 0).then_some(ResponseDone { status: *status, reusable: *reusable });
+                Ok((take as usize, done))
             }
             State::Chunked { body, status, reusable } => {
                 let n = body.advance(data)?;
-                if body.is_done() {
-                    return Ok(Some(ResponseDone { status: *status, reusable: *reusable && n == data.len() }));
-                }
-                Ok(None)
+                Ok((n, body.is_done().then_some(ResponseDone { status: *status, reusable: *reusable })))
             }
-            State::UntilClose { .. } => Ok(None),
+            State::UntilClose { .. } => Ok((data.len(), None)),
         }
     }
 
@@ -194,6 +196,35 @@ mod tests {
         assert_eq!(r.on_eof(), Some(ResponseDone { status: 200, reusable: false }));
         let d = read_all(false, b"HTTP/1.1 500 X\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").unwrap();
         assert_eq!(d, Some(ResponseDone { status: 500, reusable: false }));
+    }
+
+    #[test]
+    fn pipelined_responses_split_where_each_ends() {
+        let bytes = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 X\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n";
+        let mut rest = &bytes[..];
+        let mut got = Vec::new();
+        for head in [false, false, true] {
+            let mut r = ResponseReader::new(head);
+            let (used, done) = r.feed_some(rest).unwrap();
+            got.push(done.unwrap().status);
+            rest = &rest[used..];
+        }
+        assert_eq!(got, [200, 201, 200]);
+        assert!(rest.is_empty(), "a HEAD response has no body whatever its length says");
+        // Fed a byte at a time, the first response ends at its last body byte.
+        let mut r = ResponseReader::new(false);
+        let mut n = 0;
+        loop {
+            let (used, done) = r.feed_some(&bytes[n..n + 1]).unwrap();
+            assert_eq!(used, 1);
+            n += 1;
+            if done.is_some() {
+                break;
+            }
+        }
+        assert_eq!(&bytes[n..n + 8], b"HTTP/1.1");
+        // The plain feed still calls extra bytes a reason not to reuse the connection.
+        assert!(!ResponseReader::new(false).feed(bytes).unwrap().unwrap().reusable);
     }
 
     #[test]

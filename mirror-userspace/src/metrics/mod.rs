@@ -19,6 +19,7 @@ use prometheus_client::{
 use crate::{flow::FlowStats, memory::Memory, pipeline::PipelineStats, stats::DropReason};
 
 mod endpoint;
+mod links;
 
 use endpoint::EndpointMetrics;
 pub(crate) use endpoint::{raise_fd_limit, serve};
@@ -43,7 +44,7 @@ impl EncodeLabelValue for DropReason {
 }
 
 /// `{interface, mode}`: where the classifier is attached and how (`tcx` or `netlink`).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 struct AttachLabel {
     interface: String,
     mode: String,
@@ -88,6 +89,8 @@ pub struct Metrics {
     latency: Family<RouteMirror, Histogram, fn() -> Histogram>,
     /// The metrics endpoint's own connections (see [`serve`]).
     endpoint: EndpointMetrics,
+    /// Links attached, detached and failed; duplicate copies (see `links`).
+    links: links::LinkMetrics,
     /// Last published absolute values, to publish deltas.
     last: Mutex<BTreeMap<String, u64>>,
 }
@@ -118,6 +121,7 @@ impl Metrics {
             responses: Family::default(),
             latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             endpoint: EndpointMetrics::default(),
+            links: links::LinkMetrics::default(),
             last: Mutex::new(BTreeMap::new()),
             registry: Registry::default(),
         };
@@ -176,12 +180,8 @@ impl Metrics {
             m.latency.clone(),
         );
         m.endpoint.register(&mut registry);
+        m.links.register(&mut registry);
         Metrics { registry, ..m }
-    }
-
-    /// Records that the classifier is attached to `interface` in `mode` (`tcx` or `netlink`).
-    pub fn attached(&self, interface: &str, mode: &str) {
-        self.attach.get_or_create(&AttachLabel { interface: interface.into(), mode: mode.into() }).set(1);
     }
 
     fn delta(&self, key: &str, now: u64) -> u64 {

@@ -1,0 +1,460 @@
+//! One mirror connection's worker: HTTP/1.1 pipelining with batched writes.
+//!
+//! Requests taken from the queue are written back to back (one `writev` for what arrived
+//! together) without waiting for the previous response; the responses are read and framed in
+//! order, each by its own [`ResponseReader`] (so HEAD, 1xx and `Connection: close` are handled per
+//! request). At most [`DEPTH`] requests are in flight on a connection.
+//!
+//! When a connection fails, no request the mirror may have processed is ever sent again (a mirror
+//! may have side effects): a request is resent on a new connection only if none of its bytes were
+//! accepted by the kernel, or if it came after a response that said `Connection: close` (RFC 9112
+//! §9.6: the server must not process requests after that one). Every other unanswered request is
+//! dropped and counted by cause (`io_error`, `timeout`, `bad_response`, `connect_error`).
+//!
+//! A streamed request that cannot be completed (a lost part, an abort, another request arriving in
+//! the middle of it) is never completed: the worker stops writing, waits for the answers to the
+//! requests written before it, and then resets the connection (RST), counted as `stream_reset`.
+
+use std::{
+    collections::VecDeque,
+    io::IoSlice,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use bytes::{Buf, Bytes};
+use tokio::{
+    io::{Interest, Ready},
+    net::TcpStream,
+    sync::mpsc,
+    time::{Instant as TokioInstant, sleep_until, timeout},
+};
+
+use super::{Recorder, weight};
+use crate::{
+    config::ReplaySettings,
+    http::response::ResponseReader,
+    pipeline::{Outbound, Part},
+    stats::DropReason,
+};
+
+/// Requests written and not yet answered, per connection. Enough to keep a local mirror busy at
+/// any rate the capture path delivers (the round trip is tens of microseconds; a batch is what
+/// arrives in a few milliseconds), small enough that a failure loses little.
+pub(super) const DEPTH: usize = 256;
+/// Buffers passed to one `writev`.
+const MAX_IOV: usize = 64;
+
+/// A request written (or being written) on the connection and not yet answered.
+struct InFlight {
+    /// Offset of its first byte in the connection's output.
+    start: u64,
+    head_request: bool,
+    started: Instant,
+    /// The request itself: kept so that it can be resent if it never reached the server.
+    ob: Outbound,
+    /// How many times it was written before (on connections that failed before it was sent).
+    tries: u8,
+    /// The stream id of a streamed request (never resent).
+    stream: Option<u64>,
+    /// A streamed request that must never complete: the connection is reset when it is reached.
+    poisoned: bool,
+}
+
+struct Conn {
+    stream: TcpStream,
+    /// Bytes not yet accepted by the kernel, with the memory to give back once they are.
+    out: VecDeque<(Bytes, usize)>,
+    /// Bytes queued on this connection so far.
+    queued: u64,
+    /// Bytes the kernel accepted so far.
+    written: u64,
+    inflight: VecDeque<InFlight>,
+    /// The reader of the first in-flight request's response.
+    reader: Option<ResponseReader>,
+    /// A streamed request being written: (stream id, index of the next `More`).
+    active: Option<(u64, u64)>,
+    /// No more requests on this connection: a stream is to be reset.
+    poisoned: bool,
+}
+
+impl Conn {
+    fn push(&mut self, bytes: Bytes, release: usize) {
+        if !bytes.is_empty() {
+            self.queued += bytes.len() as u64;
+            self.out.push_back((bytes, release));
+        }
+    }
+
+    fn interest(&self) -> Interest {
+        if self.out.is_empty() { Interest::READABLE } else { Interest::READABLE | Interest::WRITABLE }
+    }
+
+    /// Writes what the kernel takes now. `Err` if the connection failed.
+    fn flush(&mut self, rec: &Recorder) -> std::io::Result<()> {
+        while !self.out.is_empty() {
+            let slices: Vec<IoSlice<'_>> = self.out.iter().take(MAX_IOV).map(|(b, _)| IoSlice::new(b)).collect();
+            let mut n = match self.stream.try_write_vectored(&slices) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            self.written += n as u64;
+            while n > 0 {
+                let (front, release) = self.out.front_mut().expect("written bytes were queued");
+                if n >= front.len() {
+                    n -= front.len();
+                    rec.memory.release(crate::memory::Held::Replay, *release);
+                    self.out.pop_front();
+                } else {
+                    front.advance(n);
+                    n = 0;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A request is written at most this many times on connections that failed before taking any of
+/// its bytes: a server that keeps failing cannot loop us. (Resends after a `Connection: close`
+/// are not bounded: each such connection answered a request first.)
+const MAX_TRIES: u8 = 3;
+
+/// A queued item and how many times it was written before.
+type Queued = (Outbound, u8);
+
+/// How a connection ended with requests unanswered.
+#[derive(Clone, Copy)]
+enum Ending {
+    /// The server said `Connection: close`: it processes nothing after that response.
+    ServerClose,
+    Failed(DropReason),
+}
+
+/// The worker of one mirror connection (reconnected as needed).
+pub(super) async fn worker(
+    addr: SocketAddr,
+    mut rx: mpsc::Receiver<Outbound>,
+    settings: ReplaySettings,
+    rec: Recorder,
+) {
+    let limit = settings.request_timeout();
+    let mut conn: Option<Conn> = None;
+    let mut pending: VecDeque<Queued> = VecDeque::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut open = true;
+    // The timer fires no later than the first in-flight request's deadline (it may fire early:
+    // it is re-armed then, not at every response).
+    let timer = sleep_until(TokioInstant::now() + limit);
+    tokio::pin!(timer);
+    let mut armed = false;
+    loop {
+        admit(&mut conn, &mut pending, addr, &settings, &rec).await;
+        if let Some(c) = conn.as_mut()
+            && c.flush(&rec).is_err()
+        {
+            end(&mut conn, &mut pending, Ending::Failed(DropReason::IoError), &rec);
+        }
+        reset_if_due(&mut conn, &rec);
+        let busy = conn.as_ref().is_some_and(|c| !c.inflight.is_empty());
+        if !armed && let Some(f) = conn.as_ref().and_then(|c| c.inflight.front()) {
+            timer.as_mut().reset(TokioInstant::from_std(f.started + limit));
+            armed = true;
+        }
+        if !open && pending.is_empty() && !busy {
+            return;
+        }
+        let can_take = open && pending.len() < DEPTH;
+        tokio::select! {
+            got = rx.recv(), if can_take => match got {
+                Some(ob) => {
+                    pending.push_back((ob, 0));
+                    while pending.len() < DEPTH {
+                        match rx.try_recv() {
+                            Ok(ob) => pending.push_back((ob, 0)),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                None => open = false,
+            },
+            ready = ready(&conn) => {
+                let ending = match ready {
+                    Ok(r) => on_ready(conn.as_mut().expect("ready needs a connection"), r, &mut buf, &rec),
+                    Err(_) => Some(Ending::Failed(DropReason::IoError)),
+                };
+                if let Some(e) = ending {
+                    end(&mut conn, &mut pending, e, &rec);
+                }
+            }
+            _ = &mut timer, if armed => {
+                armed = false;
+                let now = Instant::now();
+                let late = conn
+                    .as_ref()
+                    .and_then(|c| c.inflight.front())
+                    .is_some_and(|f| now.duration_since(f.started) >= limit);
+                if late {
+                    end(&mut conn, &mut pending, Ending::Failed(DropReason::Timeout), &rec);
+                }
+            }
+        }
+    }
+}
+
+async fn ready(conn: &Option<Conn>) -> std::io::Result<Ready> {
+    match conn {
+        Some(c) => c.stream.ready(c.interest()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads and frames what arrived, writes what the kernel takes. `Some` if the connection ended.
+fn on_ready(c: &mut Conn, ready: Ready, buf: &mut [u8], rec: &Recorder) -> Option<Ending> {
+    if ready.is_writable() && c.flush(rec).is_err() {
+        return Some(Ending::Failed(DropReason::IoError));
+    }
+    if !(ready.is_readable() || ready.is_read_closed()) {
+        return None;
+    }
+    loop {
+        let n = match c.stream.try_read(buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
+            Err(_) => return Some(Ending::Failed(DropReason::IoError)),
+        };
+        if n == 0 {
+            // The server closed: that may end a response without a length.
+            if let Some(done) = c.reader.as_ref().and_then(ResponseReader::on_eof) {
+                let f = c.inflight.pop_front().expect("a reader reads a request's response");
+                rec.answered(&f.ob, f.started, done.status);
+                c.reader = None;
+            }
+            return Some(Ending::Failed(DropReason::IoError));
+        }
+        let mut data = &buf[..n];
+        while !data.is_empty() {
+            let Some(front) = c.inflight.front() else {
+                // Bytes nobody asked for: the connection is out of step.
+                return Some(Ending::Failed(DropReason::BadResponse));
+            };
+            let reader = c.reader.get_or_insert_with(|| ResponseReader::new(front.head_request));
+            let (used, done) = match reader.feed_some(data) {
+                Ok(r) => r,
+                Err(_) => return Some(Ending::Failed(DropReason::BadResponse)),
+            };
+            data = &data[used..];
+            let Some(done) = done else { continue };
+            c.reader = None;
+            let f = c.inflight.pop_front().expect("front checked above");
+            rec.answered(&f.ob, f.started, done.status);
+            if c.active.is_some_and(|(s, _)| Some(s) == f.stream) {
+                // Answered before its body was all written (an early error status): the rest
+                // of the stream has nowhere to go.
+                c.active = None;
+                c.poisoned = true;
+            }
+            if !done.reusable {
+                return Some(Ending::ServerClose);
+            }
+        }
+    }
+}
+
+/// Moves queued requests onto the connection (connecting if needed) while it can take them.
+async fn admit(
+    conn: &mut Option<Conn>,
+    pending: &mut VecDeque<Queued>,
+    addr: SocketAddr,
+    settings: &ReplaySettings,
+    rec: &Recorder,
+) {
+    while let Some((ob, _)) = pending.front() {
+        // Parts of a stream that is not being written (its start was dropped, or it was reset)
+        // are thrown away: their loss was counted when it happened.
+        let stream_part = match &ob.part {
+            Part::More { stream, .. } | Part::End { stream, .. } | Part::Abort { stream } => Some(*stream),
+            _ => None,
+        };
+        if let Some(s) = stream_part
+            && !conn.as_ref().is_some_and(|c| c.active.is_some_and(|(a, _)| a == s) && !c.poisoned)
+        {
+            let (ob, _) = pending.pop_front().expect("front");
+            rec.memory.release(crate::memory::Held::Replay, weight(&ob));
+            continue;
+        }
+        if let Some(c) = conn.as_mut() {
+            if c.poisoned || c.inflight.len() >= DEPTH {
+                return;
+            }
+            if stream_part.is_none() && c.active.is_some() {
+                // A new request in the middle of a stream: the stream can never be completed.
+                poison(c);
+                return;
+            }
+        } else {
+            match connect(addr, settings).await {
+                Some(stream) => *conn = Some(new_conn(stream)),
+                None => {
+                    // The mirror is unreachable: what waits now is lost, later requests try again.
+                    for (ob, _) in pending.drain(..) {
+                        rec.memory.release(crate::memory::Held::Replay, weight(&ob));
+                        if !matches!(ob.part, Part::More { .. } | Part::End { .. } | Part::Abort { .. }) {
+                            rec.count_drop(DropReason::ConnectError);
+                        }
+                    }
+                    return;
+                }
+            }
+        }
+        let c = conn.as_mut().expect("connected above");
+        let (ob, tries) = pending.pop_front().expect("front");
+        write(c, ob, tries, rec);
+    }
+}
+
+/// Queues one item's bytes on the connection.
+fn write(c: &mut Conn, ob: Outbound, tries: u8, rec: &Recorder) {
+    let start = c.queued;
+    match &ob.part {
+        Part::Whole(req) | Part::Start { request: req, .. } => {
+            let (head, body, head_request) = (req.head.clone(), req.body.clone(), req.method == "HEAD");
+            let stream = match &ob.part {
+                Part::Start { stream, .. } => Some(*stream),
+                _ => None,
+            };
+            c.push(head, 0);
+            c.push(body, 0);
+            if let Some(s) = stream {
+                c.active = Some((s, 1));
+            }
+            c.inflight.push_back(InFlight {
+                start,
+                head_request,
+                started: Instant::now(),
+                ob,
+                tries,
+                stream,
+                poisoned: false,
+            });
+        }
+        Part::More { index, bytes, .. } => {
+            let (_, next) = c.active.as_mut().expect("admit checked the stream");
+            if *index != *next {
+                // A part was lost on a full queue: this request must never complete.
+                rec.memory.release(crate::memory::Held::Replay, weight(&ob));
+                poison(c);
+                return;
+            }
+            *next += 1;
+            let w = weight(&ob);
+            c.push(bytes.clone(), w);
+            if bytes.is_empty() {
+                rec.memory.release(crate::memory::Held::Replay, w);
+            }
+        }
+        Part::End { index, .. } => {
+            rec.memory.release(crate::memory::Held::Replay, weight(&ob));
+            if c.active.is_some_and(|(_, next)| next == *index) {
+                c.active = None;
+            } else {
+                poison(c);
+            }
+        }
+        Part::Abort { .. } => {
+            rec.memory.release(crate::memory::Held::Replay, weight(&ob));
+            poison(c);
+        }
+    }
+}
+
+/// The stream being written must never complete: nothing more is written on this connection,
+/// and it is reset once the requests before the stream are answered.
+fn poison(c: &mut Conn) {
+    if let Some((s, _)) = c.active.take()
+        && let Some(f) = c.inflight.iter_mut().rev().find(|f| f.stream == Some(s))
+    {
+        f.poisoned = true;
+    }
+    c.poisoned = true;
+}
+
+/// Resets a poisoned connection once nothing written before the stream awaits an answer.
+fn reset_if_due(conn: &mut Option<Conn>, rec: &Recorder) {
+    let Some(c) = conn.as_mut() else { return };
+    if !c.poisoned || c.inflight.front().is_some_and(|f| !f.poisoned) {
+        return;
+    }
+    let c = conn.take().expect("checked");
+    // A zero linger makes close send RST at once; it does not block (the deprecation is about
+    // non-zero lingers).
+    #[allow(deprecated)]
+    let _ = c.stream.set_linger(Some(Duration::ZERO));
+    release_out(&c, rec);
+    for f in c.inflight {
+        // Only the poisoned stream is left (whatever came after it was never admitted). A stream
+        // its server answered early was counted as answered: nothing is left of it here.
+        rec.memory.release(crate::memory::Held::Replay, weight(&f.ob));
+        rec.count_drop(DropReason::StreamReset);
+    }
+}
+
+/// Gives back the memory of bytes that will never be written.
+fn release_out(c: &Conn, rec: &Recorder) {
+    for (_, release) in &c.out {
+        rec.memory.release(crate::memory::Held::Replay, *release);
+    }
+}
+
+/// Ends the connection: unanswered requests that never reached the server go back to the front
+/// of the queue, the others are counted as lost.
+fn end(conn: &mut Option<Conn>, pending: &mut VecDeque<Queued>, how: Ending, rec: &Recorder) {
+    let Some(c) = conn.take() else { return };
+    release_out(&c, rec);
+    let mut again = Vec::new();
+    for f in c.inflight {
+        let untouched = f.start >= c.written;
+        // After a close the server answered one request at least: resending makes progress.
+        // After a failure it may not have: those resends are bounded.
+        let tries = match how {
+            Ending::ServerClose => Some(f.tries),
+            Ending::Failed(_) => (untouched && f.tries + 1 < MAX_TRIES).then_some(f.tries + 1),
+        };
+        if let Some(tries) = tries.filter(|_| f.stream.is_none() && !f.poisoned) {
+            again.push((f.ob, tries));
+            continue;
+        }
+        rec.memory.release(crate::memory::Held::Replay, weight(&f.ob));
+        rec.count_drop(match how {
+            Ending::Failed(reason) => reason,
+            // A streamed request cut short by the server's close.
+            Ending::ServerClose => DropReason::StreamReset,
+        });
+    }
+    for q in again.into_iter().rev() {
+        pending.push_front(q);
+    }
+    if matches!(how, Ending::Failed(_)) {
+        tracing::debug!("mirror connection ended");
+    }
+}
+
+fn new_conn(stream: TcpStream) -> Conn {
+    Conn {
+        stream,
+        out: VecDeque::new(),
+        queued: 0,
+        written: 0,
+        inflight: VecDeque::new(),
+        reader: None,
+        active: None,
+        poisoned: false,
+    }
+}
+
+async fn connect(addr: SocketAddr, settings: &ReplaySettings) -> Option<TcpStream> {
+    let stream = timeout(settings.connect_timeout(), TcpStream::connect(addr)).await.ok()?.ok()?;
+    let _ = stream.set_nodelay(true);
+    Some(stream)
+}

@@ -1,0 +1,194 @@
+//! The pipelined connection worker against scripted loopback servers: order, HEAD, close, failure
+//! without duplicates, streams that must not complete, and the memory budget given back.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+    sync::mpsc,
+};
+
+use super::{Recorder, ReplayStats, conn::worker, weight};
+use crate::{
+    config::ReplaySettings,
+    flow::FlowKey,
+    memory::{Held, Memory},
+    pipeline::{Outbound, Part, Request},
+    stats::DropReason,
+};
+
+fn ob(part: Part) -> Outbound {
+    let a: SocketAddr = "10.0.0.1:1000".parse().unwrap();
+    Outbound { endpoint: "m".into(), route: "r".into(), flow: FlowKey { client: a, server: a }, part }
+}
+
+fn get(i: usize, method: &str) -> Outbound {
+    let head = format!("{method} /{i} HTTP/1.1\r\nHost: m\r\n\r\n");
+    ob(Part::Whole(Request {
+        head: Bytes::from(head),
+        body: Bytes::new(),
+        method: method.into(),
+        target: format!("/{i}"),
+    }))
+}
+
+/// How the scripted server answers.
+#[derive(Clone, Copy)]
+enum Script {
+    /// Every request, with a body (none for HEAD).
+    Answer,
+    /// `Connection: close` on the n-th response of each connection, then close.
+    CloseAfter(usize),
+    /// Reads n requests of the first connection, answers none of them and closes; then answers.
+    DropFirst(usize),
+}
+
+/// A server that records the request line of every complete request it read (the mirror's
+/// view), in order.
+async fn server(script: Script) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        let mut conn_no = 0;
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            conn_no += 1;
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let mut answered = 0;
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                        let body: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("Content-Length: "))
+                            .map_or(0, |v| v.parse().unwrap());
+                        if buf.len() < end + 4 + body {
+                            break; // a request is processed only once it is complete
+                        }
+                        buf.drain(..end + 4 + body);
+                        let line = head.lines().next().unwrap_or_default().to_string();
+                        let head_req = line.starts_with("HEAD");
+                        log.lock().unwrap().push(line);
+                        answered += 1;
+                        match script {
+                            Script::DropFirst(n) if conn_no == 1 => {
+                                if answered == n {
+                                    return;
+                                }
+                                continue;
+                            }
+                            Script::CloseAfter(n) if answered == n => {
+                                let _ = s
+                                    .write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")
+                                    .await;
+                                return;
+                            }
+                            _ => {}
+                        }
+                        let resp: &[u8] = if head_req {
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"
+                        } else {
+                            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+                        };
+                        if s.write_all(resp).await.is_err() {
+                            return;
+                        }
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// Sends `items` through one worker; returns the stats, the memory still held, what the server saw.
+async fn run(script: Script, items: Vec<Outbound>) -> (Arc<ReplayStats>, usize, Vec<String>) {
+    let (addr, seen) = server(script).await;
+    let memory = Arc::new(Memory::new(1 << 30));
+    let stats = Arc::new(ReplayStats::default());
+    let rec = Recorder { stats: stats.clone(), metrics: None, memory: memory.clone() };
+    let (tx, rx) = mpsc::channel(4096);
+    let settings = ReplaySettings { request_timeout_ms: 2000, ..ReplaySettings::default() };
+    let w = tokio::spawn(worker(addr, rx, settings, rec));
+    for item in items {
+        assert!(memory.try_charge(Held::Replay, weight(&item)));
+        tx.send(item).await.unwrap();
+    }
+    drop(tx);
+    tokio::time::timeout(Duration::from_secs(10), w).await.expect("worker finishes").unwrap();
+    let seen = seen.lock().unwrap().clone();
+    (stats, memory.held(Held::Replay), seen)
+}
+
+fn lines(range: std::ops::Range<usize>, method: &str) -> Vec<String> {
+    range.map(|i| format!("{method} /{i} HTTP/1.1")).collect()
+}
+
+#[tokio::test]
+async fn pipelined_requests_arrive_in_order_and_every_response_is_framed() {
+    let mut items: Vec<Outbound> = (0..1000).map(|i| get(i, "GET")).collect();
+    items.push(get(1000, "HEAD"));
+    items.push(get(1001, "GET"));
+    let (stats, held, seen) = run(Script::Answer, items).await;
+    let mut want = lines(0..1000, "GET");
+    want.extend(lines(1000..1001, "HEAD"));
+    want.extend(lines(1001..1002, "GET"));
+    assert_eq!(seen, want);
+    assert_eq!(stats.sent.load(std::sync::atomic::Ordering::Relaxed), 1002);
+    assert_eq!(stats.responses[2].load(std::sync::atomic::Ordering::Relaxed), 1002);
+    assert_eq!(held, 0, "every byte charged is given back");
+}
+
+#[tokio::test]
+async fn requests_after_a_close_response_are_resent_and_never_duplicated() {
+    let (stats, held, seen) = run(Script::CloseAfter(7), (0..100).map(|i| get(i, "GET")).collect()).await;
+    assert_eq!(seen, lines(0..100, "GET"), "each request processed exactly once, in order");
+    assert_eq!(stats.sent.load(std::sync::atomic::Ordering::Relaxed), 100);
+    assert_eq!(held, 0);
+}
+
+#[tokio::test]
+async fn requests_a_failed_connection_may_have_processed_are_dropped_not_resent() {
+    let (stats, held, seen) = run(Script::DropFirst(3), (0..3).map(|i| get(i, "GET")).collect()).await;
+    assert_eq!(seen, lines(0..3, "GET"), "read once by the server, never written again");
+    assert_eq!(stats.sent.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(stats.dropped(DropReason::IoError), 3);
+    assert_eq!(held, 0);
+}
+
+#[tokio::test]
+async fn a_stream_missing_a_part_is_reset_after_the_requests_before_it_are_answered() {
+    let start = Request {
+        head: Bytes::from_static(b"POST /s HTTP/1.1\r\nContent-Length: 10\r\n\r\n"),
+        body: Bytes::from_static(b"ab"),
+        method: "POST".into(),
+        target: "/s".into(),
+    };
+    let items = vec![
+        get(0, "GET"),
+        ob(Part::Start { stream: 9, request: start }),
+        ob(Part::More { stream: 9, index: 2, bytes: Bytes::from_static(b"cd") }),
+        ob(Part::End { stream: 9, index: 3 }),
+        get(1, "GET"),
+    ];
+    let (stats, held, seen) = run(Script::Answer, items).await;
+    assert_eq!(seen, ["GET /0 HTTP/1.1", "GET /1 HTTP/1.1"], "the torn POST never completes");
+    assert_eq!(stats.sent.load(std::sync::atomic::Ordering::Relaxed), 2, "the two GETs, never the torn POST");
+    assert_eq!(stats.dropped(DropReason::StreamReset), 1);
+    assert_eq!(held, 0);
+}
