@@ -451,9 +451,9 @@ impl fmt::Display for ConfigErrorKind {
                 write!(f, "'{name}' is not an interface name (1 to 15 bytes, no '/', ':' or whitespace)")
             }
             K::BadHeader { name, reason } => write!(f, "header `{name}`: {reason}"),
-        }
             K::BadGlob { pattern, reason } => write!(f, "'{pattern}' is not a glob of interface names: {reason}"),
             K::BadPrefix { prefix, reason } => write!(f, "'{prefix}' is not an address prefix: {reason}"),
+        }
     }
 }
 

@@ -19,8 +19,8 @@
 
 mod budget;
 mod diagnostic;
-mod istio;
 mod interfaces;
+mod istio;
 pub mod limits;
 mod load;
 mod ours;
@@ -31,9 +31,9 @@ mod validate;
 use std::{collections::BTreeMap, io::Read, net::SocketAddr, path::Path};
 
 pub use diagnostic::{ConfigError, ConfigErrorKind, Location};
+pub use interfaces::{Direction, InterfaceEntry};
 pub(crate) use istio::{Destination, HttpRoute, MatchRequest, StringMatch};
 pub(crate) use ours::MirrorPolicy;
-pub use interfaces::{Direction, InterfaceEntry};
 pub use ours::{Capture, HeaderOps, HostRewrite, MemorySettings, ReplaySettings, SampleKey};
 #[doc(hidden)]
 pub use scan::Counts as ScanCounts;

@@ -289,5 +289,3 @@ fn unreadable_file_is_a_read_error() {
 mod limits_tests;
 
 mod capture_tests;
-
-mod compare_tests;

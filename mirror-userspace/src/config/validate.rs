@@ -14,13 +14,13 @@ use regex::{Regex, RegexBuilder};
 use super::{
     Config, RouteTable,
     diagnostic::{ConfigError, ConfigErrorKind as K, Location},
-    interfaces::{Direction, InterfaceEntry, InterfaceEntryDoc, is_glob},
     istio::{
         Destination, DestinationDoc, HttpRoute, HttpRouteDoc, MatchRequest, MatchRequestDoc, MirrorEntry,
         NamedMatchesDoc, Percent, PercentDoc, StringMatch, StringMatchDoc, endpoint_key,
     },
     limits::*,
     load::{Documents, TableDoc},
+    interfaces::{Direction, InterfaceEntry, InterfaceEntryDoc, is_glob},
     ours::{
         Capture, CaptureDoc, EndpointsDoc, HeaderOps, HeaderOpsDoc, HostRewrite, MemoryDoc, MemorySettings,
         MirrorPolicy, PoliciesDoc, ReplayDoc, ReplaySettings, Section,
@@ -110,9 +110,9 @@ fn capture(section: Option<Section<CaptureDoc>>) -> Result<Capture, ConfigError>
         .iter()
         .map(|p| in_range(p, "capture.ports", &PORT, "capture").map(|p| p as u16))
         .collect::<Result<_, _>>()?;
-    let perf_pages = match &c.perf_pages {
     at_most(c.addresses.iter(), MAX_CAPTURE_ADDRESSES, "capture.addresses", |a| a.at, "capture")?;
     let addresses = c.addresses.iter().map(prefix).collect::<Result<_, _>>()?;
+    let perf_pages = match &c.perf_pages {
         Some(p) => {
             let pages = in_range(p, "capture.perfPages", &PERF_PAGES, "capture")? as usize;
             if !pages.is_power_of_two() {
