@@ -113,6 +113,7 @@ pub async fn run(path: &Path, metrics_addr: std::net::SocketAddr, attach: Attach
 
 fn publish(capture: &Capture, pipeline: &Pipeline, metrics: &Metrics) {
     metrics.memory(pipeline.memory());
+    pipeline.memory().give_back();
     match capture.kernel_stats() {
         Ok(kernel) => metrics.publish(&kernel, &pipeline.flows().stats, pipeline.flows().len(), pipeline.stats()),
         Err(e) => tracing::warn!("reading kernel counters: {e:#}"),
