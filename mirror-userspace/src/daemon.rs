@@ -119,6 +119,7 @@ fn publish_links(capture: &Capture, metrics: &Metrics) {
 fn publish(capture: &Capture, pipeline: &Pipeline, metrics: &Metrics) {
     publish_links(capture, metrics);
     metrics.memory(pipeline.memory());
+    pipeline.memory().give_back();
     match capture.kernel_stats() {
         Ok(kernel) => metrics.publish(&kernel, &pipeline.flows().stats, pipeline.flows().len(), pipeline.stats()),
         Err(e) => tracing::warn!("reading kernel counters: {e:#}"),

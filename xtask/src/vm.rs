@@ -38,6 +38,8 @@ const NOT_IN_VMS: &[(&str, &str)] = &[
     ("crafted", "kernel-independent rules; scapy too slow under emulation"),
     // A load test: 20,000 SYN/s cannot be generated in a software-emulated VM.
     ("flood", "load test, not meaningful under emulation"),
+    // Hundreds of MB pushed through the daemon and RSS figures: a load test too (the VM has 2 GB).
+    ("memory", "load test, not meaningful under emulation"),
 ];
 
 /// The newest installable release of a series (e.g. `6.1.0-56-amd64`).
