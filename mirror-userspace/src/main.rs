@@ -55,6 +55,14 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Summarise a differences log (mirrorPolicies.*.compare.log) by route and field; with
+    /// --html, also write a self-contained page with example pairs side by side.
+    Report {
+        #[arg(long)]
+        log: PathBuf,
+        #[arg(long)]
+        html: Option<PathBuf>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -68,6 +76,7 @@ fn main() -> Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Report { log, html } => mirror::compare::report::run(&log, html.as_deref()),
         Command::Check { config } => {
             let cfg = Config::load(&config)?;
             for w in &cfg.warnings {

@@ -233,6 +233,8 @@ pub enum ConfigErrorKind {
         /// What is wrong with it.
         reason: String,
     },
+    /// A `mirrorPolicies.<dest>.compare` block that cannot be used (see `config/compare.rs`).
+    Compare(super::compare::CompareProblem),
 }
 
 impl ConfigError {
@@ -453,6 +455,7 @@ impl fmt::Display for ConfigErrorKind {
             K::BadHeader { name, reason } => write!(f, "header `{name}`: {reason}"),
             K::BadGlob { pattern, reason } => write!(f, "'{pattern}' is not a glob of interface names: {reason}"),
             K::BadPrefix { prefix, reason } => write!(f, "'{prefix}' is not an address prefix: {reason}"),
+            K::Compare(problem) => problem.fmt(f),
         }
     }
 }

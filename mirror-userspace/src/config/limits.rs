@@ -111,3 +111,16 @@ pub const REGEX_DFA_SIZE_LIMIT: usize = 256 << 10;
 
 /// Entries of one policy's `headers.set`, `headers.add` and `headers.remove`, each.
 pub const MAX_HEADER_OPS: usize = 64;
+/// Entries of one policy's `compare.ignoreHeaders`, `compare.ignoreJsonPaths` and
+/// `compare.redact`, each.
+pub const MAX_COMPARE_LIST: usize = 64;
+/// `compare.maxBodyBytes`: the largest body compared (1 KiB to 64 MiB), held once per side.
+pub const COMPARE_MAX_BODY_BYTES: RangeInclusive<i128> = (1 << 10)..=(64 << 20);
+/// `compare.maxFieldsPerRoute`: differing fields with a metric label of their own, per route.
+pub const COMPARE_MAX_FIELDS: RangeInclusive<i128> = 1..=10_000;
+/// `compare.logMaxBytes`: the size at which the differences log is rotated (64 KiB to 16 GiB).
+pub const COMPARE_LOG_MAX_BYTES: RangeInclusive<i128> = (64 << 10)..=(16 << 30);
+/// `compare.logFiles`: files of the differences log kept, the current one included.
+pub const COMPARE_LOG_FILES: RangeInclusive<i128> = 1..=100;
+/// `compare.logPerSecond`: records written per second at most.
+pub const COMPARE_LOG_PER_SECOND: RangeInclusive<i128> = 1..=100_000;

@@ -18,6 +18,7 @@
 //! (`diagnostic`), shown as `file:line:column: where: what`.
 
 mod budget;
+mod compare;
 mod diagnostic;
 mod interfaces;
 mod istio;
@@ -30,6 +31,7 @@ mod validate;
 
 use std::{collections::BTreeMap, io::Read, net::SocketAddr, path::Path};
 
+pub use compare::{CompareProblem, CompareSettings, LogSettings, defaults as compare_defaults};
 pub use diagnostic::{ConfigError, ConfigErrorKind, Location};
 pub use interfaces::{Direction, InterfaceEntry};
 pub(crate) use istio::{Destination, HttpRoute, MatchRequest, StringMatch};

@@ -169,6 +169,8 @@ pub(crate) struct MirrorPolicy {
     /// Consistent sampling: requests with the same value of this header or cookie are all
     /// mirrored or none (requests without it are sampled at random).
     pub(crate) sample_by: Option<SampleKey>,
+    /// Compare this mirror's responses with the primary's (issue 15).
+    pub(crate) compare: Option<super::compare::CompareSettings>,
 }
 
 /// A `mirrorPolicies` entry as written.
@@ -181,6 +183,8 @@ pub(crate) struct MirrorPolicyDoc {
     pub(crate) headers: HeaderOpsDoc,
     #[serde(default)]
     pub(crate) sample_by: Option<Spanned<SampleKey>>,
+    #[serde(default)]
+    pub(crate) compare: Option<super::compare::CompareDoc>,
 }
 
 /// A policy's `headers` as written.

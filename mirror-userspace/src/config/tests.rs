@@ -289,3 +289,5 @@ fn unreadable_file_is_a_read_error() {
 mod limits_tests;
 
 mod capture_tests;
+
+mod compare_tests;

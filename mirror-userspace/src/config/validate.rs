@@ -14,13 +14,13 @@ use regex::{Regex, RegexBuilder};
 use super::{
     Config, RouteTable,
     diagnostic::{ConfigError, ConfigErrorKind as K, Location},
+    interfaces::{Direction, InterfaceEntry, InterfaceEntryDoc, is_glob},
     istio::{
         Destination, DestinationDoc, HttpRoute, HttpRouteDoc, MatchRequest, MatchRequestDoc, MirrorEntry,
         NamedMatchesDoc, Percent, PercentDoc, StringMatch, StringMatchDoc, endpoint_key,
     },
     limits::*,
     load::{Documents, TableDoc},
-    interfaces::{Direction, InterfaceEntry, InterfaceEntryDoc, is_glob},
     ours::{
         Capture, CaptureDoc, EndpointsDoc, HeaderOps, HeaderOpsDoc, HostRewrite, MemoryDoc, MemorySettings,
         MirrorPolicy, PoliciesDoc, ReplayDoc, ReplaySettings, Section,
@@ -43,6 +43,7 @@ pub(crate) fn config(docs: Documents) -> Result<Config, ConfigError> {
     let tables = tables.into_iter().map(|t| checks.table(t)).collect::<Result<_, _>>()?;
     let warnings = checks.warnings;
     let policies = policies(own.mirror_policies, &endpoints)?;
+    super::compare::check_routes(&policies, &tables, &endpoints)?;
     Ok(Config { capture, endpoints, replay, memory, policies, tables, warnings })
 }
 
@@ -66,7 +67,7 @@ fn memory(section: Option<Section<MemoryDoc>>, replay: &ReplaySettings) -> Resul
 }
 
 /// `v` if it is within `range`; `field` names the setting, `path` the place.
-fn in_range(
+pub(super) fn in_range(
     v: &Spanned<Int>,
     field: &'static str,
     range: &RangeInclusive<i128>,
@@ -81,7 +82,7 @@ fn in_range(
 }
 
 /// At most `max` items, or an error at the first one too many.
-fn at_most<'a, T: 'a>(
+pub(super) fn at_most<'a, T: 'a>(
     mut items: impl Iterator<Item = &'a T>,
     max: usize,
     field: &'static str,
@@ -255,7 +256,7 @@ fn is_field_value(value: &str) -> bool {
     value.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
-fn header_name(name: &Spanned<String>, path: &str) -> Result<(), ConfigError> {
+pub(super) fn header_name(name: &Spanned<String>, path: &str) -> Result<(), ConfigError> {
     if is_token(name) {
         return Ok(());
     }
@@ -290,7 +291,12 @@ fn policies(
             None => HostRewrite::default(),
         };
         let headers = header_ops(policy.headers, &format!("{path}.headers"))?;
-        out.insert(key.value, MirrorPolicy { host, headers, sample_by: policy.sample_by.map(Spanned::into_inner) });
+        let compare = policy
+            .compare
+            .map(|c| super::compare::settings(c, &key.value, &format!("{path}.compare"), endpoints))
+            .transpose()?;
+        let sample_by = policy.sample_by.map(Spanned::into_inner);
+        out.insert(key.value, MirrorPolicy { host, headers, sample_by, compare });
     }
     Ok(out)
 }

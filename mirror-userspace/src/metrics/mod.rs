@@ -18,6 +18,7 @@ use prometheus_client::{
 
 use crate::{flow::FlowStats, memory::Memory, pipeline::PipelineStats, stats::DropReason};
 
+mod compare;
 mod endpoint;
 mod links;
 
@@ -91,6 +92,8 @@ pub struct Metrics {
     endpoint: EndpointMetrics,
     /// Links attached, detached and failed; duplicate copies (see `links`).
     links: links::LinkMetrics,
+    /// Comparisons of mirror responses with the primary's (issue 15).
+    compare: compare::CompareMetrics,
     /// Last published absolute values, to publish deltas.
     last: Mutex<BTreeMap<String, u64>>,
 }
@@ -122,6 +125,7 @@ impl Metrics {
             latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             endpoint: EndpointMetrics::default(),
             links: links::LinkMetrics::default(),
+            compare: compare::CompareMetrics::default(),
             last: Mutex::new(BTreeMap::new()),
             registry: Registry::default(),
         };
@@ -181,6 +185,7 @@ impl Metrics {
         );
         m.endpoint.register(&mut registry);
         m.links.register(&mut registry);
+        m.compare.register(&mut registry);
         Metrics { registry, ..m }
     }
 
@@ -235,6 +240,12 @@ impl Metrics {
         self.latency
             .get_or_create(&RouteMirror { route: route.into(), mirror: mirror.into() })
             .observe(latency.as_secs_f64());
+    }
+
+    /// A pair compared (`counted` by [`CompareCounters::count`](crate::compare::CompareCounters::count)).
+    #[allow(dead_code, reason = "the pipeline calls it once comparing is wired in (issue 15's integration)")]
+    pub fn compared(&self, route: &str, mirror: &str, counted: &crate::compare::counters::Counted) {
+        self.compare.record(route, mirror, counted);
     }
 
     /// A request replay lost (replay workers and the queue).

@@ -1,0 +1,6 @@
+//! Unit tests of the comparison core, one file per stage.
+
+mod diff_tests;
+mod log_tests;
+mod pairer_tests;
+mod report_tests;
