@@ -44,6 +44,7 @@ pub const TOOLS: &[(&str, Source)] = &[
     // The benchmark's primary, mirror and the nginx mirror-module peer; its load generator.
     ("nginx", Source::Debian("nginx")),
     ("wrk", Source::Debian("wrk")),
+    ("chromium", Source::Debian("chromium")), // `mirror report`'s page, opened headless (tests/tests/report.rs)
     // The kernel matrix: virtme-ng boots Debian's kernels under qemu, with busybox in its initramfs.
     ("qemu-system-x86_64", Source::Debian("qemu-system-x86")),
     ("busybox", Source::Debian("busybox-static")),

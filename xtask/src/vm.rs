@@ -40,6 +40,8 @@ const NOT_IN_VMS: &[(&str, &str)] = &[
     ("flood", "load test, not meaningful under emulation"),
     // Hundreds of MB pushed through the daemon and RSS figures: a load test too (the VM has 2 GB).
     ("memory", "load test, not meaningful under emulation"),
+    // A browser reading a file the report wrote: no kernel involved.
+    ("report", "no kernel involved (mirror report and a headless browser)"),
 ];
 
 /// The newest installable release of a series (e.g. `6.1.0-56-amd64`).
