@@ -14,13 +14,13 @@ use regex::{Regex, RegexBuilder};
 use super::{
     Config, RouteTable,
     diagnostic::{ConfigError, ConfigErrorKind as K, Location},
+    interfaces::{Direction, InterfaceEntry, InterfaceEntryDoc, is_glob},
     istio::{
         Destination, DestinationDoc, HttpRoute, HttpRouteDoc, MatchRequest, MatchRequestDoc, MirrorEntry,
         NamedMatchesDoc, Percent, PercentDoc, StringMatch, StringMatchDoc, endpoint_key,
     },
     limits::*,
     load::{Documents, TableDoc},
-    interfaces::{Direction, InterfaceEntry, InterfaceEntryDoc, is_glob},
     ours::{
         Capture, CaptureDoc, EndpointsDoc, HeaderOps, HeaderOpsDoc, HostRewrite, MemoryDoc, MemorySettings,
         MirrorPolicy, PoliciesDoc, ReplayDoc, ReplaySettings, Section,
