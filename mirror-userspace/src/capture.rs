@@ -344,7 +344,8 @@ fn set_ports(ebpf: &mut Ebpf, ports: &[u16]) -> Result<()> {
 fn set_addresses(ebpf: &mut Ebpf, addresses: &[ipnet::IpNet]) -> Result<()> {
     let all = [ipnet::IpNet::from(ipnet::Ipv4Net::default()), ipnet::IpNet::from(ipnet::Ipv6Net::default())];
     let want = if addresses.is_empty() { &all[..] } else { addresses };
-    let (mut v4, mut v6): (Vec<LpmKey<[u8; 4]>>, Vec<LpmKey<[u8; 16]>>) = (Vec::new(), Vec::new());
+    let mut v4: Vec<LpmKey<[u8; 4]>> = Vec::new();
+    let mut v6: Vec<LpmKey<[u8; 16]>> = Vec::new();
     for net in want {
         match net {
             ipnet::IpNet::V4(n) => v4.push(LpmKey::new(u32::from(n.prefix_len()), n.network().octets())),

@@ -119,7 +119,7 @@ fn publish_links(capture: &Capture, metrics: &Metrics) {
 fn publish(capture: &Capture, pipeline: &Pipeline, metrics: &Metrics) {
     publish_links(capture, metrics);
     metrics.memory(pipeline.memory());
-    pipeline.memory().give_back();
+    pipeline.memory().give_back(pipeline.flows().len());
     match capture.kernel_stats() {
         Ok(kernel) => metrics.publish(&kernel, &pipeline.flows().stats, pipeline.flows().len(), pipeline.stats()),
         Err(e) => tracing::warn!("reading kernel counters: {e:#}"),

@@ -36,6 +36,7 @@ use bytes::Bytes;
 mod assembler;
 mod conn;
 mod lru;
+mod parked;
 mod table;
 
 pub use table::FlowTable;
@@ -156,6 +157,12 @@ pub struct FlowConfig {
     /// exactly the next sequence number, is delivered. Closing it would make that request's
     /// flow one picked up mid-stream, given up until the connection closes.
     pub idle_timeout: Duration,
+    /// How long a flow that delivered nothing yet (a handshake the server answered, then silence)
+    /// stays a full flow. Then it is parked: only where its stream starts is kept, and its first
+    /// bytes, whenever they come, take it up again as if it had never left. A SYN flood's flows
+    /// are all of this kind; parked, they cost a small fraction of a flow each and are forgotten
+    /// oldest first beyond [`max_flows`](Self::max_flows).
+    pub opening_timeout: Duration,
     /// How long a hole may stay open waiting for a late or retransmitted segment (once bytes
     /// after it are due: acknowledged by the server, or any with `require_ack` off).
     pub reorder_timeout: Duration,
@@ -174,6 +181,7 @@ impl Default for FlowConfig {
             max_flow_buffer: 1024 * 1024,
             max_total_buffer: 64 * 1024 * 1024,
             idle_timeout: Duration::from_secs(120),
+            opening_timeout: Duration::from_secs(10),
             reorder_timeout: Duration::from_millis(500),
             require_ack: true,
         }
@@ -210,6 +218,10 @@ pub struct FlowStats {
     /// Idle timeouts that left a flow open because it was a clean kept-alive connection (see
     /// [`FlowConfig::idle_timeout`]).
     pub kept_alive: u64,
+    /// Opening flows parked by the opening timeout (see [`FlowConfig::opening_timeout`]).
+    pub parked: u64,
+    /// Parked flows taken up again by their first bytes.
+    pub unparked: u64,
     /// Flows closed because a SYN with a new ISN reused their addresses and ports.
     pub reused: u64,
     /// Segments dropped because the global out-of-order budget was spent.

@@ -47,6 +47,8 @@ pub struct Memory {
     held: [AtomicUsize; 4],
     /// The most held since memory was last given back to the system (see [`Memory::give_back`]).
     high: AtomicUsize,
+    /// The most flows open since then.
+    high_flows: AtomicUsize,
     /// When it was last given back, in milliseconds since `epoch` ([`NEVER`] before).
     trimmed_ms: AtomicU64,
     epoch: Instant,
@@ -54,6 +56,8 @@ pub struct Memory {
 
 /// Held bytes that must have been freed since the last time before freed memory is given back.
 const GIVE_BACK_AFTER: usize = 8 << 20;
+/// Or flows that must have closed (a flow and its HTTP state take a few hundred bytes).
+const GIVE_BACK_AFTER_FLOWS: usize = 8192;
 /// `trimmed_ms` before the first time.
 const NEVER: u64 = u64::MAX;
 /// Freed memory is given back at most this often (a trim walks the allocator's arenas).
@@ -66,6 +70,7 @@ impl Memory {
             limit: AtomicUsize::new(limit),
             held: Default::default(),
             high: AtomicUsize::new(0),
+            high_flows: AtomicUsize::new(0),
             trimmed_ms: AtomicU64::new(NEVER),
             epoch: Instant::now(),
         }
@@ -128,23 +133,26 @@ impl Memory {
     }
 
     /// Gives memory freed by the allocator back to the system once what is held fell by
-    /// [`GIVE_BACK_AFTER`] since the last time, at most every [`GIVE_BACK_EVERY`]. Returns
-    /// whether it did. Called periodically (the daemon: with each metrics update).
+    /// [`GIVE_BACK_AFTER`] since the last time, or the `flows` open by
+    /// [`GIVE_BACK_AFTER_FLOWS`] (after a SYN flood), at most every [`GIVE_BACK_EVERY`].
+    /// Returns whether it did. Called periodically (the daemon: with each metrics update).
     ///
     /// Why: glibc's malloc keeps freed memory in its per-thread arenas; after an attack shed at
     /// the budget the daemon stayed at ~100 MB resident with nothing held (measured by
     /// tests/tests/memory.rs; mimalloc 0.1 kept ~180 MB). `malloc_trim` returns every free
     /// page of every arena (madvise), which brings it back near its idle size.
-    pub fn give_back(&self) -> bool {
+    pub fn give_back(&self, flows: usize) -> bool {
         let used = self.used();
         let high = self.high.fetch_max(used, Ordering::Relaxed).max(used);
+        let high_flows = self.high_flows.fetch_max(flows, Ordering::Relaxed).max(flows);
         let now = self.epoch.elapsed().as_millis() as u64;
         let last = self.trimmed_ms.load(Ordering::Relaxed);
         let due = last == NEVER || now.saturating_sub(last) >= GIVE_BACK_EVERY.as_millis() as u64;
-        if high - used < GIVE_BACK_AFTER || !due {
+        if (high - used < GIVE_BACK_AFTER && high_flows - flows < GIVE_BACK_AFTER_FLOWS) || !due {
             return false;
         }
         self.high.store(used, Ordering::Relaxed);
+        self.high_flows.store(flows, Ordering::Relaxed);
         self.trimmed_ms.store(now, Ordering::Relaxed);
         trim();
         true
@@ -189,12 +197,15 @@ mod tests {
     fn memory_is_given_back_after_a_fall_not_at_every_call() {
         let m = Memory::new(1 << 30);
         m.adjust(Held::Bodies, 0, 20 << 20);
-        assert!(!m.give_back(), "nothing was freed");
+        assert!(!m.give_back(0), "nothing was freed");
         m.adjust(Held::Bodies, 20 << 20, 1 << 20);
-        assert!(m.give_back(), "19 MiB freed");
-        assert!(!m.give_back(), "nothing freed since");
+        assert!(m.give_back(0), "19 MiB freed");
+        assert!(!m.give_back(0), "nothing freed since");
         m.adjust(Held::Bodies, 1 << 20, 30 << 20);
         m.adjust(Held::Bodies, 30 << 20, 0);
-        assert!(!m.give_back(), "freed again, but within a second of the last time");
+        assert!(!m.give_back(0), "freed again, but within a second of the last time");
+        let m = Memory::new(1 << 30);
+        assert!(!m.give_back(65_536));
+        assert!(m.give_back(100), "a flood's flows went");
     }
 }

@@ -285,6 +285,9 @@ impl Pipeline {
         self.flows.on_tick(now, &mut events);
         self.handle(&mut events, out);
         self.flow_events = events;
+        if self.http.capacity() > 1024 && self.http.len() < self.http.capacity() / 4 {
+            self.http.shrink_to(self.http.len() * 2);
+        }
     }
 
     /// Closes every flow (end of input).
@@ -300,20 +303,27 @@ impl Pipeline {
         for (key, ev) in events.drain(..) {
             match ev {
                 StreamEvent::Open { midstream } => {
-                    let framer = RequestFramer::new(self.framer_cfg.clone(), midstream);
-                    if let Some(old) = self.http.insert(key, HttpState::new(framer)) {
+                    if let Some(old) = self.http.remove(&key) {
                         self.forget(key, old.held);
+                    }
+                    // A flow that starts at its start gets its HTTP state with its first bytes:
+                    // handshakes that never carry any (a SYN flood) cost nothing here.
+                    if midstream {
+                        let framer = RequestFramer::new(self.framer_cfg.clone(), true);
+                        self.http.insert(key, HttpState::new(framer));
                     }
                 }
                 StreamEvent::Data(data) => {
-                    if let Some(st) = self.http.get_mut(&key) {
-                        st.framer.on_data(data, &mut http);
-                    }
+                    let cfg = &self.framer_cfg;
+                    let st =
+                        self.http.entry(key).or_insert_with(|| HttpState::new(RequestFramer::new(cfg.clone(), false)));
+                    st.framer.on_data(data, &mut http);
                 }
                 StreamEvent::Gap(len) => {
-                    if let Some(st) = self.http.get_mut(&key) {
-                        st.framer.on_gap(len, &mut http);
-                    }
+                    let cfg = &self.framer_cfg;
+                    let st =
+                        self.http.entry(key).or_insert_with(|| HttpState::new(RequestFramer::new(cfg.clone(), false)));
+                    st.framer.on_gap(len, &mut http);
                 }
                 StreamEvent::Close(_) => {
                     if let Some(mut st) = self.http.remove(&key) {

@@ -203,6 +203,16 @@ fn a_syn_flood_on_a_full_flow_table_delays_and_loses_no_real_request() {
     std::thread::sleep(Duration::from_millis(1200));
     done.store(true, Ordering::Relaxed);
     let seen = watcher.join().unwrap();
+    // Memory: the table's 65,536 flows and whatever the flood left; then back down a minute on.
+    let pid = daemon.pid();
+    let peak = peak_rss_kib(pid).unwrap();
+    let start = Instant::now();
+    let mut rss = rss_kib(pid).unwrap();
+    while rss >= 64 * 1024 && start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(500));
+        rss = rss_kib(pid).unwrap();
+    }
+    println!("daemon RSS: peak {peak} KiB; {rss} KiB {:?} after the flood", start.elapsed());
     let summary = topo.stop_daemon(daemon, libc::SIGINT).unwrap();
 
     let flows = &summary["flows"];
@@ -231,4 +241,6 @@ fn a_syn_flood_on_a_full_flow_table_delays_and_loses_no_real_request() {
     // The table filled and the flood's flows were evicted; no real request was lost.
     assert!(flows["evicted"].as_u64().unwrap() > 50_000, "{flows}");
     assert_eq!(summary["pipeline"]["mirrored"], Value::from(real.len() as u64), "{summary}");
+    assert!(peak < 256 * 1024, "peak RSS {peak} KiB: over the DaemonSet's 256 MiB");
+    assert!(rss < 64 * 1024, "RSS {rss} KiB a minute after the flood");
 }

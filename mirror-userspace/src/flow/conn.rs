@@ -111,7 +111,20 @@ impl Flow {
 
     /// Whether the flow has been idle for the idle timeout at `now`.
     pub(super) fn idle_at(&self, now: Duration, cfg: &FlowConfig) -> bool {
-        now.saturating_sub(self.last_seen) >= cfg.idle_timeout
+        now.saturating_sub(self.last_seen) >= self.idle_timeout(cfg)
+    }
+
+    /// Its idle timeout: the opening timeout while it delivered and holds nothing (see
+    /// [`FlowConfig::opening_timeout`]), the idle timeout otherwise.
+    pub(super) fn idle_timeout(&self, cfg: &FlowConfig) -> Duration {
+        let empty = self.tier() == Tier::Opening && !self.asm.has_pending() && self.asm.hole_since().is_none();
+        if empty { cfg.opening_timeout.min(cfg.idle_timeout) } else { cfg.idle_timeout }
+    }
+
+    /// Whether the opening timeout parks it rather than keep it: it delivered nothing yet and
+    /// would be kept alive (the server answered its SYN; nothing held).
+    pub(super) fn parks(&self, strict: bool) -> bool {
+        self.tier() == Tier::Opening && self.keeps_alive(strict)
     }
 
     /// Whether its hole has waited the reorder timeout at `now`.
@@ -122,7 +135,7 @@ impl Flow {
     /// The first instant at which a tick has something to do for this flow: close it as idle or
     /// give up on its hole. `None` if that is beyond what a `Duration` holds.
     pub(super) fn deadline(&self, cfg: &FlowConfig) -> Option<Duration> {
-        let idle = self.last_seen.checked_add(cfg.idle_timeout);
+        let idle = self.last_seen.checked_add(self.idle_timeout(cfg));
         match (idle, self.asm.deadline(cfg.reorder_timeout)) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

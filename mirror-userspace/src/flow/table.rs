@@ -15,6 +15,7 @@ use super::{
     assembler::{Assembler, Insert},
     conn::{Flow, unwrap_around},
     lru::{Lru, Tier},
+    parked::{Parked, Start, shrink_map},
 };
 
 /// All flows, keyed by [`FlowKey`].
@@ -44,6 +45,8 @@ pub struct FlowTable {
     /// The keys of `early_syn_acks` in the order they were filed, with when (an entry taken by
     /// its SYN since is skipped when its turn comes).
     early_order: VecDeque<(FlowKey, Duration)>,
+    /// Opening flows put aside by the opening timeout (see `flow/parked.rs`).
+    parked: Parked,
     /// Out-of-order bytes allowed over all flows right now: `cfg.max_total_buffer`, or less
     /// while the shared memory budget is short (see [`FlowTable::set_buffer_limit`]).
     buffer_limit: usize,
@@ -79,6 +82,7 @@ impl FlowTable {
         Self {
             lru: Lru::new(cfg.max_flows / OPENING_RESERVE_DIVISOR),
             buffer_limit: cfg.max_total_buffer,
+            parked: Parked::new(cfg.max_flows),
             cfg,
             ..Self::default()
         }
@@ -164,6 +168,10 @@ impl FlowTable {
             self.open(key, isn1, Some(syn_len), now, out);
         }
         let Some(flow) = self.flows.get_mut(&key) else {
+            if seg.flags & (TCP_RST | TCP_FIN) != 0 {
+                // The connection ended while parked.
+                self.parked.take(&key);
+            }
             if syn_ack && strict {
                 self.file_early_syn_ack(key, seg.ack, now);
             }
@@ -229,9 +237,26 @@ impl FlowTable {
         }
 
         if !self.flows.contains_key(&key) {
+            let parked = self.parked.take(&key);
             if rst {
                 return;
             }
+            if let Some(start) = parked
+                && !syn
+                && !seg.payload.is_empty()
+            {
+                // Its first bytes: taken up where it was.
+                self.stats.unparked += 1;
+                self.open(key, start.base, Some(start.syn_len), now, out);
+                let flow = self.flows.get_mut(&key).expect("opened");
+                flow.confirmed = true;
+                flow.server_ack = start.server_ack;
+                if let Some(ack) = start.server_ack {
+                    flow.asm.acknowledge(u64::from(ack.wrapping_sub(start.base)), now, |_| {});
+                }
+            }
+        }
+        if !self.flows.contains_key(&key) {
             if seg.payload.is_empty() && !syn {
                 // A bare ACK or FIN of a connection we never saw carry data: nothing to follow.
                 return;
@@ -421,11 +446,13 @@ impl FlowTable {
     /// deadlines.
     fn tick_flows(&mut self, mut due: Vec<FlowKey>, now: Duration, out: &mut Vec<(FlowKey, StreamEvent)>) {
         due.sort();
-        let mut closing = Vec::new();
+        let (mut closing, mut parking) = (Vec::new(), Vec::new());
         for key in due {
             let Some(flow) = self.flows.get_mut(&key) else { continue };
             if flow.idle_at(now, &self.cfg) {
-                if flow.keeps_alive(self.cfg.require_ack) {
+                if flow.parks(self.cfg.require_ack) {
+                    parking.push(key);
+                } else if flow.keeps_alive(self.cfg.require_ack) {
                     // Quiet, not dead: filed again by its next segment.
                     if let Some(at) = flow.timer.take() {
                         self.timers.remove(&(at, key));
@@ -453,6 +480,21 @@ impl FlowTable {
             let fin_done = self.flows.get(&key).is_some_and(|f| !f.given_up && f.asm.is_finished());
             self.close(key, if fin_done { CloseReason::Fin } else { CloseReason::Idle }, out);
         }
+        for key in parking {
+            let Some(flow) = self.flows.get(&key) else { continue };
+            let start = Start { base: flow.base, syn_len: flow.syn_len, server_ack: flow.server_ack };
+            self.close(key, CloseReason::Idle, out);
+            self.parked.park(key, start);
+            self.stats.parked += 1;
+        }
+        // After a flood: give the room of the emptied maps back.
+        shrink_map(&mut self.flows);
+        self.parked.shrink();
+    }
+
+    /// Parked flows (see [`FlowConfig::opening_timeout`]).
+    pub fn parked_len(&self) -> usize {
+        self.parked.len()
     }
 
     /// Closes every flow (end of a capture, shutdown), delivering what is buffered across gaps.

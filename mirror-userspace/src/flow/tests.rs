@@ -339,6 +339,7 @@ proptest! {
             max_flow_buffer: 24,
             max_total_buffer: 40,
             idle_timeout: Duration::from_millis(150),
+            opening_timeout: Duration::from_millis(90),
             reorder_timeout: Duration::from_millis(30),
             require_ack: strict,
         };

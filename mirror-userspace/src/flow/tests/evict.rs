@@ -289,3 +289,43 @@ fn an_early_syn_ack_is_forgotten_oldest_first() {
     );
     assert!(!ev.iter().any(|(_, e)| matches!(e, StreamEvent::Data(_))), "forgotten: not confirmed");
 }
+
+#[test]
+fn a_silent_handshake_is_parked_and_its_first_bytes_take_it_up_again() {
+    let mut t = FlowTable::new(FlowConfig::default());
+    feed(&mut t, vec![client(1, 100, TCP_SYN, b""), server(1, 101, TCP_SYN | TCP_ACK)], Duration::ZERO);
+    // The opening timeout (10 s): parked, no longer a flow.
+    let ev = tick_until(&mut t, SECOND, 20 * SECOND);
+    assert_eq!(ev, vec![(key_of(1), StreamEvent::Close(CloseReason::Idle))]);
+    assert_eq!((t.len(), t.parked_len(), t.stats.parked), (0, 1, 1));
+    // Five minutes on, its first request: delivered as from its start, not mid-stream.
+    let ev =
+        feed(&mut t, vec![client(1, 101, TCP_ACK, b"GET /a HTTP/1.1\r\n\r\n"), server(1, 120, TCP_ACK)], 300 * SECOND);
+    assert_eq!(
+        ev,
+        vec![
+            (key_of(1), StreamEvent::Open { midstream: false }),
+            (key_of(1), StreamEvent::Data(Bytes::from_static(b"GET /a HTTP/1.1\r\n\r\n"))),
+        ]
+    );
+    assert_eq!((t.len(), t.parked_len(), t.stats.unparked, t.stats.flows_midstream), (1, 0, 1, 0));
+}
+
+#[test]
+fn a_syn_flood_leaves_no_flow_once_its_handshakes_are_parked_and_parking_is_bounded() {
+    let mut t = FlowTable::new(FlowConfig { max_flows: 1000, ..FlowConfig::default() });
+    let mut segs = Vec::new();
+    for port in 1..=3000u16 {
+        segs.push(client(port, 100, TCP_SYN, b""));
+        segs.push(server(port, 101, TCP_SYN | TCP_ACK));
+    }
+    feed(&mut t, segs, Duration::ZERO);
+    assert_eq!(t.len(), 1000, "the table's bound");
+    tick_until(&mut t, SECOND, 20 * SECOND);
+    assert_eq!((t.len(), t.parked_len()), (0, 1000));
+    // A parked handshake the server then resets is forgotten: bytes after it are mid-stream.
+    feed(&mut t, vec![server(3000, 101, TCP_RST)], 21 * SECOND);
+    assert_eq!(t.parked_len(), 999);
+    let ev = feed(&mut t, vec![client(3000, 101, TCP_ACK, b"GET /late HTTP/1.1\r\n\r\n")], 22 * SECOND);
+    assert_eq!(ev, vec![(key_of(3000), StreamEvent::Open { midstream: true })]);
+}
