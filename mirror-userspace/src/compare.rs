@@ -11,12 +11,15 @@
 //! - [`record`]: the JSONL record of a differing pair (values of credentials and of the `redact`
 //!   list never written), and [`log`]: its rate-limited, rotated writer.
 //! - [`counters`]: results and differing fields per route and mirror, the fields capped per route.
+//! - [`join`]: the sides of a pair (primary, shadow, baseline) brought together by id, with a
+//!   timeout and bounds; `settle` compares, counts and builds the record of a joined pair.
 //! - [`report`]: `mirror report`: a summary and a self-contained HTML page from a log.
 
 pub mod body;
 pub(crate) mod chunked;
 pub mod counters;
 pub mod diff;
+pub mod join;
 pub mod json;
 pub mod log;
 pub mod pairer;

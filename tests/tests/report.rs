@@ -19,13 +19,7 @@ use mirror::{
 use mirror_tests::bin;
 
 fn response(status: u16, headers: &[(&str, &str)], body: &str) -> Response {
-    Response {
-        status,
-        headers: headers.iter().map(|(n, v)| (n.to_ascii_lowercase(), v.as_bytes().to_vec())).collect(),
-        body: body.as_bytes().to_vec(),
-        body_len: body.len() as u64,
-        cut: None,
-    }
+    Response::new(status, headers, body.as_bytes())
 }
 
 /// A scratch directory removed on drop, even when the test fails.
@@ -129,7 +123,10 @@ fn the_report_shows_the_log_in_a_browser_and_never_runs_what_it_holds() {
     assert!(out.status.success(), "mirror report: {}", String::from_utf8_lossy(&out.stderr));
     let summary = String::from_utf8(out.stdout).unwrap();
     assert!(summary.starts_with("8 differing pairs (0 unreadable lines)\n"), "{summary}");
-    assert!(summary.contains("api → httpbin/v2: 7 pairs\n         5  json:/items/*/id\n         2  status\n"), "{summary}");
+    assert!(
+        summary.contains("api → httpbin/v2: 7 pairs\n         5  json:/items/*/id\n         2  status\n"),
+        "{summary}"
+    );
     assert!(summary.contains("web → httpbin/v2: 1 pairs\n         1  header:x-note\n"), "{summary}");
 
     let dom = rendered(&page, &dir.join("chromium-profile"));

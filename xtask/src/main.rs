@@ -49,7 +49,7 @@ enum Task {
         #[arg(long, default_value_t = 2000)]
         rate: u32,
     },
-    /// Run the cargo-fuzz targets (framer, reassembler), each for `seconds`; crashes land in
+    /// Run the cargo-fuzz targets (framer, reassembler, config, pairer), each for `seconds`; crashes land in
     /// fuzz/artifacts/ and should become regression tests.
     Fuzz {
         #[arg(long, default_value_t = 600)]
@@ -304,7 +304,7 @@ fn fuzz(seconds: u64) -> Result<()> {
     if !have("cargo-fuzz") {
         run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
     }
-    for target in ["framer", "reassembler", "config"] {
+    for target in ["framer", "reassembler", "config", "pairer"] {
         let corpus = format!("corpus/{target}");
         std::fs::create_dir_all(Path::new("fuzz").join(&corpus))?;
         run(Command::new("cargo")

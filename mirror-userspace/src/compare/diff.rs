@@ -208,7 +208,7 @@ fn differences(a: &Side, b: &Side, settings: &CompareSettings) -> (Vec<Differenc
         }
     }
     let room = MAX_DIFFERENCES.saturating_sub(out.len());
-    let mut truncated = out.len() > MAX_DIFFERENCES;
+    let mut truncated = false;
     match (json_of(a), json_of(b)) {
         (Some(ja), Some(jb)) => {
             let d = json::diff(&ja, &jb, &settings.ignore_json_paths, room);
@@ -240,6 +240,10 @@ fn differences(a: &Side, b: &Side, settings: &CompareSettings) -> (Vec<Differenc
                 });
             }
         }
+    }
+    if out.len() > MAX_DIFFERENCES {
+        out.truncate(MAX_DIFFERENCES);
+        truncated = true;
     }
     (out, truncated)
 }

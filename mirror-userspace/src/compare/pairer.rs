@@ -61,6 +61,17 @@ pub struct Response {
 }
 
 impl Response {
+    /// A whole response from its parts (header names lower-cased, values as given).
+    pub fn new(status: u16, headers: &[(&str, &str)], body: &[u8]) -> Self {
+        Response {
+            status,
+            headers: headers.iter().map(|(n, v)| (n.to_ascii_lowercase(), v.as_bytes().to_vec())).collect(),
+            body: body.to_vec(),
+            body_len: body.len() as u64,
+            cut: None,
+        }
+    }
+
     /// The values of header `name` (lower case).
     pub fn header<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
         self.headers.iter().filter(move |(n, _)| n == name).map(|(_, v)| v.as_slice())
@@ -85,11 +96,14 @@ pub struct PairLimits {
     pub max_head: usize,
     /// Header lines in a head, at most.
     pub max_headers: usize,
+    /// Bytes held for a response whose request is not known yet; beyond, the stream is
+    /// `Unframed` (the request would have been framed long before in any real exchange).
+    pub max_early: usize,
 }
 
 impl Default for PairLimits {
     fn default() -> Self {
-        Self { max_body: 1 << 20, max_head: 64 << 10, max_headers: 128 }
+        Self { max_body: 1 << 20, max_head: 64 << 10, max_headers: 128, max_early: 256 << 10 }
     }
 }
 
@@ -233,6 +247,9 @@ impl<T> Pairer<T> {
                     }
                     match self.head(out) {
                         Ok(true) => {}
+                        Ok(false) if self.pending.is_empty() && self.buf.len() > self.limits.max_early => {
+                            return self.lose(Incomplete::Unframed, out);
+                        }
                         Ok(false) => return,
                         Err(why) => return self.lose(why, out),
                     }
@@ -317,6 +334,10 @@ impl<T> Pairer<T> {
             self.buf = Vec::new();
             self.answer(Ok(response), out);
             self.state = State::Ended;
+            // Requests sent after it get no HTTP answer: reported now, before any later one.
+            while let Some(p) = self.pending.pop_front() {
+                report(p, Err(Incomplete::Missing), out);
+            }
             return Ok(false);
         }
         match body_framing(&response, front.head)? {

@@ -17,13 +17,7 @@ use crate::{
 };
 
 fn response(status: u16, headers: &[(&str, &str)], body: &[u8]) -> Response {
-    Response {
-        status,
-        headers: headers.iter().map(|(n, v)| (n.to_ascii_lowercase(), v.as_bytes().to_vec())).collect(),
-        body: body.to_vec(),
-        body_len: body.len() as u64,
-        cut: None,
-    }
+    Response::new(status, headers, body)
 }
 
 fn json_response(body: &str) -> Response {
@@ -201,4 +195,16 @@ fn pointers_escape_and_patterns_parse_as_rfc_6901_says() {
     assert!(!PointerPattern::parse("/a~1b/~0d").unwrap().matches(&p));
     assert!(PointerPattern::parse("a").is_err());
     assert!(PointerPattern::parse("/a~2").is_err());
+}
+
+#[test]
+fn differences_are_bounded_per_pair() {
+    let names: Vec<String> = (0..100).map(|i| format!("x-h{i:03}")).collect();
+    let p = response(200, &names.iter().map(|n| (n.as_str(), "1")).collect::<Vec<_>>(), b"");
+    let s = response(200, &names.iter().map(|n| (n.as_str(), "2")).collect::<Vec<_>>(), b"");
+    let o = two(&p, &s, &CompareSettings::default());
+    assert_eq!((o.differences.len(), o.truncated), (crate::compare::diff::MAX_DIFFERENCES, true));
+    let big: String = format!("{{{}}}", (0..200).map(|i| format!("\"k{i}\": {i}")).collect::<Vec<_>>().join(","));
+    let o = two(&json_response(&big), &json_response("{}"), &CompareSettings::default());
+    assert_eq!((o.differences.len(), o.truncated), (crate::compare::diff::MAX_DIFFERENCES, true));
 }

@@ -15,13 +15,7 @@ use crate::{
 };
 
 fn response(status: u16, headers: &[(&str, &str)], body: &str) -> Response {
-    Response {
-        status,
-        headers: headers.iter().map(|(n, v)| (n.to_ascii_lowercase(), v.as_bytes().to_vec())).collect(),
-        body: body.as_bytes().to_vec(),
-        body_len: body.len() as u64,
-        cut: None,
-    }
+    Response::new(status, headers, body.as_bytes())
 }
 
 fn info(target: &str) -> PairInfo<'_> {

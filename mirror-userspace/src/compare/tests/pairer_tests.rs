@@ -177,6 +177,18 @@ fn a_body_over_the_limit_is_too_large_and_framing_goes_on() {
 
 #[test]
 fn switching_protocols_ends_pairing() {
+    // Requests after it are missing, reported in order even when given after the 101.
+    let mut p = Pairer::new(PairLimits::default());
+    let mut out = Vec::new();
+    p.request(b"GET", None, &mut out);
+    p.request(b"GET", Some(1), &mut out);
+    p.data(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", &mut out);
+    p.request(b"GET", Some(2), &mut out);
+    p.close(true, &mut out);
+    assert_eq!(
+        out.into_iter().map(simplify).collect::<Vec<_>>(),
+        vec![(1, Err(Incomplete::Missing)), (2, Err(Incomplete::Missing))]
+    );
     let got = pair(
         &[("GET", true), ("GET", true)],
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x05hello",
@@ -194,4 +206,15 @@ fn headers_keep_their_order_with_lower_case_names() {
     let r = out.remove(0).response.unwrap();
     assert_eq!(r.header("x-a").collect::<Vec<_>>(), vec![&b"1"[..], b"2"]);
     assert_eq!(r.headers[1].0, "set-cookie");
+}
+
+#[test]
+fn bytes_held_ahead_of_any_request_are_bounded() {
+    let limits = PairLimits { max_early: 100, ..PairLimits::default() };
+    let mut p = Pairer::new(limits);
+    let mut out = Vec::new();
+    p.data(b"HTTP/1.1 200 OK\r\nContent-Length: 200\r\n\r\n", &mut out);
+    p.data(&[b'x'; 200], &mut out);
+    p.request(b"GET", Some(0), &mut out);
+    assert_eq!(out.into_iter().map(simplify).collect::<Vec<_>>(), vec![(0, Err(Incomplete::Unframed))]);
 }
