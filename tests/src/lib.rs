@@ -6,8 +6,10 @@
 //! the tests, the demo and the benchmark share are all here ([`load`] is the benchmark's load
 //! generator).
 
+pub mod attacks;
 pub mod corpus;
 pub mod load;
+pub mod markdown;
 pub mod node;
 mod procfs;
 
