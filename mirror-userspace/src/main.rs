@@ -107,7 +107,10 @@ fn main() -> Result<()> {
             // One runtime thread for replay and metrics (plus the capture thread): fewer cross-thread
             // wake-ups, which is most of what mirroring costs.
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-            rt.block_on(mirror::daemon::run(&config, metrics_addr, attach.into()))
+            let result = rt.block_on(mirror::daemon::run(&config, metrics_addr, attach.into()));
+            // A reload still being read (it runs off the signal loop) must not hold the exit up.
+            rt.shutdown_timeout(std::time::Duration::from_millis(100));
+            result
         }
         Command::Detach { mut interfaces, config } => {
             if let Some(path) = config {

@@ -67,3 +67,35 @@ fn sighup_reload_applies_to_open_flows_and_refuses_invalid_configs() {
     assert_eq!(uris(&topo.path("v2.log")), ["/after", "/still"], "{summary}");
     assert_eq!(summary["flows"]["opened"], Value::from(1), "one flow throughout: {summary}");
 }
+
+#[test]
+fn sigint_during_a_reload_of_the_largest_config_stops_the_daemon_within_a_second() {
+    let topo = Topology::new().unwrap();
+    let (_v1, _v2) = topo.servers().unwrap();
+    let config = topo.config(100.0, "").unwrap();
+    let daemon = topo.daemon(&config).unwrap();
+    // A reload of what the limits allow at most: a 4 MiB file (mostly comment) whose 250 routes
+    // each compile a large regex (16 MiB together, the cap).
+    let mut routes = String::new();
+    for i in 0..250 {
+        routes.push_str(&format!(
+            "  - name: r{i}\n    match:\n      - headers:\n          x-id: {{regex: \"([a-z]{{1,40}}[0-9]{{1,30}}(alpha|beta|gamma|delta){{1,9}}){{1,3}}-{i}\"}}\n    mirror: {{host: httpbin, subset: v2}}\n"
+        ));
+    }
+    let mut big = std::fs::read_to_string(topo.config(100.0, &routes).unwrap()).unwrap();
+    let pad = 4 * 1024 * 1024 - big.len() - 64;
+    big.push_str(&format!("# {}\n", "x".repeat(pad)));
+    std::fs::write(&config, &big).unwrap();
+    let out = std::process::Command::new(bin("mirror")).args(["check", "--config"]).arg(&config).output().unwrap();
+    assert!(out.status.success(), "the reload is a valid one: {}", String::from_utf8_lossy(&out.stderr));
+    let mut daemon = daemon;
+    daemon.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(5));
+    let at = std::time::Instant::now();
+    daemon.signal(libc::SIGINT);
+    let status = daemon.wait_exit(Duration::from_secs(10)).unwrap();
+    let took = at.elapsed();
+    assert!(status.success(), "{status}: {}", daemon.stderr());
+    println!("SIGINT during a reload: exited after {took:?}");
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+}
