@@ -58,8 +58,9 @@ enum Command {
     /// Summarise a differences log (mirrorPolicies.*.compare.log) by route and field; with
     /// --html, also write a self-contained page with example pairs side by side.
     Report {
-        #[arg(long)]
-        log: PathBuf,
+        /// The log; repeat for its rotated files (F.1, F.2…) or other logs, read together.
+        #[arg(long, required = true)]
+        log: Vec<PathBuf>,
         #[arg(long)]
         html: Option<PathBuf>,
     },

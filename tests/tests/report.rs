@@ -36,7 +36,8 @@ impl Drop for Scratch {
 /// markup (route web); 3 pairs are the same and are not logged.
 fn write_log(path: &Path) -> usize {
     let settings = CompareSettings::default();
-    let log_settings = LogSettings { path: path.to_path_buf(), max_bytes: 1 << 20, files: 2, per_second: 1000 };
+    // Small files: the log rotates, and the report reads the rotated files too.
+    let log_settings = LogSettings { path: path.to_path_buf(), max_bytes: 1500, files: 10, per_second: 1000 };
     let mut log = DiffLog::open(&log_settings).unwrap();
     let json = ("Content-Type", "application/json");
     let mut pairs: Vec<(&str, &str, Response, Response)> = Vec::new();
@@ -69,6 +70,7 @@ fn write_log(path: &Path) -> usize {
         written += 1;
     }
     assert_eq!(log.stats().written, 8);
+    assert!(log.stats().rotations > 0, "{:?}", log.stats());
     written
 }
 
@@ -118,8 +120,12 @@ fn the_report_shows_the_log_in_a_browser_and_never_runs_what_it_holds() {
     assert_eq!(write_log(&log), 8);
 
     let page = dir.join("report.html");
-    let out =
-        Command::new(bin("mirror")).args(["report", "--log"]).arg(&log).arg("--html").arg(&page).output().unwrap();
+    let mut cmd = Command::new(bin("mirror"));
+    cmd.arg("report");
+    for n in (1..10).rev().map(|n| dir.join(format!("differences.jsonl.{n}"))).filter(|p| p.exists()) {
+        cmd.arg("--log").arg(n);
+    }
+    let out = cmd.arg("--log").arg(&log).arg("--html").arg(&page).output().unwrap();
     assert!(out.status.success(), "mirror report: {}", String::from_utf8_lossy(&out.stderr));
     let summary = String::from_utf8(out.stdout).unwrap();
     assert!(summary.starts_with("8 differing pairs (0 unreadable lines)\n"), "{summary}");

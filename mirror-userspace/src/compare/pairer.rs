@@ -258,7 +258,8 @@ impl<T> Pairer<T> {
                     // Buffered bytes first (after a head), then the new ones.
                     let from_buf = !self.buf.is_empty();
                     let input: &[u8] = if from_buf { &self.buf } else { bytes };
-                    if input.is_empty() {
+                    // (A gap may have taken the rest of a Content-Length body: it ends now.)
+                    if input.is_empty() && !matches!(framing, Framing::Length(0)) {
                         return;
                     }
                     let max = self.limits.max_body;

@@ -70,14 +70,20 @@ impl Report {
     /// Reads a log: one JSON record a line.
     pub fn read(input: impl BufRead) -> io::Result<Report> {
         let mut report = Report::default();
+        report.read_more(input)?;
+        Ok(report)
+    }
+
+    /// Adds the records of another log (a rotated file of the same one, say).
+    pub fn read_more(&mut self, input: impl BufRead) -> io::Result<()> {
         let mut lines = BoundedLines { input, max: MAX_LINE_BYTES };
         while let Some(line) = lines.next_line()? {
             match line.and_then(|l| serde_json::from_slice::<Value>(&l).ok()) {
-                Some(Value::Object(rec)) => report.add(&Value::Object(rec)),
-                Some(_) | None => report.unreadable += 1,
+                Some(Value::Object(rec)) => self.add(&Value::Object(rec)),
+                Some(_) | None => self.unreadable += 1,
             }
         }
-        Ok(report)
+        Ok(())
     }
 
     fn add(&mut self, rec: &Value) {
@@ -182,15 +188,19 @@ impl<R: BufRead> BoundedLines<R> {
     }
 }
 
-/// `mirror report --log F [--html OUT]`: the summary on stdout, the page to `html`.
-pub fn run(log: &std::path::Path, html_out: Option<&std::path::Path>) -> anyhow::Result<()> {
+/// `mirror report --log F [--log F.1 …] [--html OUT]`: the logs read together, the summary on
+/// stdout, the page to `html_out`.
+pub fn run(logs: &[std::path::PathBuf], html_out: Option<&std::path::Path>) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    let file = std::fs::File::open(log).with_context(|| format!("cannot open {}", log.display()))?;
-    let report = Report::read(io::BufReader::new(file)).with_context(|| format!("cannot read {}", log.display()))?;
+    let mut report = Report::default();
+    for log in logs {
+        let file = std::fs::File::open(log).with_context(|| format!("cannot open {}", log.display()))?;
+        report.read_more(io::BufReader::new(file)).with_context(|| format!("cannot read {}", log.display()))?;
+    }
     print!("{}", report.text());
     if let Some(out) = html_out {
-        let name = log.display().to_string();
-        std::fs::write(out, html(&report, &name)).with_context(|| format!("cannot write {}", out.display()))?;
+        let names: Vec<String> = logs.iter().map(|l| l.display().to_string()).collect();
+        std::fs::write(out, html(&report, &names.join(", "))).with_context(|| format!("cannot write {}", out.display()))?;
         println!("\nwrote {}", out.display());
     }
     Ok(())

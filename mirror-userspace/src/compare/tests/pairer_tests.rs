@@ -108,6 +108,20 @@ fn a_gap_in_a_content_length_body_cuts_that_pair_only() {
 }
 
 #[test]
+fn a_gap_that_takes_the_rest_of_a_body_ends_that_response_at_once() {
+    let mut p = Pairer::new(PairLimits::default());
+    let mut out = Vec::new();
+    p.request(b"GET", Some(0), &mut out);
+    p.data(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nabc", &mut out);
+    p.gap(3, &mut out);
+    let got: Vec<_> = out.drain(..).map(simplify).collect();
+    assert_eq!(got, vec![(0, Err(Incomplete::Gap))]);
+    p.request(b"GET", Some(1), &mut out);
+    p.data(b"HTTP/1.1 204 No Content\r\n\r\n", &mut out);
+    assert_eq!(out.drain(..).map(simplify).collect::<Vec<_>>(), vec![ok(1, 204, "")]);
+}
+
+#[test]
 fn a_gap_elsewhere_loses_framing_for_the_rest_of_the_connection() {
     for (before, gap) in [
         (&b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab"[..], 3),
