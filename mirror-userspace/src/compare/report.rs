@@ -200,7 +200,8 @@ pub fn run(logs: &[std::path::PathBuf], html_out: Option<&std::path::Path>) -> a
     print!("{}", report.text());
     if let Some(out) = html_out {
         let names: Vec<String> = logs.iter().map(|l| l.display().to_string()).collect();
-        std::fs::write(out, html(&report, &names.join(", "))).with_context(|| format!("cannot write {}", out.display()))?;
+        std::fs::write(out, html(&report, &names.join(", ")))
+            .with_context(|| format!("cannot write {}", out.display()))?;
         println!("\nwrote {}", out.display());
     }
     Ok(())
