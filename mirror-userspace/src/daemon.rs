@@ -181,10 +181,12 @@ fn capture_loop(
         }
         // Links that appeared (attach), went (forget) or were renamed since the last round.
         capture.watch_links();
-        // Light traffic: wait for data, then let a batch gather for 2 ms, so each wake-up handles
-        // many segments (context switches, not parsing, are what costs at low rates). Heavy
-        // traffic (the last drain was large): drain again at once, so the ring never fills for
-        // want of reading it.
+        // Light traffic: wait for data, then let a batch gather for BATCH_WAIT, so each wake-up
+        // handles many segments and hands replay one batch (wake-ups of this thread and of the
+        // replay runtime, not parsing, are what costs at low rates; a mirror copy waits that
+        // much longer). Heavy traffic (the last drain was large): drain again at once, so the
+        // ring never fills for want of reading it.
+        const BATCH_WAIT: Duration = Duration::from_millis(5);
         match drained {
             0 => {
                 // Sleep until data arrives or the next flow timer (hole or idle timeout) is due,
@@ -194,9 +196,9 @@ fn capture_loop(
                     .poll_timeout()
                     .map_or(100, |t| t.saturating_sub(start.elapsed()).as_millis().min(100) as i32);
                 capture.wait(until_timer);
-                std::thread::sleep(Duration::from_millis(2));
+                std::thread::sleep(BATCH_WAIT);
             }
-            n if n < HEAVY_DRAIN_BYTES => std::thread::sleep(Duration::from_millis(2)),
+            n if n < HEAVY_DRAIN_BYTES => std::thread::sleep(BATCH_WAIT),
             _ => {}
         }
         let mut drained_now = 0usize;
@@ -234,16 +236,12 @@ fn capture_loop(
             publish(&capture, &pipeline, &metrics);
             last_publish = Instant::now();
         }
-        for ob in out.drain(..) {
-            replayer.submit(ob);
-        }
+        replayer.submit_batch(&mut out);
         drained = drained_now;
     }
     // Deliver what was fully seen; requests still incomplete are dropped and counted.
     pipeline.finish(&mut out);
-    for ob in out.drain(..) {
-        replayer.submit(ob);
-    }
+    replayer.submit_batch(&mut out);
     publish(&capture, &pipeline, &metrics);
     let kernel: serde_json::Map<String, serde_json::Value> =
         capture.kernel_stats()?.into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect();

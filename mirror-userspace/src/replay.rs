@@ -82,7 +82,10 @@ struct Endpoint {
 /// Handle to the replay workers. Shared by the capture thread (which submits) and the daemon
 /// (which reconfigures on reload and shuts down).
 pub struct Replayer {
-    endpoints: RwLock<HashMap<Arc<str>, Endpoint>>,
+    endpoints: Arc<RwLock<HashMap<Arc<str>, Endpoint>>>,
+    /// To the dispatcher: one message (one wake-up of the runtime) per batch of the capture
+    /// thread, however many requests and connections it holds. `None` once shut down.
+    batches: Mutex<Option<mpsc::UnboundedSender<Vec<Outbound>>>>,
     settings: ReplaySettings,
     runtime: tokio::runtime::Handle,
     workers: Mutex<JoinSet<()>>,
@@ -115,8 +118,10 @@ impl Replayer {
         metrics: Option<Arc<Metrics>>,
         memory: Arc<Memory>,
     ) -> Replayer {
+        let (tx, rx) = mpsc::unbounded_channel();
         let r = Replayer {
-            endpoints: RwLock::new(HashMap::new()),
+            endpoints: Arc::new(RwLock::new(HashMap::new())),
+            batches: Mutex::new(Some(tx)),
             settings: settings.clone(),
             runtime: tokio::runtime::Handle::current(),
             workers: Mutex::new(JoinSet::new()),
@@ -124,6 +129,8 @@ impl Replayer {
             metrics,
             memory,
         };
+        let rec = r.recorder();
+        r.workers.lock().expect("workers lock").spawn_on(dispatch(rx, r.endpoints.clone(), rec), &r.runtime);
         r.reconfigure(router);
         r
     }
@@ -143,46 +150,48 @@ impl Replayer {
                 for _ in 0..self.settings.connections {
                     let (tx, rx) = mpsc::channel(self.settings.queue);
                     queues.push(tx);
-                    let rec = Recorder {
-                        stats: self.stats.clone(),
-                        metrics: self.metrics.clone(),
-                        memory: self.memory.clone(),
-                    };
-                    workers.spawn_on(conn::worker(*addr, rx, self.settings.clone(), rec), &self.runtime);
+                    workers.spawn_on(conn::worker(*addr, rx, self.settings.clone(), self.recorder()), &self.runtime);
                 }
             }
             eps.insert(key.clone(), Endpoint { addrs: addrs.clone(), queues });
         }
     }
 
-    /// Queues a request (or part of one) without ever waiting: if its queue is full it is dropped
-    /// and counted. Callable from any thread. Everything from one client connection goes to the
-    /// same mirror connection, so the mirror sees it in order and streamed parts stay together; a
-    /// streamed request missing a part is reset by the worker, never completed.
-    pub fn submit(&self, ob: Outbound) {
-        // Memory is bounded by bytes, not only by queue slots: a burst of large requests to a slow
-        // mirror is dropped, never buffered without bound. Charged before it is queued, so the
-        // worker's release never comes first.
-        let w = weight(&ob);
-        let refused = if self.memory.held(Held::Replay) + w > self.settings.max_queued_bytes {
-            Some(DropReason::QueueFull)
-        } else if !self.memory.try_charge(Held::Replay, w) {
-            Some(DropReason::MemoryBudget)
-        } else {
-            let eps = self.endpoints.read().expect("endpoints lock");
-            let queued = eps
-                .get(&ob.endpoint)
-                .is_some_and(|ep| ep.queues[queue_index(&ob, ep.queues.len())].try_send(ob).is_ok());
-            if !queued {
-                self.memory.release(Held::Replay, w);
+    fn recorder(&self) -> Recorder {
+        Recorder { stats: self.stats.clone(), metrics: self.metrics.clone(), memory: self.memory.clone() }
+    }
+
+    /// Queues requests (or parts of them), in order, without ever waiting: what does not fit is
+    /// dropped and counted. Callable from any thread; the whole batch costs the replay runtime
+    /// one wake-up. Everything from one client connection goes to the same mirror connection, so
+    /// the mirror sees it in order and streamed parts stay together; a streamed request missing
+    /// a part is reset by the worker, never completed.
+    pub fn submit_batch(&self, items: &mut Vec<Outbound>) {
+        if items.is_empty() {
+            return;
+        }
+        let rec = self.recorder();
+        let mut batch = Vec::with_capacity(items.len());
+        for ob in items.drain(..) {
+            // Memory is bounded by bytes, not only by queue slots: a burst of large requests to a
+            // slow mirror is dropped, never buffered without bound. Charged before it is queued,
+            // so the worker's release never comes first.
+            let w = weight(&ob);
+            if self.memory.held(Held::Replay) + w > self.settings.max_queued_bytes {
+                rec.count_drop(DropReason::QueueFull);
+            } else if !self.memory.try_charge(Held::Replay, w) {
+                rec.count_drop(DropReason::MemoryBudget);
+            } else {
+                batch.push(ob);
             }
-            (!queued).then_some(DropReason::QueueFull)
+        }
+        let refused = match &*self.batches.lock().expect("batches lock") {
+            Some(tx) => tx.send(batch).err().map(|e| e.0),
+            None => Some(batch),
         };
-        if let Some(reason) = refused {
-            self.stats.count_drop(reason);
-            if let Some(m) = &self.metrics {
-                m.drop_reason(reason);
-            }
+        for ob in refused.unwrap_or_default() {
+            rec.memory.release(Held::Replay, weight(&ob));
+            rec.count_drop(DropReason::QueueFull);
         }
     }
 
@@ -205,10 +214,33 @@ impl Replayer {
 
     /// Stops accepting requests and lets queued ones finish for at most `grace`.
     pub async fn shutdown(&self, grace: Duration) {
+        self.batches.lock().expect("batches lock").take();
         self.endpoints.write().expect("endpoints lock").clear();
         let mut workers = std::mem::take(&mut *self.workers.lock().expect("workers lock"));
         if timeout(grace, async { while workers.join_next().await.is_some() {} }).await.is_err() {
             workers.abort_all();
+        }
+    }
+}
+
+/// Hands each batch's items to their connections' queues (on the runtime: no thread wake-up per
+/// connection); a full queue drops the item, counted.
+async fn dispatch(
+    mut rx: mpsc::UnboundedReceiver<Vec<Outbound>>,
+    endpoints: Arc<RwLock<HashMap<Arc<str>, Endpoint>>>,
+    rec: Recorder,
+) {
+    while let Some(batch) = rx.recv().await {
+        let eps = endpoints.read().expect("endpoints lock");
+        for ob in batch {
+            let w = weight(&ob);
+            let queued = eps
+                .get(&ob.endpoint)
+                .is_some_and(|ep| ep.queues[queue_index(&ob, ep.queues.len())].try_send(ob).is_ok());
+            if !queued {
+                rec.memory.release(Held::Replay, w);
+                rec.count_drop(DropReason::QueueFull);
+            }
         }
     }
 }

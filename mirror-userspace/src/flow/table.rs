@@ -472,7 +472,11 @@ impl FlowTable {
                     continue;
                 }
             }
-            // Busy since its timer was set, or another hole waits: file it under its deadline.
+            // Busy since its timer was set, or another hole waits: file it under its deadline
+            // (its entry fired: it goes, and a new one is filed).
+            if let Some(at) = self.flows.get_mut(&key).and_then(|f| f.timer.take()) {
+                self.timers.remove(&(at, key));
+            }
             self.rearm(key);
             self.settle(key, false);
         }
@@ -506,11 +510,15 @@ impl FlowTable {
         }
     }
 
-    /// Files `key`'s flow in [`timers`](Self::timers) under its current deadline.
+    /// Files `key`'s flow in [`timers`](Self::timers) under its current deadline. A deadline
+    /// that moved later (every segment pushes the idle deadline on) keeps the earlier entry: when
+    /// it fires, the flow is looked at and filed again under its real deadline. So the timers are
+    /// touched once per idle period of a busy flow, not at every segment; they may fire early,
+    /// never late.
     fn rearm(&mut self, key: FlowKey) {
         let Some(flow) = self.flows.get_mut(&key) else { return };
         let at = flow.deadline(&self.cfg);
-        if at == flow.timer {
+        if at == flow.timer || at.zip(flow.timer).is_some_and(|(at, old)| at > old) {
             return;
         }
         if let Some(old) = flow.timer {

@@ -22,9 +22,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use std::io::{Read as _, Write as _};
+
 use bytes::{Buf, Bytes};
 use tokio::{
-    io::{Interest, Ready},
+    io::{Interest, unix::AsyncFd},
     net::TcpStream,
     sync::mpsc,
     time::{Instant as TokioInstant, sleep_until, timeout},
@@ -42,6 +44,15 @@ use crate::{
 /// any rate the capture path delivers (the round trip is tens of microseconds; a batch is what
 /// arrives in a few milliseconds), small enough that a failure loses little.
 pub(super) const DEPTH: usize = 256;
+/// How long answers may wait to be read with a later batch before the worker wakes up for them
+/// (lazy reading: at steady load the answers to one batch are read when the next one is written,
+/// so they cost no wake-up). The shadow latency metric is measured when an answer is read: an
+/// upper bound, by at most this much.
+const READ_LAG: Duration = Duration::from_millis(50);
+/// How often answers are polled for when they are needed soon (see `Conn::urgent`).
+const TICK: Duration = Duration::from_millis(1);
+/// A connection idle this long is probed for a close by the server before it is used again.
+const IDLE_PROBE: Duration = Duration::from_millis(250);
 /// Buffers passed to one `writev`.
 const MAX_IOV: usize = 64;
 
@@ -62,7 +73,9 @@ struct InFlight {
 }
 
 struct Conn {
-    stream: TcpStream,
+    /// Registered with the runtime for writability only: answers are read with the batches and
+    /// on the worker's own timer, so their arrival never wakes the runtime's thread.
+    stream: AsyncFd<std::net::TcpStream>,
     /// Bytes not yet accepted by the kernel, with the memory to give back once they are.
     out: VecDeque<(Bytes, usize)>,
     /// Bytes queued on this connection so far.
@@ -76,6 +89,8 @@ struct Conn {
     active: Option<(u64, u64)>,
     /// No more requests on this connection: a stream is to be reset.
     poisoned: bool,
+    /// When a request was last put on it.
+    used: Instant,
 }
 
 impl Conn {
@@ -86,15 +101,24 @@ impl Conn {
         }
     }
 
-    fn interest(&self) -> Interest {
-        if self.out.is_empty() { Interest::READABLE } else { Interest::READABLE | Interest::WRITABLE }
+    /// Whether answers are polled for every [`TICK`] rather than read with the next batch: when
+    /// writing is stuck (the server may be waiting for us to read), when many are in flight,
+    /// while a stream waits to be reset, and when shutting down.
+    fn urgent(&self, open: bool) -> bool {
+        !self.out.is_empty() || self.inflight.len() >= DEPTH / 2 || self.poisoned || !open
+    }
+
+    /// Whether the server closed this idle connection (probed before it is used again).
+    fn closed_while_idle(&self) -> bool {
+        let mut probe = [0u8; 1];
+        !matches!((&mut self.stream.get_ref()).read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
 
     /// Writes what the kernel takes now. `Err` if the connection failed.
     fn flush(&mut self, rec: &Recorder) -> std::io::Result<()> {
         while !self.out.is_empty() {
             let slices: Vec<IoSlice<'_>> = self.out.iter().take(MAX_IOV).map(|(b, _)| IoSlice::new(b)).collect();
-            let mut n = match self.stream.try_write_vectored(&slices) {
+            let mut n = match (&mut self.stream.get_ref()).write_vectored(&slices) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) => return Err(e),
@@ -144,12 +168,20 @@ pub(super) async fn worker(
     let mut pending: VecDeque<Queued> = VecDeque::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut open = true;
-    // The timer fires no later than the first in-flight request's deadline (it may fire early:
-    // it is re-armed then, not at every response).
+    // One timer for the first in-flight request: when its answer should be read (lazy) or when
+    // it times out. It may fire early (it is re-armed then, not at every response).
     let timer = sleep_until(TokioInstant::now() + limit);
     tokio::pin!(timer);
-    let mut armed = false;
+    let mut armed: Option<Instant> = None;
     loop {
+        // What the mirror answered since the last wake-up is read now, in the wake-up of the
+        // next batch: answers need no wake-up of their own.
+        if let Some(c) = conn.as_mut()
+            && !c.inflight.is_empty()
+            && let Some(e) = read_available(c, &mut buf, &rec)
+        {
+            end(&mut conn, &mut pending, e, &rec);
+        }
         admit(&mut conn, &mut pending, addr, &settings, &rec).await;
         if let Some(c) = conn.as_mut()
             && c.flush(&rec).is_err()
@@ -157,10 +189,23 @@ pub(super) async fn worker(
             end(&mut conn, &mut pending, Ending::Failed(DropReason::IoError), &rec);
         }
         reset_if_due(&mut conn, &rec);
+        if conn.is_none() && !pending.is_empty() {
+            // The connection ended with requests to (re)send: connect again at once.
+            continue;
+        }
+        let now = Instant::now();
         let busy = conn.as_ref().is_some_and(|c| !c.inflight.is_empty());
-        if !armed && let Some(f) = conn.as_ref().and_then(|c| c.inflight.front()) {
-            timer.as_mut().reset(TokioInstant::from_std(f.started + limit));
-            armed = true;
+        if let Some(c) = conn.as_ref()
+            && let Some(f) = c.inflight.front()
+        {
+            // Answers needed soon are polled for every TICK; others wait for the next batch or
+            // READ_LAG; a request past its deadline is failed when the timer fires.
+            let due = if c.urgent(open) { now + TICK } else { (f.started + READ_LAG).max(now + READ_LAG) };
+            let due = due.min(f.started + limit);
+            if armed.is_none_or(|a| due < a) {
+                timer.as_mut().reset(TokioInstant::from_std(due));
+                armed = Some(due);
+            }
         }
         if !open && pending.is_empty() && !busy {
             return;
@@ -179,17 +224,17 @@ pub(super) async fn worker(
                 }
                 None => open = false,
             },
-            ready = ready(&conn) => {
+            ready = writable(&conn) => {
                 let ending = match ready {
-                    Ok(r) => on_ready(conn.as_mut().expect("ready needs a connection"), r, &mut buf, &rec),
-                    Err(_) => Some(Ending::Failed(DropReason::IoError)),
+                    Ok(()) => conn.as_mut().expect("writable needs a connection").flush(&rec).err(),
+                    Err(e) => Some(e),
                 };
-                if let Some(e) = ending {
-                    end(&mut conn, &mut pending, e, &rec);
+                if ending.is_some() {
+                    end(&mut conn, &mut pending, Ending::Failed(DropReason::IoError), &rec);
                 }
             }
-            _ = &mut timer, if armed => {
-                armed = false;
+            _ = &mut timer, if armed.is_some() => {
+                armed = None;
                 let now = Instant::now();
                 let late = conn
                     .as_ref()
@@ -203,23 +248,24 @@ pub(super) async fn worker(
     }
 }
 
-async fn ready(conn: &Option<Conn>) -> std::io::Result<Ready> {
-    match conn {
-        Some(c) => c.stream.ready(c.interest()).await,
+/// Waits until the socket takes more bytes (only while some wait to be written).
+async fn writable(conn: &Option<Conn>) -> std::io::Result<()> {
+    match conn.as_ref().filter(|c| !c.out.is_empty()) {
+        Some(c) => {
+            let mut guard = c.stream.ready(Interest::WRITABLE).await?;
+            // The flush that follows tells the next wait whether the socket is still full.
+            guard.clear_ready();
+            Ok(())
+        }
         None => std::future::pending().await,
     }
 }
 
-/// Reads and frames what arrived, writes what the kernel takes. `Some` if the connection ended.
-fn on_ready(c: &mut Conn, ready: Ready, buf: &mut [u8], rec: &Recorder) -> Option<Ending> {
-    if ready.is_writable() && c.flush(rec).is_err() {
-        return Some(Ending::Failed(DropReason::IoError));
-    }
-    if !(ready.is_readable() || ready.is_read_closed()) {
-        return None;
-    }
+/// Reads and frames what has arrived, without waiting (a short read is taken as the end: one
+/// system call saved). `Some` if the connection ended.
+fn read_available(c: &mut Conn, buf: &mut [u8], rec: &Recorder) -> Option<Ending> {
     loop {
-        let n = match c.stream.try_read(buf) {
+        let n = match (&mut c.stream.get_ref()).read(buf) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
             Err(_) => return Some(Ending::Failed(DropReason::IoError)),
@@ -259,6 +305,9 @@ fn on_ready(c: &mut Conn, ready: Ready, buf: &mut [u8], rec: &Recorder) -> Optio
                 return Some(Ending::ServerClose);
             }
         }
+        if n < buf.len() {
+            return None;
+        }
     }
 }
 
@@ -284,7 +333,14 @@ async fn admit(
             rec.memory.release(crate::memory::Held::Replay, weight(&ob));
             continue;
         }
+        if conn
+            .as_ref()
+            .is_some_and(|c| c.inflight.is_empty() && c.used.elapsed() > IDLE_PROBE && c.closed_while_idle())
+        {
+            *conn = None;
+        }
         if let Some(c) = conn.as_mut() {
+            c.used = Instant::now();
             if c.poisoned || c.inflight.len() >= DEPTH {
                 return;
             }
@@ -387,10 +443,8 @@ fn reset_if_due(conn: &mut Option<Conn>, rec: &Recorder) {
         return;
     }
     let c = conn.take().expect("checked");
-    // A zero linger makes close send RST at once; it does not block (the deprecation is about
-    // non-zero lingers).
-    #[allow(deprecated)]
-    let _ = c.stream.set_linger(Some(Duration::ZERO));
+    // A zero linger makes close send RST at once (it does not block).
+    set_zero_linger(c.stream.get_ref());
     release_out(&c, rec);
     for f in c.inflight {
         // Only the poisoned stream is left (whatever came after it was never admitted). A stream
@@ -440,7 +494,7 @@ fn end(conn: &mut Option<Conn>, pending: &mut VecDeque<Queued>, how: Ending, rec
     }
 }
 
-fn new_conn(stream: TcpStream) -> Conn {
+fn new_conn(stream: AsyncFd<std::net::TcpStream>) -> Conn {
     Conn {
         stream,
         out: VecDeque::new(),
@@ -450,11 +504,33 @@ fn new_conn(stream: TcpStream) -> Conn {
         reader: None,
         active: None,
         poisoned: false,
+        used: Instant::now(),
     }
 }
 
-async fn connect(addr: SocketAddr, settings: &ReplaySettings) -> Option<TcpStream> {
+async fn connect(addr: SocketAddr, settings: &ReplaySettings) -> Option<AsyncFd<std::net::TcpStream>> {
     let stream = timeout(settings.connect_timeout(), TcpStream::connect(addr)).await.ok()?.ok()?;
     let _ = stream.set_nodelay(true);
-    Some(stream)
+    // Off the runtime's read readiness (non-blocking still): see `Conn::stream`.
+    let stream = stream.into_std().ok()?;
+    // SAFETY: a std TcpStream owns its descriptor, always returns it from as_raw_fd, and it stays
+    // open until the AsyncFd (its owner) is dropped.
+    unsafe { AsyncFd::register_with_interest(stream, Interest::WRITABLE) }.ok()
+}
+
+/// SO_LINGER with a zero timeout: closing then sends RST, so a request written in part is never
+/// completed by the server.
+fn set_zero_linger(stream: &std::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: a valid socket descriptor and a pointer to a linger struct of the size passed.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
 }
