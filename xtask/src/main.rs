@@ -38,16 +38,20 @@ enum Task {
     /// Replay every capture of ../shared/corpus with `mirror replay` to a local recording server
     /// and compare what arrives with the ground truth.
     Corpus,
-    /// Benchmarks in namespaces (primary latency with nothing / us / nginx's mirror module,
-    /// capture fidelity at stepped rates, daemon CPU and memory) and offline framing throughput;
-    /// writes BENCHMARKS.md and its plots.
+    /// Benchmarks in namespaces, our daemon side by side with GoReplay 1.3.3 and nginx's mirror
+    /// module (primary latency in interleaved pairs, fidelity at stepped rates, closed-loop
+    /// saturation, CPU and the classifier's kernel time) and offline framing throughput; writes
+    /// BENCHMARKS.md and its plots.
     Bench {
         /// Seconds per latency run.
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 5)]
         seconds: u64,
-        /// Constant request rate of the latency runs.
-        #[arg(long, default_value_t = 2000)]
-        rate: u32,
+        /// Constant request rates of the latency pairs, comma-separated.
+        #[arg(long, default_value = "2000,8000")]
+        rates: String,
+        /// What else the machine was doing during the run, for the report.
+        #[arg(long)]
+        note: Option<String>,
     },
     /// Run the cargo-fuzz targets (framer, reassembler, config, pairer), each for `seconds`; crashes land in
     /// fuzz/artifacts/ and should become regression tests.
@@ -84,9 +88,9 @@ fn main() -> Result<()> {
                 None => test(&root),
             }
         }
-        Task::Bench { seconds, rate } => {
+        Task::Bench { seconds, rates, note } => {
             setup()?;
-            bench(seconds, rate)
+            bench(seconds, &rates, note)
         }
         Task::Fuzz { seconds } => {
             setup()?;
@@ -286,16 +290,25 @@ fn test(root: &Path) -> Result<()> {
     Ok(())
 }
 
-fn bench(seconds: u64, rate: u32) -> Result<()> {
+fn bench(seconds: u64, rates: &str, note: Option<String>) -> Result<()> {
     require_root("cargo xtask bench")?;
-    apt_install(&["nginx"])?;
+    // GoReplay 1.3.3 is built from the vendored source in ../shared/peers (Go and libpcap from
+    // Debian; go is on the tool list, setup installed it).
+    apt_install(&["libpcap-dev"])?;
+    let peers = Path::new("../shared/peers/build-goreplay.sh");
+    ensure!(peers.exists(), "{} is missing: the bench runs GoReplay side by side", peers.display());
+    run(Command::new("bash").arg(peers).arg("target/peers"))?;
     run(Command::new("cargo").args(["build", "--release", "--bins"]))?;
     run(Command::new("cargo").args(["bench", "-p", "mirror-userspace", "--bench", "framing"]))?;
     sweep_namespaces()?;
-    let result = run(Command::new("target/release/bench")
-        .args(["--out", "BENCHMARKS.md", "--criterion", "target/criterion"])
-        .args(["--seconds", &seconds.to_string(), "--rate", &rate.to_string()])
-        .env("MIRROR_BIN_DIR", "target/release"));
+    let mut cmd = Command::new("target/release/bench");
+    cmd.args(["--out", "BENCHMARKS.md", "--criterion", "target/criterion", "--gor", "target/peers/gor"])
+        .args(["--seconds", &seconds.to_string(), "--rates", rates])
+        .env("MIRROR_BIN_DIR", "target/release");
+    if let Some(n) = note {
+        cmd.args(["--note", &n]);
+    }
+    let result = run(&mut cmd);
     sweep_namespaces()?;
     result
 }

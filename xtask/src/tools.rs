@@ -45,6 +45,9 @@ pub const TOOLS: &[(&str, Source)] = &[
     ("nginx", Source::Debian("nginx")),
     ("wrk", Source::Debian("wrk")),
     ("chromium", Source::Debian("chromium")), // `mirror report`'s page, opened headless (tests/tests/report.rs)
+    // The bench builds its GoReplay peer from source (../shared/peers/build-goreplay.sh).
+    ("bash", Source::Base),
+    ("go", Source::Debian("golang-go")),
     // The kernel matrix: virtme-ng boots Debian's kernels under qemu, with busybox in its initramfs.
     ("qemu-system-x86_64", Source::Debian("qemu-system-x86")),
     ("busybox", Source::Debian("busybox-static")),

@@ -357,10 +357,11 @@ fn primary_servers(topo: &Topology, primary: Primary, name: &str) -> Result<Vec<
         }
         Primary::Mixed { delay_ms, .. } => {
             let slow = topo.httpbin(&topo.primary, name, "127.0.0.1:8002", &["--delay-ms", &delay_ms.to_string()])?;
-            let nginx = super::nginx(
+            let nginx = crate::env::nginx(
                 topo,
                 &topo.primary,
                 &format!("{name}-nginx"),
+                "1",
                 &format!(
                     "  upstream slow {{ server 127.0.0.1:8002; keepalive 64; }}\n  server {{ listen {PRIMARY_V4}:{PORT} backlog=4096; access_log off;\n    location /md/slow/ {{ proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_pass http://slow; }}\n    location / {{ return 200 \"primary\\n\"; }} }}"
                 ),
