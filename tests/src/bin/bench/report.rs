@@ -107,7 +107,7 @@ pub fn latency(runs: &[LatencyRun], rates: &[u32], secs: u64) -> Result<String> 
     }
     writeln!(
         md,
-        "nginx runs with this configuration (one worker, like the primary; why each line is there: see *nginx's mirror module* below):\n\n```nginx\n{}\n```\n",
+        "nginx runs with this configuration (one worker, like the primary; why, and the two sysctls it gets: see *nginx's mirror module* under *Saturation*):\n\n```nginx\n{}\n```\n",
         NGINX_PROXY_CONF.replace("MIRROR", "<mirror>").replace("PRIMARY", "<primary>").replace("PORT", "8000")
     )?;
     writeln!(md, "![p99 of every run](bench-latency.svg)\n")?;
@@ -186,7 +186,23 @@ pub fn saturation(sat: &[Saturation], secs: u64) -> Result<String> {
         )?;
     }
     writeln!(md)?;
+    md.push_str(&nginx_notes(sat));
     Ok(md)
+}
+
+/// Why nginx's mirror row looks the way it does, with this run's evidence.
+fn nginx_notes(sat: &[Saturation]) -> String {
+    let fresh = sat
+        .iter()
+        .find(|s| s.peer == Peer::Nginx)
+        .map(|s| format!("{:.1}%", 100.0 * s.fresh as f64 / s.mirrored.max(1) as f64))
+        .unwrap_or_else(|| "–".into());
+    format!(
+        "### nginx's mirror module\n\n\
+The configuration is nginx's documented one (`mirror` + an `internal` location proxying to a `keepalive` upstream with HTTP/1.1 and an empty `Connection` header; `$request_uri`, without which the mirror would get `/__mirror` as the path; access log off; one worker, like the primary). The one change an nginx operator would make here is outside nginx.conf: `net.ipv4.tcp_tw_reuse=1` and `net.ipv4.ip_local_port_range=1024 65535` in the proxy's namespace. Why:\n\n\
+- A mirror subrequest is `header_only` (`ngx_http_mirror_module.c`), and the upstream module finalizes a `header_only` request as soon as the response header is in; it keeps the upstream connection only when the response has no body (`ngx_http_proxy_process_header` sets `u->keepalive` for 204/304/HEAD/`Content-Length: 0` only). So with a mirror that answers with a body, nginx opens **one TCP connection per mirrored request** whatever `keepalive` says: {fresh} of the requests nginx mirrored at saturation in this run were the first on their connection (our daemon: see its row).\n\
+- Each of those connections ends in TIME-WAIT on the proxy's side. With Linux's default 28,232 ephemeral ports and no TIME-WAIT reuse for non-loopback destinations, the port range is full within seconds, and each `connect()` then searches it (`__inet_hash_connect` at the top of a `perf` profile of the worker): that was the ~2-4 ms of worker CPU per request and the 256-1009 req/s of earlier runs. With the two sysctls, the cost left is a connection set-up and tear-down per mirrored request, shown in the CPU column.\n\n"
+    )
 }
 
 /// Classifier nanoseconds per packet and CPU-seconds per million mirrored requests.
