@@ -33,3 +33,26 @@ pub fn cpu_seconds(pid: i32) -> Result<f64> {
     // SAFETY: sysconf has no preconditions.
     Ok(ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64)
 }
+
+/// This machine, for benchmark reports: cores, CPU model, memory and kernel.
+pub fn machine() -> String {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mem_kib = proc_meminfo_kib("MemTotal").unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let cores = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    format!("{cores} cores ({cpu}), {:.0} GiB, Linux {}", mem_kib as f64 / 1048576.0, kernel.trim())
+}
+
+/// A `field: N kB` line of `/proc/meminfo`.
+fn proc_meminfo_kib(field: &str) -> Option<u64> {
+    let m = fs::read_to_string("/proc/meminfo").ok()?;
+    m.lines().find_map(|l| l.strip_prefix(field)?.strip_prefix(':')?.split_whitespace().next()?.parse().ok())
+}

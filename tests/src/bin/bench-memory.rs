@@ -9,6 +9,7 @@ use anyhow::Result;
 use clap::Parser;
 use mirror_tests::{
     attacks::{self, Attack, Outcome, SETTLED_KIB},
+    machine,
     markdown::replace_section,
     median, metric,
 };
@@ -87,20 +88,4 @@ fn main() -> Result<()> {
     std::fs::write(&args.out, replace_section(&old, HEADING, &s))?;
     println!("{s}");
     Ok(())
-}
-
-/// CPU, cores, memory and kernel of this machine.
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    // SAFETY: sysconf has no preconditions.
-    let cores = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
-    format!("{cores} cores ({cpu}), Linux {}", kernel.trim())
 }

@@ -23,8 +23,8 @@ use std::{fmt::Write as _, path::PathBuf};
 
 use anyhow::Result;
 use clap::{Parser, ValueEnum};
-use mirror_delay::replace_section;
 use mirror_tests::request;
+use mirror_tests::{machine, markdown::replace_section};
 use serde_json::Value;
 
 use crate::{
@@ -104,25 +104,6 @@ fn fidelity_plans() -> Vec<Plan> {
         get(Peer::GoReplay, &[1000, 2000, 4000, 8000, 16000]),
         get(Peer::Nginx, &[1000, 2000, 4000, 8000, 16000]),
     ]
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mem = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| m.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse::<u64>().unwrap_or(0)))
-        .unwrap_or(0);
-    // SAFETY: sysconf has no preconditions.
-    let cores = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
-    format!("{cores} cores ({cpu}), {:.0} GiB, Linux {}", mem as f64 / 1048576.0, kernel.trim())
 }
 
 fn loadavg() -> String {
