@@ -184,9 +184,11 @@ fn capture_loop(
         // Light traffic: wait for data, then let a batch gather for BATCH_WAIT, so each wake-up
         // handles many segments and hands replay one batch (wake-ups of this thread and of the
         // replay runtime, not parsing, are what costs at low rates; a mirror copy waits that
-        // much longer). Heavy traffic (the last drain was large): drain again at once, so the
-        // ring never fills for want of reading it.
+        // much longer). Bulk traffic (the last drain held LIGHT_DRAIN_BYTES or more): 1 ms, so a
+        // late wake-up on a busy machine cannot let the ring fill; heavy traffic (the last drain
+        // was large): drain again at once.
         const BATCH_WAIT: Duration = Duration::from_millis(5);
+        const LIGHT_DRAIN_BYTES: usize = 32 * 1024;
         match drained {
             0 => {
                 // Sleep until data arrives or the next flow timer (hole or idle timeout) is due,
@@ -198,7 +200,8 @@ fn capture_loop(
                 capture.wait(until_timer);
                 std::thread::sleep(BATCH_WAIT);
             }
-            n if n < HEAVY_DRAIN_BYTES => std::thread::sleep(BATCH_WAIT),
+            n if n < LIGHT_DRAIN_BYTES => std::thread::sleep(BATCH_WAIT),
+            n if n < HEAVY_DRAIN_BYTES => std::thread::sleep(Duration::from_millis(1)),
             _ => {}
         }
         let mut drained_now = 0usize;

@@ -162,9 +162,9 @@ pub fn saturation(sat: &[Saturation], secs: u64) -> Result<String> {
     )?;
     writeln!(
         md,
-        "| attached | req/s | requests | errors | mirrored | share mirrored | mirrored on a new connection | CPU-s per million mirrored |"
+        "| attached | req/s | requests | errors | mirrored | share mirrored | mirrored on a new connection | CPU-s per million mirrored | our losses |"
     )?;
-    writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|")?;
+    writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---|")?;
     for s in sat {
         let (share, fresh, cpu) = if s.peer.mirrors() {
             (
@@ -177,12 +177,13 @@ pub fn saturation(sat: &[Saturation], secs: u64) -> Result<String> {
         };
         writeln!(
             md,
-            "| {} | {:.0} | {} | {} | {} | {share} | {fresh} | {cpu} |",
+            "| {} | {:.0} | {} | {} | {} | {share} | {fresh} | {cpu} | {} |",
             s.peer.name(),
             s.per_second,
             s.requests,
             s.errors,
-            if s.peer.mirrors() { s.mirrored.to_string() } else { "–".into() }
+            if s.peer.mirrors() { s.mirrored.to_string() } else { "–".into() },
+            if s.why.is_empty() { "–" } else { &s.why }
         )?;
     }
     writeln!(md)?;
@@ -291,7 +292,7 @@ pub fn targets(
         let (lo, hi) = spread(&ratios);
         writeln!(
             md,
-            "- primary p99 ratio ≤ 1.05 at {rate} req/s: median of {} pairs **{:.2}** [{lo:.2}–{hi:.2}]; CPU **{cpu:.1}** CPU-s per million (target ≤ 10 at 2000 req/s)",
+            "- primary p99 ratio ≤ 1.05 at {rate} req/s: median of {} pairs **{:.2}** [{lo:.2}–{hi:.2}]; CPU **{cpu:.1}** CPU-s per million mirrored (target: ≤ 10 at 2000 req/s)",
             ratios.len(),
             median(ratios.clone())
         )?;

@@ -186,6 +186,8 @@ pub struct Saturation {
     /// Of those, how many arrived as the first request of a new connection to the mirror.
     pub fresh: usize,
     pub used: Used,
+    /// Our daemon's loss counters that moved during the run.
+    pub why: String,
 }
 
 /// wrk's connections and threads (the setup: 2 threads, 16 connections).
@@ -206,12 +208,13 @@ pub fn saturation(env: &Env, secs: u64) -> Result<Vec<Saturation>> {
         )?;
         std::thread::sleep(DRAIN);
         let used = a.used()?;
+        let why = if peer == Peer::Ours { loss_reasons(&a.metrics(env), &mut Value::Null) } else { String::new() };
         let after = env.mirrored_fresh();
         let (mirrored, fresh) = (after.0 - before.0, after.1 - before.1);
         a.detach(env)?;
         let (requests, per_second, errors) = parse_wrk(&text).with_context(|| format!("wrk said:\n{text}"))?;
-        println!("  {per_second:.0} req/s, {requests} requests, {mirrored} mirrored, {:.2} CPU-s", used.cpu);
-        out.push(Saturation { peer, requests, per_second, errors, mirrored, fresh, used });
+        println!("  {per_second:.0} req/s, {requests} requests, {mirrored} mirrored, {:.2} CPU-s {why}", used.cpu);
+        out.push(Saturation { peer, requests, per_second, errors, mirrored, fresh, used, why });
     }
     Ok(out)
 }
