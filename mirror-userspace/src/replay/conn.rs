@@ -40,10 +40,11 @@ use crate::{
     stats::DropReason,
 };
 
-/// Requests written and not yet answered, per connection. Enough to keep a local mirror busy at
-/// any rate the capture path delivers (the round trip is tens of microseconds; a batch is what
-/// arrives in a few milliseconds), small enough that a failure loses little.
-pub(super) const DEPTH: usize = 256;
+/// Requests written and not yet answered, per connection. Enough to ride out a mirror (or this
+/// worker) stalled for a hundred milliseconds at tens of thousands of requests per second (on a
+/// busy machine a mirror backend answers in bursts), small enough that a failure loses little;
+/// the bytes are charged to the memory budget until answered.
+pub(super) const DEPTH: usize = 1024;
 /// How long answers may wait to be read with a later batch before the worker wakes up for them
 /// (lazy reading: at steady load the answers to one batch are read when the next one is written,
 /// so they cost no wake-up). The shadow latency metric is measured when an answer is read: an

@@ -251,8 +251,14 @@ pub const LOSSES: [(DropReason, &str); 8] = [
 /// What the daemon's counters say about losses since the previous step.
 pub fn loss_reasons(metrics: &str, last: &mut Value) -> String {
     let drops = LOSSES.map(|(reason, label)| (label, format!("mirror_requests_dropped_total{{reason=\"{reason}\"}}")));
-    let series =
-        std::iter::once(("kernel ring", "mirror_kernel_packets_total{kind=\"lost\"}".to_string())).chain(drops);
+    let series = [
+        ("kernel ring", "mirror_kernel_packets_total{kind=\"lost\"}".to_string()),
+        // A flow given up after a gap: its later requests are never framed, so never counted
+        // one by one.
+        ("flows given up (gap)", "mirror_flow_events_total{kind=\"flows_given_up_gap\"}".to_string()),
+    ]
+    .into_iter()
+    .chain(drops);
     let mut out = Vec::new();
     let mut now = serde_json::Map::new();
     for (label, s) in series {
