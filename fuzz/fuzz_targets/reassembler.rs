@@ -86,6 +86,7 @@ fuzz_target!(|data: &[u8]| {
         // the server acknowledged, filled by a forged copy later, is beyond what can be checked).
         max_total_buffer: 8192,
         idle_timeout: Duration::from_millis(500),
+        opening_timeout: Duration::from_millis(300),
         reorder_timeout: Duration::from_millis(50),
         require_ack: strict,
     };
