@@ -17,6 +17,46 @@
 //! compiled) → [`Config`]. Every limit is in [`limits`]. What is wrong is a [`ConfigError`]
 //! (`diagnostic`), shown as `file:line:column: where: what`.
 
+/// Calls `$each! { method(args); ... }` with every method of serde's `Deserializer` that takes a
+/// visitor: the wrappers that see every value (`span`'s probe, `budget`'s counter) forward each.
+macro_rules! every_deserialize_method {
+    ($each:ident) => {
+        $each! {
+            deserialize_any();
+            deserialize_bool();
+            deserialize_i8();
+            deserialize_i16();
+            deserialize_i32();
+            deserialize_i64();
+            deserialize_i128();
+            deserialize_u8();
+            deserialize_u16();
+            deserialize_u32();
+            deserialize_u64();
+            deserialize_u128();
+            deserialize_f32();
+            deserialize_f64();
+            deserialize_char();
+            deserialize_str();
+            deserialize_string();
+            deserialize_bytes();
+            deserialize_byte_buf();
+            deserialize_option();
+            deserialize_unit();
+            deserialize_unit_struct(name: &'static str);
+            deserialize_newtype_struct(name: &'static str);
+            deserialize_seq();
+            deserialize_tuple(len: usize);
+            deserialize_tuple_struct(name: &'static str, len: usize);
+            deserialize_map();
+            deserialize_struct(name: &'static str, fields: &'static [&'static str]);
+            deserialize_enum(name: &'static str, variants: &'static [&'static str]);
+            deserialize_identifier();
+            deserialize_ignored_any();
+        }
+    };
+}
+
 mod budget;
 mod compare;
 mod diagnostic;
