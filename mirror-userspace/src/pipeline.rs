@@ -313,18 +313,8 @@ impl Pipeline {
                         self.http.insert(key, HttpState::new(framer));
                     }
                 }
-                StreamEvent::Data(data) => {
-                    let cfg = &self.framer_cfg;
-                    let st =
-                        self.http.entry(key).or_insert_with(|| HttpState::new(RequestFramer::new(cfg.clone(), false)));
-                    st.framer.on_data(data, &mut http);
-                }
-                StreamEvent::Gap(len) => {
-                    let cfg = &self.framer_cfg;
-                    let st =
-                        self.http.entry(key).or_insert_with(|| HttpState::new(RequestFramer::new(cfg.clone(), false)));
-                    st.framer.on_gap(len, &mut http);
-                }
+                StreamEvent::Data(data) => self.http_state(key).framer.on_data(data, &mut http),
+                StreamEvent::Gap(len) => self.http_state(key).framer.on_gap(len, &mut http),
                 StreamEvent::Close(_) => {
                     if let Some(mut st) = self.http.remove(&key) {
                         st.framer.on_close(&mut http);
@@ -344,6 +334,13 @@ impl Pipeline {
         self.reassembly_held = reassembly;
         self.shed(0, &mut http, out);
         self.http_events = http;
+    }
+
+    /// Flow `key`'s HTTP state, made with its first bytes (a flow opened mid-stream has one from
+    /// its `Open`).
+    fn http_state(&mut self, key: FlowKey) -> &mut HttpState {
+        let cfg = &self.framer_cfg;
+        self.http.entry(key).or_insert_with(|| HttpState::new(RequestFramer::new(cfg.clone(), false)))
     }
 
     /// Charges the budget with what flow `key` holds now, and files it by size.
