@@ -23,6 +23,10 @@ use crate::{
     stats::DropReason,
 };
 
+mod compare;
+pub use compare::CompareEvent;
+use compare::{CompareStage, CopyRole};
+
 /// Something for one mirror endpoint: a whole request, or a part of a streamed one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outbound {
@@ -34,6 +38,10 @@ pub struct Outbound {
     pub flow: FlowKey,
     /// What of the request this is.
     pub part: Part,
+    /// The comparison pair this copy's response belongs to (its destination, or the destination
+    /// it is the baseline of, compares responses): replay reads the response in full and hands
+    /// it over. `None`: the response is only framed and thrown away.
+    pub compare: Option<u64>,
 }
 
 /// The start of a request for a mirror: the head with Host rewritten, and the body bytes so far,
@@ -147,6 +155,8 @@ struct Shadow {
     head: Bytes,
     /// Once the request outgrew the buffer and its start was sent: (stream id, next part index).
     stream: Option<(u64, u64)>,
+    /// Its comparison pair, if any.
+    role: CopyRole,
 }
 
 /// The request being read on a flow.
@@ -208,6 +218,7 @@ struct RouteStage {
     next_stream: u64,
     rng: StdRng,
     stats: PipelineStats,
+    compare: CompareStage,
 }
 
 impl Pipeline {
@@ -218,11 +229,19 @@ impl Pipeline {
 
     /// With a given random source (tests, reproducible offline runs).
     pub fn with_rng(router: Arc<Router>, flow_cfg: FlowConfig, buffer_bytes: usize, rng: StdRng) -> Self {
+        let responses = flow_cfg.responses;
         Self {
             flows: FlowTable::new(flow_cfg),
             http: HashMap::new(),
             framer_cfg: FramerConfig::default(),
-            routing: RouteStage { router, buffer_bytes, next_stream: 0, rng, stats: PipelineStats::default() },
+            routing: RouteStage {
+                compare: CompareStage::new(responses),
+                router,
+                buffer_bytes,
+                next_stream: 0,
+                rng,
+                stats: PipelineStats::default(),
+            },
             flow_events: Vec::new(),
             http_events: Vec::new(),
             memory: Arc::new(Memory::new(crate::config::MemorySettings::default().limit_bytes)),
@@ -250,6 +269,18 @@ impl Pipeline {
     /// What the core did so far.
     pub fn stats(&self) -> &PipelineStats {
         &self.routing.stats
+    }
+
+    /// What the comparison learned since the last call (compared requests handed to replay, the
+    /// primary's responses to them), in order: the caller hands it to the compare task before it
+    /// submits this round's [`Outbound`]s.
+    pub fn take_compared(&mut self) -> Vec<CompareEvent> {
+        self.routing.compare.take()
+    }
+
+    /// Flows whose responses are being paired.
+    pub fn paired_flows(&self) -> usize {
+        self.routing.compare.flows()
     }
 
     /// The flow table (its counters and open flows).
@@ -303,6 +334,7 @@ impl Pipeline {
         for (key, ev) in events.drain(..) {
             match ev {
                 StreamEvent::Open { midstream } => {
+                    self.routing.compare.close(key, false);
                     if let Some(old) = self.http.remove(&key) {
                         self.forget(key, old.held);
                     }
@@ -331,6 +363,19 @@ impl Pipeline {
                         self.routing.apply(key, &mut st, &mut http, out);
                         self.forget(key, st.held);
                     }
+                    self.routing.compare.close(key, false);
+                    continue;
+                }
+                StreamEvent::ReverseData(data) => {
+                    self.routing.compare.data(key, &data);
+                    continue;
+                }
+                StreamEvent::ReverseGap(len) => {
+                    self.routing.compare.gap(key, len);
+                    continue;
+                }
+                StreamEvent::ReverseFin => {
+                    self.routing.compare.close(key, true);
                     continue;
                 }
             }
@@ -423,10 +468,17 @@ impl RouteStage {
                             targets
                         }
                     };
+                    let roles = self.compare.request(key, &head.method, &mirrors, &self.router);
                     st.current = Some(InFlight {
                         shadows: mirrors
                             .into_iter()
-                            .map(|mirror| Shadow { head: rewrite_head(&head, &mirror.policy), mirror, stream: None })
+                            .zip(roles)
+                            .map(|(mirror, role)| Shadow {
+                                head: rewrite_head(&head, &mirror.policy),
+                                mirror,
+                                stream: None,
+                                role,
+                            })
                             .collect(),
                         method: head.method.clone(),
                         target: head.target.clone(),
@@ -456,7 +508,7 @@ impl RouteStage {
                         cur.body.extend_from_slice(&b);
                         let body = std::mem::take(&mut cur.body).freeze();
                         self.stats.streamed += 1;
-                        for Shadow { mirror, head, stream } in &mut cur.shadows {
+                        for Shadow { mirror, head, stream, role } in &mut cur.shadows {
                             let id = self.next_stream;
                             self.next_stream += 1;
                             *stream = Some((id, 1));
@@ -466,17 +518,18 @@ impl RouteStage {
                                 method: cur.method.clone(),
                                 target: cur.target.clone(),
                             };
-                            out.push(outbound(key, mirror, Part::Start { stream: id, request }));
+                            out.push(outbound(key, mirror, Part::Start { stream: id, request }, *role));
                         }
                         continue;
                     }
-                    for Shadow { mirror, stream, .. } in &mut cur.shadows {
+                    for Shadow { mirror, stream, role, .. } in &mut cur.shadows {
                         let (id, index) = stream.as_mut().expect("streaming");
                         *index += 1;
                         out.push(outbound(
                             key,
                             mirror,
                             Part::More { stream: *id, index: *index - 1, bytes: b.clone() },
+                            *role,
                         ));
                     }
                 }
@@ -484,7 +537,17 @@ impl RouteStage {
                     self.stats.requests_complete += 1;
                     let Some(cur) = st.current.take() else { continue };
                     let body = cur.body.freeze();
-                    for Shadow { mirror, head, stream } in cur.shadows {
+                    for Shadow { mirror, head, stream, role } in cur.shadows {
+                        if let Some((id, true)) = role {
+                            self.compare.expect(
+                                id,
+                                &mirror.route,
+                                &mirror.endpoint,
+                                &cur.method,
+                                &cur.target,
+                                &self.router,
+                            );
+                        }
                         self.stats.mirrored += 1;
                         self.stats
                             .by_route
@@ -500,15 +563,15 @@ impl RouteStage {
                                 target: cur.target.clone(),
                             }),
                         };
-                        out.push(outbound(key, &mirror, part));
+                        out.push(outbound(key, &mirror, part, role));
                     }
                 }
                 HttpEvent::Dropped(reason) => {
                     if let Some(cur) = st.current.take() {
-                        for Shadow { mirror, stream, .. } in cur.shadows {
+                        for Shadow { mirror, stream, role, .. } in cur.shadows {
                             if let Some((id, _)) = stream {
                                 self.stats.count_drop(DropReason::StreamAborted);
-                                out.push(outbound(key, &mirror, Part::Abort { stream: id }));
+                                out.push(outbound(key, &mirror, Part::Abort { stream: id }, role));
                             }
                         }
                     }
@@ -534,8 +597,14 @@ fn hold(body: &mut BytesMut, b: &[u8], max: usize) {
     body.extend_from_slice(b);
 }
 
-fn outbound(flow: FlowKey, mirror: &MirrorTarget, part: Part) -> Outbound {
-    Outbound { endpoint: mirror.endpoint.clone(), route: mirror.route.clone(), flow, part }
+fn outbound(flow: FlowKey, mirror: &MirrorTarget, part: Part, role: CopyRole) -> Outbound {
+    Outbound {
+        endpoint: mirror.endpoint.clone(),
+        route: mirror.route.clone(),
+        flow,
+        part,
+        compare: role.map(|(id, _)| id),
+    }
 }
 
 #[cfg(test)]

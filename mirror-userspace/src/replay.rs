@@ -8,6 +8,7 @@
 //! [`ResponseReader`](crate::http::response::ResponseReader)) to know which request each answers.
 //! How a connection pipelines, batches and fails: [`conn`].
 
+mod compare;
 mod conn;
 #[cfg(test)]
 mod tests;
@@ -91,6 +92,8 @@ pub struct Replayer {
     metrics: Option<Arc<Metrics>>,
     /// The budget the queued requests are charged to ([`Held::Replay`]), shared with the core.
     memory: Arc<Memory>,
+    /// Where compared responses go (issue 15).
+    compare: Arc<compare::CompareOut>,
 }
 
 /// The bytes an item holds while queued: its own size (a queue slot, its strings) and its bytes.
@@ -123,6 +126,7 @@ impl Replayer {
             stats: Arc::new(ReplayStats::default()),
             metrics,
             memory,
+            compare: Arc::default(),
         };
         r.reconfigure(router);
         r
@@ -131,6 +135,7 @@ impl Replayer {
     /// Brings the endpoints in line with a (new) router: unchanged ones keep their connections,
     /// new ones get workers, removed ones finish what is queued and stop.
     pub fn reconfigure(&self, router: &Router) {
+        self.compare.set_router(router);
         let mut eps = self.endpoints.write().expect("endpoints lock");
         eps.retain(|k, ep| router.endpoints.get(k).is_some_and(|a| *a == ep.addrs));
         let mut workers = self.workers.lock().expect("workers lock");
@@ -147,6 +152,7 @@ impl Replayer {
                         stats: self.stats.clone(),
                         metrics: self.metrics.clone(),
                         memory: self.memory.clone(),
+                        compare: self.compare.clone(),
                     };
                     workers.spawn_on(conn::worker(*addr, rx, self.settings.clone(), rec), &self.runtime);
                 }
@@ -203,6 +209,13 @@ impl Replayer {
         }
     }
 
+    /// From now on, the responses of compared requests ([`Outbound::compare`]) are read in full
+    /// (up to their destination's `maxBodyBytes`) and sent to `sink`; until then, and for other
+    /// requests, responses are only framed. Set once.
+    pub fn compare_to(&self, sink: crate::comparing::Sink) {
+        let _ = self.compare.sink.set(sink);
+    }
+
     /// Stops accepting requests and lets queued ones finish for at most `grace`.
     pub async fn shutdown(&self, grace: Duration) {
         self.endpoints.write().expect("endpoints lock").clear();
@@ -226,6 +239,7 @@ struct Recorder {
     stats: Arc<ReplayStats>,
     metrics: Option<Arc<Metrics>>,
     memory: Arc<Memory>,
+    compare: Arc<compare::CompareOut>,
 }
 
 impl Recorder {

@@ -59,6 +59,8 @@ struct InFlight {
     stream: Option<u64>,
     /// A streamed request that must never complete: the connection is reset when it is reached.
     poisoned: bool,
+    /// A compared request: its response's bytes, kept as read.
+    capture: Option<super::compare::Capture>,
 }
 
 struct Conn {
@@ -229,6 +231,7 @@ fn on_ready(c: &mut Conn, ready: Ready, buf: &mut [u8], rec: &Recorder) -> Optio
             if let Some(done) = c.reader.as_ref().and_then(ResponseReader::on_eof) {
                 let f = c.inflight.pop_front().expect("a reader reads a request's response");
                 rec.answered(&f.ob, f.started, done.status);
+                rec.compare.hand_over(&f.ob, f.capture);
                 c.reader = None;
             }
             return Some(Ending::Failed(DropReason::IoError));
@@ -244,11 +247,15 @@ fn on_ready(c: &mut Conn, ready: Ready, buf: &mut [u8], rec: &Recorder) -> Optio
                 Ok(r) => r,
                 Err(_) => return Some(Ending::Failed(DropReason::BadResponse)),
             };
+            if let Some(capture) = c.inflight.front_mut().and_then(|f| f.capture.as_mut()) {
+                capture.push(&data[..used]);
+            }
             data = &data[used..];
             let Some(done) = done else { continue };
             c.reader = None;
             let f = c.inflight.pop_front().expect("front checked above");
             rec.answered(&f.ob, f.started, done.status);
+            rec.compare.hand_over(&f.ob, f.capture);
             if c.active.is_some_and(|(s, _)| Some(s) == f.stream) {
                 // Answered before its body was all written (an early error status): the rest
                 // of the stream has nowhere to go.
@@ -329,6 +336,7 @@ fn write(c: &mut Conn, ob: Outbound, tries: u8, rec: &Recorder) {
             if let Some(s) = stream {
                 c.active = Some((s, 1));
             }
+            let capture = rec.compare.capture(&ob, head_request);
             c.inflight.push_back(InFlight {
                 start,
                 head_request,
@@ -337,6 +345,7 @@ fn write(c: &mut Conn, ob: Outbound, tries: u8, rec: &Recorder) {
                 tries,
                 stream,
                 poisoned: false,
+                capture,
             });
         }
         Part::More { index, bytes, .. } => {
