@@ -88,6 +88,7 @@ fuzz_target!(|data: &[u8]| {
         idle_timeout: Duration::from_millis(500),
         reorder_timeout: Duration::from_millis(50),
         require_ack: strict,
+        responses: false,
     };
     let mut table = FlowTable::new(cfg);
     let mut out = Vec::new();

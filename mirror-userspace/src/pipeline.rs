@@ -278,11 +278,6 @@ impl Pipeline {
         self.routing.compare.take()
     }
 
-    /// Flows whose responses are being paired.
-    pub fn paired_flows(&self) -> usize {
-        self.routing.compare.flows()
-    }
-
     /// The flow table (its counters and open flows).
     pub fn flows(&self) -> &FlowTable {
         &self.flows
@@ -366,16 +361,8 @@ impl Pipeline {
                     self.routing.compare.close(key, false);
                     continue;
                 }
-                StreamEvent::ReverseData(data) => {
-                    self.routing.compare.data(key, &data);
-                    continue;
-                }
-                StreamEvent::ReverseGap(len) => {
-                    self.routing.compare.gap(key, len);
-                    continue;
-                }
-                StreamEvent::ReverseFin => {
-                    self.routing.compare.close(key, true);
+                reverse @ (StreamEvent::ReverseData(_) | StreamEvent::ReverseGap(_) | StreamEvent::ReverseFin) => {
+                    self.routing.compare.on_reverse(key, reverse);
                     continue;
                 }
             }

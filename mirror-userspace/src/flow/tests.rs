@@ -342,6 +342,7 @@ proptest! {
             opening_timeout: Duration::from_millis(90),
             reorder_timeout: Duration::from_millis(30),
             require_ack: strict,
+            responses: false,
         };
         let (mut always, mut polled) = (FlowTable::new(cfg.clone()), FlowTable::new(cfg));
         let (mut out_a, mut out_p) = (Vec::new(), Vec::new());

@@ -18,7 +18,7 @@ use crate::{
         PairLimits, Paired, Pairer,
         join::{Expected, Side},
     },
-    flow::FlowKey,
+    flow::{FlowKey, StreamEvent},
     route::{MirrorTarget, Router},
 };
 
@@ -129,20 +129,21 @@ impl CompareStage {
         self.events.push(CompareEvent::Expect { id, expected });
     }
 
-    /// The next bytes of `key`'s server stream.
-    pub(super) fn data(&mut self, key: FlowKey, bytes: &[u8]) {
-        if let Some(p) = self.pairers.get_mut(&key) {
-            p.data(bytes, &mut self.paired);
-            self.flush();
+    /// An event of `key`'s server stream: its bytes, a gap, its FIN.
+    pub(super) fn on_reverse(&mut self, key: FlowKey, ev: StreamEvent) {
+        match ev {
+            StreamEvent::ReverseFin => return self.close(key, true),
+            StreamEvent::ReverseData(bytes) => {
+                let Some(p) = self.pairers.get_mut(&key) else { return };
+                p.data(&bytes, &mut self.paired);
+            }
+            StreamEvent::ReverseGap(len) => {
+                let Some(p) = self.pairers.get_mut(&key) else { return };
+                p.gap(len, &mut self.paired);
+            }
+            _ => return,
         }
-    }
-
-    /// `len` bytes of `key`'s server stream were lost.
-    pub(super) fn gap(&mut self, key: FlowKey, len: u64) {
-        if let Some(p) = self.pairers.get_mut(&key) {
-            p.gap(len, &mut self.paired);
-            self.flush();
-        }
+        self.flush();
     }
 
     /// `key`'s server stream ended: by its FIN (`clean`), or the flow ended (reset, idle,
@@ -166,10 +167,5 @@ impl CompareStage {
     /// The events since the last call, in order.
     pub(super) fn take(&mut self) -> Vec<CompareEvent> {
         std::mem::take(&mut self.events)
-    }
-
-    /// Flows being paired.
-    pub(super) fn flows(&self) -> usize {
-        self.pairers.len()
     }
 }
