@@ -34,7 +34,10 @@ fn client(p: &mut Pipeline, seq: u32, flags: u8, data: &[u8], out: &mut Vec<Outb
     p.on_segment(Segment::to_server(key(), seq, 1001, flags, Bytes::copy_from_slice(data)), Duration::ZERO, out);
 }
 
-fn status(side: &crate::compare::join::Side) -> Result<(u16, Vec<u8>), Incomplete> {
+/// A side in brief: status and body, or why there is none.
+type Brief = Result<(u16, Vec<u8>), Incomplete>;
+
+fn status(side: &crate::compare::join::Side) -> Brief {
     side.as_ref().map(|r| (r.status, r.body.clone())).map_err(|e| *e)
 }
 
@@ -77,7 +80,7 @@ fn the_primary_responses_pair_with_compared_requests_in_order() {
     server(&mut p, 30, TCP_ACK, ack, &resp[30..], &mut out);
     assert!(p.take_compared().is_empty(), "waits for the hole");
     server(&mut p, 0, TCP_ACK, ack, &resp[..30], &mut out);
-    let prim: Vec<(u64, Result<(u16, Vec<u8>), Incomplete>)> = p
+    let prim: Vec<(u64, Brief)> = p
         .take_compared()
         .into_iter()
         .map(|e| match e {
