@@ -23,7 +23,8 @@ pub enum Held {
     Bodies,
     /// Requests queued for the mirrors.
     Replay,
-    /// Responses waiting to be compared (issue 15): the join's held sides.
+    /// Responses held for comparison (issue 15): the primary's being paired on the capture
+    /// thread, and the sides waiting in the compare task's join.
     Compare,
 }
 

@@ -25,7 +25,6 @@ use crate::{
 
 mod compare;
 pub use compare::CompareEvent;
-use compare::{CompareStage, CopyRole};
 
 /// Something for one mirror endpoint: a whole request, or a part of a streamed one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,9 +37,8 @@ pub struct Outbound {
     pub flow: FlowKey,
     /// What of the request this is.
     pub part: Part,
-    /// The comparison pair this copy's response belongs to (its destination, or the destination
-    /// it is the baseline of, compares responses): replay reads the response in full and hands
-    /// it over. `None`: the response is only framed and thrown away.
+    /// The comparison pair its response belongs to (see `pipeline/compare.rs`): replay reads it in
+    /// full and hands it over. `None`: the response is only framed and thrown away.
     pub compare: Option<u64>,
 }
 
@@ -156,7 +154,7 @@ struct Shadow {
     /// Once the request outgrew the buffer and its start was sent: (stream id, next part index).
     stream: Option<(u64, u64)>,
     /// Its comparison pair, if any.
-    role: CopyRole,
+    role: compare::CopyRole,
 }
 
 /// The request being read on a flow.
@@ -206,6 +204,8 @@ pub struct Pipeline {
     memory: Arc<Memory>,
     /// What the flow table's out-of-order buffers were last charged.
     reassembly_held: usize,
+    /// What the pairers (`pipeline/compare.rs`) were last charged.
+    compare_held: usize,
     /// Flows holding bytes, by what they hold: the largest is shed first.
     by_held: BTreeSet<(usize, FlowKey)>,
 }
@@ -218,7 +218,7 @@ struct RouteStage {
     next_stream: u64,
     rng: StdRng,
     stats: PipelineStats,
-    compare: CompareStage,
+    compare: compare::CompareStage,
 }
 
 impl Pipeline {
@@ -235,7 +235,7 @@ impl Pipeline {
             http: HashMap::new(),
             framer_cfg: FramerConfig::default(),
             routing: RouteStage {
-                compare: CompareStage::new(responses),
+                compare: compare::CompareStage::new(responses),
                 router,
                 buffer_bytes,
                 next_stream: 0,
@@ -246,6 +246,7 @@ impl Pipeline {
             http_events: Vec::new(),
             memory: Arc::new(Memory::new(crate::config::MemorySettings::default().limit_bytes)),
             reassembly_held: 0,
+            compare_held: 0,
             by_held: BTreeSet::new(),
         }
     }
@@ -271,9 +272,8 @@ impl Pipeline {
         &self.routing.stats
     }
 
-    /// What the comparison learned since the last call (compared requests handed to replay, the
-    /// primary's responses to them), in order: the caller hands it to the compare task before it
-    /// submits this round's [`Outbound`]s.
+    /// What the comparison learned since the last call, in order: the caller hands it to the
+    /// compare task before it submits this round's [`Outbound`]s.
     pub fn take_compared(&mut self) -> Vec<CompareEvent> {
         self.routing.compare.take()
     }
@@ -374,6 +374,8 @@ impl Pipeline {
         let reassembly = self.flows.buffered_bytes();
         self.memory.adjust(Held::Reassembly, self.reassembly_held, reassembly);
         self.reassembly_held = reassembly;
+        self.memory.adjust(Held::Compare, self.compare_held, self.routing.compare.held());
+        self.compare_held = self.routing.compare.held();
         self.shed(0, &mut http, out);
         self.http_events = http;
     }
@@ -584,14 +586,9 @@ fn hold(body: &mut BytesMut, b: &[u8], max: usize) {
     body.extend_from_slice(b);
 }
 
-fn outbound(flow: FlowKey, mirror: &MirrorTarget, part: Part, role: CopyRole) -> Outbound {
-    Outbound {
-        endpoint: mirror.endpoint.clone(),
-        route: mirror.route.clone(),
-        flow,
-        part,
-        compare: role.map(|(id, _)| id),
-    }
+fn outbound(flow: FlowKey, mirror: &MirrorTarget, part: Part, role: compare::CopyRole) -> Outbound {
+    let (endpoint, route, compare) = (mirror.endpoint.clone(), mirror.route.clone(), role.map(|(id, _)| id));
+    Outbound { endpoint, route, flow, part, compare }
 }
 
 #[cfg(test)]

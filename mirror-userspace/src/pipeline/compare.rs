@@ -57,6 +57,8 @@ pub(super) struct CompareStage {
     on: bool,
     next_id: u64,
     pairers: HashMap<FlowKey, Pairer<Vec<u64>>>,
+    /// Bytes the pairers hold, over all flows (see [`Pairer::held`]).
+    held: usize,
     paired: Vec<Paired<Vec<u64>>>,
     events: Vec<CompareEvent>,
 }
@@ -99,12 +101,13 @@ impl CompareStage {
             max_body: router.compared.values().map(|s| s.max_body_bytes).max().unwrap_or(0),
             ..PairLimits::default()
         };
-        let pairer = self.pairers.entry(key).or_insert_with(|| Pairer::new(limits));
-        pairer.request(method.as_bytes(), (!ids.is_empty()).then_some(ids), &mut self.paired);
-        if pairer.waiting() > MAX_WAITING {
-            pairer.close(false, &mut self.paired);
-        }
-        self.flush();
+        self.pairers.entry(key).or_insert_with(|| Pairer::new(limits));
+        self.with(key, |p, out| {
+            p.request(method.as_bytes(), (!ids.is_empty()).then_some(ids), out);
+            if p.waiting() > MAX_WAITING {
+                p.close(false, out);
+            }
+        });
         roles
     }
 
@@ -132,24 +135,33 @@ impl CompareStage {
     /// An event of `key`'s server stream: its bytes, a gap, its FIN.
     pub(super) fn on_reverse(&mut self, key: FlowKey, ev: StreamEvent) {
         match ev {
-            StreamEvent::ReverseFin => return self.close(key, true),
-            StreamEvent::ReverseData(bytes) => {
-                let Some(p) = self.pairers.get_mut(&key) else { return };
-                p.data(&bytes, &mut self.paired);
-            }
-            StreamEvent::ReverseGap(len) => {
-                let Some(p) = self.pairers.get_mut(&key) else { return };
-                p.gap(len, &mut self.paired);
-            }
-            _ => return,
+            StreamEvent::ReverseFin => self.close(key, true),
+            StreamEvent::ReverseData(bytes) => self.with(key, |p, out| p.data(&bytes, out)),
+            StreamEvent::ReverseGap(len) => self.with(key, |p, out| p.gap(len, out)),
+            _ => {}
         }
+    }
+
+    /// Runs `f` on `key`'s pairer (if it has one), keeps the books of what it holds, and turns
+    /// what it paired into events.
+    fn with(&mut self, key: FlowKey, f: impl FnOnce(&mut Pairer<Vec<u64>>, &mut Vec<Paired<Vec<u64>>>)) {
+        let Some(p) = self.pairers.get_mut(&key) else { return };
+        let before = p.held();
+        f(p, &mut self.paired);
+        self.held = self.held - before + p.held();
         self.flush();
+    }
+
+    /// Bytes the pairers hold, over all flows.
+    pub(super) fn held(&self) -> usize {
+        self.held
     }
 
     /// `key`'s server stream ended: by its FIN (`clean`), or the flow ended (reset, idle,
     /// evicted, given up). Every request still waiting is reported.
     pub(super) fn close(&mut self, key: FlowKey, clean: bool) {
         if let Some(mut p) = self.pairers.remove(&key) {
+            self.held -= p.held();
             p.close(clean, &mut self.paired);
             self.flush();
         }

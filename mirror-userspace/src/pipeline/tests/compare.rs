@@ -105,7 +105,10 @@ fn a_flow_that_ends_reports_its_waiting_requests_and_nothing_is_paired_without_r
     client(&mut p, 2, TCP_ACK, b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n", &mut out);
     server(&mut p, 0, TCP_ACK, 2 + 28, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab", &mut out);
     let _ = p.take_compared();
+    // The body being read is charged to the budget, and given back when the flow ends.
+    assert!(p.memory().held(Held::Compare) > 0);
     server(&mut p, 0, TCP_RST, 0, b"", &mut out);
+    assert_eq!(p.memory().held(Held::Compare), 0);
     let ev = p.take_compared();
     assert!(
         matches!(&ev[..], [CompareEvent::Primary { id: 0, side: Ok(r) }] if r.cut == Some(Incomplete::Cut)),
