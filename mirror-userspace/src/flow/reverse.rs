@@ -15,10 +15,9 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use mirror_common::{TCP_FIN, TCP_SYN};
 
-use super::{FlowConfig, StreamEvent, assembler::Assembler, conn::unwrap_around};
+use super::{FlowConfig, Segment, StreamEvent, assembler::Assembler, conn::unwrap_around};
 
 /// The reverse stream of one flow.
 #[derive(Debug)]
@@ -52,16 +51,18 @@ impl Reverse {
         self.asm.buffered()
     }
 
-    /// A server segment: its payload (as captured) at `seq`, its FIN. Events go to `emit`.
+    /// A server segment: its payload (as captured), its FIN. Events go to `emit`. At
+    /// most `room` more bytes may be held out of order (the table's global bound), and at most
+    /// `cfg.max_flow_buffer` by this stream.
     pub(super) fn on_segment(
         &mut self,
-        seq: u32,
-        flags: u8,
-        mut payload: Bytes,
+        seg: &Segment,
         now: Duration,
         cfg: &FlowConfig,
+        room: usize,
         mut emit: impl FnMut(StreamEvent),
     ) {
+        let (seq, flags, mut payload) = (seg.seq, seg.flags, seg.payload.clone());
         // Data of a SYN-ACK (TCP Fast Open's server data) starts after its sequence number.
         let seq = if flags & TCP_SYN != 0 { seq.wrapping_add(1) } else { seq };
         let off = match unwrap_around(seq.wrapping_sub(self.base), self.asm.next_offset()) {
@@ -75,7 +76,7 @@ impl Reverse {
             }
         };
         let end = off + payload.len() as u64;
-        let room = cfg.max_flow_buffer.saturating_sub(self.asm.buffered());
+        let room = cfg.max_flow_buffer.saturating_sub(self.asm.buffered()).min(room);
         let mut out = reverse_events(&mut emit);
         if !payload.is_empty() {
             self.asm.insert(off, payload, now, room, &mut out);

@@ -206,7 +206,8 @@ impl FlowTable {
         let Some(rev) = flow.reverse.as_mut() else { return };
         let before = rev.buffered();
         let emit = emitter(key, &mut self.stats, out);
-        rev.on_segment(seg.seq, seg.flags, seg.payload.clone(), now, &self.cfg, emit);
+        let room = self.buffer_limit.saturating_sub(self.total_pending + self.reverse_pending);
+        rev.on_segment(seg, now, &self.cfg, room, emit);
         self.reverse_pending = self.reverse_pending - before + rev.buffered();
     }
 
