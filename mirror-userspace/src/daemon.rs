@@ -55,14 +55,15 @@ pub async fn run(path: &Path, metrics_addr: std::net::SocketAddr, attach: Attach
     metrics::raise_fd_limit();
     let memory = Arc::new(Memory::new(cfg.memory.limit_bytes));
     let replayer = Arc::new(Replayer::start(&router, &cfg.replay, Some(metrics.clone()), memory.clone()));
-    // Compared responses (issue 15): one task joins and compares them; a pair waits as long as
-    // a mirror may take to answer, and a second more.
-    let comparing = (!router.compared.is_empty()).then(|| {
+    // Compared responses (issue 15): one task joins and compares them (idle while no destination
+    // compares: a reload may make one); a pair waits as long as a mirror may take to answer, and
+    // a second more.
+    let comparing = {
         let wait = cfg.replay.request_timeout() + Duration::from_secs(1);
         let sink = crate::comparing::start(router.clone(), wait, Some(metrics.clone()), memory.clone());
         replayer.compare_to(sink.clone());
-        sink
-    });
+        Some(sink)
+    };
     let capture = Capture::start(&cfg.capture, &endpoint_addrs(&router), attach)?;
     publish_links(&capture, &metrics);
     tracing::info!(
@@ -79,7 +80,7 @@ pub async fn run(path: &Path, metrics_addr: std::net::SocketAddr, attach: Attach
     let thread = {
         let stop = stop.clone();
         let replayer = replayer.clone();
-        let flow_cfg = FlowConfig { responses: comparing.is_some() && cfg.capture.responses, ..FlowConfig::default() };
+        let flow_cfg = FlowConfig { responses: cfg.capture.responses, ..FlowConfig::default() };
         let pipeline = Pipeline::new(router, flow_cfg, cfg.replay.buffer_bytes).with_memory(memory.clone());
         let sinks = Sinks { replayer, comparing: comparing.clone() };
         std::thread::Builder::new()

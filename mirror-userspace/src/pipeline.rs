@@ -262,8 +262,12 @@ impl Pipeline {
         &self.memory
     }
 
-    /// Replaces the routes; requests already being read keep the decision they got.
+    /// Replaces the routes; requests already being read keep the decision they got. Pairing is on
+    /// while some destination compares (the daemon's classifier then ships the responses).
     pub fn set_router(&mut self, router: Arc<Router>) {
+        let on = !router.compared.is_empty();
+        self.flows.set_responses(on);
+        self.routing.compare.set_on(on);
         self.routing.router = router;
     }
 

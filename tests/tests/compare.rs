@@ -20,13 +20,26 @@ fn series(kind: &str, label: &str, value: &str) -> String {
     format!("mirror_compare_{kind}{{route=\"cmp\",mirror=\"httpbin/v2\",{label}=\"{value}\"}}")
 }
 
-#[test]
-fn responses_are_compared_with_exact_counts_per_field() {
-    let topo = Topology::new().unwrap();
-    let _v1 = topo.httpbin(&topo.primary, "v1", &format!("[::]:{PORT}"), &["--variant", "v1"]).unwrap();
-    let _v2 = topo.httpbin(&topo.mirror, "v2", &format!("{MIRROR_V4}:{PORT}"), &["--variant", "v2"]).unwrap();
-    let _v1b = topo.httpbin(&topo.mirror, "v1b", &format!("{MIRROR_V4}:8001"), &["--variant", "v1b"]).unwrap();
-    let log = topo.path("differences.jsonl");
+/// The three versions: the primary v1, the candidate v2 and the baseline v1b (a second copy of
+/// v1) in the mirror namespace.
+fn versions(topo: &Topology) -> [Proc; 3] {
+    [
+        topo.httpbin(&topo.primary, "v1", &format!("[::]:{PORT}"), &["--variant", "v1"]).unwrap(),
+        topo.httpbin(&topo.mirror, "v2", &format!("{MIRROR_V4}:{PORT}"), &["--variant", "v2"]).unwrap(),
+        topo.httpbin(&topo.mirror, "v1b", &format!("{MIRROR_V4}:8001"), &["--variant", "v1b"]).unwrap(),
+    ]
+}
+
+/// Writes the config: v2 and v1b mirrored every request; `compare` (with a log file, if given)
+/// or not.
+fn write_config(topo: &Topology, compare: Option<&std::path::Path>) -> std::path::PathBuf {
+    let policy = match compare {
+        Some(log) => format!(
+            "mirrorPolicies:\n  httpbin/v2:\n    compare:\n      ignoreHeaders: [x-served-by]\n      baseline: httpbin/v1b\n      log: {}\n",
+            log.display()
+        ),
+        None => String::new(),
+    };
     let config = topo.path("compare.yaml");
     std::fs::write(
         &config,
@@ -40,40 +53,48 @@ routes:
 endpoints:
   httpbin/v2: [\"{MIRROR_V4}:{PORT}\"]
   httpbin/v1b: [\"{MIRROR_V4}:8001\"]
-mirrorPolicies:
-  httpbin/v2:
-    compare:
-      ignoreHeaders: [x-served-by]
-      baseline: httpbin/v1b
-      log: {}
-",
-            log.display()
+{policy}"
         ),
     )
     .unwrap();
-    let daemon = topo.daemon(&config).unwrap();
+    config
+}
 
+/// `N` GETs of each of `paths` from the client, one kept-alive connection per path.
+fn send(topo: &Topology, paths: &[&str]) {
     let primary: SocketAddr = format!("{PRIMARY_V4}:{PORT}").parse().unwrap();
-    for path in PATHS {
+    for path in paths {
         let reqs: Vec<Vec<u8>> = (0..N).map(|i| request("GET", &format!("/cmp/{path}?i={i}"), &[], b"")).collect();
         let got = topo.in_ns(&topo.client, move || exchange(primary, &reqs)).unwrap().unwrap();
         assert!(got.iter().all(|r| r.status == 200), "the primary answers as v1: {path}");
     }
+}
 
-    // Every pair is settled once all three sides are in.
-    let total = (PATHS.len() * N) as f64;
+/// Scrapes the metrics until `total` pairs are settled (or 15 s passed).
+fn settled(topo: &Topology, total: f64) -> String {
     let deadline = Instant::now() + Duration::from_secs(15);
-    let text = loop {
-        let text = scrape_metrics(&topo).unwrap();
+    loop {
+        let text = scrape_metrics(topo).unwrap();
         let settled: f64 = ["same", "different", "noise", "incomplete"]
             .iter()
             .map(|r| metric(&text, &series("total", "result", r)))
             .sum();
         if settled >= total || Instant::now() > deadline {
-            break text;
+            return text;
         }
         std::thread::sleep(Duration::from_millis(200));
-    };
+    }
+}
+
+#[test]
+fn responses_are_compared_with_exact_counts_per_field() {
+    let topo = Topology::new().unwrap();
+    let _servers = versions(&topo);
+    let log = topo.path("differences.jsonl");
+    let daemon = topo.daemon(&write_config(&topo, Some(&log))).unwrap();
+    send(&topo, &PATHS);
+    // Every pair is settled once all three sides are in.
+    let text = settled(&topo, (PATHS.len() * N) as f64);
     let summary = topo.stop_daemon(daemon, libc::SIGINT).unwrap();
     let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("mirror_compare")).collect();
     println!("{}\n{summary}", lines.join("\n"));
@@ -116,4 +137,31 @@ mirrorPolicies:
     // here is that large), and nothing was lost.
     assert!(summary["kernel"]["tail_pieces"].as_u64().unwrap() > 0, "{summary}");
     assert_eq!(summary["flows"]["response_gaps"], Value::from(0), "{summary}");
+}
+
+/// Comparing is switched on by a reload (SIGHUP): before it, the primary's responses are not
+/// shipped and nothing is compared; after it, connections opened from then on are.
+#[test]
+fn a_reload_turns_comparing_on() {
+    let topo = Topology::new().unwrap();
+    let _servers = versions(&topo);
+    let mut daemon = topo.daemon(&write_config(&topo, None)).unwrap();
+    send(&topo, &["json"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let before = scrape_metrics(&topo).unwrap();
+    assert!(!before.lines().any(|l| l.starts_with("mirror_compare_total{")), "nothing compared yet");
+
+    write_config(&topo, Some(&topo.path("differences.jsonl")));
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_for_stderr("reloaded", Duration::from_secs(10)).unwrap();
+    // The capture thread takes the reload at its next round.
+    std::thread::sleep(Duration::from_millis(300));
+    send(&topo, &["json", "same"]);
+    let text = settled(&topo, (2 * N) as f64);
+    let summary = topo.stop_daemon(daemon, libc::SIGINT).unwrap();
+    let n = N as f64;
+    let result = |r: &str| metric(&text, &series("total", "result", r));
+    assert_eq!((result("same"), result("different"), result("incomplete")), (n, n, 0.0), "{text}\n{summary}");
+    assert_eq!(metric(&text, &series("differences_total", "field", "json:/count")), n);
+    assert_eq!(summary["compare"]["join"]["unmatched"], Value::from(0), "{summary}");
 }

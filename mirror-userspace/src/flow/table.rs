@@ -76,6 +76,12 @@ impl FlowTable {
         }
     }
 
+    /// Turns the server streams' reassembly on or off ([`FlowConfig::responses`]) for what comes
+    /// from now on; flows whose server stream is being reassembled keep it until they end.
+    pub fn set_responses(&mut self, on: bool) {
+        self.cfg.responses = on;
+    }
+
     /// Lowers (or restores) the bound on bytes held over all flows to `min(limit,
     /// max_total_buffer)`: a segment that would go beyond it is dropped (counted in
     /// `buffer_overflows`; its hole becomes a gap). Bytes already held stay.

@@ -68,6 +68,11 @@ impl CompareStage {
         Self { on, ..Self::default() }
     }
 
+    /// Pairs the requests framed from now on, or not (flows being paired go on until they end).
+    pub(super) fn set_on(&mut self, on: bool) {
+        self.on = on;
+    }
+
     /// A request head framed on `key`, going to `mirrors`: gives it to the flow's pairer and
     /// returns each copy's role (`None` for every copy when nothing is compared).
     pub(super) fn request(
