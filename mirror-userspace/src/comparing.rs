@@ -81,6 +81,13 @@ impl Sink {
         ok
     }
 
+    /// Queues `msg`, waiting for room (offline replay, where nothing live can be delayed).
+    pub async fn send_wait(&self, msg: Msg) {
+        if self.tx.send(msg).await.is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Stops the task and returns its summary (waits for room in the channel: shutdown only).
     pub async fn finish(&self) -> Value {
         let (tx, rx) = oneshot::channel();

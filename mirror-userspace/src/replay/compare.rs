@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 use crate::{
     compare::{Incomplete, PairLimits, Pairer},
     comparing::{Msg, Sink},
-    pipeline::Outbound,
+    pipeline::{Outbound, Part},
     route::Router,
 };
 
@@ -48,6 +48,15 @@ impl CompareOut {
         self.sink.get()?;
         let limit = *self.limits.read().expect("limits lock").get(&ob.endpoint)?;
         Some(Capture { raw: Vec::new(), limit, over: false, head_request })
+    }
+
+    /// `ob` will never be answered (its connection failed, or it never reached one): if it is
+    /// compared, its side is missing now rather than at the join's timeout.
+    pub(super) fn failed(&self, ob: &Outbound) {
+        let request = matches!(ob.part, Part::Whole(_) | Part::Start { .. });
+        if let (Some(id), Some(sink), true) = (ob.compare, self.sink.get(), request) {
+            sink.send(Msg::Mirror { id, endpoint: ob.endpoint.clone(), side: Err(Incomplete::Missing) });
+        }
     }
 
     /// Hands a finished capture over (never waits: a full channel drops it, counted there).

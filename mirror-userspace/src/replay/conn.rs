@@ -306,6 +306,7 @@ async fn admit(
                 None => {
                     // The mirror is unreachable: what waits now is lost, later requests try again.
                     for (ob, _) in pending.drain(..) {
+                        rec.compare.failed(&ob);
                         rec.memory.release(crate::memory::Held::Replay, weight(&ob));
                         if !matches!(ob.part, Part::More { .. } | Part::End { .. } | Part::Abort { .. }) {
                             rec.count_drop(DropReason::ConnectError);
@@ -405,6 +406,7 @@ fn reset_if_due(conn: &mut Option<Conn>, rec: &Recorder) {
         // Only the poisoned stream is left (whatever came after it was never admitted). A stream
         // its server answered early was counted as answered: nothing is left of it here.
         rec.memory.release(crate::memory::Held::Replay, weight(&f.ob));
+        rec.compare.failed(&f.ob);
         rec.count_drop(DropReason::StreamReset);
     }
 }
@@ -435,6 +437,7 @@ fn end(conn: &mut Option<Conn>, pending: &mut VecDeque<Queued>, how: Ending, rec
             continue;
         }
         rec.memory.release(crate::memory::Held::Replay, weight(&f.ob));
+        rec.compare.failed(&f.ob);
         rec.count_drop(match how {
             Ending::Failed(reason) => reason,
             // A streamed request cut short by the server's close.
