@@ -87,6 +87,7 @@ fuzz_target!(|data: &[u8]| {
         max_total_buffer: 8192,
         idle_timeout: Duration::from_millis(500),
         reorder_timeout: Duration::from_millis(50),
+        opening_timeout: Duration::from_millis(300),
         require_ack: strict,
         responses: false,
     };
@@ -192,6 +193,9 @@ fn check(
             }
             StreamEvent::Close(_) => {
                 seen.remove(&key);
+            }
+            StreamEvent::ReverseData(_) | StreamEvent::ReverseGap(_) | StreamEvent::ReverseFin => {
+                unreachable!("a server stream without FlowConfig::responses")
             }
             StreamEvent::Gap(n) => {
                 let s = seen.get_mut(&key).expect("a gap on a flow not open");
