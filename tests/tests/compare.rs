@@ -12,7 +12,7 @@ use std::{
 use mirror_tests::*;
 use serde_json::Value;
 
-const PATHS: [&str; 8] = ["same", "status", "header", "json", "order", "gzip", "time", "big"];
+const PATHS: [&str; 9] = ["same", "status", "header", "json", "order", "gzip", "time", "big", "cookie"];
 /// Requests per path (each path on its own kept-alive connection).
 const N: usize = 3;
 
@@ -104,27 +104,38 @@ fn responses_are_compared_with_exact_counts_per_field() {
     // noise: time (differs on every response, and between the primary and its baseline copy).
     assert_eq!(
         (result("same"), result("different"), result("noise"), result("incomplete")),
-        (3.0 * n, 4.0 * n, n, 0.0),
+        (3.0 * n, 5.0 * n, n, 0.0),
         "{lines:#?}\n{summary}"
     );
     let field = |f: &str| metric(&text, &series("differences_total", "field", f));
-    for f in ["status", "header:x-version", "json:/count", "json:/items/*"] {
+    for f in ["status", "header:x-version", "json:/count", "json:/items/*", "header:set-cookie"] {
         assert_eq!(field(f), n, "{f}: {lines:#?}");
     }
     let fields = lines.iter().filter(|l| l.starts_with("mirror_compare_differences_total{")).count();
-    assert_eq!(fields, 4, "no other field differs: {lines:#?}");
+    assert_eq!(fields, 5, "no other field differs: {lines:#?}");
 
     // The log: one record per differing pair, none for the identical paths.
     let records: Vec<Value> =
         std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(records.len(), 4 * N, "{records:#?}");
+    assert_eq!(records.len(), 5 * N, "{records:#?}");
     for r in &records {
         let target = r["target"].as_str().unwrap();
-        assert!(["status", "header", "json", "order"].iter().any(|p| target.starts_with(&format!("/cmp/{p}?"))), "{r}");
+        let differing = ["status", "header", "json", "order", "cookie"];
+        assert!(differing.iter().any(|p| target.starts_with(&format!("/cmp/{p}?"))), "{r}");
         assert_eq!((r["route"].as_str(), r["mirror"].as_str()), (Some("cmp"), Some("httpbin/v2")), "{r}");
     }
     let status = records.iter().find(|r| r["target"].as_str().unwrap().starts_with("/cmp/status")).unwrap();
     assert_eq!((status["primary"]["status"].as_u64(), status["shadow"]["status"].as_u64()), (Some(200), Some(500)));
+    // A credential that differs is counted, never written.
+    let text_log = std::fs::read_to_string(&log).unwrap();
+    assert!(!text_log.contains("secret-v"), "a set-cookie value reached the log");
+    let cookie = records.iter().find(|r| r["target"].as_str().unwrap().starts_with("/cmp/cookie")).unwrap();
+    let diff = &cookie["differences"][0];
+    assert_eq!(
+        (diff["field"].as_str(), diff["primary"].as_str(), diff["shadow"].as_str()),
+        (Some("header:set-cookie"), Some("[redacted]"), Some("[redacted]")),
+        "{cookie}"
+    );
 
     // The exit summary says the same, and nothing was lost on the way.
     let pairs = &summary["compare"]["pairs"]["cmp/httpbin/v2"];

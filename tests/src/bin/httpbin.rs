@@ -7,7 +7,8 @@
 //! With `--variant v1|v1b|v2`, paths under `/cmp/` answer as a version of a service would, for
 //! the comparison tests (issue 15): `same` (identical everywhere), `status` (v2: 500), `header`
 //! (v2: `x-version: 2`), `json` (v2: another `count`), `order` (v2: the array reversed), `gzip`
-//! (v2: the same JSON gzip-encoded), `time` (a field that differs on every response), `big` (200 kB, identical everywhere).
+//! (v2: the same JSON gzip-encoded), `time` (a field that differs on every response), `big` (200 kB, identical everywhere), `cookie` (a
+//! `set-cookie` that differs: a credential, never written to the log).
 
 use std::{convert::Infallible, io::Write, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -138,6 +139,7 @@ fn variant_response(v2: bool, path: &str, name: &str) -> Response<Full<Bytes>> {
             json(serde_json::json!({"ok": true}))
         }
         "json" => json(serde_json::json!({"name": "x", "count": if v2 { 2 } else { 1 }})),
+        "cookie" => json(serde_json::json!({"ok": true})),
         "order" => json(serde_json::json!({"items": if v2 { [3, 2, 1] } else { [1, 2, 3] }})),
         "gzip" => {
             gzip = v2;
@@ -151,7 +153,11 @@ fn variant_response(v2: bool, path: &str, name: &str) -> Response<Full<Bytes>> {
         }
         _ => json(serde_json::json!({"a": 1, "b": [true, null]})),
     };
-    let mut r = Response::builder()
+    let mut r = Response::builder();
+    if path == "cookie" {
+        r = r.header("set-cookie", if v2 { "session=secret-v2" } else { "session=secret-v1" });
+    }
+    r = r
         .status(status)
         .header("x-served-by", name)
         .header("x-version", version)
