@@ -88,7 +88,9 @@ fuzz_target!(|data: &[u8]| {
         idle_timeout: Duration::from_millis(500),
         opening_timeout: Duration::from_millis(300),
         reorder_timeout: Duration::from_millis(50),
+        opening_timeout: Duration::from_millis(300),
         require_ack: strict,
+        responses: false,
     };
     let mut table = FlowTable::new(cfg);
     let mut out = Vec::new();
@@ -192,6 +194,9 @@ fn check(
             }
             StreamEvent::Close(_) => {
                 seen.remove(&key);
+            }
+            StreamEvent::ReverseData(_) | StreamEvent::ReverseGap(_) | StreamEvent::ReverseFin => {
+                unreachable!("a server stream without FlowConfig::responses")
             }
             StreamEvent::Gap(n) => {
                 let s = seen.get_mut(&key).expect("a gap on a flow not open");

@@ -9,8 +9,15 @@
 /// (also the name by which netlink filters left by a killed daemon are found).
 pub const PROGRAM_NAME: &str = "mirror_tc";
 
-/// Map of watched ports (the daemon looks maps up by these names).
+/// Map of watched ports (the daemon looks maps up by these names). The value is a set of
+/// `PORT_*` flags.
 pub const MAP_PORTS: &str = "MIRROR_PORTS";
+/// `MAP_PORTS` value flag: the port is watched (requests to it are captured).
+pub const PORT_WATCHED: u8 = 1;
+/// `MAP_PORTS` value flag: the primary's answers from this port are shipped with their payload
+/// (`KIND_REVERSE` with bytes, `KIND_REVERSE_TAIL`), for comparing responses (issue 15). Without
+/// it, answers are shipped as headers only.
+pub const PORT_RESPONSES: u8 = 2;
 /// Per-CPU counters map.
 pub const MAP_STATS: &str = "MIRROR_STATS";
 /// The perf event array the segments are shipped through.
@@ -58,9 +65,15 @@ pub const KIND_PACKET: u8 = 0;
 /// of an skb too large for one sample); `seq` already points at the first of them.
 pub const KIND_TAIL: u8 = 1;
 /// `SegmentEvent::kind`: a segment from the primary back to a client (source port watched), header
-/// only: `captured_len` is 0; saddr/sport are the primary's, daddr/dport the client's; seq, ack,
+/// only (`captured_len` is 0) unless its port has `PORT_RESPONSES`: then the first `captured_len`
+/// bytes of the skb follow, as for `KIND_PACKET`; saddr/sport are the primary's, daddr/dport the client's; seq, ack,
 /// tcp_flags and payload_len are the segment's.
 pub const KIND_REVERSE: u8 = 2;
+
+/// `SegmentEvent::kind`: the tail of an oversized primary → client skb (a port with
+/// `PORT_RESPONSES`): `captured_len` TCP payload bytes only, `seq` at the first of them; addresses
+/// and ports as in `KIND_REVERSE`.
+pub const KIND_REVERSE_TAIL: u8 = 3;
 
 /// TCP flag FIN, as in the TCP header.
 pub const TCP_FIN: u8 = 0x01;
@@ -89,7 +102,7 @@ pub const STAT_FRAGMENTS: u32 = 5;
 pub const STAT_SKIPPED_MIRROR: u32 = 6;
 /// Packets whose IP or TCP header could not be read or does not add up (passed, not captured).
 pub const STAT_MALFORMED: u32 = 7;
-/// Headers of primary → client segments shipped (`KIND_REVERSE`).
+/// Primary → client segments shipped (`KIND_REVERSE`: headers, and payload for `PORT_RESPONSES`).
 pub const STAT_REVERSE: u32 = 8;
 /// Segments to (or answers from) a watched port whose address is outside `capture.addresses`.
 pub const STAT_OUTSIDE_ADDRESSES: u32 = 9;

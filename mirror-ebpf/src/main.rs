@@ -1,7 +1,8 @@
 //! TC classifier, attached to both ingress and egress: copies TCP segments whose destination port is
 //! watched (client → primary) into a perf ring for the daemon, with their bytes, and the headers of
 //! segments whose source port is watched (primary → client: acknowledgements, flags, response
-//! lengths), and always lets the packet through untouched.
+//! lengths; with their bytes too on ports whose responses are compared, `PORT_RESPONSES`), and
+//! always lets the packet through untouched.
 //!
 //! Each interface says on which hook its requests are captured (`MIRROR_IFACES`): on ingress for
 //! a NIC or the primary's own interface, on egress for the host side of a pod's veth (packets to
@@ -36,10 +37,11 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use mirror_common::{
-    HOOK_EGRESS, HOOK_INGRESS, IFACE_REQUESTS_EGRESS, IFACE_REQUESTS_INGRESS, KIND_PACKET, KIND_REVERSE, KIND_TAIL,
-    MAX_INLINE_CAPTURE, MAX_LINKS, MAX_PREFIXES, MAX_TAIL_CAPTURE, STAT_COUNT, STAT_FRAGMENTS, STAT_LOST,
-    STAT_MALFORMED, STAT_OUTSIDE_ADDRESSES, STAT_REVERSE, STAT_SEEN, STAT_SHIPPED, STAT_SKIPPED_MIRROR, STAT_TAILS,
-    STAT_TRUNCATED, SegmentEvent, SkipKey, TCP_FIN, TCP_RST, TCP_SYN, TailPiece,
+    HOOK_EGRESS, HOOK_INGRESS, IFACE_REQUESTS_EGRESS, IFACE_REQUESTS_INGRESS, KIND_PACKET, KIND_REVERSE,
+    KIND_REVERSE_TAIL, KIND_TAIL, MAX_INLINE_CAPTURE, MAX_LINKS, MAX_PREFIXES, MAX_TAIL_CAPTURE, PORT_RESPONSES,
+    STAT_COUNT, STAT_FRAGMENTS, STAT_LOST, STAT_MALFORMED, STAT_OUTSIDE_ADDRESSES, STAT_REVERSE, STAT_SEEN,
+    STAT_SHIPPED, STAT_SKIPPED_MIRROR, STAT_TAILS, STAT_TRUNCATED, SegmentEvent, SkipKey, TCP_FIN, TCP_RST, TCP_SYN,
+    TailPiece,
 };
 use network_types::{
     eth::{EthHdr, EtherType},
@@ -48,7 +50,8 @@ use network_types::{
 
 const IPPROTO_TCP: u8 = 6;
 
-/// Destination ports to capture (host byte order), filled by the daemon from the config.
+/// Destination ports to capture (host byte order) → `PORT_*` flags, filled by the daemon from the
+/// config.
 #[map(name = "MIRROR_PORTS")]
 static MIRROR_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(64, 0);
 
@@ -180,7 +183,9 @@ fn capture(ctx: &TcContext) -> Result<(), ()> {
     let dport = u16::from_be_bytes([tcp[2], tcp[3]]);
     if MIRROR_PORTS.get_ptr(dport).is_none() {
         let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
-        if MIRROR_PORTS.get_ptr(sport).is_some() {
+        if let Some(port_flags) = MIRROR_PORTS.get_ptr(sport) {
+            // SAFETY: a pointer from the map lookup, to a u8 value that lives as long as the entry.
+            let responses = unsafe { *port_flags } & PORT_RESPONSES != 0;
             let Some((ifindex, arrived, flags)) = attach_point(ctx) else { return Ok(()) };
             // Answers travel the other way: they arrive where requests leave, and leave where
             // requests arrive.
@@ -190,7 +195,7 @@ fn capture(ctx: &TcContext) -> Result<(), ()> {
             }
             ev.ifindex = ifindex;
             ev.hook = if arrived { HOOK_INGRESS } else { HOOK_EGRESS };
-            return ship_reverse(ctx, &mut ev, &tcp, l4_off, ip_end, skb_len);
+            return ship_reverse(ctx, &mut ev, &tcp, l4_off, ip_end, skb_len, responses);
         }
         return Ok(());
     }
@@ -260,14 +265,16 @@ fn capture(ctx: &TcContext) -> Result<(), ()> {
     bump(STAT_SHIPPED);
 
     if ip_end > inline && inline >= payload_off {
-        ship_tail(ctx, &ev, inline, ip_end);
+        ship_tail(ctx, &ev, inline, ip_end, KIND_TAIL);
     }
     Ok(())
 }
 
-/// A segment from a watched port back to a client (the primary's side of a flow): its header only,
-/// no payload bytes (`KIND_REVERSE`). The daemon releases a client byte to framing only once the
-/// primary's TCP has acknowledged it, and learns where the primary's responses are from these.
+/// A segment from a watched port back to a client (the primary's side of a flow): its header
+/// (`KIND_REVERSE`), and its payload only if the port has `PORT_RESPONSES` (responses being
+/// compared), bounded exactly as the forward path's (inline bytes, then a `KIND_REVERSE_TAIL`).
+/// The daemon releases a client byte to framing only once the primary's TCP has acknowledged it,
+/// and learns where the primary's responses are from these.
 #[inline(always)]
 fn ship_reverse(
     ctx: &TcContext,
@@ -276,6 +283,7 @@ fn ship_reverse(
     l4_off: u32,
     ip_end: u32,
     skb_len: u32,
+    responses: bool,
 ) -> Result<(), ()> {
     let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
     // Responses of a mirror endpoint (shadow traffic) are not the primary's.
@@ -303,13 +311,22 @@ fn ship_reverse(
     ev.payload_len = ip_end.saturating_sub(payload_off);
     ev.captured_len = 0;
     ev.skb_len = skb_len;
+    // Payload only for compared ports, and only when there is some: as on the forward path, the
+    // kernel appends `inline` (≤ skb len) bytes of the skb itself.
+    let mut inline = 0;
+    if responses && payload_off < ip_end {
+        inline = if ip_end > MAX_INLINE_CAPTURE { MAX_INLINE_CAPTURE } else { ip_end };
+        ev.payload_off = payload_off;
+        ev.captured_len = inline;
+    }
+    let flags = BPF_F_CURRENT_CPU | (u64::from(inline) << 32);
     // SAFETY: as for the forward event: the skb context, our perf array, a live stack value of the
-    // size passed; no skb bytes are appended (capture length 0 in the flags).
+    // size passed; the kernel appends `inline` bytes of the skb (0: none).
     let ret = unsafe {
         bpf_perf_event_output(
             ctx.as_ptr(),
             segments_map(),
-            BPF_F_CURRENT_CPU,
+            flags,
             ptr::from_mut(ev).cast(),
             size_of::<SegmentEvent>() as u64,
         )
@@ -319,13 +336,17 @@ fn ship_reverse(
         return Ok(());
     }
     bump(STAT_REVERSE);
+    if inline > 0 && ip_end > inline && inline >= payload_off {
+        ship_tail(ctx, ev, inline, ip_end, KIND_REVERSE_TAIL);
+    }
     Ok(())
 }
 
-/// Ships bytes `[start, end)` of an oversized skb (all TCP payload) as a `KIND_TAIL` event. A
-/// piece that cannot be shipped is counted (`lost`) and becomes a gap the daemon sees.
+/// Ships bytes `[start, end)` of an oversized skb (all TCP payload) as a `kind` event
+/// (`KIND_TAIL`, or `KIND_REVERSE_TAIL` for the primary's answers). A piece that cannot be
+/// shipped is counted (`lost`) and becomes a gap the daemon sees.
 #[inline(always)]
-fn ship_tail(ctx: &TcContext, head: &SegmentEvent, start: u32, end: u32) {
+fn ship_tail(ctx: &TcContext, head: &SegmentEvent, start: u32, end: u32, kind: u8) {
     let mut want = end - start;
     if want > MAX_TAIL_CAPTURE {
         bump(STAT_TRUNCATED);
@@ -354,7 +375,7 @@ fn ship_tail(ctx: &TcContext, head: &SegmentEvent, start: u32, end: u32) {
     unsafe {
         let piece = &mut *piece;
         piece.event = *head;
-        piece.event.kind = KIND_TAIL;
+        piece.event.kind = kind;
         piece.event.seq = head.seq.wrapping_add(start - head.payload_off);
         piece.event.payload_off = 0;
         piece.event.payload_len = n;

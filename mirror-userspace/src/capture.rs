@@ -35,8 +35,9 @@ use aya::{
 };
 use bytes::Bytes;
 use mirror_common::{
-    IFACE_REQUESTS_EGRESS, IFACE_REQUESTS_INGRESS, KIND_PACKET, KIND_REVERSE, KIND_TAIL, MAP_ADDRS4, MAP_ADDRS6,
-    MAP_PORTS, MAP_SEGMENTS, MAP_SKIP, MAP_STATS, PROGRAM_NAME, STAT_COUNT, STAT_NAMES, SegmentEvent, SkipKey,
+    IFACE_REQUESTS_EGRESS, IFACE_REQUESTS_INGRESS, KIND_PACKET, KIND_REVERSE, KIND_REVERSE_TAIL, KIND_TAIL, MAP_ADDRS4,
+    MAP_ADDRS6, MAP_PORTS, MAP_SEGMENTS, MAP_SKIP, MAP_STATS, PORT_RESPONSES, PORT_WATCHED, PROGRAM_NAME, STAT_COUNT,
+    STAT_NAMES, SegmentEvent, SkipKey,
 };
 
 pub use self::points::LinkStats;
@@ -66,8 +67,9 @@ pub enum DecodeError {
 /// packet it came from (`bpf_ktime_get_ns`, for ordering samples across CPU rings).
 ///
 /// `KIND_PACKET` and `KIND_TAIL` are client→server segments (source = client); `KIND_REVERSE` is
-/// a server→client segment's header alone (source = server), decoded with its key oriented
-/// (client, server) and an empty payload.
+/// a server→client segment (source = server), decoded with its key oriented (client, server): its
+/// header alone (empty payload), or with its payload on a port whose responses are compared;
+/// `KIND_REVERSE_TAIL` is the rest of such a segment's payload.
 pub fn decode_sample(sample: &[u8]) -> Result<(u64, Segment), DecodeError> {
     let ev = SegmentEvent::parse(sample).ok_or(DecodeError::Short)?;
     let data = &sample[SegmentEvent::LEN..];
@@ -75,9 +77,9 @@ pub fn decode_sample(sample: &[u8]) -> Result<(u64, Segment), DecodeError> {
     if data.len() < captured {
         return Err(DecodeError::Short);
     }
-    let reverse = ev.kind == KIND_REVERSE;
+    let reverse = matches!(ev.kind, KIND_REVERSE | KIND_REVERSE_TAIL);
     let payload = match ev.kind {
-        KIND_PACKET => {
+        KIND_PACKET | KIND_REVERSE => {
             let start = ev.payload_off as usize;
             if start > captured {
                 return Err(DecodeError::BadOffsets);
@@ -87,8 +89,7 @@ pub fn decode_sample(sample: &[u8]) -> Result<(u64, Segment), DecodeError> {
             let end = start.saturating_add(ev.payload_len as usize).min(captured);
             &data[start..end]
         }
-        KIND_TAIL => &data[..captured],
-        KIND_REVERSE => &[][..],
+        KIND_TAIL | KIND_REVERSE_TAIL => &data[..captured],
         _ => return Err(DecodeError::BadKind),
     };
     let (src, dst): (IpAddr, IpAddr) = match ev.family {
@@ -102,7 +103,10 @@ pub fn decode_sample(sample: &[u8]) -> Result<(u64, Segment), DecodeError> {
     };
     let (src, dst) = (SocketAddr::new(src, ev.sport), SocketAddr::new(dst, ev.dport));
     let seg = if reverse {
-        Segment::to_client(FlowKey { client: dst, server: src }, ev.seq, ev.ack, ev.tcp_flags, ev.payload_len)
+        let key = FlowKey { client: dst, server: src };
+        let mut seg = Segment::to_client(key, ev.seq, ev.ack, ev.tcp_flags, ev.payload_len);
+        seg.payload = Bytes::copy_from_slice(payload);
+        seg
     } else {
         let key = FlowKey { client: src, server: dst };
         let mut seg = Segment::to_server(key, ev.seq, ev.ack, ev.tcp_flags, Bytes::copy_from_slice(payload));
@@ -158,7 +162,7 @@ impl Capture {
         let logger = aya_log::EbpfLogger::init(&mut ebpf)
             .map_err(|e| tracing::debug!("kernel-side logging not available: {e}"))
             .ok();
-        set_ports(&mut ebpf, &config.ports)?;
+        set_ports(&mut ebpf, &config.ports, config.responses)?;
         set_addresses(&mut ebpf, &config.addresses)?;
         set_skip(&mut ebpf, skip)?;
         let prog: &mut SchedClassifier =
@@ -229,7 +233,7 @@ impl Capture {
     /// Applies a reloaded `capture` section: ports, addresses and interface entries (links
     /// matched before and now keep their attachment, and their flows), and the mirror endpoints.
     pub fn reconfigure(&mut self, config: &crate::config::Capture, skip: &[SocketAddr]) -> Result<()> {
-        self.set_ports(&config.ports)?;
+        set_ports(&mut self.ebpf, &config.ports, config.responses)?;
         set_addresses(&mut self.ebpf, &config.addresses)?;
         self.set_skip(skip)?;
         self.set_interfaces(Selection::new(&config.interfaces));
@@ -250,11 +254,6 @@ impl Capture {
     /// Replaces the mirror endpoints whose traffic is never captured.
     pub fn set_skip(&mut self, skip: &[SocketAddr]) -> Result<()> {
         set_skip(&mut self.ebpf, skip)
-    }
-
-    /// Replaces the set of watched destination ports.
-    pub fn set_ports(&mut self, ports: &[u16]) -> Result<()> {
-        set_ports(&mut self.ebpf, ports)
     }
 
     /// The kernel's per-CPU counters, summed: (name, value).
@@ -326,14 +325,15 @@ fn glob_matches(pattern: &str, name: &str) -> bool {
     glob::Pattern::new(pattern).is_ok_and(|p| p.matches(name))
 }
 
-fn set_ports(ebpf: &mut Ebpf, ports: &[u16]) -> Result<()> {
+fn set_ports(ebpf: &mut Ebpf, ports: &[u16], responses: bool) -> Result<()> {
     let mut map: BpfHashMap<_, u16, u8> = BpfHashMap::try_from(ebpf.map_mut(MAP_PORTS).context("ports map missing")?)?;
     let old: Vec<u16> = map.keys().collect::<Result<_, _>>()?;
     for p in old.iter().filter(|p| !ports.contains(p)) {
         map.remove(p)?;
     }
+    let flags = PORT_WATCHED | if responses { PORT_RESPONSES } else { 0 };
     for p in ports {
-        map.insert(p, 1, 0).with_context(|| format!("watching port {p}"))?;
+        map.insert(p, flags, 0).with_context(|| format!("watching port {p}"))?;
     }
     Ok(())
 }
@@ -506,8 +506,16 @@ mod tests {
         assert_eq!(s.key.client, "10.0.0.1:40000".parse().unwrap());
         assert_eq!(s.key.server, "10.0.0.2:80".parse().unwrap());
         assert_eq!((s.seq, s.ack, s.flags, s.len, s.payload.len()), (5000, 1234, mirror_common::TCP_ACK, 7, 0));
-        // Bytes after a reverse header are not payload: ignored.
-        let (_, s) = decode_sample(&sample(SegmentEvent { captured_len: 3, ..ev }, b"abc")).unwrap();
-        assert!(s.payload.is_empty());
+        // A port whose responses are compared: the payload follows (after 2 header bytes here),
+        // then the rest of an oversized skb as a reverse tail.
+        let with = SegmentEvent { captured_len: 5, payload_off: 2, payload_len: 7, ..ev };
+        let (_, s) = decode_sample(&sample(with, b"hdabc")).unwrap();
+        assert_eq!((s.dir, &s.payload[..], s.len), (crate::flow::Direction::ToClient, &b"abc"[..], 7));
+        let tail = SegmentEvent { kind: KIND_REVERSE_TAIL, captured_len: 4, payload_len: 4, seq: 5003, ..ev };
+        let (_, s) = decode_sample(&sample(tail, b"defg")).unwrap();
+        assert_eq!(
+            (s.dir, &s.payload[..], s.seq, s.key.server),
+            (crate::flow::Direction::ToClient, &b"defg"[..], 5003, "10.0.0.2:80".parse().unwrap())
+        );
     }
 }

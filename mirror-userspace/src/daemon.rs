@@ -55,6 +55,15 @@ pub async fn run(path: &Path, metrics_addr: std::net::SocketAddr, attach: Attach
     metrics::raise_fd_limit();
     let memory = Arc::new(Memory::new(cfg.memory.limit_bytes));
     let replayer = Arc::new(Replayer::start(&router, &cfg.replay, Some(metrics.clone()), memory.clone()));
+    // Compared responses (issue 15): one task joins and compares them (idle while no destination
+    // compares: a reload may make one); a pair waits as long as a mirror may take to answer, and
+    // a second more.
+    let comparing = {
+        let wait = cfg.replay.request_timeout() + Duration::from_secs(1);
+        let sink = crate::comparing::start(router.clone(), wait, Some(metrics.clone()), memory.clone());
+        replayer.compare_to(sink.clone());
+        Some(sink)
+    };
     let capture = Capture::start(&cfg.capture, &endpoint_addrs(&router), attach)?;
     publish_links(&capture, &metrics);
     tracing::info!(
@@ -71,11 +80,12 @@ pub async fn run(path: &Path, metrics_addr: std::net::SocketAddr, attach: Attach
     let thread = {
         let stop = stop.clone();
         let replayer = replayer.clone();
-        let pipeline =
-            Pipeline::new(router, FlowConfig::default(), cfg.replay.buffer_bytes).with_memory(memory.clone());
+        let flow_cfg = FlowConfig { responses: cfg.capture.responses, ..FlowConfig::default() };
+        let pipeline = Pipeline::new(router, flow_cfg, cfg.replay.buffer_bytes).with_memory(memory.clone());
+        let sinks = Sinks { replayer, comparing: comparing.clone() };
         std::thread::Builder::new()
             .name("capture".into())
-            .spawn(move || capture_loop(capture, pipeline, replayer, metrics, stop, reload_rx))
+            .spawn(move || capture_loop(capture, pipeline, sinks, metrics, stop, reload_rx))
             .context("spawning the capture thread")?
     };
 
@@ -102,6 +112,9 @@ pub async fn run(path: &Path, metrics_addr: std::net::SocketAddr, attach: Attach
     replayer.shutdown(Duration::from_secs(2)).await;
     let mut summary = summary;
     summary["replay"] = json!(stats.snapshot());
+    if let Some(sink) = &comparing {
+        summary["compare"] = sink.finish().await;
+    }
     println!("{summary}");
     Ok(())
 }
@@ -154,12 +167,49 @@ fn reload(path: &Path, current: &Config, replayer: &Replayer, memory: &Memory, t
     }
 }
 
+/// Where the capture thread hands what the pipeline made: requests to replay, and what the
+/// comparison needs to the compare task (first: a compared request is expected before replay can
+/// answer it).
+struct Sinks {
+    replayer: Arc<Replayer>,
+    comparing: Option<crate::comparing::Sink>,
+}
+
+impl Sinks {
+    fn hand_over(&self, pipeline: &mut Pipeline, out: &mut Vec<crate::pipeline::Outbound>) {
+        let events = pipeline.take_compared();
+        let mut refused = std::collections::HashSet::new();
+        if let Some(sink) = &self.comparing {
+            for ev in events {
+                let expect = match &ev {
+                    crate::pipeline::CompareEvent::Expect { id, .. } => Some(*id),
+                    crate::pipeline::CompareEvent::Primary { .. } => None,
+                };
+                if !sink.send(crate::comparing::Msg::Capture(ev))
+                    && let Some(id) = expect
+                {
+                    // Not expected: replay need not keep its responses.
+                    refused.insert(id);
+                }
+            }
+        }
+        if !refused.is_empty() {
+            for ob in out.iter_mut() {
+                if ob.compare.is_some_and(|id| refused.contains(&id)) {
+                    ob.compare = None;
+                }
+            }
+        }
+        self.replayer.submit_batch(out);
+    }
+}
+
 /// Reads the perf buffers until `stop`; returns the final counters. Dropping `capture` at the end
 /// detaches the classifier from every interface.
 fn capture_loop(
     mut capture: Capture,
     mut pipeline: Pipeline,
-    replayer: Arc<Replayer>,
+    sinks: Sinks,
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
     reloads: std::sync::mpsc::Receiver<Reload>,
@@ -176,6 +226,9 @@ fn capture_loop(
         if let Ok(r) = reloads.try_recv() {
             if let Err(e) = capture.reconfigure(&r.capture, &endpoint_addrs(&r.router)) {
                 tracing::error!("reload: updating the kernel maps: {e:#}");
+            }
+            if let Some(sink) = &sinks.comparing {
+                sink.send(crate::comparing::Msg::Router(r.router.clone()));
             }
             pipeline.set_router(r.router);
         }
@@ -239,12 +292,12 @@ fn capture_loop(
             publish(&capture, &pipeline, &metrics);
             last_publish = Instant::now();
         }
-        replayer.submit_batch(&mut out);
+        sinks.hand_over(&mut pipeline, &mut out);
         drained = drained_now;
     }
     // Deliver what was fully seen; requests still incomplete are dropped and counted.
     pipeline.finish(&mut out);
-    replayer.submit_batch(&mut out);
+    sinks.hand_over(&mut pipeline, &mut out);
     publish(&capture, &pipeline, &metrics);
     let kernel: serde_json::Map<String, serde_json::Value> =
         capture.kernel_stats()?.into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect();

@@ -37,6 +37,7 @@ mod assembler;
 mod conn;
 mod lru;
 mod parked;
+mod reverse;
 mod table;
 
 pub use table::FlowTable;
@@ -81,9 +82,10 @@ pub struct Segment {
     pub flags: u8,
     /// TCP payload length on the wire: `payload.len()` for a client segment captured whole, more
     /// if the capture cut it short, and the server's payload length for a [`Direction::ToClient`]
-    /// segment (whose payload is not captured).
+    /// segment.
     pub len: u32,
-    /// The TCP payload as captured (always empty for a [`Direction::ToClient`] segment).
+    /// The TCP payload as captured (empty for a [`Direction::ToClient`] segment unless its
+    /// port's responses are compared).
     pub payload: Bytes,
 }
 
@@ -115,6 +117,14 @@ pub enum StreamEvent {
     Gap(u64),
     /// The flow ended; nothing more comes for it (a later segment with its key opens a new one).
     Close(CloseReason),
+    /// The next bytes of the server's stream (the primary's responses), in order: only with
+    /// [`FlowConfig::responses`], for flows whose start was seen.
+    ReverseData(Bytes),
+    /// This many bytes of the server's stream were never seen; the next `ReverseData` follows
+    /// them.
+    ReverseGap(u64),
+    /// Every byte of the server's stream up to its FIN was delivered (or declared a gap).
+    ReverseFin,
 }
 
 /// Why a flow ended.
@@ -170,6 +180,10 @@ pub struct FlowConfig {
     /// (see the module documentation). On by default; off only for a capture that holds the
     /// client→server direction alone, where nothing confirms what the primary accepted.
     pub require_ack: bool,
+    /// Reassemble the server's stream too ([`StreamEvent::ReverseData`]): server segments carry
+    /// their payload (a port whose responses are compared). Off by default: server segments are
+    /// headers only.
+    pub responses: bool,
 }
 
 impl Default for FlowConfig {
@@ -184,6 +198,7 @@ impl Default for FlowConfig {
             opening_timeout: Duration::from_secs(10),
             reorder_timeout: Duration::from_millis(500),
             require_ack: true,
+            responses: false,
         }
     }
 }
@@ -244,6 +259,11 @@ pub struct FlowStats {
     /// Flows given up because they were picked up mid-stream (no SYN seen): nothing of them was
     /// delivered.
     pub flows_given_up_midstream: u64,
+    /// Server stream ([`FlowConfig::responses`]): holes given up on
+    /// ([`StreamEvent::ReverseGap`] events).
+    pub response_gaps: u64,
+    /// Server stream: bytes in those holes.
+    pub response_gap_bytes: u64,
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 
 pub mod capture;
 pub mod compare;
+pub mod comparing;
 pub mod config;
 pub mod daemon;
 pub mod flow;

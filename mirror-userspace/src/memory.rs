@@ -23,11 +23,14 @@ pub enum Held {
     Bodies,
     /// Requests queued for the mirrors.
     Replay,
+    /// Responses held for comparison (issue 15): the primary's being paired on the capture
+    /// thread, and the sides waiting in the compare task's join.
+    Compare,
 }
 
 impl Held {
     /// Every kind, in the order of [`Memory::snapshot`].
-    pub const ALL: [Held; 4] = [Held::Reassembly, Held::Heads, Held::Bodies, Held::Replay];
+    pub const ALL: [Held; 5] = [Held::Reassembly, Held::Heads, Held::Bodies, Held::Replay, Held::Compare];
 
     /// The metrics label.
     pub fn as_str(self) -> &'static str {
@@ -36,6 +39,7 @@ impl Held {
             Held::Heads => "heads",
             Held::Bodies => "bodies",
             Held::Replay => "replay",
+            Held::Compare => "compare",
         }
     }
 }
@@ -44,7 +48,7 @@ impl Held {
 #[derive(Debug)]
 pub struct Memory {
     limit: AtomicUsize,
-    held: [AtomicUsize; 4],
+    held: [AtomicUsize; 5],
     /// The most held since memory was last given back to the system (see [`Memory::give_back`]).
     high: AtomicUsize,
     /// The most flows open since then.
@@ -159,7 +163,7 @@ impl Memory {
     }
 
     /// `(kind, bytes)` for every kind.
-    pub fn snapshot(&self) -> [(Held, usize); 4] {
+    pub fn snapshot(&self) -> [(Held, usize); 5] {
         Held::ALL.map(|k| (k, self.held(k)))
     }
 }

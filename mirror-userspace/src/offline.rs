@@ -8,6 +8,10 @@
 //! that confirmation, with [`ONE_DIRECTION_WARNING`] logged and listed in the summary's
 //! `warnings`.
 //!
+//! When a destination compares responses and the capture holds both directions, the captured
+//! primary's responses are paired with their requests and compared with the live mirrors' (the
+//! summary's `compare`).
+//!
 //! Reading is linear in the capture: IPv4 fragments wait in bounded buffers with a timeout in
 //! capture time (those given up are counted in the summary's `capture.fragments_dropped`), and
 //! the flow table's operations are O(1) or O(log n), eviction included.
@@ -29,7 +33,7 @@ pub const ONE_DIRECTION_WARNING: &str =
 /// Replays `pcap` to the config's mirrors; returns the summary counts.
 pub async fn replay(cfg: &Config, pcap: &Path) -> Result<Value> {
     let ports: HashSet<u16> = cfg.capture.ports.iter().copied().collect();
-    let (segments, counts) = read_segments(pcap, &ports)?;
+    let (segments, counts) = read_segments(pcap, &ports, cfg.capture.responses)?;
     let mut warnings = Vec::new();
     if counts.fragments_dropped > 0 {
         tracing::warn!(
@@ -41,38 +45,64 @@ pub async fn replay(cfg: &Config, pcap: &Path) -> Result<Value> {
     if !counts.two_way() && counts.segments > 0 {
         tracing::warn!(capture = %pcap.display(), "{ONE_DIRECTION_WARNING}");
         warnings.push(ONE_DIRECTION_WARNING);
+        if cfg.capture.responses {
+            tracing::warn!("responses are not compared: the capture has none of the primary's");
+        }
     }
     let router = Arc::new(Router::new(cfg)?);
     let memory = Arc::new(Memory::new(cfg.memory.limit_bytes));
     let replayer = Replayer::start(&router, &cfg.replay, None, memory.clone());
+    let responses = cfg.capture.responses && counts.two_way();
+    let comparing = responses.then(|| {
+        let wait = cfg.replay.request_timeout() + Duration::from_secs(1);
+        let sink = crate::comparing::start(router.clone(), wait, None, memory.clone());
+        replayer.compare_to(sink.clone());
+        sink
+    });
     let flow_cfg = FlowConfig {
         idle_timeout: Duration::from_secs(u32::MAX as u64),
         reorder_timeout: Duration::from_secs(u32::MAX as u64),
         require_ack: counts.two_way(),
+        responses,
         ..FlowConfig::default()
     };
     let mut pipeline = Pipeline::new(router, flow_cfg, cfg.replay.buffer_bytes).with_memory(memory);
     let mut out = Vec::new();
     for (ts, seg) in segments {
         pipeline.on_segment(seg, ts, &mut out);
+        hand_over(&mut pipeline, comparing.as_ref()).await;
         for ob in out.drain(..) {
             replayer.send(ob).await;
         }
     }
     pipeline.finish(&mut out);
+    hand_over(&mut pipeline, comparing.as_ref()).await;
     for ob in out.drain(..) {
         replayer.send(ob).await;
     }
     let stats = replayer.stats.clone();
     // Every queued request gets its full request timeout.
     replayer.shutdown(cfg.replay.request_timeout() + Duration::from_secs(1)).await;
-    Ok(json!({
+    let mut summary = json!({
         "capture": counts,
         "flows": pipeline.flows().stats,
         "pipeline": pipeline.stats(),
         "replay": stats.snapshot(),
         "warnings": warnings,
-    }))
+    });
+    if let Some(sink) = &comparing {
+        summary["compare"] = sink.finish().await;
+    }
+    Ok(summary)
+}
+
+/// Gives what the comparison learned to the compare task (waiting for room: nothing live).
+async fn hand_over(pipeline: &mut Pipeline, comparing: Option<&crate::comparing::Sink>) {
+    for ev in pipeline.take_compared() {
+        if let Some(sink) = comparing {
+            sink.send_wait(crate::comparing::Msg::Capture(ev)).await;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -153,6 +183,63 @@ mod tests {
         // A millisecond apart: 300,000 packets span 5 minutes of capture time.
         write_pcap(&path, packets.into_iter().enumerate().map(|(i, p)| (Duration::from_millis(i as u64), p))).unwrap();
         replay(&config(), &path).await.unwrap()
+    }
+
+    /// Issue 15, point 5: the captured primary's responses compared with a live mirror's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn captured_responses_are_compared_with_the_live_mirrors() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // The mirror: every request answered with `{"a":2}` (the primary answered `{"a":1}`).
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while let Ok(n) = s.read(&mut chunk).await {
+                        if n == 0 {
+                            break;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            let r = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 7\r\n\r\n{\"a\":2}";
+                            let _ = s.write_all(r).await;
+                        }
+                    }
+                });
+            }
+        });
+        let cfg = Config::parse(
+            &format!(
+                "capture: {{interfaces: [lo], ports: [80]}}\nroutes: [{{name: r, mirror: {{host: m}}}}]\nendpoints: {{m: ['{addr}']}}\nmirrorPolicies: {{m: {{compare: {{}}}}}}\n"
+            ),
+            "test",
+        )
+        .unwrap();
+        // Two requests on one connection; the primary answers both (its second response in two
+        // segments), the first the same as the mirror will, the second not.
+        let (a, b) = (b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n", b"GET /b HTTP/1.1\r\nHost: h\r\n\r\n");
+        let same = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 7\r\n\r\n{\"a\":2}";
+        let other = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 7\r\n\r\n{\"a\":1}";
+        let (la, lb, ls) = (a.len() as u32, b.len() as u32, same.len() as u32);
+        let packets = vec![
+            ipv4(CLIENT, SERVER, 0, 0, &tcp(4000, 80, 100, 0, TCP_SYN, b"")),
+            ipv4(SERVER, CLIENT, 0, 0, &tcp(80, 4000, 7, 101, TCP_SYN | TCP_ACK, b"")),
+            ipv4(CLIENT, SERVER, 0, 0, &tcp(4000, 80, 101, 8, TCP_ACK | TCP_PSH, a)),
+            ipv4(SERVER, CLIENT, 0, 0, &tcp(80, 4000, 8, 101 + la, TCP_ACK | TCP_PSH, same)),
+            ipv4(CLIENT, SERVER, 0, 0, &tcp(4000, 80, 101 + la, 8 + ls, TCP_ACK | TCP_PSH, b)),
+            ipv4(SERVER, CLIENT, 0, 0, &tcp(80, 4000, 8 + ls, 101 + la + lb, TCP_ACK, &other[..20])),
+            ipv4(SERVER, CLIENT, 0, 0, &tcp(80, 4000, 8 + ls + 20, 101 + la + lb, TCP_ACK | TCP_PSH, &other[20..])),
+        ];
+        let (path, _dir) = capture_path("compare.pcap");
+        write_pcap(&path, packets.into_iter().enumerate().map(|(i, p)| (Duration::from_millis(i as u64), p))).unwrap();
+        let summary = replay(&cfg, &path).await.unwrap();
+        let pairs = &summary["compare"]["pairs"]["r/m"];
+        assert_eq!((&pairs["same"], &pairs["different"]), (&json!(1), &json!(1)), "{summary}");
+        assert_eq!(pairs["fields"], json!({"json:/a": 1}), "{summary}");
+        assert_eq!(summary["compare"]["join"], json!({"refused": 0, "timed_out": 0, "unmatched": 0}), "{summary}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,6 +23,9 @@ use crate::{
     stats::DropReason,
 };
 
+mod compare;
+pub use compare::CompareEvent;
+
 /// Something for one mirror endpoint: a whole request, or a part of a streamed one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outbound {
@@ -34,6 +37,9 @@ pub struct Outbound {
     pub flow: FlowKey,
     /// What of the request this is.
     pub part: Part,
+    /// The comparison pair its response belongs to (see `pipeline/compare.rs`): replay reads it in
+    /// full and hands it over. `None`: the response is only framed and thrown away.
+    pub compare: Option<u64>,
 }
 
 /// The start of a request for a mirror: the head with Host rewritten, and the body bytes so far,
@@ -147,6 +153,8 @@ struct Shadow {
     head: Bytes,
     /// Once the request outgrew the buffer and its start was sent: (stream id, next part index).
     stream: Option<(u64, u64)>,
+    /// Its comparison pair, if any.
+    role: compare::CopyRole,
 }
 
 /// The request being read on a flow.
@@ -196,6 +204,8 @@ pub struct Pipeline {
     memory: Arc<Memory>,
     /// What the flow table's out-of-order buffers were last charged.
     reassembly_held: usize,
+    /// What the pairers (`pipeline/compare.rs`) were last charged.
+    compare_held: usize,
     /// Flows holding bytes, by what they hold: the largest is shed first.
     by_held: BTreeSet<(usize, FlowKey)>,
 }
@@ -208,6 +218,7 @@ struct RouteStage {
     next_stream: u64,
     rng: StdRng,
     stats: PipelineStats,
+    compare: compare::CompareStage,
 }
 
 impl Pipeline {
@@ -218,15 +229,24 @@ impl Pipeline {
 
     /// With a given random source (tests, reproducible offline runs).
     pub fn with_rng(router: Arc<Router>, flow_cfg: FlowConfig, buffer_bytes: usize, rng: StdRng) -> Self {
+        let responses = flow_cfg.responses;
         Self {
             flows: FlowTable::new(flow_cfg),
             http: HashMap::new(),
             framer_cfg: FramerConfig::default(),
-            routing: RouteStage { router, buffer_bytes, next_stream: 0, rng, stats: PipelineStats::default() },
+            routing: RouteStage {
+                compare: compare::CompareStage::new(responses),
+                router,
+                buffer_bytes,
+                next_stream: 0,
+                rng,
+                stats: PipelineStats::default(),
+            },
             flow_events: Vec::new(),
             http_events: Vec::new(),
             memory: Arc::new(Memory::new(crate::config::MemorySettings::default().limit_bytes)),
             reassembly_held: 0,
+            compare_held: 0,
             by_held: BTreeSet::new(),
         }
     }
@@ -242,14 +262,24 @@ impl Pipeline {
         &self.memory
     }
 
-    /// Replaces the routes; requests already being read keep the decision they got.
+    /// Replaces the routes; requests already being read keep the decision they got. Pairing is on
+    /// while some destination compares (the daemon's classifier then ships the responses).
     pub fn set_router(&mut self, router: Arc<Router>) {
+        let on = !router.compared.is_empty();
+        self.flows.set_responses(on);
+        self.routing.compare.set_on(on);
         self.routing.router = router;
     }
 
     /// What the core did so far.
     pub fn stats(&self) -> &PipelineStats {
         &self.routing.stats
+    }
+
+    /// What the comparison learned since the last call, in order: the caller hands it to the
+    /// compare task before it submits this round's [`Outbound`]s.
+    pub fn take_compared(&mut self) -> Vec<CompareEvent> {
+        self.routing.compare.take()
     }
 
     /// The flow table (its counters and open flows).
@@ -303,6 +333,7 @@ impl Pipeline {
         for (key, ev) in events.drain(..) {
             match ev {
                 StreamEvent::Open { midstream } => {
+                    self.routing.compare.close(key, false);
                     if let Some(old) = self.http.remove(&key) {
                         self.forget(key, old.held);
                     }
@@ -321,6 +352,11 @@ impl Pipeline {
                         self.routing.apply(key, &mut st, &mut http, out);
                         self.forget(key, st.held);
                     }
+                    self.routing.compare.close(key, false);
+                    continue;
+                }
+                reverse @ (StreamEvent::ReverseData(_) | StreamEvent::ReverseGap(_) | StreamEvent::ReverseFin) => {
+                    self.routing.compare.on_reverse(key, reverse);
                     continue;
                 }
             }
@@ -332,6 +368,8 @@ impl Pipeline {
         let reassembly = self.flows.buffered_bytes();
         self.memory.adjust(Held::Reassembly, self.reassembly_held, reassembly);
         self.reassembly_held = reassembly;
+        self.memory.adjust(Held::Compare, self.compare_held, self.routing.compare.held());
+        self.compare_held = self.routing.compare.held();
         self.shed(0, &mut http, out);
         self.http_events = http;
     }
@@ -420,10 +458,17 @@ impl RouteStage {
                             targets
                         }
                     };
+                    let roles = self.compare.request(key, &head.method, &mirrors, &self.router);
                     st.current = Some(InFlight {
                         shadows: mirrors
                             .into_iter()
-                            .map(|mirror| Shadow { head: rewrite_head(&head, &mirror.policy), mirror, stream: None })
+                            .zip(roles)
+                            .map(|(mirror, role)| Shadow {
+                                head: rewrite_head(&head, &mirror.policy),
+                                mirror,
+                                stream: None,
+                                role,
+                            })
                             .collect(),
                         method: head.method.clone(),
                         target: head.target.clone(),
@@ -453,7 +498,7 @@ impl RouteStage {
                         cur.body.extend_from_slice(&b);
                         let body = std::mem::take(&mut cur.body).freeze();
                         self.stats.streamed += 1;
-                        for Shadow { mirror, head, stream } in &mut cur.shadows {
+                        for Shadow { mirror, head, stream, role } in &mut cur.shadows {
                             let id = self.next_stream;
                             self.next_stream += 1;
                             *stream = Some((id, 1));
@@ -463,17 +508,18 @@ impl RouteStage {
                                 method: cur.method.clone(),
                                 target: cur.target.clone(),
                             };
-                            out.push(outbound(key, mirror, Part::Start { stream: id, request }));
+                            out.push(outbound(key, mirror, Part::Start { stream: id, request }, *role));
                         }
                         continue;
                     }
-                    for Shadow { mirror, stream, .. } in &mut cur.shadows {
+                    for Shadow { mirror, stream, role, .. } in &mut cur.shadows {
                         let (id, index) = stream.as_mut().expect("streaming");
                         *index += 1;
                         out.push(outbound(
                             key,
                             mirror,
                             Part::More { stream: *id, index: *index - 1, bytes: b.clone() },
+                            *role,
                         ));
                     }
                 }
@@ -481,7 +527,17 @@ impl RouteStage {
                     self.stats.requests_complete += 1;
                     let Some(cur) = st.current.take() else { continue };
                     let body = cur.body.freeze();
-                    for Shadow { mirror, head, stream } in cur.shadows {
+                    for Shadow { mirror, head, stream, role } in cur.shadows {
+                        if let Some((id, true)) = role {
+                            self.compare.expect(
+                                id,
+                                &mirror.route,
+                                &mirror.endpoint,
+                                &cur.method,
+                                &cur.target,
+                                &self.router,
+                            );
+                        }
                         self.stats.mirrored += 1;
                         self.stats
                             .by_route
@@ -497,15 +553,15 @@ impl RouteStage {
                                 target: cur.target.clone(),
                             }),
                         };
-                        out.push(outbound(key, &mirror, part));
+                        out.push(outbound(key, &mirror, part, role));
                     }
                 }
                 HttpEvent::Dropped(reason) => {
                     if let Some(cur) = st.current.take() {
-                        for Shadow { mirror, stream, .. } in cur.shadows {
+                        for Shadow { mirror, stream, role, .. } in cur.shadows {
                             if let Some((id, _)) = stream {
                                 self.stats.count_drop(DropReason::StreamAborted);
-                                out.push(outbound(key, &mirror, Part::Abort { stream: id }));
+                                out.push(outbound(key, &mirror, Part::Abort { stream: id }, role));
                             }
                         }
                     }
@@ -531,8 +587,9 @@ fn hold(body: &mut BytesMut, b: &[u8], max: usize) {
     body.extend_from_slice(b);
 }
 
-fn outbound(flow: FlowKey, mirror: &MirrorTarget, part: Part) -> Outbound {
-    Outbound { endpoint: mirror.endpoint.clone(), route: mirror.route.clone(), flow, part }
+fn outbound(flow: FlowKey, mirror: &MirrorTarget, part: Part, role: compare::CopyRole) -> Outbound {
+    let (endpoint, route, compare) = (mirror.endpoint.clone(), mirror.route.clone(), role.map(|(id, _)| id));
+    Outbound { endpoint, route, flow, part, compare }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! [`ResponseReader`](crate::http::response::ResponseReader)) to know which request each answers.
 //! How a connection pipelines, batches and fails: [`conn`].
 
+mod compare;
 mod conn;
 #[cfg(test)]
 mod tests;
@@ -94,6 +95,8 @@ pub struct Replayer {
     metrics: Option<Arc<Metrics>>,
     /// The budget the queued requests are charged to ([`Held::Replay`]), shared with the core.
     memory: Arc<Memory>,
+    /// Where compared responses go (issue 15).
+    compare: Arc<compare::CompareOut>,
 }
 
 /// The bytes an item holds while queued: its own size (a queue slot, its strings) and its bytes.
@@ -128,6 +131,7 @@ impl Replayer {
             stats: Arc::new(ReplayStats::default()),
             metrics,
             memory,
+            compare: Arc::default(),
         };
         let rec = r.recorder();
         r.workers.lock().expect("workers lock").spawn_on(dispatch(rx, r.endpoints.clone(), rec), &r.runtime);
@@ -138,6 +142,7 @@ impl Replayer {
     /// Brings the endpoints in line with a (new) router: unchanged ones keep their connections,
     /// new ones get workers, removed ones finish what is queued and stop.
     pub fn reconfigure(&self, router: &Router) {
+        self.compare.set_router(router);
         let mut eps = self.endpoints.write().expect("endpoints lock");
         eps.retain(|k, ep| router.endpoints.get(k).is_some_and(|a| *a == ep.addrs));
         let mut workers = self.workers.lock().expect("workers lock");
@@ -158,7 +163,12 @@ impl Replayer {
     }
 
     fn recorder(&self) -> Recorder {
-        Recorder { stats: self.stats.clone(), metrics: self.metrics.clone(), memory: self.memory.clone() }
+        Recorder {
+            stats: self.stats.clone(),
+            metrics: self.metrics.clone(),
+            memory: self.memory.clone(),
+            compare: self.compare.clone(),
+        }
     }
 
     /// Queues requests (or parts of them), in order, without ever waiting: what does not fit is
@@ -178,9 +188,9 @@ impl Replayer {
             // so the worker's release never comes first.
             let w = weight(&ob);
             if self.memory.held(Held::Replay) + w > self.settings.max_queued_bytes {
-                rec.count_drop(DropReason::QueueFull);
+                rec.refuse(&ob, DropReason::QueueFull);
             } else if !self.memory.try_charge(Held::Replay, w) {
-                rec.count_drop(DropReason::MemoryBudget);
+                rec.refuse(&ob, DropReason::MemoryBudget);
             } else {
                 batch.push(ob);
             }
@@ -191,7 +201,7 @@ impl Replayer {
         };
         for ob in refused.unwrap_or_default() {
             rec.memory.release(Held::Replay, weight(&ob));
-            rec.count_drop(DropReason::QueueFull);
+            rec.refuse(&ob, DropReason::QueueFull);
         }
     }
 
@@ -203,13 +213,21 @@ impl Replayer {
         };
         let w = weight(&ob);
         self.memory.adjust(Held::Replay, 0, w);
-        match queue {
-            Some(q) if q.send(ob).await.is_ok() => {}
-            _ => {
-                self.memory.release(Held::Replay, w);
-                self.stats.count_drop(DropReason::QueueFull);
-            }
+        let sent = match queue {
+            Some(q) => q.send(ob).await.map_err(|e| e.0),
+            None => Err(ob),
+        };
+        if let Err(ob) = sent {
+            self.memory.release(Held::Replay, w);
+            self.recorder().refuse(&ob, DropReason::QueueFull);
         }
+    }
+
+    /// From now on, the responses of compared requests ([`Outbound::compare`]) are read in full
+    /// (up to their destination's `maxBodyBytes`) and sent to `sink`; until then, and for other
+    /// requests, responses are only framed. Set once.
+    pub fn compare_to(&self, sink: crate::comparing::Sink) {
+        let _ = self.compare.sink.set(sink);
     }
 
     /// Stops accepting requests and lets queued ones finish for at most `grace`.
@@ -233,13 +251,13 @@ async fn dispatch(
     while let Some(batch) = rx.recv().await {
         let eps = endpoints.read().expect("endpoints lock");
         for ob in batch {
-            let w = weight(&ob);
-            let queued = eps
-                .get(&ob.endpoint)
-                .is_some_and(|ep| ep.queues[queue_index(&ob, ep.queues.len())].try_send(ob).is_ok());
-            if !queued {
-                rec.memory.release(Held::Replay, w);
-                rec.count_drop(DropReason::QueueFull);
+            let queued = match eps.get(&ob.endpoint) {
+                Some(ep) => ep.queues[queue_index(&ob, ep.queues.len())].try_send(ob).map_err(|e| e.into_inner()),
+                None => Err(ob),
+            };
+            if let Err(ob) = queued {
+                rec.memory.release(Held::Replay, weight(&ob));
+                rec.refuse(&ob, DropReason::QueueFull);
             }
         }
     }
@@ -258,6 +276,7 @@ struct Recorder {
     stats: Arc<ReplayStats>,
     metrics: Option<Arc<Metrics>>,
     memory: Arc<Memory>,
+    compare: Arc<compare::CompareOut>,
 }
 
 impl Recorder {
@@ -266,6 +285,13 @@ impl Recorder {
         if let Some(m) = &self.metrics {
             m.drop_reason(reason);
         }
+    }
+
+    /// `ob` never reached a mirror connection: counted, and if it is compared its mirror side is
+    /// missing now rather than at the join's timeout.
+    fn refuse(&self, ob: &Outbound, reason: DropReason) {
+        self.compare.failed(ob);
+        self.count_drop(reason);
     }
 
     /// A request's response was read: counted, and its memory given back.

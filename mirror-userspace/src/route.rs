@@ -200,6 +200,9 @@ pub struct Router {
     tables: Vec<Table>,
     /// Endpoint key → addresses.
     pub endpoints: BTreeMap<Arc<str>, Vec<SocketAddr>>,
+    /// Endpoint key → how its responses are compared with the primary's (`mirrorPolicies.<dest>.
+    /// compare`), for the destinations that have it.
+    pub compared: BTreeMap<Arc<str>, Arc<config::CompareSettings>>,
 }
 
 /// Istio's conversion of a percentage to Envoy's parts per million, truncating.
@@ -259,7 +262,12 @@ impl Router {
             }
             tables.push(Table { hosts: t.hosts.clone(), namespace: t.namespace.clone(), routes });
         }
-        Ok(Router { tables, endpoints })
+        let compared = cfg
+            .policies
+            .iter()
+            .filter_map(|(k, p)| Some((Arc::from(k.as_str()), Arc::new(p.compare.clone()?))))
+            .collect();
+        Ok(Router { tables, endpoints, compared })
     }
 
     /// Routes one request that arrived on destination port `port`.

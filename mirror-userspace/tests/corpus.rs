@@ -56,7 +56,7 @@ fn replay_capture(name: &str, ports: &HashSet<u16>) -> (BTreeMap<(String, String
         "corpus",
     )
     .unwrap();
-    let (segs, counts) = read_segments(&pcap, ports).unwrap();
+    let (segs, counts) = read_segments(&pcap, ports, false).unwrap();
     // Offline, holes are only closed by the end of the capture (the reference's semantics); the
     // server's ACKs release the client's bytes when the capture has them (as `mirror replay`).
     let flow_cfg = FlowConfig {

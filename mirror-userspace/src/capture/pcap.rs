@@ -8,8 +8,9 @@
 //!
 //! Both directions are decoded, as the kernel ships them: a segment to a watched port is a
 //! client→server [`Segment`] with its payload, one from a watched port a server→client segment
-//! with its headers only (empty payload, its length in [`Segment::len`]). A capture without any of
-//! the latter holds one direction only ([`PcapCounts::to_client`] is 0).
+//! (its length in [`Segment::len`]; its payload kept by [`read_segments`] only when responses are
+//! compared). A capture without any of the latter holds one direction only
+//! ([`PcapCounts::to_client`] is 0).
 
 use std::{
     collections::HashSet,
@@ -218,12 +219,19 @@ fn decode_tcp(src: IpAddr, dst: IpAddr, tcp: &[u8], ports: &HashSet<u16>) -> Res
         Segment::to_server(key, seq, ack, flags, Bytes::copy_from_slice(&tcp[doff..]))
     } else {
         let key = FlowKey { client: SocketAddr::new(dst, dport), server: SocketAddr::new(src, sport) };
-        Segment::to_client(key, seq, ack, flags, (tcp.len() - doff) as u32)
+        let mut s = Segment::to_client(key, seq, ack, flags, (tcp.len() - doff) as u32);
+        s.payload = Bytes::copy_from_slice(&tcp[doff..]);
+        s
     })
 }
 
-/// Reads a capture and decodes the watched segments, with their timestamps.
-pub fn read_segments(path: &Path, ports: &HashSet<u16>) -> Result<(Vec<(Duration, Segment)>, PcapCounts)> {
+/// Reads a capture and decodes the watched segments, with their timestamps; the server's segments
+/// keep their payload only with `responses` (their responses are compared).
+pub fn read_segments(
+    path: &Path,
+    ports: &HashSet<u16>,
+    responses: bool,
+) -> Result<(Vec<(Duration, Segment)>, PcapCounts)> {
     let frames = read_frames(path)?;
     let mut defrag = Defrag::default();
     let mut counts = PcapCounts { packets: frames.len() as u64, ..Default::default() };
@@ -231,9 +239,12 @@ pub fn read_segments(path: &Path, ports: &HashSet<u16>) -> Result<(Vec<(Duration
     for f in frames {
         defrag.advance(f.timestamp);
         match decode_frame(f.linktype, &f.data, ports, &mut defrag) {
-            Ok(s) => {
+            Ok(mut s) => {
                 if s.dir == Direction::ToClient {
                     counts.to_client += 1;
+                    if !responses {
+                        s.payload = Bytes::new();
+                    }
                 }
                 segs.push((f.timestamp, s));
             }
@@ -344,13 +355,13 @@ mod tests {
     }
 
     #[test]
-    fn server_to_client_segments_come_as_headers_only_with_the_key_oriented_to_the_server() {
+    fn server_to_client_segments_come_with_their_payload_and_the_key_oriented_to_the_server() {
         let ports: HashSet<u16> = [80].into();
         // 10.0.0.1:80 -> 10.0.0.2:40000, 5 payload bytes.
         let ip = ipv4_tcp(0, 1, &tcp_ports(80, 40000, b"HTTP/"));
         let mut d = Defrag::default();
         let s = decode_frame(101, &ip, &ports, &mut d).unwrap();
-        assert_eq!((s.dir, s.seq, s.ack, s.len, s.payload.len()), (Direction::ToClient, 7, 9, 5, 0));
+        assert_eq!((s.dir, s.seq, s.ack, s.len, &s.payload[..]), (Direction::ToClient, 7, 9, 5, &b"HTTP/"[..]));
         assert_eq!(s.key.client, "10.0.0.2:40000".parse().unwrap());
         assert_eq!(s.key.server, "10.0.0.1:80".parse().unwrap());
         // Neither port watched: not ours.

@@ -167,6 +167,17 @@ impl<T> Pairer<T> {
         self.pending.len()
     }
 
+    /// Bytes it holds (allocations): a partial head or early bytes, the body being read.
+    pub fn held(&self) -> usize {
+        let body = match &self.state {
+            State::Body { response, .. } => {
+                response.body.capacity() + response.headers.iter().map(|(n, v)| n.len() + v.len()).sum::<usize>()
+            }
+            _ => 0,
+        };
+        self.buf.capacity() + body
+    }
+
     /// Bytes the primary sent, in order.
     pub fn data(&mut self, bytes: &[u8], out: &mut Vec<Paired<T>>) {
         self.run(bytes, out);

@@ -27,6 +27,9 @@ pub struct Capture {
     /// Pages per CPU of the perf ring (a power of two). Absent: 1024 (4 MiB on 4 KiB pages), fewer
     /// on machines with many CPUs so that all rings together stay within 64 MiB.
     pub perf_pages: Option<usize>,
+    /// The primary's responses are shipped with their payload (some mirror destination compares
+    /// them: `mirrorPolicies.<dest>.compare`); derived, not written.
+    pub responses: bool,
 }
 
 impl Capture {

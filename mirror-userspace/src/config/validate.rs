@@ -44,6 +44,8 @@ pub(crate) fn config(docs: Documents) -> Result<Config, ConfigError> {
     let warnings = checks.warnings;
     let policies = policies(own.mirror_policies, &endpoints)?;
     super::compare::check_routes(&policies, &tables, &endpoints)?;
+    let mut capture = capture;
+    capture.responses = policies.values().any(|p| p.compare.is_some());
     Ok(Config { capture, endpoints, replay, memory, policies, tables, warnings })
 }
 
@@ -123,7 +125,7 @@ fn capture(section: Option<Section<CaptureDoc>>) -> Result<Capture, ConfigError>
         }
         None => None,
     };
-    Ok(Capture { interfaces, ports, addresses, perf_pages })
+    Ok(Capture { interfaces, ports, addresses, perf_pages, responses: false })
 }
 
 /// A `capture.interfaces` entry: a name Linux can give a link (`dev_valid_name`, IFNAMSIZ), or a

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::{
-    FlowConfig,
+    FlowConfig, FlowKey, FlowStats, StreamEvent,
     assembler::Assembler,
     lru::{Slot, Tier},
 };
@@ -38,6 +38,9 @@ pub(super) struct Flow {
     /// number plus one, its data length). The 4-tuple is reused once the server's SYN-ACK
     /// acknowledges it (a SYN the server answers with a challenge ACK leaves this flow as it was).
     pub(super) pending_isn: Option<(u32, u32)>,
+    /// The server's stream, when responses are reassembled ([`FlowConfig::responses`]) and its
+    /// start is known.
+    pub(super) reverse: Option<super::reverse::Reverse>,
 }
 
 impl Flow {
@@ -55,6 +58,7 @@ impl Flow {
             confirmed: false,
             syn_len,
             pending_isn: None,
+            reverse: None,
         }
     }
 
@@ -149,4 +153,26 @@ pub(super) fn unwrap_around(rel: u32, around: u64) -> Result<u64, u64> {
     let delta = rel.wrapping_sub(around as u32) as i32 as i64;
     let off = around as i64 + delta;
     if off < 0 { Err((-off) as u64) } else { Ok(off as u64) }
+}
+
+/// A sink for one flow's events: tags them with its key and counts gaps.
+pub(super) fn emitter<'a>(
+    key: FlowKey,
+    stats: &'a mut FlowStats,
+    out: &'a mut Vec<(FlowKey, StreamEvent)>,
+) -> impl FnMut(StreamEvent) + 'a {
+    move |event| {
+        match event {
+            StreamEvent::Gap(len) => {
+                stats.gaps += 1;
+                stats.gap_bytes += len;
+            }
+            StreamEvent::ReverseGap(len) => {
+                stats.response_gaps += 1;
+                stats.response_gap_bytes += len;
+            }
+            _ => {}
+        }
+        out.push((key, event));
+    }
 }

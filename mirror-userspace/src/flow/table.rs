@@ -13,9 +13,10 @@ use mirror_common::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 use super::{
     CloseReason, Direction, FlowConfig, FlowKey, FlowStats, Segment, StreamEvent,
     assembler::{Assembler, Insert},
-    conn::{Flow, unwrap_around},
+    conn::{Flow, emitter, unwrap_around},
     lru::{Lru, Tier},
     parked::{Parked, Start, shrink_map},
+    reverse::Reverse,
 };
 
 /// All flows, keyed by [`FlowKey`].
@@ -38,6 +39,8 @@ pub struct FlowTable {
     /// Every flow with a deadline, by the instant in its [`Flow::timer`].
     timers: BTreeSet<(Duration, FlowKey)>,
     total_pending: usize,
+    /// Out-of-order bytes held by the server streams ([`FlowConfig::responses`]).
+    reverse_pending: usize,
     /// Strict mode: SYN-ACKs seen before the SYN they answer (capture order across CPUs, or a
     /// capture file's own): acknowledgement and when, by flow. At most [`MAX_EARLY_SYN_ACKS`],
     /// the oldest forgotten first (`early_order`).
@@ -61,21 +64,6 @@ const OPENING_RESERVE_DIVISOR: usize = 8;
 /// Most SYN-ACKs kept waiting for their SYN; beyond it the oldest is forgotten.
 const MAX_EARLY_SYN_ACKS: usize = 1024;
 
-/// A sink for one flow's events: tags them with its key and counts gaps.
-fn emitter<'a>(
-    key: FlowKey,
-    stats: &'a mut FlowStats,
-    out: &'a mut Vec<(FlowKey, StreamEvent)>,
-) -> impl FnMut(StreamEvent) + 'a {
-    move |event| {
-        if let StreamEvent::Gap(len) = event {
-            stats.gaps += 1;
-            stats.gap_bytes += len;
-        }
-        out.push((key, event));
-    }
-}
-
 impl FlowTable {
     /// An empty table with these bounds and timeouts.
     pub fn new(cfg: FlowConfig) -> Self {
@@ -86,6 +74,12 @@ impl FlowTable {
             cfg,
             ..Self::default()
         }
+    }
+
+    /// Turns the server streams' reassembly on or off ([`FlowConfig::responses`]) for what comes
+    /// from now on; flows whose server stream is being reassembled keep it until they end.
+    pub fn set_responses(&mut self, on: bool) {
+        self.cfg.responses = on;
     }
 
     /// Lowers (or restores) the bound on bytes held over all flows to `min(limit,
@@ -105,9 +99,9 @@ impl FlowTable {
         self.flows.is_empty()
     }
 
-    /// Bytes held out of order, over all flows.
+    /// Bytes held out of order, over all flows (server streams included).
     pub fn buffered_bytes(&self) -> usize {
-        self.total_pending
+        self.total_pending + self.reverse_pending
     }
 
     /// When [`on_tick`](Self::on_tick) next has something to do: the earliest instant at which a
@@ -191,11 +185,36 @@ impl FlowTable {
                 self.with_asm(key, out, |asm, emit| asm.acknowledge(off, now, emit));
             }
         }
+        if self.cfg.responses {
+            self.response_segment(key, &seg, syn_ack, now, out);
+        }
         if seg.flags & TCP_RST != 0 {
             self.close(key, CloseReason::Rst, out);
         } else {
             self.close_if_finished(key, out);
         }
+    }
+
+    /// A server segment's bytes, for a flow whose responses are reassembled: the SYN-ACK sets
+    /// where the server's stream starts (see `flow/reverse.rs`).
+    fn response_segment(
+        &mut self,
+        key: FlowKey,
+        seg: &Segment,
+        syn_ack: bool,
+        now: Duration,
+        out: &mut Vec<(FlowKey, StreamEvent)>,
+    ) {
+        let Some(flow) = self.flows.get_mut(&key) else { return };
+        if syn_ack && flow.syn_seen && !flow.given_up && flow.asm.next_offset() == 0 {
+            flow.reverse = Some(Reverse::new(seg.seq.wrapping_add(1)));
+        }
+        let Some(rev) = flow.reverse.as_mut() else { return };
+        let before = rev.buffered();
+        let emit = emitter(key, &mut self.stats, out);
+        let room = self.buffer_limit.saturating_sub(self.total_pending + self.reverse_pending);
+        rev.on_segment(seg, now, &self.cfg, room, emit);
+        self.reverse_pending = self.reverse_pending - before + rev.buffered();
     }
 
     /// A client→server segment: SYN, RST, FIN and the bytes of the stream.
@@ -284,6 +303,13 @@ impl FlowTable {
         }
         let flow = self.flows.get_mut(&key).expect("inserted above");
         flow.last_seen = now;
+        if self.cfg.responses && flow.reverse.is_none() && flow.syn_seen && !syn && seg.flags & TCP_ACK != 0 {
+            // The SYN-ACK was not seen: the client's handshake ACK says where the server's
+            // stream starts (its first ACK, before any request byte was delivered).
+            if flow.asm.next_offset() == 0 && !flow.given_up {
+                flow.reverse = Some(Reverse::new(seg.ack));
+            }
+        }
         let fin = seg.flags & TCP_FIN != 0;
         flow.client_fin |= fin;
         if flow.given_up {
@@ -546,6 +572,10 @@ impl FlowTable {
         self.total_pending -= flow.asm.buffered();
         flow.asm.finish(emitter(key, &mut self.stats, out));
         self.stats.unacked_bytes += flow.asm.take_dropped_unacked();
+        if let Some(rev) = flow.reverse.as_mut() {
+            self.reverse_pending -= rev.buffered();
+            rev.finish(emitter(key, &mut self.stats, out));
+        }
         match reason {
             CloseReason::Fin => self.stats.closed_fin += 1,
             CloseReason::Rst => self.stats.closed_rst += 1,

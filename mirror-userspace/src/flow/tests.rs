@@ -6,6 +6,7 @@ use mirror_common::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
 use proptest::prelude::*;
 
 mod evict;
+mod reverse;
 mod strict;
 
 fn key() -> FlowKey {
@@ -345,6 +346,7 @@ proptest! {
             opening_timeout: Duration::from_millis(90),
             reorder_timeout: Duration::from_millis(30),
             require_ack: strict,
+            responses: false,
         };
         let (mut always, mut polled) = (FlowTable::new(cfg.clone()), FlowTable::new(cfg));
         let (mut out_a, mut out_p) = (Vec::new(), Vec::new());

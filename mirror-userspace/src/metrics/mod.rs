@@ -243,7 +243,6 @@ impl Metrics {
     }
 
     /// A pair compared (`counted` by [`CompareCounters::count`](crate::compare::CompareCounters::count)).
-    #[allow(dead_code, reason = "the pipeline calls it once comparing is wired in (issue 15's integration)")]
     pub fn compared(&self, route: &str, mirror: &str, counted: &crate::compare::counters::Counted) {
         self.compare.record(route, mirror, counted);
     }

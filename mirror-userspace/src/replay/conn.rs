@@ -71,6 +71,8 @@ struct InFlight {
     stream: Option<u64>,
     /// A streamed request that must never complete: the connection is reset when it is reached.
     poisoned: bool,
+    /// A compared request: its response's bytes, kept as read.
+    capture: Option<super::compare::Capture>,
 }
 
 struct Conn {
@@ -276,6 +278,7 @@ fn read_available(c: &mut Conn, buf: &mut [u8], rec: &Recorder) -> Option<Ending
             if let Some(done) = c.reader.as_ref().and_then(ResponseReader::on_eof) {
                 let f = c.inflight.pop_front().expect("a reader reads a request's response");
                 rec.answered(&f.ob, f.started, done.status);
+                rec.compare.hand_over(&f.ob, f.capture);
                 c.reader = None;
             }
             return Some(Ending::Failed(DropReason::IoError));
@@ -291,11 +294,15 @@ fn read_available(c: &mut Conn, buf: &mut [u8], rec: &Recorder) -> Option<Ending
                 Ok(r) => r,
                 Err(_) => return Some(Ending::Failed(DropReason::BadResponse)),
             };
+            if let Some(capture) = c.inflight.front_mut().and_then(|f| f.capture.as_mut()) {
+                capture.push(&data[..used]);
+            }
             data = &data[used..];
             let Some(done) = done else { continue };
             c.reader = None;
             let f = c.inflight.pop_front().expect("front checked above");
             rec.answered(&f.ob, f.started, done.status);
+            rec.compare.hand_over(&f.ob, f.capture);
             if c.active.is_some_and(|(s, _)| Some(s) == f.stream) {
                 // Answered before its body was all written (an early error status): the rest
                 // of the stream has nowhere to go.
@@ -356,6 +363,7 @@ async fn admit(
                 None => {
                     // The mirror is unreachable: what waits now is lost, later requests try again.
                     for (ob, _) in pending.drain(..) {
+                        rec.compare.failed(&ob);
                         rec.memory.release(crate::memory::Held::Replay, weight(&ob));
                         if !matches!(ob.part, Part::More { .. } | Part::End { .. } | Part::Abort { .. }) {
                             rec.count_drop(DropReason::ConnectError);
@@ -386,6 +394,7 @@ fn write(c: &mut Conn, ob: Outbound, tries: u8, rec: &Recorder) {
             if let Some(s) = stream {
                 c.active = Some((s, 1));
             }
+            let capture = rec.compare.capture(&ob, head_request);
             c.inflight.push_back(InFlight {
                 start,
                 head_request,
@@ -394,6 +403,7 @@ fn write(c: &mut Conn, ob: Outbound, tries: u8, rec: &Recorder) {
                 tries,
                 stream,
                 poisoned: false,
+                capture,
             });
         }
         Part::More { index, bytes, .. } => {
@@ -451,6 +461,7 @@ fn reset_if_due(conn: &mut Option<Conn>, rec: &Recorder) {
         // Only the poisoned stream is left (whatever came after it was never admitted). A stream
         // its server answered early was counted as answered: nothing is left of it here.
         rec.memory.release(crate::memory::Held::Replay, weight(&f.ob));
+        rec.compare.failed(&f.ob);
         rec.count_drop(DropReason::StreamReset);
     }
 }
@@ -481,6 +492,7 @@ fn end(conn: &mut Option<Conn>, pending: &mut VecDeque<Queued>, how: Ending, rec
             continue;
         }
         rec.memory.release(crate::memory::Held::Replay, weight(&f.ob));
+        rec.compare.failed(&f.ob);
         rec.count_drop(match how {
             Ending::Failed(reason) => reason,
             // A streamed request cut short by the server's close.

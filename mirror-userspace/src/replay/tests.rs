@@ -25,7 +25,7 @@ use crate::{
 
 fn ob(part: Part) -> Outbound {
     let a: SocketAddr = "10.0.0.1:1000".parse().unwrap();
-    Outbound { endpoint: "m".into(), route: "r".into(), flow: FlowKey { client: a, server: a }, part }
+    Outbound { endpoint: "m".into(), route: "r".into(), flow: FlowKey { client: a, server: a }, part, compare: None }
 }
 
 fn get(i: usize, method: &str) -> Outbound {
@@ -121,7 +121,7 @@ async fn run(script: Script, items: Vec<Outbound>) -> (Arc<ReplayStats>, usize, 
     let (addr, seen) = server(script).await;
     let memory = Arc::new(Memory::new(1 << 30));
     let stats = Arc::new(ReplayStats::default());
-    let rec = Recorder { stats: stats.clone(), metrics: None, memory: memory.clone() };
+    let rec = Recorder { stats: stats.clone(), metrics: None, memory: memory.clone(), compare: Default::default() };
     let (tx, rx) = mpsc::channel(4096);
     let settings = ReplaySettings { request_timeout_ms: 2000, ..ReplaySettings::default() };
     let w = tokio::spawn(worker(addr, rx, settings, rec));

@@ -3,6 +3,12 @@
 //! per request to an access log: method, target, headers in order, body length and SHA-256, and
 //! `received_unix_ns`, the wall clock when the request head was read (the bench's mirror delay
 //! joins it to the client's send times: every namespace reads the same machine clock).
+//!
+//! With `--variant v1|v1b|v2`, paths under `/cmp/` answer as a version of a service would, for
+//! the comparison tests (issue 15): `same` (identical everywhere), `status` (v2: 500), `header`
+//! (v2: `x-version: 2`), `json` (v2: another `count`), `order` (v2: the array reversed), `gzip`
+//! (v2: the same JSON gzip-encoded), `time` (a field that differs on every response), `big` (200 kB, identical everywhere), `cookie` (a
+//! `set-cookie` that differs: a credential, never written to the log).
 
 use std::{convert::Infallible, io::Write, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -29,6 +35,9 @@ struct Args {
     /// Reset every connection as soon as it is accepted (failure tests).
     #[arg(long)]
     reset: bool,
+    /// Which version of a service `/cmp/` paths answer as: v1, v1b (another copy of v1) or v2.
+    #[arg(long)]
+    variant: Option<String>,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -91,6 +100,9 @@ async fn handle(
     if args.delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(args.delay_ms)).await;
     }
+    if let (Some(variant), Some(path)) = (&args.variant, parts.uri.path().strip_prefix("/cmp/")) {
+        return Ok(variant_response(variant == "v2", path, &args.name));
+    }
     let status = parts
         .uri
         .path()
@@ -105,4 +117,58 @@ async fn handle(
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(reply.to_string())))
         .expect("valid response"))
+}
+
+/// A `/cmp/` path as version 1 (`v2` false) or 2 of a service answers it.
+fn variant_response(v2: bool, path: &str, name: &str) -> Response<Full<Bytes>> {
+    let json = |v: serde_json::Value| Bytes::from(v.to_string());
+    let mut status = hyper::StatusCode::OK;
+    let mut version = "1";
+    let mut gzip = false;
+    let body = match path {
+        "status" => {
+            if v2 {
+                status = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+            }
+            json(serde_json::json!({"ok": true}))
+        }
+        "header" => {
+            if v2 {
+                version = "2";
+            }
+            json(serde_json::json!({"ok": true}))
+        }
+        "json" => json(serde_json::json!({"name": "x", "count": if v2 { 2 } else { 1 }})),
+        "cookie" => json(serde_json::json!({"ok": true})),
+        "order" => json(serde_json::json!({"items": if v2 { [3, 2, 1] } else { [1, 2, 3] }})),
+        "gzip" => {
+            gzip = v2;
+            json(serde_json::json!({"a": [1, 2], "b": "text"}))
+        }
+        // Larger than one perf sample: the primary's side comes in pieces (GSO tails).
+        "big" => json(serde_json::json!({"data": "0123456789".repeat(20_000)})),
+        "time" => {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+            json(serde_json::json!({"now": now.to_string(), "v": 1}))
+        }
+        _ => json(serde_json::json!({"a": 1, "b": [true, null]})),
+    };
+    let mut r = Response::builder();
+    if path == "cookie" {
+        r = r.header("set-cookie", if v2 { "session=secret-v2" } else { "session=secret-v1" });
+    }
+    r = r
+        .status(status)
+        .header("x-served-by", name)
+        .header("x-version", version)
+        .header("content-type", "application/json");
+    let body = if gzip {
+        r = r.header("content-encoding", "gzip");
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(&body).expect("in memory");
+        Bytes::from(enc.finish().expect("in memory"))
+    } else {
+        body
+    };
+    r.body(Full::new(body)).expect("valid response")
 }
