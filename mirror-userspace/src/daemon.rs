@@ -45,6 +45,11 @@ fn endpoint_addrs(router: &Router) -> Vec<std::net::SocketAddr> {
 /// Runs the daemon with the config at `path` and metrics on `metrics_addr` until SIGINT/SIGTERM,
 /// then prints the JSON summary.
 pub async fn run(path: &Path, metrics_addr: std::net::SocketAddr, attach: AttachPreference) -> Result<()> {
+    // Handlers first: a signal sent as soon as "ready" is logged is queued, not fatal (SIGHUP's
+    // default action would end the process).
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     let cfg = Config::load(path)?;
     for w in &cfg.warnings {
         tracing::warn!("{w}");
@@ -89,9 +94,6 @@ pub async fn run(path: &Path, metrics_addr: std::net::SocketAddr, attach: Attach
             .context("spawning the capture thread")?
     };
 
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
     loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break }

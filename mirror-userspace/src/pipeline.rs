@@ -120,7 +120,9 @@ pub struct PipelineStats {
     /// Flows that became tunnels (CONNECT, Upgrade): nothing after is framed.
     pub tunnels: u64,
     /// Flows given up to stay within the memory budget (the largest holder first): their
-    /// request in progress, if any, is counted as dropped for `memory_budget`.
+    /// request in progress, if any, is counted as dropped for `memory_budget`; or, when a
+    /// primary's response held for comparison is the largest, only that flow's pairing (its
+    /// compared requests end `incomplete`, reason `shed`; its requests are still mirrored).
     pub shed_flows: u64,
     /// Requests (or would-be requests) lost, by reason (a JSON object keyed by
     /// [`DropReason::as_str`]).
@@ -414,6 +416,9 @@ impl Pipeline {
     /// bytes are not framed.
     fn shed(&mut self, need: usize, http: &mut Vec<HttpEvent>, out: &mut Vec<Outbound>) {
         while self.memory.used() + need > self.memory.limit() {
+            if self.shed_pairing() {
+                continue;
+            }
             let Some(&(_, key)) = self.by_held.last() else { return };
             let Some(st) = self.http.get_mut(&key) else {
                 self.by_held.pop_last();

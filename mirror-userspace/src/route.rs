@@ -160,6 +160,9 @@ struct CompiledMirror {
     /// Parts per million sampled.
     ppm: u32,
     policy: Arc<Policy>,
+    /// A compared destination's baseline on the same route takes that destination's sampling
+    /// decision (the index of its mirror), so both are mirrored exactly the same requests.
+    follows: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -250,9 +253,10 @@ impl Router {
                         let key = cfg.resolve(d).with_context(|| format!("no endpoint for {}", d.endpoint_key()))?;
                         let endpoint = endpoints.get_key_value(key.as_str()).expect("resolved").0.clone();
                         let policy = policies.get(key.as_str()).cloned().unwrap_or_else(|| default_policy.clone());
-                        Ok(CompiledMirror { endpoint, ppm: percent_to_ppm(pct), policy })
+                        Ok(CompiledMirror { endpoint, ppm: percent_to_ppm(pct), policy, follows: None })
                     })
                     .collect::<Result<Vec<_>>>()?;
+                let mirrors = follow_destinations(mirrors, cfg);
                 routes.push(CompiledRoute {
                     name: r.name.clone().unwrap_or_else(|| format!("route-{n}")).into(),
                     blocks: r.matches.iter().map(MatchBlock::compile).collect::<Result<_>>()?,
@@ -290,8 +294,20 @@ impl Router {
         };
         let mut targets = Vec::new();
         let mut sampled_out = Vec::new();
-        for m in &route.mirrors {
-            if sampled(m, head, rng) {
+        // With a baseline on the route, the others decide first and the baseline takes its
+        // destination's decision (a destination followed never follows itself).
+        let leaders: Vec<bool> = if route.mirrors.iter().any(|m| m.follows.is_some()) {
+            route.mirrors.iter().map(|m| m.follows.is_none() && sampled(m, head, rng)).collect()
+        } else {
+            Vec::new()
+        };
+        for (i, m) in route.mirrors.iter().enumerate() {
+            let taken = match m.follows {
+                Some(j) => leaders[j],
+                None if leaders.is_empty() => sampled(m, head, rng),
+                None => leaders[i],
+            };
+            if taken {
                 targets.push(MirrorTarget {
                     endpoint: m.endpoint.clone(),
                     route: route.name.clone(),
@@ -303,6 +319,28 @@ impl Router {
         }
         Decision::Route { route: route.name.clone(), targets, sampled_out }
     }
+}
+
+/// Marks each compared destination's baseline listed on the same route as following that
+/// destination's sampling decision.
+fn follow_destinations(mut mirrors: Vec<CompiledMirror>, cfg: &Config) -> Vec<CompiledMirror> {
+    for i in 0..mirrors.len() {
+        let Some(baseline) = cfg
+            .policies
+            .get(&*mirrors[i].endpoint)
+            .and_then(|p| p.compare.as_ref())
+            .and_then(|c| c.baseline.as_deref())
+        else {
+            continue;
+        };
+        if let Some(j) = mirrors.iter().position(|m| &*m.endpoint == baseline)
+            && mirrors[j].follows.is_none()
+            && mirrors[i].follows.is_none()
+        {
+            mirrors[j].follows = Some(i);
+        }
+    }
+    mirrors
 }
 
 /// Random per request, or, with a sampling key present, a stable function of its value.

@@ -30,6 +30,8 @@ pub enum Incomplete {
     TooLarge,
     /// The bytes are not an HTTP/1.1 response (or its head is over the size limit).
     Unframed,
+    /// The memory budget gave up pairing this connection's responses.
+    Shed,
 }
 
 impl Incomplete {
@@ -41,6 +43,7 @@ impl Incomplete {
             Incomplete::Cut => "cut",
             Incomplete::TooLarge => "too_large",
             Incomplete::Unframed => "unframed",
+            Incomplete::Shed => "shed",
         }
     }
 }
@@ -224,6 +227,13 @@ impl<T> Pairer<T> {
             report(p, Err(why), out);
         }
         self.buf = Vec::new();
+    }
+
+    /// The memory budget needs what this connection holds: the response in progress and every
+    /// request waiting, and every later one, are reported [`Incomplete::Shed`]; it holds nothing
+    /// from now on.
+    pub fn shed(&mut self, out: &mut Vec<Paired<T>>) {
+        self.lose(Incomplete::Shed, out);
     }
 
     /// Framing is lost: the response in progress and every request waiting are reported `why`.

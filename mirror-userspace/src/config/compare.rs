@@ -278,8 +278,9 @@ pub(crate) fn settings(
 }
 
 /// Checks every baseline against the routes: each route that mirrors a compared destination must
-/// mirror its baseline too, both to every request (100%: each mirror is sampled on its own, so
-/// any lower share would pair different requests), and no two destinations may log to one file.
+/// mirror its baseline too, with the same percentage (the baseline then takes the destination's
+/// sampling decision, so both get exactly the same requests), and no two destinations may log to
+/// one file.
 pub(crate) fn check_routes(
     policies: &BTreeMap<String, MirrorPolicy>,
     tables: &impl AsRef<[RouteTable]>,
@@ -309,9 +310,23 @@ pub(crate) fn check_routes(
                 }
                 let share = |k: &str| mirrored.iter().find(|(m, _)| m == k).map(|(_, ppm)| *ppm);
                 let Some(dest_ppm) = share(key) else { continue };
+                // Other compared destinations of this route and their baselines.
+                let baseline_of =
+                    |k: &str| policies.get(k).and_then(|p| p.compare.as_ref()).and_then(|c| c.baseline.as_deref());
+                let others = mirrored.iter().filter(|(m, _)| m != key);
+                let shared = others.clone().any(|(m, _)| baseline_of(m) == Some(baseline.as_str()));
+                let is_baseline = others.clone().any(|(m, _)| baseline_of(m) == Some(key.as_str()));
                 let reason = match share(baseline) {
                     None => "not the baseline",
-                    Some(b) if b < 1_000_000 || dest_ppm < 1_000_000 => "not both to every request (100%)",
+                    Some(b) if b != dest_ppm => "not with the same percentage",
+                    // The baseline takes the destination's sampling decision: it can follow only
+                    // one destination, and a destination that follows cannot lead.
+                    Some(_) if dest_ppm < 1_000_000 && shared => {
+                        "below 100% with another compared destination of the same baseline"
+                    }
+                    Some(_) if dest_ppm < 1_000_000 && is_baseline => {
+                        "below 100% while it is itself another destination's baseline"
+                    }
                     Some(_) => continue,
                 };
                 let route = match &r.name {

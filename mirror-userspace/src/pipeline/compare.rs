@@ -162,6 +162,18 @@ impl CompareStage {
         self.held
     }
 
+    /// The flow whose pairer holds the most, and how much (a scan: only under memory pressure).
+    pub(super) fn largest(&self) -> Option<(usize, FlowKey)> {
+        self.pairers.iter().map(|(k, p)| (p.held(), *k)).filter(|(n, _)| *n > 0).max()
+    }
+
+    /// The memory budget needs what `key`'s pairer holds: its waiting and later requests are
+    /// reported incomplete (`shed`); the pairer stays, so later responses never pair with the
+    /// wrong request.
+    pub(super) fn shed(&mut self, key: FlowKey) {
+        self.with(key, |p, out| p.shed(out));
+    }
+
     /// `key`'s server stream ended: by its FIN (`clean`), or the flow ended (reset, idle,
     /// evicted, given up). Every request still waiting is reported.
     pub(super) fn close(&mut self, key: FlowKey, clean: bool) {
@@ -184,5 +196,20 @@ impl CompareStage {
     /// The events since the last call, in order.
     pub(super) fn take(&mut self) -> Vec<CompareEvent> {
         std::mem::take(&mut self.events)
+    }
+}
+
+impl super::Pipeline {
+    /// Sheds the pairing of the flow whose held response is the largest thing any flow holds, if
+    /// one is (see [`CompareStage::shed`]); `false` when a flow's request holds more.
+    pub(super) fn shed_pairing(&mut self) -> bool {
+        let top = self.by_held.last().map_or(0, |&(n, _)| n);
+        let Some((_, key)) = self.routing.compare.largest().filter(|&(n, _)| n >= top) else { return false };
+        self.routing.compare.shed(key);
+        self.routing.stats.shed_flows += 1;
+        let held = self.routing.compare.held();
+        self.memory.adjust(crate::memory::Held::Compare, self.compare_held, held);
+        self.compare_held = held;
+        true
     }
 }

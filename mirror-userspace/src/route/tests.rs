@@ -188,6 +188,30 @@ fn two_mirrors_each_get_their_own_share() {
 }
 
 #[test]
+fn a_compared_destinations_baseline_takes_its_sampling_decision() {
+    // m/v2 is compared against the baseline m/v1, both at 30%, listed baseline first: every
+    // request mirrored to one is mirrored to the other; a third mirror keeps its own share.
+    let r = router(
+        "routes:\n  - mirrors:\n      - {destination: {host: m, subset: v1}, percentage: {value: 30}}\n      - {destination: {host: m, subset: v2}, percentage: {value: 30}}\n      - {destination: {host: a}, percentage: {value: 30}}\nmirrorPolicies:\n  m/v2: {compare: {baseline: m/v1}}\n",
+    );
+    let mut rng = StdRng::seed_from_u64(3);
+    let h = head("GET / HTTP/1.1\r\n\r\n");
+    let (n, mut both, mut a, mut a_with_v2) = (20_000, 0, 0, 0);
+    for _ in 0..n {
+        let Decision::Route { targets, .. } = r.decide(&h, 80, &mut rng) else { panic!("routed") };
+        let has = |e: &str| targets.iter().any(|t| &*t.endpoint == e);
+        assert_eq!(has("m/v1"), has("m/v2"), "baseline and destination split");
+        both += usize::from(has("m/v2"));
+        a += usize::from(has("a"));
+        a_with_v2 += usize::from(has("a") && has("m/v2"));
+    }
+    assert!(within_binomial(both, n, 0.30), "{both}");
+    assert!(within_binomial(a, n, 0.30), "{a}");
+    // Independent of the pair: about 9% of requests go to both.
+    assert!(within_binomial(a_with_v2, n, 0.09), "{a_with_v2}");
+}
+
+#[test]
 fn consistent_sampling_by_cookie_keeps_a_session_together() {
     let r = router(
         "routes: [{mirror: {host: a}, mirrorPercentage: {value: 30}}]\nmirrorPolicies:\n  a: {sampleBy: {cookie: SessionID}}\n",

@@ -166,23 +166,47 @@ fn a_baseline_must_be_another_endpoint_mirrored_the_same_requests() {
         p => panic!("{p}"),
     }
     assert_eq!(place(&e), first(&text, "httpbin/v1b\n"));
-    // Either one sampled: each mirror is sampled on its own, so they would get different requests.
-    for pct in [
-        "      - destination: {host: httpbin, subset: v2}\n        percentage: {value: 50}",
-        "      - destination: {host: httpbin, subset: v1b}\n        percentage: {value: 99.99}",
-    ] {
-        let line = pct.lines().next().unwrap();
-        let text = with_compare("      baseline: httpbin/v1b").replace(&format!("{line}\n"), &format!("{pct}\n"));
-        assert_ne!(text, with_compare("      baseline: httpbin/v1b"));
-        let e = err(&text);
+    // Sampled with different percentages: the baseline takes the destination's decision, so
+    // what is written must say the same.
+    let sampled = |v2: &str, v1b: &str| {
+        with_compare("      baseline: httpbin/v1b")
+            .replace(
+                "      - destination: {host: httpbin, subset: v2}\n",
+                &format!("      - destination: {{host: httpbin, subset: v2}}\n        percentage: {{value: {v2}}}\n"),
+            )
+            .replace(
+                "      - destination: {host: httpbin, subset: v1b}\n",
+                &format!("      - destination: {{host: httpbin, subset: v1b}}\n        percentage: {{value: {v1b}}}\n"),
+            )
+    };
+    for (v2, v1b) in [("50", "100"), ("100", "99.99"), ("10", "20")] {
+        let e = err(&sampled(v2, v1b));
         assert!(
-            matches!(
-                problem(&e),
-                CompareProblem::BaselineNotMirrored { reason: "not both to every request (100%)", .. }
-            ),
+            matches!(problem(&e), CompareProblem::BaselineNotMirrored { reason: "not with the same percentage", .. }),
             "{e}"
         );
     }
+    // The same percentage below 100 loads.
+    Config::parse(&sampled("25", "25"), "t").unwrap();
+    // Below 100%, a baseline can follow only one destination.
+    let shared = sampled("25", "25")
+        .replace(
+            "    mirrors:\n",
+            "    mirrors:\n      - destination: {host: httpbin, subset: v3}\n        percentage: {value: 25}\n",
+        )
+        .replace("endpoints:\n", "endpoints:\n  httpbin/v3: [\"10.77.0.5:8000\"]\n")
+        + "  httpbin/v3:\n    compare: {baseline: httpbin/v1b}\n";
+    let e = err(&shared);
+    assert!(
+        matches!(
+            problem(&e),
+            CompareProblem::BaselineNotMirrored {
+                reason: "below 100% with another compared destination of the same baseline",
+                ..
+            }
+        ),
+        "{e}"
+    );
     // A route that mirrors the baseline only is fine (its pairs are simply not compared).
     let text = with_compare("      baseline: httpbin/v1b")
         .replace("endpoints:", "  - name: other\n    mirror: {host: httpbin, subset: v1b}\nendpoints:");

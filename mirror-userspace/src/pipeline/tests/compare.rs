@@ -127,3 +127,40 @@ fn a_flow_that_ends_reports_its_waiting_requests_and_nothing_is_paired_without_r
     assert!(out.iter().all(|o| o.compare.is_none()));
     assert!(p.take_compared().is_empty());
 }
+
+#[test]
+fn the_memory_budget_sheds_a_held_response_and_the_flow_pairs_nothing_after() {
+    let memory = Arc::new(crate::memory::Memory::new(1 << 20));
+    let mut p = compared(true).with_memory(memory.clone());
+    let mut out = Vec::new();
+    client(&mut p, 1, TCP_SYN, b"", &mut out);
+    server(&mut p, u32::MAX, TCP_SYN | TCP_ACK, 2, b"", &mut out);
+    client(&mut p, 2, TCP_ACK, b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n", &mut out);
+    let _ = p.take_compared();
+    // Replay holds all but 256 bytes of the budget; the primary's response body then takes more.
+    assert!(memory.try_charge(Held::Replay, (1 << 20) - memory.used() - 256));
+    let head = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n";
+    let mut resp = head.to_vec();
+    resp.extend_from_slice(&[b'x'; 600]);
+    server(&mut p, 0, TCP_ACK, 30, &resp, &mut out);
+    let ev: Vec<_> = p.take_compared().into_iter().filter(|e| matches!(e, CompareEvent::Primary { .. })).collect();
+    // What was read of it is reported, marked shed (the pair is incomplete).
+    assert!(
+        matches!(&ev[..], [CompareEvent::Primary { id: 0, side: Ok(r) }] if r.cut == Some(Incomplete::Shed)),
+        "{ev:?}"
+    );
+    assert_eq!(memory.held(Held::Compare), 0);
+    assert!(memory.used() <= memory.limit());
+    assert_eq!(p.stats().shed_flows, 1);
+    // The rest of that response and the next request's response are not paired: the next
+    // compared request is reported shed at once, never paired with the wrong bytes.
+    memory.release(Held::Replay, memory.held(Held::Replay));
+    let rest = [b'x'; 400];
+    server(&mut p, resp.len() as u32, TCP_ACK, 30, &rest, &mut out);
+    client(&mut p, 30, TCP_ACK, b"GET /b HTTP/1.1\r\nHost: h\r\n\r\n", &mut out);
+    server(&mut p, (resp.len() + rest.len()) as u32, TCP_ACK, 58, b"", &mut out);
+    let ev = p.take_compared();
+    assert!(ev.iter().any(|e| matches!(e, CompareEvent::Primary { id: 1, side: Err(Incomplete::Shed) })), "{ev:?}");
+    // The copies themselves still went to the mirrors: only their comparison was given up.
+    assert_eq!(out.iter().filter(|o| o.endpoint.as_ref() == "httpbin/v2").count(), 2);
+}
