@@ -88,7 +88,6 @@ fuzz_target!(|data: &[u8]| {
         idle_timeout: Duration::from_millis(500),
         opening_timeout: Duration::from_millis(300),
         reorder_timeout: Duration::from_millis(50),
-        opening_timeout: Duration::from_millis(300),
         require_ack: strict,
         responses: false,
     };
