@@ -176,3 +176,50 @@ fn a_reload_turns_comparing_on() {
     assert_eq!(metric(&text, &series("differences_total", "field", "json:/count")), n);
     assert_eq!(summary["compare"]["join"]["unmatched"], Value::from(0), "{summary}");
 }
+
+/// Sampled below 100%, the baseline takes its destination's decision: every request compared
+/// has its baseline side (the timestamp that differs on every response is noise each time, never
+/// a difference or incomplete), and only a share of the requests is compared.
+#[test]
+fn a_sampled_destination_and_its_baseline_get_the_same_requests() {
+    let topo = Topology::new().unwrap();
+    let _servers = versions(&topo);
+    let config = write_config(&topo, Some(&topo.path("differences.jsonl")));
+    let mut sampled = std::fs::read_to_string(&config).unwrap();
+    for v in ["v2", "v1b"] {
+        let line = format!("subset: {v}}}\n");
+        sampled = sampled.replace(&line, &format!("{line}        percentage: {{value: 50}}\n"));
+    }
+    std::fs::write(&config, &sampled).unwrap();
+    assert!(sampled.matches("percentage: {value: 50}").count() == 2, "{sampled}");
+    let daemon = topo.daemon(&config).unwrap();
+    let primary: SocketAddr = format!("{PRIMARY_V4}:{PORT}").parse().unwrap();
+    let total = 40;
+    let reqs: Vec<Vec<u8>> = (0..total).map(|i| request("GET", &format!("/cmp/time?i={i}"), &[], b"")).collect();
+    let got = topo.in_ns(&topo.client, move || exchange(primary, &reqs)).unwrap().unwrap();
+    assert_eq!(got.len(), total);
+    // Both mirrored exactly as many requests (the sampler's share), and each pair settles.
+    let mirrored = |text: &str, m: &str| {
+        metric(text, &format!("mirror_requests_mirrored_total{{route=\"cmp\",mirror=\"httpbin/{m}\"}}"))
+    };
+    // The metrics are published once per capture round: wait until the count is in and still.
+    let (mut last, deadline) = (-1.0, Instant::now() + Duration::from_secs(10));
+    let first = loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let text = scrape_metrics(&topo).unwrap();
+        let now = mirrored(&text, "v2");
+        if (now > 0.0 && now == last) || Instant::now() > deadline {
+            break text;
+        }
+        last = now;
+    };
+    assert_eq!(mirrored(&first, "v2"), mirrored(&first, "v1b"), "{first}");
+    let text = settled(&topo, mirrored(&first, "v2"));
+    let summary = topo.stop_daemon(daemon, libc::SIGINT).unwrap();
+    let result = |r: &str| metric(&text, &series("total", "result", r));
+    let noise = result("noise");
+    assert_eq!((result("same"), result("different"), result("incomplete")), (0.0, 0.0, 0.0), "{text}\n{summary}");
+    // 40 requests at 50%: all or none compared has odds of 2^-39.
+    assert!(noise > 0.0 && noise < total as f64, "{noise} of {total} compared: {text}");
+    assert_eq!(noise, mirrored(&text, "v2"), "{text}");
+}
