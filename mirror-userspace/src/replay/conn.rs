@@ -63,6 +63,10 @@ struct InFlight {
     start: u64,
     head_request: bool,
     started: Instant,
+    /// When its last part so far was handed to the connection: the request timeout runs from
+    /// there (a long upload is not timed out while the client is still sending it; a streamed
+    /// request still being written is never timed out here: the client's flow ends it).
+    sent: Instant,
     /// The request itself: kept so that it can be resent if it never reached the server.
     ob: Outbound,
     /// How many times it was written before (on connections that failed before it was sent).
@@ -97,6 +101,11 @@ struct Conn {
 }
 
 impl Conn {
+    /// `f` is the streamed request still being written (its parts still arriving).
+    fn writing(&self, f: &InFlight) -> bool {
+        f.stream.is_some() && self.active.is_some_and(|(s, _)| Some(s) == f.stream)
+    }
+
     fn push(&mut self, bytes: Bytes, release: usize) {
         if !bytes.is_empty() {
             self.queued += bytes.len() as u64;
@@ -204,7 +213,7 @@ pub(super) async fn worker(
             // Answers needed soon are polled for every TICK; others wait for the next batch or
             // READ_LAG; a request past its deadline is failed when the timer fires.
             let due = if c.urgent(open) { now + TICK } else { (f.started + READ_LAG).max(now + READ_LAG) };
-            let due = due.min(f.started + limit);
+            let due = if c.writing(f) { due } else { due.min(f.sent + limit) };
             if armed.is_none_or(|a| due < a) {
                 timer.as_mut().reset(TokioInstant::from_std(due));
                 armed = Some(due);
@@ -239,10 +248,9 @@ pub(super) async fn worker(
             _ = &mut timer, if armed.is_some() => {
                 armed = None;
                 let now = Instant::now();
-                let late = conn
-                    .as_ref()
-                    .and_then(|c| c.inflight.front())
-                    .is_some_and(|f| now.duration_since(f.started) >= limit);
+                let late = conn.as_ref().is_some_and(|c| {
+                    c.inflight.front().is_some_and(|f| !c.writing(f) && now.duration_since(f.sent) >= limit)
+                });
                 if late {
                     end(&mut conn, &mut pending, Ending::Failed(DropReason::Timeout), &rec);
                 }
@@ -399,6 +407,7 @@ fn write(c: &mut Conn, ob: Outbound, tries: u8, rec: &Recorder) {
                 start,
                 head_request,
                 started: Instant::now(),
+                sent: Instant::now(),
                 ob,
                 tries,
                 stream,
@@ -415,6 +424,7 @@ fn write(c: &mut Conn, ob: Outbound, tries: u8, rec: &Recorder) {
                 return;
             }
             *next += 1;
+            touch(c);
             let w = weight(&ob);
             c.push(bytes.clone(), w);
             if bytes.is_empty() {
@@ -424,6 +434,7 @@ fn write(c: &mut Conn, ob: Outbound, tries: u8, rec: &Recorder) {
         Part::End { index, .. } => {
             rec.memory.release(crate::memory::Held::Replay, weight(&ob));
             if c.active.is_some_and(|(_, next)| next == *index) {
+                touch(c);
                 c.active = None;
             } else {
                 poison(c);
@@ -433,6 +444,15 @@ fn write(c: &mut Conn, ob: Outbound, tries: u8, rec: &Recorder) {
             rec.memory.release(crate::memory::Held::Replay, weight(&ob));
             poison(c);
         }
+    }
+}
+
+/// The stream being written got a part now: its request timeout starts again.
+fn touch(c: &mut Conn) {
+    if let Some((s, _)) = c.active
+        && let Some(f) = c.inflight.iter_mut().rev().find(|f| f.stream == Some(s))
+    {
+        f.sent = Instant::now();
     }
 }
 

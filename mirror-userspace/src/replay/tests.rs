@@ -192,3 +192,39 @@ async fn a_stream_missing_a_part_is_reset_after_the_requests_before_it_are_answe
     assert_eq!(stats.dropped(DropReason::StreamReset), 1);
     assert_eq!(held, 0);
 }
+
+#[tokio::test]
+async fn an_upload_longer_than_the_request_timeout_is_not_timed_out_while_it_is_sent() {
+    // The request timeout (400 ms) runs from the request's last part: parts arriving every
+    // 150 ms over 1.2 s keep it alive, and its answer is counted.
+    let (addr, seen) = server(Script::Answer).await;
+    let memory = Arc::new(Memory::new(1 << 30));
+    let stats = Arc::new(ReplayStats::default());
+    let rec = Recorder { stats: stats.clone(), metrics: None, memory: memory.clone(), compare: Default::default() };
+    let (tx, rx) = mpsc::channel(64);
+    let settings = ReplaySettings { request_timeout_ms: 400, ..ReplaySettings::default() };
+    let w = tokio::spawn(worker(addr, rx, settings, rec));
+    let start = Request {
+        head: Bytes::from_static(b"POST /s HTTP/1.1\r\nContent-Length: 16\r\n\r\n"),
+        body: Bytes::from_static(b"ab"),
+        method: "POST".into(),
+        target: "/s".into(),
+    };
+    let mut items = vec![ob(Part::Start { stream: 9, request: start })];
+    for index in 1..=7 {
+        items.push(ob(Part::More { stream: 9, index, bytes: Bytes::from_static(b"cd") }));
+    }
+    items.push(ob(Part::End { stream: 9, index: 8 }));
+    items.push(get(1, "GET"));
+    for item in items {
+        assert!(memory.try_charge(Held::Replay, weight(&item)));
+        tx.send(item).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    drop(tx);
+    tokio::time::timeout(Duration::from_secs(10), w).await.expect("worker finishes").unwrap();
+    assert_eq!(*seen.lock().unwrap(), ["POST /s HTTP/1.1", "GET /1 HTTP/1.1"]);
+    assert_eq!(stats.dropped(DropReason::Timeout), 0);
+    assert_eq!(stats.sent.load(std::sync::atomic::Ordering::Relaxed), 2);
+    assert_eq!(memory.held(Held::Replay), 0);
+}
