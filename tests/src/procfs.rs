@@ -1,5 +1,6 @@
-//! What `/proc` says about a process: memory and CPU time (the streaming test's flat-RSS check,
-//! the benchmark's cost figures).
+//! What `/proc` says about a process: memory, CPU time (the whole process or one named thread)
+//! and its BPF programs' run time (the streaming test's flat-RSS check, the benchmarks' cost
+//! figures).
 
 use std::fs;
 
@@ -27,11 +28,69 @@ fn proc_status_kib(pid: i32, field: &str) -> Result<u64> {
 
 /// CPU seconds (user + system) a process has used.
 pub fn cpu_seconds(pid: i32) -> Result<f64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    stat_cpu_seconds(&format!("/proc/{pid}/stat"))
+}
+
+/// CPU seconds (user + system) the threads of process `pid` named `name` have used (0 if none
+/// is, or was, so named).
+pub fn thread_cpu_seconds(pid: i32, name: &str) -> Result<f64> {
+    let mut total = 0.0;
+    for task in fs::read_dir(format!("/proc/{pid}/task"))?.flatten() {
+        if fs::read_to_string(task.path().join("comm")).is_ok_and(|c| c.trim_end() == name) {
+            total += stat_cpu_seconds(&task.path().join("stat").to_string_lossy())?;
+        }
+    }
+    Ok(total)
+}
+
+/// utime + stime of a `stat` file (a process's or a thread's), in seconds.
+fn stat_cpu_seconds(path: &str) -> Result<f64> {
+    let stat = fs::read_to_string(path)?;
     let fields: Vec<&str> = stat.rsplit(')').next().context("stat")?.split_whitespace().collect();
     let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
     // SAFETY: sysconf has no preconditions.
     Ok(ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64)
+}
+
+/// Total `run_time_ns` and `run_cnt` of the BPF programs process `pid` holds (its fdinfo; counted
+/// while `kernel.bpf_stats_enabled` is 1).
+pub fn bpf_stats(pid: i32) -> (u64, u64) {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return (0, 0) };
+    let mut total = (0, 0);
+    for e in dir.flatten() {
+        let Ok(text) = fs::read_to_string(e.path()) else { continue };
+        if !text.contains("prog_tag:") {
+            continue;
+        }
+        let field = |name: &str| {
+            text.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0)
+        };
+        total.0 += field("run_time_ns:");
+        total.1 += field("run_cnt:");
+    }
+    total
+}
+
+/// Turns `kernel.bpf_stats_enabled` on for its lifetime (restored on drop).
+pub struct BpfStats(Option<String>);
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    /// Enables the counters.
+    pub fn enable() -> Result<BpfStats> {
+        let old = fs::read_to_string(BPF_STATS).context("reading kernel.bpf_stats_enabled")?;
+        fs::write(BPF_STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
+        Ok(BpfStats(Some(old.trim().to_string())))
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        if let Some(old) = self.0.take() {
+            let _ = fs::write(BPF_STATS, old);
+        }
+    }
 }
 
 /// This machine, for benchmark reports: cores, CPU model, memory and kernel.

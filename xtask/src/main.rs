@@ -310,12 +310,19 @@ fn bench(seconds: u64, rates: &str, note: Option<String>) -> Result<()> {
     if let Some(n) = note {
         cmd.args(["--note", &n]);
     }
-    let result = run(&mut cmd).and_then(|()| {
-        // The daemon's memory and the mirror's delay under issue 12's attacks (its own section).
-        run(Command::new("target/release/bench-memory")
-            .args(["--out", "BENCHMARKS.md"])
-            .env("MIRROR_BIN_DIR", "target/release"))
-    });
+    let result = run(&mut cmd)
+        .and_then(|()| {
+            // The daemon's memory and the mirror's delay under issue 12's attacks (its own section).
+            run(Command::new("target/release/bench-memory")
+                .args(["--out", "BENCHMARKS.md"])
+                .env("MIRROR_BIN_DIR", "target/release"))
+        })
+        .and_then(|()| {
+            // What comparing the mirror's responses with the primary's costs (issue 15, its own section).
+            run(Command::new("target/release/bench-compare")
+                .args(["--out", "BENCHMARKS.md"])
+                .env("MIRROR_BIN_DIR", "target/release"))
+        });
     sweep_namespaces()?;
     result
 }

@@ -24,11 +24,11 @@ use std::{fmt::Write as _, path::PathBuf};
 use anyhow::Result;
 use clap::{Parser, ValueEnum};
 use mirror_tests::request;
-use mirror_tests::{machine, markdown::replace_section};
+use mirror_tests::{BpfStats, machine, markdown::replace_section};
 use serde_json::Value;
 
 use crate::{
-    env::{BpfStats, Env, Peer},
+    env::{Env, Peer},
     runs::{GET_PATH, Plan},
 };
 

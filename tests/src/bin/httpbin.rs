@@ -8,7 +8,8 @@
 //! the comparison tests (issue 15): `same` (identical everywhere), `status` (v2: 500), `header`
 //! (v2: `x-version: 2`), `json` (v2: another `count`), `order` (v2: the array reversed), `gzip`
 //! (v2: the same JSON gzip-encoded), `time` (a field that differs on every response), `big` (200 kB, identical everywhere), `cookie` (a
-//! `set-cookie` that differs: a credential, never written to the log).
+//! `set-cookie` that differs: a credential, never written to the log), `large` and `large-gzip`
+//! (50 kB of JSON, identical; v2 gzip-encodes the second).
 
 use std::{convert::Infallible, io::Write, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -125,6 +126,8 @@ fn variant_response(v2: bool, path: &str, name: &str) -> Response<Full<Bytes>> {
     let mut status = hyper::StatusCode::OK;
     let mut version = "1";
     let mut gzip = false;
+    // A body already gzip-encoded (made once).
+    let mut gzip_done = false;
     let body = match path {
         "status" => {
             if v2 {
@@ -145,6 +148,14 @@ fn variant_response(v2: bool, path: &str, name: &str) -> Response<Full<Bytes>> {
             gzip = v2;
             json(serde_json::json!({"a": [1, 2], "b": "text"}))
         }
+        // About 50 kB of JSON (the comparison benchmark's larger bodies), made once so that
+        // serving it costs little; v2 gzip-encodes `large-gzip` (also made once).
+        "large" => large_body().0.clone(),
+        "large-gzip" if v2 => {
+            gzip_done = true;
+            large_body().1.clone()
+        }
+        "large-gzip" => large_body().0.clone(),
         // Larger than one perf sample: the primary's side comes in pieces (GSO tails).
         "big" => json(serde_json::json!({"data": "0123456789".repeat(20_000)})),
         "time" => {
@@ -162,7 +173,10 @@ fn variant_response(v2: bool, path: &str, name: &str) -> Response<Full<Bytes>> {
         .header("x-served-by", name)
         .header("x-version", version)
         .header("content-type", "application/json");
-    let body = if gzip {
+    let body = if gzip_done {
+        r = r.header("content-encoding", "gzip");
+        body
+    } else if gzip {
         r = r.header("content-encoding", "gzip");
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         enc.write_all(&body).expect("in memory");
@@ -171,4 +185,18 @@ fn variant_response(v2: bool, path: &str, name: &str) -> Response<Full<Bytes>> {
         body
     };
     r.body(Full::new(body)).expect("valid response")
+}
+
+/// The `large` body: 700 items of JSON (about 50 kB), and the same gzip-encoded.
+fn large_body() -> &'static (Bytes, Bytes) {
+    static LARGE: std::sync::OnceLock<(Bytes, Bytes)> = std::sync::OnceLock::new();
+    LARGE.get_or_init(|| {
+        let items: Vec<_> = (0..700)
+            .map(|i| serde_json::json!({"id": i, "name": format!("item-{i}"), "price": i * 7 % 1000, "tags": ["a", "b"], "active": i % 3 == 0}))
+            .collect();
+        let plain = serde_json::json!({ "items": items }).to_string();
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(plain.as_bytes()).expect("in memory");
+        (Bytes::from(plain), Bytes::from(enc.finish().expect("in memory")))
+    })
 }
