@@ -1,9 +1,12 @@
 //! The compare task (issue 15): brings together the primary's responses (from the capture
 //! thread's pipeline) and the shadow's and baseline's (from replay), compares each pair, exports
 //! the counts (`mirror_compare_total`, `mirror_compare_differences_total`) and writes the
-//! differences log. It runs on the tokio runtime; the capture thread and replay only
-//! [`Sink::send`] to it, which never waits: a full channel drops the message and counts it (a
-//! dropped side makes its pair incomplete at the join's timeout, never blocks anything).
+//! differences log. It runs on a thread of its own at a lower CPU priority (nice +10: parsing and
+//! diffing bodies yields to the capture thread, replay and the primary itself); the capture
+//! thread and replay only [`Sink::send`] to it, which never waits: a full channel, or a message
+//! whose response bytes do not fit in the memory budget (charged as `compare` until the task
+//! takes it), is dropped and counted (a dropped side makes its pair incomplete at the join's
+//! timeout, never blocks anything).
 //!
 //! Order matters and is kept by one channel for all: the capture thread sends a compared
 //! request's `Expect` before it submits the request to replay, so the join knows the pair before
@@ -69,12 +72,28 @@ pub enum Msg {
 pub struct Sink {
     tx: mpsc::Sender<Msg>,
     dropped: Arc<AtomicU64>,
+    memory: Arc<Memory>,
+}
+
+/// The response bytes a message carries (charged to the memory budget while it is queued).
+fn weight(msg: &Msg) -> usize {
+    match msg {
+        Msg::Capture(CompareEvent::Primary { side, .. }) | Msg::Mirror { side, .. } => crate::compare::join::size(side),
+        _ => 0,
+    }
 }
 
 impl Sink {
     /// Queues `msg` without waiting; `false` (and counted) if the channel is full or closed.
     pub fn send(&self, msg: Msg) -> bool {
-        let ok = self.tx.try_send(msg).is_ok();
+        let w = weight(&msg);
+        let ok = self.memory.try_charge(Held::Compare, w) && {
+            let queued = self.tx.try_send(msg).is_ok();
+            if !queued {
+                self.memory.release(Held::Compare, w);
+            }
+            queued
+        };
         if !ok {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -83,7 +102,10 @@ impl Sink {
 
     /// Queues `msg`, waiting for room (offline replay, where nothing live can be delayed).
     pub async fn send_wait(&self, msg: Msg) {
+        let w = weight(&msg);
+        self.memory.adjust(Held::Compare, 0, w);
         if self.tx.send(msg).await.is_err() {
+            self.memory.release(Held::Compare, w);
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -100,9 +122,10 @@ impl Sink {
     }
 }
 
-/// Starts the task on the current runtime. `timeout`: how long a pair waits for its sides.
+/// Starts the task on a thread of its own. `timeout`: how long a pair waits for its sides.
 pub fn start(router: Arc<Router>, timeout: Duration, metrics: Option<Arc<Metrics>>, memory: Arc<Memory>) -> Sink {
     let (tx, rx) = mpsc::channel(CHANNEL);
+    let sink = Sink { tx, dropped: Arc::new(AtomicU64::new(0)), memory: memory.clone() };
     let task = Task {
         joiner: Joiner::new(timeout, MAX_PAIRS, MAX_BYTES),
         counters: CompareCounters::default(),
@@ -114,9 +137,25 @@ pub fn start(router: Arc<Router>, timeout: Duration, metrics: Option<Arc<Metrics
         held: 0,
         start: Instant::now(),
         joined: Vec::new(),
+        incomplete: std::collections::BTreeMap::new(),
     };
-    tokio::spawn(run(rx, task));
-    Sink { tx, dropped: Arc::new(AtomicU64::new(0)) }
+    let thread = std::thread::Builder::new().name("compare".into()).spawn(move || {
+        // Best effort: a thread's nice value (Linux: per thread); failure leaves it at the
+        // daemon's priority.
+        // SAFETY: plain syscalls on this thread's own id.
+        unsafe {
+            let tid = libc::gettid();
+            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, libc::getpriority(libc::PRIO_PROCESS, 0) + 10);
+        }
+        match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+            Ok(rt) => rt.block_on(run(rx, task)),
+            Err(e) => tracing::error!("compare task: no runtime: {e}"),
+        }
+    });
+    if let Err(e) = thread {
+        tracing::error!("compare task: no thread: {e}");
+    }
+    sink
 }
 
 struct Task {
@@ -132,6 +171,8 @@ struct Task {
     held: usize,
     start: Instant,
     joined: Vec<Joined>,
+    /// Incomplete pairs by `side:reason` (summary).
+    incomplete: std::collections::BTreeMap<String, u64>,
 }
 
 async fn run(mut rx: mpsc::Receiver<Msg>, mut task: Task) {
@@ -166,6 +207,7 @@ impl Task {
     }
 
     fn on(&mut self, msg: Msg) {
+        self.memory.release(Held::Compare, weight(&msg));
         let mut joined = std::mem::take(&mut self.joined);
         match msg {
             Msg::Capture(CompareEvent::Expect { id, expected }) => {
@@ -202,8 +244,12 @@ impl Task {
                 continue; // the destination stopped comparing (reload)
             };
             let settled = settle(&pair, &settings, &mut self.counters, SystemTime::now());
+            let incomplete = settled.outcome.incomplete.map(|(side, why)| (side, why.as_str()));
+            if let Some((side, why)) = incomplete {
+                *self.incomplete.entry(format!("{side}:{why}")).or_default() += 1;
+            }
             if let Some(m) = &self.metrics {
-                m.compared(&pair.expected.route, &pair.expected.mirror, &settled.counted);
+                m.compared(&pair.expected.route, &pair.expected.mirror, &settled.counted, incomplete);
             }
             if let (Some(record), Some(log)) = (&settled.record, &settings.log) {
                 let file = match self.logs.entry(log.path.clone()) {
@@ -245,6 +291,35 @@ impl Task {
             "join": self.joiner.stats(),
             "logs": logs,
             "log_errors": self.log_errors,
+            "incomplete": self.incomplete,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{compare::Response, config::Config};
+
+    #[test]
+    fn a_queued_response_is_charged_to_the_budget_and_one_that_does_not_fit_is_dropped() {
+        let text = "capture: {interfaces: [eth0], ports: [80]}\nendpoints: {a: ['127.0.0.1:1']}\nroutes: [{mirror: {host: a}}]\n";
+        let router = Arc::new(Router::new(&Config::parse(text, "t").unwrap()).unwrap());
+        let memory = Arc::new(Memory::new(64 << 10));
+        let sink = start(router, Duration::from_secs(1), None, memory.clone());
+        let mirror =
+            |n: usize| Msg::Mirror { id: 1, endpoint: "a".into(), side: Ok(Response::new(200, &[], &vec![b'x'; n])) };
+        // Larger than the whole budget: dropped and counted, nothing held.
+        assert!(!sink.send(mirror(100 << 10)));
+        assert_eq!(sink.dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(memory.held(Held::Compare), 0);
+        // One that fits is taken; the task gives its charge back (to the join, which holds no
+        // pair for it: unmatched).
+        assert!(sink.send(mirror(10 << 10)));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while memory.held(Held::Compare) != 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(memory.held(Held::Compare), 0);
     }
 }

@@ -116,7 +116,7 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn incomplete(side: &'static str, why: Incomplete) -> Self {
+    pub(crate) fn incomplete(side: &'static str, why: Incomplete) -> Self {
         Outcome {
             result: CompareResult::Incomplete,
             differences: Vec::new(),
@@ -127,10 +127,12 @@ impl Outcome {
     }
 }
 
-/// A response ready to compare: its body decoded.
+/// A response ready to compare: its body decoded, parsed as JSON once when first needed (the
+/// primary's is compared with the shadow's and the baseline's).
 struct Side<'a> {
     response: &'a Response,
     body: Decoded,
+    json: std::cell::OnceCell<Option<Value>>,
 }
 
 fn side<'a>(r: Result<&'a Response, Incomplete>, max: usize) -> Result<Side<'a>, Incomplete> {
@@ -141,7 +143,7 @@ fn side<'a>(r: Result<&'a Response, Incomplete>, max: usize) -> Result<Side<'a>,
     if response.body_len > max as u64 {
         return Err(Incomplete::TooLarge);
     }
-    Ok(Side { response, body: body::decode(response, max)? })
+    Ok(Side { response, body: body::decode(response, max)?, json: std::cell::OnceCell::new() })
 }
 
 /// Compares the primary's and the shadow's responses to one request, with the baseline's if
@@ -209,9 +211,13 @@ fn differences(a: &Side, b: &Side, settings: &CompareSettings) -> (Vec<Differenc
     }
     let room = MAX_DIFFERENCES.saturating_sub(out.len());
     let mut truncated = false;
-    match (json_of(a), json_of(b)) {
-        (Some(ja), Some(jb)) => {
-            let d = json::diff(&ja, &jb, &settings.ignore_json_paths, room);
+    let same_bytes = matches!((&a.body, &b.body), (Decoded::Plain(x), Decoded::Plain(y)) if x == y);
+    // Byte-identical decoded bodies are the same whatever they hold: no parse, no walk.
+    let parsed = (!same_bytes).then(|| (json_of(a), json_of(b)));
+    match parsed {
+        None => {}
+        Some((Some(ja), Some(jb))) => {
+            let d = json::diff(ja, jb, &settings.ignore_json_paths, room);
             truncated |= d.truncated;
             out.extend(d.fields.into_iter().map(|(p, (x, y))| Difference {
                 field: Field::Json(p),
@@ -220,7 +226,7 @@ fn differences(a: &Side, b: &Side, settings: &CompareSettings) -> (Vec<Differenc
                 offset: None,
             }));
         }
-        _ => {
+        Some(_) => {
             let (ba, bb) = (bytes_of(&a.body), bytes_of(&b.body));
             if ba != bb && room > 0 {
                 let offset = ba.iter().zip(bb).position(|(x, y)| x != y).unwrap_or(ba.len().min(bb.len()));
@@ -271,11 +277,13 @@ fn headers(r: &Response, settings: &CompareSettings) -> BTreeMap<String, String>
 }
 
 /// The body as JSON, if the response says it is JSON and it parses.
-fn json_of(s: &Side) -> Option<Value> {
-    match &s.body {
-        Decoded::Plain(b) if body::is_json(s.response) => serde_json::from_slice(b).ok(),
-        _ => None,
-    }
+fn json_of<'s>(s: &'s Side) -> Option<&'s Value> {
+    s.json
+        .get_or_init(|| match &s.body {
+            Decoded::Plain(b) if body::is_json(s.response) => serde_json::from_slice(b).ok(),
+            _ => None,
+        })
+        .as_ref()
 }
 
 fn bytes_of(d: &Decoded) -> &[u8] {

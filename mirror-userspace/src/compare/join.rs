@@ -104,7 +104,7 @@ pub struct Joiner {
     stats: JoinStats,
 }
 
-fn size(side: &Side) -> usize {
+pub(crate) fn size(side: &Side) -> usize {
     side.as_ref().map_or(0, |r| r.body.len() + r.headers.iter().map(|(n, v)| n.len() + v.len()).sum::<usize>())
 }
 

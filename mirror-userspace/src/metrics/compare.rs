@@ -27,11 +27,21 @@ struct FieldLabel {
     field: String,
 }
 
+/// `{route, mirror, side, reason}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IncompleteLabel {
+    route: String,
+    mirror: String,
+    side: String,
+    reason: String,
+}
+
 /// The comparison metrics.
 #[derive(Debug, Default)]
 pub(crate) struct CompareMetrics {
     total: Family<ResultLabel, Counter>,
     differences: Family<FieldLabel, Counter>,
+    incomplete: Family<IncompleteLabel, Counter>,
 }
 
 impl CompareMetrics {
@@ -47,11 +57,24 @@ impl CompareMetrics {
             "Differing pairs by field: status, header:<name>, body, json:<pointer> (names capped per route, then other)",
             self.differences.clone(),
         );
+        registry.register(
+            "compare_incomplete",
+            "Incomplete pairs by side (primary, shadow, baseline) and reason (missing, gap, cut, too_large, unframed, shed)",
+            self.incomplete.clone(),
+        );
     }
 
     /// One comparison of `route` and `mirror`, as counted.
-    #[allow(dead_code, reason = "the pipeline calls it once comparing is wired in (issue 15's integration)")]
-    pub(crate) fn record(&self, route: &str, mirror: &str, counted: &Counted) {
+    pub(crate) fn record(&self, route: &str, mirror: &str, counted: &Counted, incomplete: Option<(&str, &str)>) {
+        if let Some((side, reason)) = incomplete {
+            let label = IncompleteLabel {
+                route: route.into(),
+                mirror: mirror.into(),
+                side: side.into(),
+                reason: reason.into(),
+            };
+            self.incomplete.get_or_create(&label).inc();
+        }
         let result = counted.result.as_str().to_string();
         self.total.get_or_create(&ResultLabel { route: route.into(), mirror: mirror.into(), result }).inc();
         for field in &counted.fields {
@@ -84,8 +107,11 @@ mod tests {
         };
         for fields in [&["a", "b"][..], &["c"], &["a"]] {
             let counted = counters.count("api", "httpbin/v2", &outcome(fields), 2);
-            m.compared("api", "httpbin/v2", &counted);
+            m.compared("api", "httpbin/v2", &counted, None);
         }
+        let incomplete = Outcome::incomplete("shadow", crate::compare::Incomplete::Missing);
+        let counted = counters.count("api", "httpbin/v2", &incomplete, 2);
+        m.compared("api", "httpbin/v2", &counted, Some(("shadow", "missing")));
         let text = m.encode();
         let line = |l: &str| text.lines().any(|x| x == l);
         assert!(line("mirror_compare_total{route=\"api\",mirror=\"httpbin/v2\",result=\"different\"} 3"), "{text}");
@@ -102,5 +128,11 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("header:c"), "{text}");
+        assert!(
+            line(
+                "mirror_compare_incomplete_total{route=\"api\",mirror=\"httpbin/v2\",side=\"shadow\",reason=\"missing\"} 1"
+            ),
+            "{text}"
+        );
     }
 }

@@ -243,8 +243,15 @@ impl Metrics {
     }
 
     /// A pair compared (`counted` by [`CompareCounters::count`](crate::compare::CompareCounters::count)).
-    pub fn compared(&self, route: &str, mirror: &str, counted: &crate::compare::counters::Counted) {
-        self.compare.record(route, mirror, counted);
+    /// `incomplete`: which side was missing or unusable, and why.
+    pub fn compared(
+        &self,
+        route: &str,
+        mirror: &str,
+        counted: &crate::compare::counters::Counted,
+        incomplete: Option<(&str, &str)>,
+    ) {
+        self.compare.record(route, mirror, counted, incomplete);
     }
 
     /// A request replay lost (replay workers and the queue).
