@@ -54,7 +54,7 @@ const READ_LAG: Duration = Duration::from_millis(50);
 /// are unanswered, not at every batch: at a light rate each read system call then takes the
 /// answers of many batches (a `recv` per connection and batch was a tenth of the daemon's CPU at
 /// 2,000 req/s). They stay in the socket's receive buffer meanwhile (a few KiB).
-const READ_AFTER: Duration = Duration::from_millis(20);
+const READ_AFTER: Duration = Duration::from_millis(40);
 const READ_BATCH: usize = 64;
 /// How often answers are polled for when they are needed soon (see `Conn::urgent`).
 const TICK: Duration = Duration::from_millis(1);
@@ -192,9 +192,13 @@ pub(super) async fn worker(
         // if none comes): answers need no wake-up of their own.
         if let Some(c) = conn.as_mut()
             && c.answers_due(open)
-            && let Some(e) = read_available(c, &mut buf, &rec)
         {
-            end(&mut conn, &mut pending, e, &rec);
+            // The oldest unanswered request changes: the timer is set again below for the new
+            // one (left for an answered one, it would wake the worker for nothing).
+            armed = None;
+            if let Some(e) = read_available(c, &mut buf, &rec) {
+                end(&mut conn, &mut pending, e, &rec);
+            }
         }
         admit(&mut conn, &mut pending, addr, &settings, &rec).await;
         if let Some(c) = conn.as_mut()
