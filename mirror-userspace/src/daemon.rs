@@ -27,8 +27,10 @@ use crate::{
     route::Router,
 };
 
-/// A drain this large means traffic is heavy: read again without pausing.
-const HEAVY_DRAIN_BYTES: usize = 256 * 1024;
+/// How many bytes of samples the capture thread lets gather in the rings between two drains at
+/// the current rate (a sixteenth of a CPU's default ring: a wake-up late by 15 times the wait
+/// still finds room).
+const BATCH_BYTES: usize = 256 * 1024;
 
 /// A new configuration for the capture thread (SIGHUP).
 struct Reload {
@@ -223,6 +225,8 @@ fn capture_loop(
     let mut last_publish = Instant::now();
     // Bytes of samples handled by the last drain.
     let mut drained = 0usize;
+    // How long the last round took (from drain to drain).
+    let (mut last_drain, mut round) = (Instant::now(), Duration::ZERO);
     let mut batch: Vec<(u64, crate::flow::Segment)> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         if let Ok(r) = reloads.try_recv() {
@@ -236,14 +240,17 @@ fn capture_loop(
         }
         // Links that appeared (attach), went (forget) or were renamed since the last round.
         capture.watch_links();
-        // Light traffic: wait for data, then let a batch gather for BATCH_WAIT, so each wake-up
-        // handles many segments and hands replay one batch (wake-ups of this thread and of the
-        // replay runtime, not parsing, are what costs at low rates; a mirror copy waits that
-        // much longer). Bulk traffic (the last drain held LIGHT_DRAIN_BYTES or more): 1 ms, so a
-        // late wake-up on a busy machine cannot let the ring fill; heavy traffic (the last drain
-        // was large): drain again at once.
+        // Let a batch gather, so that each wake-up handles many segments and hands replay one
+        // batch: wake-ups of this thread and of the replay runtime, and replay's system calls per
+        // mirror connection, not parsing, are most of the cost (at 2,000 req/s, 5 ms batches
+        // cost twice the CPU per request of 20 ms ones). The wait is what lets BATCH_BYTES
+        // gather at the rate of the last round, at most MAX_WAIT: small requests up to tens of
+        // thousands per second wait MAX_WAIT, which bounds the extra delay of a mirror copy;
+        // bulk traffic waits less (500 MB/s: under a millisecond, so not at all), so a late
+        // wake-up on a busy machine cannot let a ring fill. After an idle spell: wait for data,
+        // then BATCH_WAIT (a burst may follow).
         const BATCH_WAIT: Duration = Duration::from_millis(5);
-        const LIGHT_DRAIN_BYTES: usize = 32 * 1024;
+        const MAX_WAIT: Duration = Duration::from_millis(20);
         match drained {
             0 => {
                 // Sleep until data arrives or the next flow timer (hole or idle timeout) is due,
@@ -255,9 +262,12 @@ fn capture_loop(
                 capture.wait(until_timer);
                 std::thread::sleep(BATCH_WAIT);
             }
-            n if n < LIGHT_DRAIN_BYTES => std::thread::sleep(BATCH_WAIT),
-            n if n < HEAVY_DRAIN_BYTES => std::thread::sleep(Duration::from_millis(1)),
-            _ => {}
+            n => {
+                let wait = round.mul_f64(BATCH_BYTES as f64 / n as f64).min(MAX_WAIT);
+                if wait >= Duration::from_millis(1) {
+                    std::thread::sleep(wait);
+                }
+            }
         }
         let mut drained_now = 0usize;
 
@@ -296,6 +306,8 @@ fn capture_loop(
         }
         sinks.hand_over(&mut pipeline, &mut out);
         drained = drained_now;
+        round = last_drain.elapsed();
+        last_drain = Instant::now();
     }
     // Deliver what was fully seen; requests still incomplete are dropped and counted.
     pipeline.finish(&mut out);

@@ -42,6 +42,15 @@ mod table;
 
 pub use table::FlowTable;
 
+/// A hash map keyed by flow. The keys are attacker-controlled (a spoofed 4-tuple costs one
+/// packet), so the hasher is keyed with a random seed per process and per map (foldhash's
+/// `RandomState`): nobody can precompute colliding 4-tuples. It is several times cheaper than
+/// std's SipHash for these 36-byte keys, looked up a few times per segment. foldhash only claims
+/// "minimal" HashDoS resistance (an attacker able to measure our timings at length could in
+/// principle learn the seed); the table's size bound (`flow.maxFlows`) and its eviction order
+/// bound what a flood can do either way.
+pub type FlowMap<V> = std::collections::HashMap<FlowKey, V, foldhash::fast::RandomState>;
+
 /// Client and server ends of a connection: the same key for the segments of both directions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {

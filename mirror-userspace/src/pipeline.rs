@@ -6,7 +6,7 @@
 //! a close or a framing error is dropped and counted, never sent torn.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet},
     sync::Arc,
     time::Duration,
 };
@@ -16,7 +16,7 @@ use rand::{SeedableRng, rngs::StdRng};
 use serde::Serialize;
 
 use crate::{
-    flow::{FlowConfig, FlowKey, FlowTable, Segment, StreamEvent},
+    flow::{FlowConfig, FlowKey, FlowMap, FlowTable, Segment, StreamEvent},
     http::{BodyKind, FramerConfig, HttpEvent, RequestFramer},
     memory::{Held, Memory},
     route::{Decision, MirrorTarget, Router, rewrite_head},
@@ -197,7 +197,7 @@ impl HttpState {
 pub struct Pipeline {
     flows: FlowTable,
     /// The HTTP state of every open flow.
-    http: HashMap<FlowKey, HttpState>,
+    http: FlowMap<HttpState>,
     framer_cfg: FramerConfig,
     routing: RouteStage,
     flow_events: Vec<(FlowKey, StreamEvent)>,
@@ -234,7 +234,7 @@ impl Pipeline {
         let responses = flow_cfg.responses;
         Self {
             flows: FlowTable::new(flow_cfg),
-            http: HashMap::new(),
+            http: FlowMap::default(),
             framer_cfg: FramerConfig::default(),
             routing: RouteStage {
                 compare: compare::CompareStage::new(responses),

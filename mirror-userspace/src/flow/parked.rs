@@ -80,7 +80,7 @@ impl Parked {
 }
 
 /// Gives back most of a hash map's room once it holds less than a quarter of it.
-pub(super) fn shrink_map<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+pub(super) fn shrink_map<K: std::hash::Hash + Eq, V, S: BuildHasher>(map: &mut HashMap<K, V, S>) {
     if map.capacity() > 1024 && map.len() < map.capacity() / 4 {
         map.shrink_to(map.len() * 2);
     }

@@ -4,14 +4,14 @@
 //! order by its [`Assembler`].
 
 use std::{
-    collections::{BTreeSet, HashMap, VecDeque},
+    collections::{BTreeSet, VecDeque},
     time::Duration,
 };
 
 use mirror_common::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
 use super::{
-    CloseReason, Direction, FlowConfig, FlowKey, FlowStats, Segment, StreamEvent,
+    CloseReason, Direction, FlowConfig, FlowKey, FlowMap, FlowStats, Segment, StreamEvent,
     assembler::{Assembler, Insert},
     conn::{Flow, emitter, unwrap_around},
     lru::{Lru, Tier},
@@ -33,7 +33,7 @@ use super::{
 #[derive(Debug, Default)]
 pub struct FlowTable {
     cfg: FlowConfig,
-    flows: HashMap<FlowKey, Flow>,
+    flows: FlowMap<Flow>,
     /// Every flow, in eviction order (see `flow/lru.rs`).
     lru: Lru,
     /// Every flow with a deadline, by the instant in its [`Flow::timer`].
@@ -44,7 +44,7 @@ pub struct FlowTable {
     /// Strict mode: SYN-ACKs seen before the SYN they answer (capture order across CPUs, or a
     /// capture file's own): acknowledgement and when, by flow. At most [`MAX_EARLY_SYN_ACKS`],
     /// the oldest forgotten first (`early_order`).
-    early_syn_acks: HashMap<FlowKey, (u32, Duration)>,
+    early_syn_acks: FlowMap<(u32, Duration)>,
     /// The keys of `early_syn_acks` in the order they were filed, with when (an entry taken by
     /// its SYN since is skipped when its turn comes).
     early_order: VecDeque<(FlowKey, Duration)>,

@@ -3,7 +3,11 @@
 //! The sans-IO core keeps plain counters; the capture thread publishes them here periodically
 //! (as deltas), and the replay workers record responses, latencies and failures directly.
 
-use std::{collections::BTreeMap, sync::Mutex, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Mutex, RwLock},
+    time::Duration,
+};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
@@ -66,6 +70,20 @@ struct ResponseLabel {
     class: String,
 }
 
+/// One (route, mirror)'s handles on its response metrics, so that recording a response (once per
+/// mirrored request, on the replay workers) builds no label strings and hashes no label set.
+/// `Family` never removes an entry here (no `remove`/`clear`), so a handle stays the series the
+/// family exports for the whole process: nothing to invalidate on reload.
+struct ResponseHandles {
+    /// `shadow_responses` by status class (index: 1-5 for 1xx-5xx, 0 for other), created at
+    /// first use (a class never seen has no series, as before).
+    classes: [Option<Counter>; 6],
+    latency: Histogram,
+}
+
+/// Route → mirror → handles (nested so that a lookup borrows the caller's `&str`s).
+type ResponseCache = HashMap<String, HashMap<String, ResponseHandles>>;
+
 fn latency_histogram() -> Histogram {
     // 0.5 ms .. ~16 s.
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
@@ -88,6 +106,8 @@ pub struct Metrics {
     dropped: Family<ReasonLabel, Counter>,
     responses: Family<ResponseLabel, Counter>,
     latency: Family<RouteMirror, Histogram, fn() -> Histogram>,
+    /// Handles on `responses` and `latency` per (route, mirror).
+    response_handles: RwLock<ResponseCache>,
     /// The metrics endpoint's own connections (see [`serve`]).
     endpoint: EndpointMetrics,
     /// Links attached, detached and failed; duplicate copies (see `links`).
@@ -123,6 +143,7 @@ impl Metrics {
             dropped: Family::default(),
             responses: Family::default(),
             latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            response_handles: RwLock::default(),
             endpoint: EndpointMetrics::default(),
             links: links::LinkMetrics::default(),
             compare: compare::CompareMetrics::default(),
@@ -233,13 +254,35 @@ impl Metrics {
     /// A mirror response (replay workers).
     pub fn response(&self, route: &str, mirror: &str, status: u16, latency: Duration) {
         let class = match status / 100 {
-            c @ 1..=5 => format!("{c}xx"),
-            _ => "other".to_string(),
+            c @ 1..=5 => c as usize,
+            _ => 0,
         };
-        self.responses.get_or_create(&ResponseLabel { route: route.into(), mirror: mirror.into(), class }).inc();
-        self.latency
-            .get_or_create(&RouteMirror { route: route.into(), mirror: mirror.into() })
-            .observe(latency.as_secs_f64());
+        let record = |h: &ResponseHandles, c: &Counter| {
+            c.inc();
+            h.latency.observe(latency.as_secs_f64());
+        };
+        {
+            let cache = self.response_handles.read().expect("metrics lock");
+            if let Some(h) = cache.get(route).and_then(|m| m.get(mirror))
+                && let Some(c) = &h.classes[class]
+            {
+                return record(h, c);
+            }
+        }
+        // First response of this (route, mirror, class): the handles are made once.
+        let mut cache = self.response_handles.write().expect("metrics lock");
+        let h =
+            cache.entry(route.to_string()).or_default().entry(mirror.to_string()).or_insert_with(|| ResponseHandles {
+                classes: Default::default(),
+                latency: self.latency.get_or_create_owned(&RouteMirror { route: route.into(), mirror: mirror.into() }),
+            });
+        let c = h.classes[class]
+            .get_or_insert_with(|| {
+                let class = if class == 0 { "other".to_string() } else { format!("{class}xx") };
+                self.responses.get_or_create_owned(&ResponseLabel { route: route.into(), mirror: mirror.into(), class })
+            })
+            .clone();
+        record(h, &c);
     }
 
     /// A pair compared (`counted` by [`CompareCounters::count`](crate::compare::CompareCounters::count)).
@@ -264,5 +307,36 @@ impl Metrics {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("encoding to a String");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+        text.lines().find(|l| l.starts_with(prefix)).map(|l| l.rsplit(' ').next().expect("a value"))
+    }
+
+    #[test]
+    fn responses_are_counted_per_route_mirror_and_class() {
+        let m = Metrics::new();
+        for (route, status) in [("a", 200), ("a", 204), ("a", 503), ("a", 0), ("b", 200), ("a", 200)] {
+            m.response(route, "m/v1", status, Duration::from_millis(2));
+        }
+        let text = m.encode();
+        let count = |labels: &str| line(&text, &format!("mirror_shadow_responses_total{{{labels}}}"));
+        assert_eq!(count(r#"route="a",mirror="m/v1",class="2xx""#), Some("3"), "{text}");
+        assert_eq!(count(r#"route="a",mirror="m/v1",class="5xx""#), Some("1"), "{text}");
+        assert_eq!(count(r#"route="a",mirror="m/v1",class="other""#), Some("1"), "{text}");
+        assert_eq!(count(r#"route="b",mirror="m/v1",class="2xx""#), Some("1"), "{text}");
+        // Only the classes seen have a series.
+        assert_eq!(count(r#"route="b",mirror="m/v1",class="5xx""#), None, "{text}");
+        assert_eq!(count(r#"route="a",mirror="m/v1",class="4xx""#), None, "{text}");
+        let latency = |route: &str| {
+            line(&text, &format!("mirror_shadow_latency_seconds_count{{route=\"{route}\",mirror=\"m/v1\"}}"))
+        };
+        assert_eq!(latency("a"), Some("5"), "{text}");
+        assert_eq!(latency("b"), Some("1"), "{text}");
     }
 }

@@ -84,6 +84,7 @@ pub fn latency(
 pub fn in_a_row(env: &Env, rate: u32, secs: u64, n: usize, req: &[u8]) -> Result<Vec<(Load, Used, usize)>> {
     let mut a = env.attach(Peer::Ours)?;
     let mut out = Vec::new();
+    let mut last = Value::Null;
     for i in 0..n {
         println!("in a row: {} at {rate} req/s, run {}", Peer::Ours.name(), i + 1);
         a.mark()?;
@@ -99,7 +100,14 @@ pub fn in_a_row(env: &Env, rate: u32, secs: u64, n: usize, req: &[u8]) -> Result
         std::thread::sleep(DRAIN);
         let used = a.used()?;
         let mirrored = env.mirrored() - before;
-        println!("  p50 {:.3} ms, p99 {:.3} ms, {mirrored} mirrored, {:.2} CPU-s", l.pct(50.0), l.pct(99.0), used.cpu);
+        println!(
+            "  p50 {:.3} ms, p99 {:.3} ms, {} answered, {mirrored} mirrored, {:.2} CPU-s {}",
+            l.pct(50.0),
+            l.pct(99.0),
+            l.ok,
+            used.cpu,
+            loss_reasons(&a.metrics(env), &mut last)
+        );
         out.push((l, used, mirrored));
     }
     a.detach(env)?;
