@@ -204,9 +204,8 @@ pub struct Pipeline {
     http_events: Vec<HttpEvent>,
     /// The budget shared with replay.
     memory: Arc<Memory>,
-    /// What the flow table's out-of-order buffers were last charged.
+    /// What the flow table's out-of-order buffers and the pairers (`compare.rs`) were last charged.
     reassembly_held: usize,
-    /// What the pairers (`pipeline/compare.rs`) were last charged.
     compare_held: usize,
     /// Flows holding bytes, by what they hold: the largest is shed first.
     by_held: BTreeSet<(usize, FlowKey)>,

@@ -11,7 +11,7 @@
 //! framed (or found missing, cut, too large). Pairing costs nothing unless the server's stream is
 //! reassembled ([`FlowConfig::responses`](crate::flow::FlowConfig::responses)).
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
 use crate::{
     compare::{
@@ -56,7 +56,7 @@ pub(super) struct CompareStage {
     /// The server's stream is reassembled: pairing is on.
     on: bool,
     next_id: u64,
-    pairers: HashMap<FlowKey, Pairer<Vec<u64>>>,
+    pairers: crate::flow::FlowMap<Pairer<Vec<u64>>>,
     /// Bytes the pairers hold, over all flows (see [`Pairer::held`]).
     held: usize,
     paired: Vec<Paired<Vec<u64>>>,
