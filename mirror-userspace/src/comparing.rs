@@ -44,6 +44,8 @@ use crate::{
 const CHANNEL: usize = 16_384;
 /// Pairs waiting for their sides, at most.
 const MAX_PAIRS: usize = 4096;
+/// Comparing holds at most 1/COMPARE_SHARE of the memory budget.
+pub const COMPARE_SHARE: usize = 4;
 /// Bytes of responses held by the join before new pairs are refused.
 const MAX_BYTES: usize = 64 << 20;
 
@@ -87,7 +89,10 @@ impl Sink {
     /// Queues `msg` without waiting; `false` (and counted) if the channel is full or closed.
     pub fn send(&self, msg: Msg) -> bool {
         let w = weight(&msg);
-        let ok = self.memory.try_charge(Held::Compare, w) && {
+        // Comparing may hold a quarter of the budget at most (what waits in the channel, the
+        // join and the pairers): it never takes the memory mirroring needs.
+        let room = self.memory.held(Held::Compare) + w <= self.memory.limit() / COMPARE_SHARE;
+        let ok = room && self.memory.try_charge(Held::Compare, w) && {
             let queued = self.tx.try_send(msg).is_ok();
             if !queued {
                 self.memory.release(Held::Compare, w);

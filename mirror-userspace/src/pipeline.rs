@@ -410,10 +410,10 @@ impl Pipeline {
         }
     }
 
-    /// Gives up the flows holding the most until `need` more bytes fit in the budget (or no flow
-    /// holds anything). Their requests in progress are dropped (`memory_budget`); their later
-    /// bytes are not framed.
+    /// Gives up the flows holding the most until `need` more bytes fit in the budget (or none holds
+    /// anything): requests in progress dropped (`memory_budget`), later bytes not framed.
     fn shed(&mut self, need: usize, http: &mut Vec<HttpEvent>, out: &mut Vec<Outbound>) {
+        self.keep_compare_share();
         while self.memory.used() + need > self.memory.limit() {
             if self.shed_pairing() {
                 continue;

@@ -200,10 +200,20 @@ impl CompareStage {
 }
 
 impl super::Pipeline {
-    /// Sheds the pairing of the flow whose held response is the largest thing any flow holds, if
-    /// one is (see [`CompareStage::shed`]); `false` when a flow's request holds more.
+    /// Sheds pairings while comparing holds more than its share of the budget.
+    pub(super) fn keep_compare_share(&mut self) {
+        let share = self.memory.limit() / crate::comparing::COMPARE_SHARE;
+        while self.memory.held(crate::memory::Held::Compare) > share && self.shed_pairing() {}
+    }
+
+    /// Sheds the pairing of the flow whose held response is the largest (see
+    /// [`CompareStage::shed`]): when comparing holds more than its share of the budget
+    /// ([`COMPARE_SHARE`](crate::comparing::COMPARE_SHARE)), or when it is the largest thing
+    /// any flow holds. `false` when there is none to shed.
     pub(super) fn shed_pairing(&mut self) -> bool {
-        let top = self.by_held.last().map_or(0, |&(n, _)| n);
+        let over_share =
+            self.memory.held(crate::memory::Held::Compare) > self.memory.limit() / crate::comparing::COMPARE_SHARE;
+        let top = if over_share { 0 } else { self.by_held.last().map_or(0, |&(n, _)| n) };
         let Some((_, key)) = self.routing.compare.largest().filter(|&(n, _)| n >= top) else { return false };
         self.routing.compare.shed(key);
         self.routing.stats.shed_flows += 1;
