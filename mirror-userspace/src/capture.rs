@@ -13,22 +13,22 @@ pub mod kernel;
 pub mod links;
 pub mod pcap;
 mod points;
+pub mod ring;
 pub mod select;
 pub mod tc;
 
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    os::fd::AsRawFd,
+    sync::Arc,
 };
 
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf,
     maps::{
-        HashMap as BpfHashMap, MapData, PerCpuArray, PerfEventArray,
+        HashMap as BpfHashMap, Map, PerCpuArray,
         lpm_trie::{Key as LpmKey, LpmTrie},
-        perf::{PerfEvent, PerfEventArrayBuffer},
     },
     programs::SchedClassifier,
     util::online_cpus,
@@ -46,6 +46,7 @@ use self::{
     dedupe::Dedupe,
     links::Watcher,
     points::Point,
+    ring::{PerfRing, Record},
     select::Selection,
 };
 use crate::flow::{FlowKey, Segment};
@@ -138,8 +139,8 @@ pub struct Capture {
     ebpf: Ebpf,
     /// Kernel-side log records (aya-log), forwarded to `log`/`tracing` at debug level.
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
-    /// One perf buffer per online CPU.
-    pub buffers: Vec<PerfEventArrayBuffer<MapData>>,
+    /// One perf ring per online CPU (no wake-up per sample: see [`ring`]).
+    pub buffers: Vec<PerfRing>,
 }
 
 impl Capture {
@@ -206,13 +207,14 @@ impl Capture {
             let n = capture.points.values().filter(|p| glob_matches(&entry.name, &p.attached.interface)).count();
             tracing::info!(glob = %entry.name, direction = entry.direction.as_str(), links = n, "watching for links");
         }
-        let mut perf = PerfEventArray::try_from(perf_map)?;
+        let Map::PerfEventArray(perf) = perf_map else { bail!("{MAP_SEGMENTS} is not a perf event array") };
+        let perf = Arc::new(perf);
         let cpus = online_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
         let mut buffers = Vec::new();
         let pages = config.perf_pages_for(cpus.len());
         tracing::info!(cpus = cpus.len(), pages_per_cpu = pages, "perf ring");
         for cpu in cpus {
-            buffers.push(perf.open(cpu, Some(pages)).map_err(|e| perf_open_error(cpu, e))?);
+            buffers.push(PerfRing::open(&perf, cpu, pages).map_err(|e| perf_open_error(cpu, e))?);
         }
         if buffers.is_empty() {
             bail!("no online CPUs");
@@ -279,8 +281,8 @@ impl Capture {
             if !buf.readable() {
                 continue;
             }
-            buf.for_each(|event| match event {
-                PerfEvent::Sample { head, tail } => {
+            let walked = buf.read(|record| match record {
+                Record::Sample { head, tail } => {
                     if tail.is_empty() {
                         pass(head);
                     } else {
@@ -290,22 +292,18 @@ impl Capture {
                         pass(&scratch);
                     }
                 }
-                PerfEvent::Lost { count } => on_lost(count),
+                Record::Lost(count) => on_lost(count),
             });
+            if walked.corrupt {
+                tracing::warn!("a perf record that does not add up: the rest of that ring was skipped");
+            }
         }
     }
 
-    /// Waits until a buffer may have data, a link notification arrives, or `timeout_ms` passes.
+    /// Waits until a buffer has data, a link notification arrives, or `timeout_ms` passes (rings
+    /// are looked at every [`ring::IDLE_POLL_MS`]: they wake a poller only once a quarter full).
     pub fn wait(&self, timeout_ms: i32) {
-        let mut fds: Vec<libc::pollfd> = self
-            .buffers
-            .iter()
-            .map(|b| b.as_raw_fd())
-            .chain(self.watcher.as_ref().map(Watcher::fd))
-            .map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 })
-            .collect();
-        // SAFETY: fds is a valid array of pollfd for the duration of the call.
-        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        ring::wait(&self.buffers, self.watcher.as_ref().map(Watcher::fd), timeout_ms);
     }
 }
 
