@@ -305,6 +305,11 @@ impl Capture {
     pub fn wait(&self, timeout_ms: i32) {
         ring::wait(&self.buffers, self.watcher.as_ref().map(Watcher::fd), timeout_ms);
     }
+
+    /// Lets a batch gather for `timeout`, woken early if a ring reaches its watermark.
+    pub fn gather(&self, timeout: std::time::Duration) {
+        ring::wait_watermark(&self.buffers, timeout);
+    }
 }
 
 impl Drop for Capture {

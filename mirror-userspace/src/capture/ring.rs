@@ -289,6 +289,16 @@ pub fn wait(rings: &[PerfRing], other: Option<RawFd>, timeout_ms: i32) {
     }
 }
 
+/// Sleeps `timeout`, or less if a ring reaches its watermark (a burst: reading it early keeps
+/// room in the ring).
+pub fn wait_watermark(rings: &[PerfRing], timeout: Duration) {
+    let mut fds: Vec<libc::pollfd> =
+        rings.iter().map(|r| libc::pollfd { fd: r.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: fds is a valid array of pollfd for the duration of the call.
+    unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+}
+
 /// Writes perf event descriptor `fd` into the perf event array `map` at `cpu`.
 fn map_update(map: &MapData, cpu: u32, fd: RawFd) -> io::Result<()> {
     let key = cpu;
