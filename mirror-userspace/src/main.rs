@@ -28,6 +28,12 @@ enum Command {
         /// How to attach: tcx where the kernel has it and netlink otherwise (auto), or force one.
         #[arg(long, value_enum, default_value_t = Attach::Auto)]
         attach: Attach,
+        /// Added to the daemon's nice value (0-19; every thread inherits it): when the CPU is
+        /// contended the primary's processes run first. Under CPU saturation the daemon may then
+        /// fall behind: what the kernel ring cannot hold is lost and counted, never the primary's
+        /// time. 0 keeps the priority it was started with.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
+        nice: i32,
     },
     /// Remove the classifier's netlink filters left on interfaces by a daemon that was killed
     /// (SIGKILL, OOM): only filters named mirror_tc, and only where no live daemon owns them.
@@ -104,7 +110,19 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Run { config, metrics_addr, attach } => {
+        Command::Run { config, metrics_addr, attach, nice } => {
+            if nice > 0 {
+                // Before any thread starts: on Linux the nice value is per thread, inherited.
+                // SAFETY: plain syscalls on the calling thread.
+                let ok = unsafe {
+                    *libc::__errno_location() = 0;
+                    let now = libc::getpriority(libc::PRIO_PROCESS, 0);
+                    libc::setpriority(libc::PRIO_PROCESS, 0, (now + nice).min(19)) == 0
+                };
+                if !ok {
+                    eprintln!("warning: could not lower the daemon's priority: {}", std::io::Error::last_os_error());
+                }
+            }
             // One runtime thread for replay and metrics (plus the capture thread): fewer cross-thread
             // wake-ups, which is most of what mirroring costs.
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
