@@ -141,7 +141,13 @@ pub fn run(attack: Attack) -> Result<Outcome> {
                                 "POST /attack/{i} HTTP/1.1\r\nHost: httpbin:8000\r\nContent-Length: 1000000\r\n\r\n"
                             );
                             s.write_all(head.as_bytes())?;
-                            s.write_all(&chunk)?;
+                            // Paced (≤ ~128 MB/s in all): the attack is about memory held, not
+                            // about outrunning the kernel ring (a ring overrun gives the flows
+                            // up before they hold anything).
+                            for piece in chunk.chunks(64 << 10) {
+                                s.write_all(piece)?;
+                                std::thread::sleep(Duration::from_micros(500));
+                            }
                             Ok(s)
                         })
                         .collect::<Result<Vec<_>>>()?;
@@ -153,6 +159,8 @@ pub fn run(attack: Attack) -> Result<Outcome> {
                         .map(|_| -> Result<TcpStream> {
                             let mut s = TcpStream::connect(primary())?;
                             s.write_all(partial.as_bytes())?;
+                            // Paced like the bodies: memory held, not a ring overrun.
+                            std::thread::sleep(Duration::from_micros(500));
                             Ok(s)
                         })
                         .collect::<Result<Vec<_>>>()?;
