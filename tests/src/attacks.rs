@@ -159,8 +159,9 @@ pub fn run(attack: Attack) -> Result<Outcome> {
                         .map(|_| -> Result<TcpStream> {
                             let mut s = TcpStream::connect(primary())?;
                             s.write_all(partial.as_bytes())?;
-                            // Paced like the bodies: memory held, not a ring overrun.
-                            std::thread::sleep(Duration::from_micros(500));
+                            // Paced (≤ ~40 MB/s): memory held, not a ring overrun (a debug
+                            // build of the daemon at nice 10 must keep up too).
+                            std::thread::sleep(Duration::from_micros(1500));
                             Ok(s)
                         })
                         .collect::<Result<Vec<_>>>()?;
