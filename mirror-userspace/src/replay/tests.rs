@@ -118,16 +118,29 @@ async fn server(script: Script) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
 
 /// Sends `items` through one worker; returns the stats, the memory still held, what the server saw.
 async fn run(script: Script, items: Vec<Outbound>) -> (Arc<ReplayStats>, usize, Vec<String>) {
+    run_paced(script, items, 2000, Duration::ZERO).await
+}
+
+/// [`run`] with a request timeout of `timeout_ms` and `gap` between the items.
+async fn run_paced(
+    script: Script,
+    items: Vec<Outbound>,
+    timeout_ms: u64,
+    gap: Duration,
+) -> (Arc<ReplayStats>, usize, Vec<String>) {
     let (addr, seen) = server(script).await;
     let memory = Arc::new(Memory::new(1 << 30));
     let stats = Arc::new(ReplayStats::default());
     let rec = Recorder { stats: stats.clone(), metrics: None, memory: memory.clone(), compare: Default::default() };
     let (tx, rx) = mpsc::channel(4096);
-    let settings = ReplaySettings { request_timeout_ms: 2000, ..ReplaySettings::default() };
+    let settings = ReplaySettings { request_timeout_ms: timeout_ms, ..ReplaySettings::default() };
     let w = tokio::spawn(worker(addr, rx, settings, rec));
     for item in items {
         assert!(memory.try_charge(Held::Replay, weight(&item)));
         tx.send(item).await.unwrap();
+        if !gap.is_zero() {
+            tokio::time::sleep(gap).await;
+        }
     }
     drop(tx);
     tokio::time::timeout(Duration::from_secs(10), w).await.expect("worker finishes").unwrap();
@@ -197,13 +210,6 @@ async fn a_stream_missing_a_part_is_reset_after_the_requests_before_it_are_answe
 async fn an_upload_longer_than_the_request_timeout_is_not_timed_out_while_it_is_sent() {
     // The request timeout (400 ms) runs from the request's last part: parts arriving every
     // 150 ms over 1.2 s keep it alive, and its answer is counted.
-    let (addr, seen) = server(Script::Answer).await;
-    let memory = Arc::new(Memory::new(1 << 30));
-    let stats = Arc::new(ReplayStats::default());
-    let rec = Recorder { stats: stats.clone(), metrics: None, memory: memory.clone(), compare: Default::default() };
-    let (tx, rx) = mpsc::channel(64);
-    let settings = ReplaySettings { request_timeout_ms: 400, ..ReplaySettings::default() };
-    let w = tokio::spawn(worker(addr, rx, settings, rec));
     let start = Request {
         head: Bytes::from_static(b"POST /s HTTP/1.1\r\nContent-Length: 16\r\n\r\n"),
         body: Bytes::from_static(b"ab"),
@@ -216,15 +222,9 @@ async fn an_upload_longer_than_the_request_timeout_is_not_timed_out_while_it_is_
     }
     items.push(ob(Part::End { stream: 9, index: 8 }));
     items.push(get(1, "GET"));
-    for item in items {
-        assert!(memory.try_charge(Held::Replay, weight(&item)));
-        tx.send(item).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(150)).await;
-    }
-    drop(tx);
-    tokio::time::timeout(Duration::from_secs(10), w).await.expect("worker finishes").unwrap();
-    assert_eq!(*seen.lock().unwrap(), ["POST /s HTTP/1.1", "GET /1 HTTP/1.1"]);
+    let (stats, held, seen) = run_paced(Script::Answer, items, 400, Duration::from_millis(150)).await;
+    assert_eq!(seen, ["POST /s HTTP/1.1", "GET /1 HTTP/1.1"]);
     assert_eq!(stats.dropped(DropReason::Timeout), 0);
     assert_eq!(stats.sent.load(std::sync::atomic::Ordering::Relaxed), 2);
-    assert_eq!(memory.held(Held::Replay), 0);
+    assert_eq!(held, 0);
 }
