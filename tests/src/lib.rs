@@ -348,6 +348,17 @@ impl Topology {
         Ok(ns_run(&self.primary, "tc", &["qdisc", "show", "dev", PRIMARY_IFACE])?.contains("clsact"))
     }
 
+    /// Makes TCP in `ns` build GSO/TSO skbs of at least 64 segments (~94 KB) where the window
+    /// allows. Linux sizes them by the pacing rate (about a millisecond of data): on a slow
+    /// machine (a software-emulated VM) that stays below 60 KB and the classifier never sees an
+    /// skb large enough to need a tail, so a test of the tail path would test nothing.
+    pub fn large_skbs(&self, ns: &str) -> Result<()> {
+        ns_run(ns, "sh", &["-c", "echo 64 > /proc/sys/net/ipv4/tcp_min_tso_segs"])?;
+        let set = ns_run(ns, "cat", &["/proc/sys/net/ipv4/tcp_min_tso_segs"])?;
+        anyhow::ensure!(set.trim() == "64", "tcp_min_tso_segs in {ns} is {set:?}");
+        Ok(())
+    }
+
     /// Runs `f` on a thread that has entered namespace `ns` (so its sockets live there).
     pub fn in_ns<T: Send + 'static>(&self, ns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
         let ns = ns.to_string();
