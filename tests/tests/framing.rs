@@ -84,6 +84,8 @@ fn pipelined_chunked_and_expect_continue_uploads_arrive_intact() {
 #[test]
 fn fifty_megabyte_post_is_streamed_byte_identical_with_flat_memory() {
     let topo = Topology::new().unwrap();
+    // The upload must come as skbs larger than one perf sample, on a slow VM too.
+    topo.large_skbs(&topo.client).unwrap();
     let (_v1, _v2) = topo.servers().unwrap();
     let daemon = topo.daemon(&topo.config(100.0, "").unwrap()).unwrap();
     let pid = daemon.pid();
