@@ -178,6 +178,20 @@ fn trim() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn trim() {}
 
+/// Room a buffered body starts with.
+pub(crate) const FIRST_BODY_ROOM: usize = 16 * 1024;
+
+/// Appends `b` to `body`, growing it at most to `max` (doubling below it): what is held stays
+/// within twice what arrived, and never beyond the buffer.
+pub(crate) fn hold(body: &mut bytes::BytesMut, b: &[u8], max: usize) {
+    let need = body.len() + b.len();
+    if need > body.capacity() {
+        let target = (body.capacity() * 2).min(max).max(need);
+        body.reserve(target - body.len());
+    }
+    body.extend_from_slice(b);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,7 +18,7 @@ use serde::Serialize;
 use crate::{
     flow::{FlowConfig, FlowKey, FlowMap, FlowTable, Segment, StreamEvent},
     http::{BodyKind, FramerConfig, HttpEvent, RequestFramer},
-    memory::{Held, Memory},
+    memory::{self, Held, Memory},
     route::{Decision, MirrorTarget, Router, rewrite_head},
     stats::DropReason,
 };
@@ -231,10 +231,13 @@ impl Pipeline {
     /// With a given random source (tests, reproducible offline runs).
     pub fn with_rng(router: Arc<Router>, flow_cfg: FlowConfig, buffer_bytes: usize, rng: StdRng) -> Self {
         let responses = flow_cfg.responses;
+        // Where the server's acknowledgements say which bytes are requests, a gap is crossed only
+        // where the next request's start is known (never by looking for a request line).
+        let framer_cfg = FramerConfig { exact_after_gap: flow_cfg.require_ack, ..FramerConfig::default() };
         Self {
             flows: FlowTable::new(flow_cfg),
             http: FlowMap::default(),
-            framer_cfg: FramerConfig::default(),
+            framer_cfg,
             routing: RouteStage {
                 compare: compare::CompareStage::new(responses),
                 router,
@@ -346,7 +349,14 @@ impl Pipeline {
                     }
                 }
                 StreamEvent::Data(data) => self.http_state(key).framer.on_data(data, &mut http),
-                StreamEvent::Gap(len) => self.http_state(key).framer.on_gap(len, &mut http),
+                StreamEvent::Gap(len) => {
+                    let framer = &mut self.http_state(key).framer;
+                    let framing = !framer.is_finished();
+                    framer.on_gap(len, &mut http);
+                    if framing && framer.is_finished() {
+                        self.flows.give_up(key);
+                    }
+                }
                 StreamEvent::Close(_) => {
                     if let Some(mut st) = self.http.remove(&key) {
                         st.framer.on_close(&mut http);
@@ -479,9 +489,9 @@ impl RouteStage {
                         // Room for the first bytes only: a Content-Length is a promise, not bytes;
                         // the buffer grows as they arrive (see `hold`).
                         body: match head.body {
-                            BodyKind::Length(n) => {
-                                BytesMut::with_capacity((n.min(FIRST_BODY_ROOM as u64) as usize).min(self.buffer_bytes))
-                            }
+                            BodyKind::Length(n) => BytesMut::with_capacity(
+                                (n.min(memory::FIRST_BODY_ROOM as u64) as usize).min(self.buffer_bytes),
+                            ),
                             _ => BytesMut::new(),
                         },
                         head_len: head.raw.len(),
@@ -494,7 +504,7 @@ impl RouteStage {
                     }
                     let streaming = cur.shadows[0].stream.is_some();
                     if !streaming && cur.head_len + cur.body.len() + b.len() <= self.buffer_bytes {
-                        hold(&mut cur.body, &b, self.buffer_bytes - cur.head_len);
+                        memory::hold(&mut cur.body, &b, self.buffer_bytes - cur.head_len);
                         continue;
                     }
                     if !streaming {
@@ -575,20 +585,6 @@ impl RouteStage {
             }
         }
     }
-}
-
-/// Room a buffered body starts with.
-const FIRST_BODY_ROOM: usize = 16 * 1024;
-
-/// Appends `b` to `body`, growing it at most to `max` (doubling below it): what is held stays
-/// within twice what arrived, and never beyond the buffer.
-fn hold(body: &mut BytesMut, b: &[u8], max: usize) {
-    let need = body.len() + b.len();
-    if need > body.capacity() {
-        let target = (body.capacity() * 2).min(max).max(need);
-        body.reserve(target - body.len());
-    }
-    body.extend_from_slice(b);
 }
 
 fn outbound(flow: FlowKey, mirror: &MirrorTarget, part: Part, role: compare::CopyRole) -> Outbound {

@@ -12,9 +12,10 @@
 //! adds the bytes it has beyond them. Without strict mode the first copy wins. In strict mode the
 //! overlapping bytes are compared where the server has not acknowledged them yet: two different
 //! copies make the overlap a *wall*, a range that is never delivered (a gap when delivery reaches
-//! it), because the copy the server's TCP kept cannot be known. In strict mode the first gap of
-//! any kind *stops* the stream: nothing after it is delivered, because resynchronising after a gap
-//! could take body bytes for a request.
+//! it), because the copy the server's TCP kept cannot be known. A gap's length is exact either
+//! way (sequence numbers); whether the bytes after it can be framed is the HTTP framer's call
+//! (in strict mode only where the next request's start is known: see `http::framer`), and a
+//! flow it cannot frame any more is given up by the table ([`Assembler::clear`]).
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -89,7 +90,7 @@ impl Assembler {
         }
     }
 
-    /// Whether delivery stopped for good (strict mode, after a gap).
+    /// Whether delivery stopped for good (strict mode, given up: [`Assembler::clear`]).
     pub(crate) fn is_stopped(&self) -> bool {
         self.stopped
     }
@@ -109,16 +110,12 @@ impl Assembler {
         self.stopped = self.strict;
     }
 
-    /// Declares a gap of `len` bytes at `next` and moves past it; in strict mode the stream stops.
+    /// Declares a gap of `len` bytes at `next` and moves past it.
     fn gap(&mut self, len: u64, emit: &mut impl FnMut(StreamEvent)) {
         if len > 0 {
             emit(StreamEvent::Gap(len));
         }
         self.skip_to(self.next + len);
-        if self.strict {
-            self.stopped = true;
-            self.hole_since = None;
-        }
     }
 
     /// The next stream offset to deliver: everything before it was delivered or declared a gap.

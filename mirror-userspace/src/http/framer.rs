@@ -1,6 +1,13 @@
 //! The request framer: one client→server byte stream in, [`HttpEvent`]s out. Heads are parsed by
 //! `head::parse`, bodies are delimited here (Content-Length) or by [`ChunkedBody`];
-//! after a gap, or on a flow picked up mid-stream, framing resumes at the next request line.
+//! on a flow picked up mid-stream, framing resumes at the next request line.
+//!
+//! After a gap: if the lost bytes lay inside a Content-Length body, where the next request starts
+//! is known exactly (the body's end), so that request is dropped and framing goes on there. Any
+//! other gap (in a head, a chunked body, or past a body's end) leaves the next request's start
+//! unknown: the framer then resynchronises by looking for a request line, or, with
+//! [`FramerConfig::exact_after_gap`], stops (a request line found inside a lost request's body
+//! would be a request the client never sent).
 
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -14,11 +21,14 @@ pub struct FramerConfig {
     pub max_head: usize,
     /// Most header fields accepted in one head.
     pub max_headers: usize,
+    /// After a gap, go on only where the next request's start is known (a gap inside a
+    /// Content-Length body); never look for a request line in bytes of unknown meaning.
+    pub exact_after_gap: bool,
 }
 
 impl Default for FramerConfig {
     fn default() -> Self {
-        Self { max_head: 64 * 1024, max_headers: 128 }
+        Self { max_head: 64 * 1024, max_headers: 128, exact_after_gap: false }
     }
 }
 
@@ -36,6 +46,11 @@ enum State {
     Resync,
     Head,
     Body {
+        remaining: u64,
+        after: After,
+    },
+    /// The rest of a body whose request was lost to a gap: its bytes are passed over.
+    Skip {
         remaining: u64,
         after: After,
     },
@@ -104,6 +119,17 @@ impl RequestFramer {
                         self.finish_request(after, out);
                     }
                 }
+                State::Skip { remaining, after } => {
+                    let take = (*remaining).min(data.len() as u64) as usize;
+                    data.advance(take);
+                    data_offset += take as u64;
+                    *remaining -= take as u64;
+                    if *remaining > 0 {
+                        return;
+                    }
+                    let after = *after;
+                    self.after_request(after);
+                }
                 State::Chunked { body, after } => {
                     if data.is_empty() {
                         return;
@@ -148,11 +174,33 @@ impl RequestFramer {
         }
     }
 
-    /// Bytes were lost before the next bytes fed: drop the request in progress and resynchronise.
+    /// Bytes were lost before the next bytes fed: drop the request in progress; go on at the
+    /// next request if where it starts is known, else resynchronise (or stop: see
+    /// [`FramerConfig::exact_after_gap`]).
     pub fn on_gap(&mut self, len: u64, out: &mut Vec<HttpEvent>) {
         self.offset += len;
         match self.state {
             State::Tunnel | State::Done | State::Failed => return,
+            // Inside a Content-Length body: the request is lost, the next one starts where its
+            // body ends.
+            State::Body { remaining, after } if len <= remaining => {
+                out.push(HttpEvent::Dropped(DropReason::Gap));
+                self.state = State::Skip { remaining: remaining - len, after };
+                if remaining == len {
+                    self.after_request(after);
+                }
+                return;
+            }
+            // Passing over a lost request's body already: nothing more is lost if the gap ends
+            // inside it.
+            State::Skip { remaining, after } if len <= remaining => {
+                self.state = State::Skip { remaining: remaining - len, after };
+                if remaining == len {
+                    self.after_request(after);
+                }
+                return;
+            }
+            State::Skip { .. } => {}
             // Client bytes are requests: whatever the gap fell into (the request being read, or
             // one that began inside it) is lost, and counted once.
             State::Body { .. } | State::Chunked { .. } | State::Head | State::Resync => {
@@ -160,8 +208,15 @@ impl RequestFramer {
             }
         }
         self.buf.clear();
-        self.state = State::Resync;
+        self.state = if self.cfg.exact_after_gap { State::Failed } else { State::Resync };
         self.after_gap = true;
+    }
+
+    /// Whether nothing more will be framed on this flow (a framing error, a gap with
+    /// [`FramerConfig::exact_after_gap`], a shed flow, the end of a non-persistent exchange, a
+    /// tunnel).
+    pub fn is_finished(&self) -> bool {
+        matches!(self.state, State::Failed | State::Done | State::Tunnel)
     }
 
     /// Bytes this framer holds (its buffer's allocation), for the memory budget.
@@ -200,9 +255,16 @@ impl RequestFramer {
 
     fn finish_request(&mut self, after: After, out: &mut Vec<HttpEvent>) {
         out.push(HttpEvent::End);
+        if after == After::Tunnel {
+            out.push(HttpEvent::Tunnel);
+        }
+        self.after_request(after);
+    }
+
+    /// A request (framed or lost) ended: what the flow becomes.
+    fn after_request(&mut self, after: After) {
         match after {
             After::Tunnel => {
-                out.push(HttpEvent::Tunnel);
                 self.state = State::Tunnel;
                 self.buf.clear();
             }

@@ -172,19 +172,69 @@ fn expect_continue_request_has_its_body_framed() {
     assert_eq!(f.requests[0].1, b"ok");
 }
 
-#[test]
-fn gap_drops_the_request_in_progress_and_resyncs() {
-    let mut framer = RequestFramer::new(FramerConfig::default(), false);
+/// Frames `before`, a gap of `gap` bytes, then `after`; `exact`: [`FramerConfig::exact_after_gap`].
+fn across_gap(before: &'static [u8], gap: u64, after: &'static [u8], exact: bool) -> (Framed, bool) {
+    let mut framer = RequestFramer::new(FramerConfig { exact_after_gap: exact, ..FramerConfig::default() }, false);
     let mut out = Vec::new();
-    framer.on_data(Bytes::from_static(b"POST /lost HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc"), &mut out);
-    framer.on_gap(4, &mut out);
-    // The rest of the lost body, then the next request.
-    framer.on_data(Bytes::from_static(b"def\r\nGET /next HTTP/1.1\r\nHost: x\r\n\r\n"), &mut out);
+    framer.on_data(Bytes::from_static(before), &mut out);
+    framer.on_gap(gap, &mut out);
+    framer.on_data(Bytes::from_static(after), &mut out);
+    let finished = framer.is_finished();
+    (collect(out), finished)
+}
+
+#[test]
+fn a_gap_inside_a_body_loses_that_request_only_and_framing_goes_on_at_its_end() {
+    for exact in [false, true] {
+        // The rest of the lost body looks like a request line: it is body, never a request.
+        let (f, finished) = across_gap(
+            b"POST /lost HTTP/1.1\r\nContent-Length: 30\r\n\r\nabc",
+            4,
+            b"GET /phantom HTTP/1.1\r\n\r\nGET /next HTTP/1.1\r\nHost: x\r\n\r\n",
+            exact,
+        );
+        assert_eq!(f.drops, vec![DropReason::Gap]);
+        let targets: Vec<&str> = f.requests.iter().map(|r| r.0.target.as_str()).collect();
+        assert_eq!(targets, ["/next"], "exact_after_gap: {exact}");
+        assert!(!f.requests[0].0.after_gap, "where /next starts is known");
+        assert!(!finished);
+    }
+    // A gap that ends exactly at the body's end; several gaps inside one body.
+    let (f, _) = across_gap(b"PUT /a HTTP/1.1\r\nContent-Length: 5\r\n\r\nab", 3, b"GET /b HTTP/1.1\r\n\r\n", true);
+    assert_eq!((f.drops.len(), f.requests.len(), f.requests[0].0.target.as_str()), (1, 1, "/b"));
+    let mut framer = RequestFramer::new(FramerConfig { exact_after_gap: true, ..FramerConfig::default() }, false);
+    let mut out = Vec::new();
+    framer.on_data(Bytes::from_static(b"PUT /a HTTP/1.1\r\nContent-Length: 10\r\n\r\nab"), &mut out);
+    framer.on_gap(2, &mut out);
+    framer.on_data(Bytes::from_static(b"cd"), &mut out);
+    framer.on_gap(2, &mut out);
+    framer.on_data(Bytes::from_static(b"ijGET /c HTTP/1.1\r\n\r\n"), &mut out);
     let f = collect(out);
-    assert_eq!(f.drops, vec![DropReason::Gap]);
-    assert_eq!(f.requests.len(), 1);
-    assert_eq!(f.requests[0].0.target, "/next");
-    assert!(f.requests[0].0.after_gap);
+    assert_eq!((f.drops, f.requests.len(), f.requests[0].0.target.as_str()), (vec![DropReason::Gap], 1, "/c"));
+}
+
+#[test]
+fn a_gap_past_a_body_or_in_a_head_or_chunked_body_stops_framing_when_exact() {
+    let cases: [(&[u8], u64); 4] = [
+        // Past the body's end: the next head's start is lost.
+        (b"POST /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nab", 5),
+        // In a head.
+        (b"GET /a HTTP/1.1\r\nHo", 4),
+        // Between requests (the next head's first bytes).
+        (b"GET /a HTTP/1.1\r\n\r\n", 4),
+        // In a chunked body.
+        (b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab", 2),
+    ];
+    for (before, gap) in cases {
+        let (f, finished) = across_gap(before, gap, b"GET /phantom HTTP/1.1\r\n\r\n", true);
+        assert!(f.requests.iter().all(|r| r.0.target != "/phantom"), "{}", String::from_utf8_lossy(before));
+        assert!(finished);
+        // Without exact_after_gap the framer resynchronises at the request line instead.
+        let (f, finished) = across_gap(before, gap, b"GET /found HTTP/1.1\r\n\r\n", false);
+        assert_eq!(f.requests.last().map(|r| r.0.target.as_str()), Some("/found"));
+        assert!(f.requests.last().unwrap().0.after_gap);
+        assert!(!finished);
+    }
 }
 
 #[test]

@@ -117,6 +117,31 @@ fn request_cut_by_a_lost_segment_is_never_sent_nor_what_follows() {
 }
 
 #[test]
+fn a_segment_lost_inside_a_body_loses_that_request_only() {
+    // A kept-alive flow of uploads whose body bytes look like requests; the capture lost part of
+    // the first body (the server got it: its ACK covers it).
+    let mut p = pipeline(100.0);
+    let body = b"GET /phantom HTTP/1.1\r\nHost: h\r\n\r\nGET /p2 HTTP/1.1\r\n\r\n";
+    let first =
+        [format!("POST /1 HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes(), body].concat();
+    let next = b"POST /2 HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\nbody";
+    let (h, n) = ((first.len() - body.len()) as u32, first.len() as u32);
+    // Body bytes 5..20 lost.
+    let (a, b) = (&first[..h as usize + 5], &first[h as usize + 20..]);
+    let segs = [(1, TCP_SYN, &b""[..]), (2, TCP_ACK, a), (2 + h + 20, TCP_ACK, b)];
+    let mut out = feed(&mut p, &segs);
+    out.extend(feed(&mut p, &[(2 + n, TCP_ACK, &next[..])]));
+    // The hole is given up at the reorder timeout.
+    p.on_tick(Duration::from_secs(10), &mut out);
+    p.finish(&mut out);
+    let targets: Vec<&str> = out.iter().map(|o| o.whole().unwrap().target.as_str()).collect();
+    assert_eq!(targets, ["/2"]);
+    assert_eq!(&out[0].whole().unwrap().body[..], b"body");
+    assert_eq!(p.stats().dropped.get(&DropReason::Gap), Some(&1));
+    assert_eq!((p.flows().stats.gaps, p.flows().stats.flows_given_up_gap), (1, 0));
+}
+
+#[test]
 fn one_direction_only_resynchronises_after_a_lost_segment() {
     let text =
         "capture: {interfaces: [eth0], ports: [80]}\nendpoints: {m: ['127.0.0.1:1']}\nroutes: [{mirror: {host: m}}]\n";
