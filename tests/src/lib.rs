@@ -353,8 +353,12 @@ impl Topology {
     /// machine (a software-emulated VM) that stays below 60 KB and the classifier never sees an
     /// skb large enough to need a tail, so a test of the tail path would test nothing.
     pub fn large_skbs(&self, ns: &str) -> Result<()> {
-        ns_run(ns, "sh", &["-c", "echo 64 > /proc/sys/net/ipv4/tcp_min_tso_segs"])?;
-        let set = ns_run(ns, "cat", &["/proc/sys/net/ipv4/tcp_min_tso_segs"])?;
+        // /proc/sys/net is the network namespace of the thread that opens it.
+        let set = self.in_ns(ns, || -> std::io::Result<String> {
+            let path = "/proc/sys/net/ipv4/tcp_min_tso_segs";
+            fs::write(path, "64")?;
+            fs::read_to_string(path)
+        })??;
         anyhow::ensure!(set.trim() == "64", "tcp_min_tso_segs in {ns} is {set:?}");
         Ok(())
     }
