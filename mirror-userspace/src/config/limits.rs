@@ -45,9 +45,9 @@ pub const MAX_CAPTURE_ADDRESSES: usize = 256;
 pub const MAX_PORTS: usize = 64;
 /// A port: `capture.ports` entries and a match block's `port`.
 pub const PORT: RangeInclusive<i128> = 1..=65_535;
-/// `capture.perfPages`: pages per CPU of the perf ring, a power of two. Up to 1024 (4 MiB per CPU
+/// `capture.perfPages`: pages per CPU of the perf ring, a power of two. Up to 8192 (32 MiB per CPU
 /// on 4 KiB pages, the default's largest): the kernel holds that for every CPU.
-pub const PERF_PAGES: RangeInclusive<i128> = 1..=1_024;
+pub const PERF_PAGES: RangeInclusive<i128> = 1..=8_192;
 
 // endpoints
 

@@ -24,8 +24,8 @@ pub struct Capture {
     /// Destination prefixes of the primary (IPv4 and IPv6), checked in the kernel; empty: every
     /// address.
     pub addresses: Vec<ipnet::IpNet>,
-    /// Pages per CPU of the perf ring (a power of two). Absent: 1024 (4 MiB on 4 KiB pages), fewer
-    /// on machines with many CPUs so that all rings together stay within 64 MiB.
+    /// Pages per CPU of the perf ring (a power of two). Absent: all rings together 64 MiB, at most
+    /// 8192 pages (32 MiB on 4 KiB pages) and at least 64 per CPU.
     pub perf_pages: Option<usize>,
     /// The primary's responses are shipped with their payload (some mirror destination compares
     /// them: `mirrorPolicies.<dest>.compare`); derived, not written.
@@ -37,9 +37,10 @@ impl Capture {
     pub fn perf_pages_for(&self, cpus: usize) -> usize {
         self.perf_pages.unwrap_or_else(|| {
             let budget_pages = (64 << 20) / 4096 / cpus.max(1);
-            // The largest power of two within the budget, between 64 and 1024 pages.
+            // The largest power of two within the budget, between 64 pages and 8192 (32 MiB: a
+            // 512 MB/s burst of uploads on a 2-CPU machine overflowed 4 MiB rings).
             let p = if budget_pages.is_power_of_two() { budget_pages } else { budget_pages.next_power_of_two() / 2 };
-            p.clamp(64, 1024)
+            p.clamp(64, 8192)
         })
     }
 }
@@ -111,7 +112,7 @@ fn default_connections() -> usize {
     4
 }
 fn default_queue() -> usize {
-    1024
+    4096
 }
 fn default_connect_timeout_ms() -> u64 {
     1000

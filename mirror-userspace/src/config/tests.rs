@@ -68,8 +68,10 @@ fn own_document_parses() {
     assert_eq!(c.tables.len(), 1);
     assert_eq!(c.route_count(), 1);
     assert_eq!(c.replay.connections, 4);
-    // Ring size: 4 MiB per CPU, less with many CPUs (64 MiB over all), or as configured.
-    assert_eq!(c.capture.perf_pages_for(2), 1024);
+    // Ring size: 64 MiB over all CPUs, at most 32 MiB per CPU, at least 256 KiB; or as configured.
+    assert_eq!(c.capture.perf_pages_for(1), 8192);
+    assert_eq!(c.capture.perf_pages_for(2), 8192);
+    assert_eq!(c.capture.perf_pages_for(6), 2048);
     assert_eq!(c.capture.perf_pages_for(64), 256);
     assert_eq!(c.capture.perf_pages_for(96), 128);
     assert_eq!(c.capture.perf_pages_for(4096), 64);

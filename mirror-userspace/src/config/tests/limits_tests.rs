@@ -194,8 +194,8 @@ fn capture_limits() {
     let e = err(&OWN.replace("[8000]", "[-1]"));
     assert_eq!(out_of_range(&e), ("capture.ports", -1));
     let pages = |p: &str| OWN.replace("ports: [8000]", &format!("ports: [8000]\n  perfPages: {p}"));
-    let e = err(&pages("2048"));
-    assert_eq!(out_of_range(&e), ("capture.perfPages", 2048));
+    let e = err(&pages("16384"));
+    assert_eq!(out_of_range(&e), ("capture.perfPages", 16384));
     assert_eq!(place(&e), (5, 14));
     assert_eq!(out_of_range(&err(&pages("0"))), ("capture.perfPages", 0));
     assert_eq!(Config::parse(&pages("1024"), "t").unwrap().capture.perf_pages, Some(1024));
