@@ -210,12 +210,21 @@ impl Capture {
         let Map::PerfEventArray(perf) = perf_map else { bail!("{MAP_SEGMENTS} is not a perf event array") };
         let perf = Arc::new(perf);
         let cpus = online_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
-        let mut buffers = Vec::new();
-        let pages = config.perf_pages_for(cpus.len());
+        let mut pages = config.perf_pages_for(cpus.len());
+        let buffers = loop {
+            match cpus.iter().map(|&cpu| PerfRing::open(&perf, cpu, pages).map_err(|e| (cpu, e))).collect() {
+                Ok(buffers) => break buffers,
+                // The default size is more than this process may lock (without CAP_IPC_LOCK, as
+                // the DaemonSet runs): smaller rings rather than none. A size asked for is kept.
+                Err((_, e)) if ring::is_locked_memory(&e) && config.perf_pages.is_none() && pages > 64 => {
+                    tracing::warn!(pages_per_cpu = pages, error = %e, "perf ring too large to lock here; halving it (raise RLIMIT_MEMLOCK or grant CAP_IPC_LOCK for bursts)");
+                    pages /= 2;
+                }
+                Err((cpu, e)) => return Err(perf_open_error(cpu, e)),
+            }
+        };
         tracing::info!(cpus = cpus.len(), pages_per_cpu = pages, "perf ring");
-        for cpu in cpus {
-            buffers.push(PerfRing::open(&perf, cpu, pages).map_err(|e| perf_open_error(cpu, e))?);
-        }
+        let buffers: Vec<PerfRing> = buffers;
         if buffers.is_empty() {
             bail!("no online CPUs");
         }

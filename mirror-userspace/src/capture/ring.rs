@@ -144,6 +144,28 @@ pub struct PerfRing {
 // `data_head`, and reads `data_tail`, whichever thread the ring is read on).
 unsafe impl Send for PerfRing {}
 
+/// The kernel refused to map a ring of this size: beyond what the user may lock (a share of
+/// `kernel.perf_event_mlock_kb`, then `RLIMIT_MEMLOCK`) without `CAP_IPC_LOCK`.
+#[derive(Debug)]
+pub struct LockedMemory {
+    /// Data pages asked for.
+    pub pages: usize,
+    cause: io::Error,
+}
+
+impl std::fmt::Display for LockedMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "mapping {} pages: {} (locked memory: RLIMIT_MEMLOCK, or CAP_IPC_LOCK)", self.pages, self.cause)
+    }
+}
+
+impl std::error::Error for LockedMemory {}
+
+/// Whether `e` is a [`LockedMemory`] refusal.
+pub fn is_locked_memory(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<LockedMemory>())
+}
+
 impl PerfRing {
     /// Opens CPU `cpu`'s ring of `pages` data pages (a power of two), waking a poller when
     /// 1/[`WAKEUP_FRACTION`] of it has filled, and puts it in `map` at index `cpu`.
@@ -193,7 +215,11 @@ impl PerfRing {
             )
         };
         if addr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EPERM) {
+                return Err(io::Error::other(LockedMemory { pages, cause: e }));
+            }
+            return Err(e);
         }
         let mmap = NonNull::new(addr.cast::<u8>()).ok_or_else(io::Error::last_os_error)?;
         let ring = PerfRing { fd, mmap, page_size, size, _map: map.clone() };
