@@ -11,6 +11,13 @@ pub fn rss_kib(pid: i32) -> Result<u64> {
     proc_status_kib(pid, "VmRSS")
 }
 
+/// Anonymous resident memory of a process (its heap and stacks), in KiB: without the pages of
+/// shared mappings, such as the perf rings, which Linux 6.1 counts in `VmRSS` once they are
+/// touched (up to 64 MiB) and 6.18 does not.
+pub fn anon_rss_kib(pid: i32) -> Result<u64> {
+    proc_status_kib(pid, "RssAnon")
+}
+
 /// Peak resident memory of a process (its high-water mark), in KiB.
 pub fn peak_rss_kib(pid: i32) -> Result<u64> {
     proc_status_kib(pid, "VmHWM")

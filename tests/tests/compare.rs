@@ -149,6 +149,7 @@ fn responses_are_compared_with_exact_counts_per_field() {
     // /big's responses outgrow one perf sample: their rest came as reverse tails (no request
     // here is that large), and nothing was lost.
     assert!(summary["kernel"]["tail_pieces"].as_u64().unwrap() > 0, "{summary}");
+    assert_eq!(summary["kernel"]["truncated"], Value::from(0), "{summary}");
     assert_eq!(summary["flows"]["response_gaps"], Value::from(0), "{summary}");
 }
 
