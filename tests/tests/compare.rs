@@ -35,7 +35,7 @@ fn versions(topo: &Topology) -> [Proc; 3] {
 fn write_config(topo: &Topology, compare: Option<&std::path::Path>) -> std::path::PathBuf {
     let policy = match compare {
         Some(log) => format!(
-            "mirrorPolicies:\n  httpbin/v2:\n    compare:\n      ignoreHeaders: [x-served-by]\n      baseline: httpbin/v1b\n      log: {}\n",
+            "mirrorPolicies:\n  httpbin/v2:\n    compare:\n      ignoreHeaders: [x-served-by]\n      baseline: httpbin/v1b\n      maxBodyBytes: 4194304\n      log: {}\n",
             log.display()
         ),
         None => String::new(),
@@ -89,7 +89,9 @@ fn settled(topo: &Topology, total: f64) -> String {
 #[test]
 fn responses_are_compared_with_exact_counts_per_field() {
     let topo = Topology::new().unwrap();
-    // /big's responses must come as skbs larger than one perf sample, on a slow VM too.
+    // /big's responses must come as skbs larger than one perf sample, on a slow VM too: at least
+    // 44 segments where the windows allow, and 2 MB each so that they grow (an skb is at most half
+    // the largest window the client offered, 64 KB at first).
     topo.large_skbs(&topo.primary).unwrap();
     let _servers = versions(&topo);
     let log = topo.path("differences.jsonl");
@@ -102,7 +104,7 @@ fn responses_are_compared_with_exact_counts_per_field() {
     println!("{}\n{summary}", lines.join("\n"));
     let n = N as f64;
     let result = |r: &str| metric(&text, &series("total", "result", r));
-    // same: /same, /gzip (gzip on one side only) and /big (200 kB); different: status, header, json, order;
+    // same: /same, /gzip (gzip on one side only) and /big (2 MB); different: status, header, json, order;
     // noise: time (differs on every response, and between the primary and its baseline copy).
     assert_eq!(
         (result("same"), result("different"), result("noise"), result("incomplete")),

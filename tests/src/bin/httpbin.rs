@@ -7,7 +7,7 @@
 //! With `--variant v1|v1b|v2`, paths under `/cmp/` answer as a version of a service would, for
 //! the comparison tests (issue 15): `same` (identical everywhere), `status` (v2: 500), `header`
 //! (v2: `x-version: 2`), `json` (v2: another `count`), `order` (v2: the array reversed), `gzip`
-//! (v2: the same JSON gzip-encoded), `time` (a field that differs on every response), `big` (200 kB, identical everywhere), `cookie` (a
+//! (v2: the same JSON gzip-encoded), `time` (a field that differs on every response), `big` (2 MB, identical everywhere), `cookie` (a
 //! `set-cookie` that differs: a credential, never written to the log), `large` and `large-gzip`
 //! (50 kB of JSON, identical; v2 gzip-encodes the second).
 
@@ -157,7 +157,7 @@ fn variant_response(v2: bool, path: &str, name: &str) -> Response<Full<Bytes>> {
         }
         "large-gzip" => large_body().0.clone(),
         // Larger than one perf sample: the primary's side comes in pieces (GSO tails).
-        "big" => json(serde_json::json!({"data": "0123456789".repeat(20_000)})),
+        "big" => json(serde_json::json!({"data": "0123456789".repeat(200_000)})),
         "time" => {
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
             json(serde_json::json!({"now": now.to_string(), "v": 1}))
