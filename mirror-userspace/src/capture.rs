@@ -212,7 +212,11 @@ impl Capture {
         let cpus = online_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
         let mut pages = config.perf_pages_for(cpus.len());
         let buffers = loop {
-            match cpus.iter().map(|&cpu| PerfRing::open(&perf, cpu, pages).map_err(|e| (cpu, e))).collect() {
+            match cpus
+                .iter()
+                .map(|&cpu| PerfRing::open(&perf, cpu, pages).map_err(|e| (cpu, e)))
+                .collect::<Result<Vec<_>, _>>()
+            {
                 Ok(buffers) => break buffers,
                 // The default size is more than this process may lock (without CAP_IPC_LOCK, as
                 // the DaemonSet runs): smaller rings rather than none. A size asked for is kept.
@@ -224,7 +228,6 @@ impl Capture {
             }
         };
         tracing::info!(cpus = cpus.len(), pages_per_cpu = pages, "perf ring");
-        let buffers: Vec<PerfRing> = buffers;
         if buffers.is_empty() {
             bail!("no online CPUs");
         }

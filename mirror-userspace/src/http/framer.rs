@@ -179,27 +179,22 @@ impl RequestFramer {
     /// [`FramerConfig::exact_after_gap`]).
     pub fn on_gap(&mut self, len: u64, out: &mut Vec<HttpEvent>) {
         self.offset += len;
+        // Inside a Content-Length body: the request is lost (counted once: a gap in the rest of a
+        // body already passed over loses nothing more), the next one starts where its body ends.
+        if let State::Body { remaining, after } | State::Skip { remaining, after } = self.state
+            && len <= remaining
+        {
+            if matches!(self.state, State::Body { .. }) {
+                out.push(HttpEvent::Dropped(DropReason::Gap));
+            }
+            self.state = State::Skip { remaining: remaining - len, after };
+            if remaining == len {
+                self.after_request(after);
+            }
+            return;
+        }
         match self.state {
             State::Tunnel | State::Done | State::Failed => return,
-            // Inside a Content-Length body: the request is lost, the next one starts where its
-            // body ends.
-            State::Body { remaining, after } if len <= remaining => {
-                out.push(HttpEvent::Dropped(DropReason::Gap));
-                self.state = State::Skip { remaining: remaining - len, after };
-                if remaining == len {
-                    self.after_request(after);
-                }
-                return;
-            }
-            // Passing over a lost request's body already: nothing more is lost if the gap ends
-            // inside it.
-            State::Skip { remaining, after } if len <= remaining => {
-                self.state = State::Skip { remaining: remaining - len, after };
-                if remaining == len {
-                    self.after_request(after);
-                }
-                return;
-            }
             State::Skip { .. } => {}
             // Client bytes are requests: whatever the gap fell into (the request being read, or
             // one that began inside it) is lost, and counted once.
