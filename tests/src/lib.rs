@@ -379,12 +379,25 @@ impl Topology {
 impl Drop for Topology {
     fn drop(&mut self) {
         for ns in [&self.client, &self.primary, &self.mirror] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            remove_netns(ns);
         }
         if std::env::var_os("MIRROR_KEEP_TEST_DIRS").is_none() {
             let _ = fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// Kills every process still inside namespace `ns`, then deletes it. Killing only the processes a
+/// test started is not enough: an nginx master killed with SIGKILL leaves its workers running,
+/// orphaned, in a namespace nobody can reach any more.
+pub fn remove_netns(ns: &str) {
+    if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+            // SAFETY: kill(2) on a pid that lives in a namespace this harness created.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    let _ = Command::new("ip").args(["netns", "del", ns]).status();
 }
 
 /// Spawns `program` inside `ns`, output to `<label>.stdout` and `<label>.stderr` in `dir`.

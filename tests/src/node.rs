@@ -16,7 +16,6 @@ use std::{
     fs,
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::Command,
     sync::atomic::{AtomicU32, Ordering},
     time::Duration,
 };
@@ -282,7 +281,7 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         for ns in self.pods.iter().chain([&self.node, &self.remote, &self.mirror]) {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            crate::remove_netns(ns);
         }
         if std::env::var_os("MIRROR_KEEP_TEST_DIRS").is_none() {
             let _ = fs::remove_dir_all(&self.dir);

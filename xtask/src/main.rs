@@ -241,7 +241,13 @@ fn sweep_namespaces() -> Result<()> {
         if !pid.is_empty() && Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }
-        step(&format!("removing leftover namespace {ns}"));
+        step(&format!("removing leftover namespace {ns} and the processes left in it"));
+        if let Ok(pids) = output(Command::new("ip").args(["netns", "pids", ns])) {
+            for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+                // SAFETY: kill(2) on a process inside a test namespace nobody uses any more.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
         let _ = Command::new("ip").args(["netns", "del", ns]).status();
     }
     Ok(())
