@@ -141,6 +141,8 @@ pub struct Capture {
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     /// One perf ring per online CPU (no wake-up per sample: see [`ring`]).
     pub buffers: Vec<PerfRing>,
+    /// `capture.batchMs`: the longest a sample waits in a ring to be read.
+    batch: std::time::Duration,
 }
 
 impl Capture {
@@ -190,6 +192,7 @@ impl Capture {
             ebpf,
             logger,
             buffers: Vec::new(),
+            batch: config.batch,
         };
         let all = links::dump().context("listing the links")?;
         for name in capture.selection.names() {
@@ -251,6 +254,7 @@ impl Capture {
         set_addresses(&mut self.ebpf, &config.addresses)?;
         self.set_skip(skip)?;
         self.set_interfaces(Selection::new(&config.interfaces));
+        self.batch = config.batch;
         Ok(())
     }
 
@@ -312,10 +316,16 @@ impl Capture {
         }
     }
 
-    /// Waits until a buffer has data, a link notification arrives, or `timeout_ms` passes (rings
-    /// are looked at every [`ring::IDLE_POLL_MS`]: they wake a poller only once a quarter full).
-    pub fn wait(&self, timeout_ms: i32) {
-        ring::wait(&self.buffers, self.watcher.as_ref().map(Watcher::fd), timeout_ms);
+    /// The longest a sample waits in a ring before it is read (`capture.batchMs`).
+    pub fn batch(&self) -> std::time::Duration {
+        self.batch
+    }
+
+    /// Waits until a buffer has data, a link notification arrives, or `timeout` passes. The rings
+    /// wake a poller only once a quarter full, so while little flows they are looked at every
+    /// [`Capture::batch`]: a lone sample waits at most that long.
+    pub fn wait(&self, timeout: std::time::Duration) {
+        ring::wait(&self.buffers, self.watcher.as_ref().map(Watcher::fd), timeout, self.batch);
     }
 
     /// Lets a batch gather for `timeout`, woken early if a ring reaches its watermark.

@@ -32,6 +32,9 @@ use crate::{
 /// still finds room).
 const BATCH_BYTES: usize = 256 * 1024;
 
+/// The longest the capture thread sleeps while nothing flows and no flow timer is due.
+const IDLE_WAKE: Duration = Duration::from_millis(250);
+
 /// A new configuration for the capture thread (SIGHUP).
 struct Reload {
     router: Arc<Router>,
@@ -241,29 +244,32 @@ fn capture_loop(
         // Links that appeared (attach), went (forget) or were renamed since the last round.
         capture.watch_links();
         // Let a batch gather, so that each wake-up handles many segments and hands replay one
-        // batch: wake-ups of this thread and of the replay runtime, and replay's system calls per
-        // mirror connection, not parsing, are most of the cost (at 2,000 req/s, 5 ms batches
-        // cost twice the CPU per request of 20 ms ones). The wait is what lets BATCH_BYTES
-        // gather at the rate of the last round, at most MAX_WAIT: small requests up to tens of
-        // thousands per second wait MAX_WAIT, which bounds the extra delay of a mirror copy;
-        // bulk traffic waits less (500 MB/s: under a millisecond, so not at all), so a late
-        // wake-up on a busy machine cannot let a ring fill. After an idle spell: wait for data,
-        // then BATCH_WAIT (a burst may follow).
+        // batch: wake-ups of this thread and of the replay runtime, replay's system calls per
+        // mirror connection, and touching each flow's state again from a cold cache, not
+        // parsing, are most of the cost (at 2,000 req/s: 16 CPU-s per million requests with
+        // 20 ms batches, 11 with 40 ms, 9 with 80 ms). The wait is what lets BATCH_BYTES gather
+        // at the rate of the last round, at most `capture.batchMs` (50 ms by default): small
+        // requests up to tens of thousands per second wait that long, which bounds the extra
+        // delay of a mirror copy; bulk traffic waits less (500 MB/s: under a millisecond, so
+        // not at all), so a late wake-up on a busy machine cannot let a ring fill. After an idle
+        // spell: wait for data, then BATCH_WAIT (a burst may follow).
         const BATCH_WAIT: Duration = Duration::from_millis(5);
-        const MAX_WAIT: Duration = Duration::from_millis(20);
         match drained {
             0 => {
                 // Sleep until data arrives or the next flow timer (hole or idle timeout) is due,
-                // at most 100 ms (metrics are published every 500 ms).
+                // at most 250 ms (metrics are published every 500 ms; a reload or a stop waits
+                // for this). While idle the rings are looked at every `capture.batchMs`.
                 let until_timer = pipeline
                     .flows()
                     .poll_timeout()
-                    .map_or(100, |t| t.saturating_sub(start.elapsed()).as_millis().min(100) as i32);
+                    .map_or(IDLE_WAKE, |t| t.saturating_sub(start.elapsed()).min(IDLE_WAKE));
                 capture.wait(until_timer);
-                std::thread::sleep(BATCH_WAIT);
+                if capture.buffers.iter().any(crate::capture::ring::PerfRing::readable) {
+                    std::thread::sleep(BATCH_WAIT);
+                }
             }
             n => {
-                let wait = round.mul_f64(BATCH_BYTES as f64 / n as f64).min(MAX_WAIT);
+                let wait = round.mul_f64(BATCH_BYTES as f64 / n as f64).min(capture.batch());
                 if wait >= Duration::from_millis(1) {
                     // A burst that fills a quarter of a ring wakes the thread early.
                     capture.gather(wait);

@@ -417,24 +417,20 @@ fn cluster_name(host: &str, namespace: &str) -> String {
 /// Envoy's `-shadow` rule: `foo` → `foo-shadow`, `foo:8080` → `foo-shadow:8080`,
 /// `[::1]:80` → `[::1]-shadow:80`.
 pub fn shadow_host(host: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(host.len() + 7);
+    push_shadow_host(&mut out, host);
+    out
+}
+
+/// [`shadow_host`], written at the end of `out` (no allocation of its own: once per request).
+fn push_shadow_host(out: &mut impl Extend<u8>, host: &[u8]) {
     let port_start = host.iter().rposition(|b| *b == b':').filter(|&colon| {
         let v6_end = host.iter().rposition(|b| *b == b']');
         let port = &host[colon + 1..];
         v6_end.is_none_or(|e| e < colon) && !port.is_empty() && port.iter().all(u8::is_ascii_digit)
     });
-    let mut out = Vec::with_capacity(host.len() + 7);
-    match port_start {
-        Some(p) => {
-            out.extend_from_slice(&host[..p]);
-            out.extend_from_slice(b"-shadow");
-            out.extend_from_slice(&host[p..]);
-        }
-        None => {
-            out.extend_from_slice(host);
-            out.extend_from_slice(b"-shadow");
-        }
-    }
-    out
+    let (name, port) = host.split_at(port_start.unwrap_or(host.len()));
+    out.extend(name.iter().chain(b"-shadow").chain(port).copied());
 }
 
 /// The head a mirror gets: Host per the policy, headers removed/set/added; every other byte as
@@ -452,20 +448,23 @@ pub fn rewrite_head(head: &RequestHead, policy: &Policy) -> Bytes {
     out.extend_from_slice(&raw[..first_line_end]);
     let mut host_done = false;
     for h in &head.headers {
-        let lname = h.name.to_ascii_lowercase();
-        if ops.remove.contains(&lname) || ops.set.contains_key(&lname) {
-            continue;
+        // Header operations name headers in lower case; a head without them (the default) costs
+        // no lower-cased copy per header.
+        if !ops.is_empty() {
+            let lname = h.name.to_ascii_lowercase();
+            if ops.remove.contains(&lname) || ops.set.contains_key(&lname) {
+                continue;
+            }
         }
         let line = h.line.clone();
-        if lname == "host" && !host_done {
+        if !host_done && h.name.eq_ignore_ascii_case("host") {
             host_done = true;
-            let value: Vec<u8> = match &policy.host {
-                HostRewrite::Shadow => shadow_host(&h.value),
-                HostRewrite::Keep => h.value.to_vec(),
-                HostRewrite::Set(v) => v.as_bytes().to_vec(),
-            };
             out.extend_from_slice(&raw[line.start..h.value_range.start]);
-            out.extend_from_slice(&value);
+            match &policy.host {
+                HostRewrite::Shadow => push_shadow_host(&mut out, &h.value),
+                HostRewrite::Keep => out.extend_from_slice(&h.value),
+                HostRewrite::Set(v) => out.extend_from_slice(v.as_bytes()),
+            }
             out.extend_from_slice(&raw[h.value_range.end..line.end]);
         } else {
             out.extend_from_slice(&raw[line]);

@@ -6,9 +6,9 @@
 //! host an IPI is a VM exit; measured here (nested virtualisation) it was nearly all of the
 //! classifier's ≈ 7 µs per shipped packet. These rings are opened with a byte watermark instead
 //! ([`PerfRing::open`]): a poller is woken only when that much has gathered, and the daemon
-//! otherwise finds the data on its own schedule: [`wait`] looks at the rings every
-//! [`IDLE_POLL_MS`] while nothing flows, so a lone request is read at most that much (plus the
-//! daemon's batching wait, 5 ms) after it was captured.
+//! otherwise finds the data on its own schedule: [`wait`] looks at the rings at a given interval
+//! while nothing flows (the daemon's `capture.batchMs`), so a lone request is read at most that
+//! long (plus the daemon's batching wait, 5 ms) after it was captured.
 //!
 //! Reading follows the kernel's protocol (`include/uapi/linux/perf_event.h`): `data_head` is read
 //! with acquire ordering, the records between `data_tail` and it are consumed, then `data_tail` is
@@ -33,10 +33,6 @@ use aya_obj::generated::{
     PERF_EVENT_IOC_DISABLE, PERF_EVENT_IOC_ENABLE, PERF_FLAG_FD_CLOEXEC, bpf_attr, bpf_cmd, perf_event_attr,
     perf_event_mmap_page, perf_event_sample_format, perf_event_type, perf_sw_ids, perf_type_id,
 };
-
-/// How often [`wait`] looks at the rings while nothing is flowing: a sample that does not reach
-/// the watermark is found within this time.
-pub const IDLE_POLL_MS: i32 = 10;
 
 /// A poller is woken when this fraction of a ring (1/N) has filled since the last wake-up.
 pub const WAKEUP_FRACTION: usize = 4;
@@ -293,23 +289,24 @@ impl Drop for PerfRing {
     }
 }
 
-/// Waits until a ring has records, `other` (a descriptor, if any) is readable, or `timeout_ms`
+/// Waits until a ring has records, `other` (a descriptor, if any) is readable, or `timeout`
 /// passes. A ring's descriptor becomes readable only at its watermark, so the rings are also
-/// looked at every [`IDLE_POLL_MS`]: a record written while nothing else flows is found within
-/// that time.
-pub fn wait(rings: &[PerfRing], other: Option<RawFd>, timeout_ms: i32) {
+/// looked at every `look_every`: a record written while nothing else flows is found within that
+/// time.
+pub fn wait(rings: &[PerfRing], other: Option<RawFd>, timeout: Duration, look_every: Duration) {
     let mut fds: Vec<libc::pollfd> = rings
         .iter()
         .map(AsRawFd::as_raw_fd)
         .chain(other)
         .map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 })
         .collect();
-    let deadline = Instant::now() + Duration::from_millis(u64::try_from(timeout_ms).unwrap_or(0));
+    let deadline = Instant::now() + timeout;
+    let every = i32::try_from(look_every.as_millis()).unwrap_or(i32::MAX).max(1);
     loop {
         let left = i32::try_from(deadline.saturating_duration_since(Instant::now()).as_millis()).unwrap_or(i32::MAX);
         // SAFETY: fds is a valid array of pollfd for the duration of the call.
-        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, left.min(IDLE_POLL_MS)) };
-        if ready != 0 || left <= IDLE_POLL_MS || rings.iter().any(PerfRing::readable) {
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, left.min(every)) };
+        if ready != 0 || left <= every || rings.iter().any(PerfRing::readable) {
             return;
         }
     }

@@ -48,6 +48,9 @@ pub const PORT: RangeInclusive<i128> = 1..=65_535;
 /// `capture.perfPages`: pages per CPU of the perf ring, a power of two. Up to 8192 (32 MiB per CPU
 /// on 4 KiB pages, the default's largest): the kernel holds that for every CPU.
 pub const PERF_PAGES: RangeInclusive<i128> = 1..=8_192;
+/// `capture.batchMs`: the longest a captured request waits to be read, in milliseconds. Over a
+/// second, requests of a short connection would wait longer than most clients take to send them.
+pub const BATCH_MS: RangeInclusive<i128> = 1..=1_000;
 
 // endpoints
 

@@ -27,6 +27,11 @@ pub struct Capture {
     /// Pages per CPU of the perf ring (a power of two). Absent: all rings together 64 MiB, at most
     /// 8192 pages (32 MiB on 4 KiB pages) and at least 64 per CPU.
     pub perf_pages: Option<usize>,
+    /// The longest a captured request waits before the daemon reads it and hands it to replay
+    /// (`capture.batchMs`): the capture thread wakes about once per this time, whatever the rate,
+    /// so it is also what the daemon's CPU per request at low rates is traded against (see
+    /// README, "Batching").
+    pub batch: Duration,
     /// The primary's responses are shipped with their payload (some mirror destination compares
     /// them: `mirrorPolicies.<dest>.compare`); derived, not written.
     pub responses: bool,
@@ -55,7 +60,12 @@ pub(crate) struct CaptureDoc {
     pub(crate) addresses: Vec<Spanned<String>>,
     #[serde(default, alias = "perf_pages")]
     pub(crate) perf_pages: Option<Spanned<Int>>,
+    #[serde(default, alias = "batch_ms")]
+    pub(crate) batch_ms: Option<Spanned<Int>>,
 }
+
+/// `capture.batchMs` when absent.
+pub const DEFAULT_BATCH_MS: u64 = 50;
 
 /// How requests are sent to the mirrors. Each value is within its range in
 /// [`limits`](super::limits).

@@ -77,6 +77,10 @@ fn own_document_parses() {
     assert_eq!(c.capture.perf_pages_for(4096), 64);
     let set = Config::parse(&OWN.replace("ports: [8000]", "ports: [8000]\n  perfPages: 8"), "t").unwrap();
     assert_eq!(set.capture.perf_pages_for(2), 8);
+    // Batches: 50 ms unless set.
+    assert_eq!(c.capture.batch, std::time::Duration::from_millis(50));
+    let set = Config::parse(&OWN.replace("ports: [8000]", "ports: [8000]\n  batchMs: 5"), "t").unwrap();
+    assert_eq!(set.capture.batch, std::time::Duration::from_millis(5));
 }
 
 #[test]

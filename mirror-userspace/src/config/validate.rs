@@ -7,6 +7,7 @@ use std::{
     collections::BTreeMap,
     net::SocketAddr,
     ops::{Bound, RangeInclusive},
+    time::Duration,
 };
 
 use regex::{Regex, RegexBuilder};
@@ -22,8 +23,8 @@ use super::{
     limits::*,
     load::{Documents, TableDoc},
     ours::{
-        Capture, CaptureDoc, EndpointsDoc, HeaderOps, HeaderOpsDoc, HostRewrite, MemoryDoc, MemorySettings,
-        MirrorPolicy, PoliciesDoc, ReplayDoc, ReplaySettings, Section,
+        Capture, CaptureDoc, DEFAULT_BATCH_MS, EndpointsDoc, HeaderOps, HeaderOpsDoc, HostRewrite, MemoryDoc,
+        MemorySettings, MirrorPolicy, PoliciesDoc, ReplayDoc, ReplaySettings, Section,
     },
     span::{Int, Spanned},
 };
@@ -125,7 +126,11 @@ fn capture(section: Option<Section<CaptureDoc>>) -> Result<Capture, ConfigError>
         }
         None => None,
     };
-    Ok(Capture { interfaces, ports, addresses, perf_pages, responses: false })
+    let batch_ms = match &c.batch_ms {
+        Some(b) => in_range(b, "capture.batchMs", &BATCH_MS, "capture")? as u64,
+        None => DEFAULT_BATCH_MS,
+    };
+    Ok(Capture { interfaces, ports, addresses, perf_pages, batch: Duration::from_millis(batch_ms), responses: false })
 }
 
 /// A `capture.interfaces` entry: a name Linux can give a link (`dev_valid_name`, IFNAMSIZ), or a
