@@ -68,6 +68,9 @@ struct Args {
     /// first of `--rates` (first run after the start next to the later ones), printed only.
     #[arg(long)]
     in_a_row: Option<usize>,
+    /// `capture.batchMs` for our daemon (default: the daemon's default), to measure the trade-off.
+    #[arg(long)]
+    batch_ms: Option<u64>,
     /// Run only this section and replace it in `--out` (the rest of the file is kept).
     #[arg(long, value_enum)]
     only: Option<Section>,
@@ -128,7 +131,8 @@ fn main() -> Result<()> {
         return Ok(());
     }
     let _stats = BpfStats::enable()?;
-    let env = Env::new(args.gor.clone())?;
+    let mut env = Env::new(args.gor.clone())?;
+    env.batch_ms = args.batch_ms;
     if let Some(n) = args.in_a_row {
         runs::in_a_row(&env, args.rates[0], args.seconds, n, &get_request())?;
         return Ok(());
@@ -167,6 +171,7 @@ fn main() -> Result<()> {
             machine(),
             loadavg(),
             args.note.as_ref().map(|n| format!(" {n}")).unwrap_or_default()
+                + &args.batch_ms.map(|ms| format!(" Our daemon ran with `capture.batchMs: {ms}`.")).unwrap_or_default()
         );
         let body = md.find("\n## ").map_or(String::new(), |i| md[i + 1..].to_string());
         md = format!("{preamble}{body}");

@@ -75,6 +75,8 @@ pub struct Env {
     _primary: Proc,
     _mirror: Proc,
     gor: PathBuf,
+    /// `capture.batchMs` for our daemon (`None`: its default).
+    pub batch_ms: Option<u64>,
 }
 
 /// An nginx in `ns` with `workers` worker processes and the given `http` content; killed on drop.
@@ -145,7 +147,7 @@ impl Env {
             .replace("PRIMARY", PRIMARY_V4)
             .replace("PORT", &PORT.to_string());
         let proxy = nginx(&topo, &topo.primary, "nginx-proxy", "1", &format!("  {conf}"))?;
-        Ok(Env { topo, mirror_log, proxy, _primary: primary, _mirror: mirror, gor })
+        Ok(Env { topo, mirror_log, proxy, _primary: primary, _mirror: mirror, gor, batch_ms: None })
     }
 
     /// Where the client sends to reach the primary through `peer`.
@@ -176,7 +178,13 @@ impl Env {
         let (proc, pids) = match peer {
             Peer::Nothing => (None, Vec::new()),
             Peer::Ours => {
-                let d = self.topo.daemon(&self.topo.config(100.0, "")?)?;
+                let config = self.topo.config(100.0, "")?;
+                if let Some(ms) = self.batch_ms {
+                    let text = std::fs::read_to_string(&config)?;
+                    let at = format!("ports: [{PORT}]");
+                    std::fs::write(&config, text.replacen(&at, &format!("{at}\n  batchMs: {ms}"), 1))?;
+                }
+                let d = self.topo.daemon(&config)?;
                 let pid = d.pid();
                 (Some(d), vec![pid])
             }
