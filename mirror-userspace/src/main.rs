@@ -28,11 +28,12 @@ enum Command {
         /// How to attach: tcx where the kernel has it and netlink otherwise (auto), or force one.
         #[arg(long, value_enum, default_value_t = Attach::Auto)]
         attach: Attach,
-        /// Added to the daemon's nice value (0-19; every thread inherits it): when the CPU is
-        /// contended the primary's processes run first. Under CPU saturation the daemon may then
-        /// fall behind: what the kernel ring cannot hold is lost and counted, never the primary's
-        /// time. 0 keeps the priority it was started with.
-        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
+        /// Added to the daemon's nice value (0-19; every thread inherits it). 0 (the default)
+        /// keeps the priority it was started with: on a saturated machine the daemon takes its
+        /// share of the CPU and mirrors every request. Above 0, when the CPU is contended the
+        /// primary's processes run first and the daemon may fall behind: what its kernel rings
+        /// and queues cannot hold is lost and counted (README, "Priority").
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..=19))]
         nice: i32,
     },
     /// Remove the classifier's netlink filters left on interfaces by a daemon that was killed

@@ -160,7 +160,7 @@ pub fn run(attack: Attack) -> Result<Outcome> {
                             let mut s = TcpStream::connect(primary())?;
                             s.write_all(partial.as_bytes())?;
                             // Paced (≤ ~40 MB/s): memory held, not a ring overrun (a debug
-                            // build of the daemon at nice 10 must keep up too).
+                            // build of the daemon must keep up too).
                             std::thread::sleep(Duration::from_micros(1500));
                             Ok(s)
                         })

@@ -71,6 +71,9 @@ struct Args {
     /// `capture.batchMs` for our daemon (default: the daemon's default), to measure the trade-off.
     #[arg(long)]
     batch_ms: Option<u64>,
+    /// `--nice` for our daemon (default: the daemon's default, 10).
+    #[arg(long)]
+    nice: Option<u32>,
     /// Run only this section and replace it in `--out` (the rest of the file is kept).
     #[arg(long, value_enum)]
     only: Option<Section>,
@@ -133,6 +136,7 @@ fn main() -> Result<()> {
     let _stats = BpfStats::enable()?;
     let mut env = Env::new(args.gor.clone())?;
     env.batch_ms = args.batch_ms;
+    env.nice = args.nice;
     if let Some(n) = args.in_a_row {
         runs::in_a_row(&env, args.rates[0], args.seconds, n, &get_request())?;
         return Ok(());
@@ -172,6 +176,7 @@ fn main() -> Result<()> {
             loadavg(),
             args.note.as_ref().map(|n| format!(" {n}")).unwrap_or_default()
                 + &args.batch_ms.map(|ms| format!(" Our daemon ran with `capture.batchMs: {ms}`.")).unwrap_or_default()
+                + &args.nice.map(|n| format!(" Our daemon ran with `--nice {n}`.")).unwrap_or_default()
         );
         let body = md.find("\n## ").map_or(String::new(), |i| md[i + 1..].to_string());
         md = format!("{preamble}{body}");

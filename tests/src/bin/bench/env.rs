@@ -77,6 +77,8 @@ pub struct Env {
     gor: PathBuf,
     /// `capture.batchMs` for our daemon (`None`: its default).
     pub batch_ms: Option<u64>,
+    /// `--nice` for our daemon (`None`: its default).
+    pub nice: Option<u32>,
 }
 
 /// An nginx in `ns` with `workers` worker processes and the given `http` content; killed on drop.
@@ -147,7 +149,7 @@ impl Env {
             .replace("PRIMARY", PRIMARY_V4)
             .replace("PORT", &PORT.to_string());
         let proxy = nginx(&topo, &topo.primary, "nginx-proxy", "1", &format!("  {conf}"))?;
-        Ok(Env { topo, mirror_log, proxy, _primary: primary, _mirror: mirror, gor, batch_ms: None })
+        Ok(Env { topo, mirror_log, proxy, _primary: primary, _mirror: mirror, gor, batch_ms: None, nice: None })
     }
 
     /// Where the client sends to reach the primary through `peer`.
@@ -184,7 +186,9 @@ impl Env {
                     let at = format!("ports: [{PORT}]");
                     std::fs::write(&config, text.replacen(&at, &format!("{at}\n  batchMs: {ms}"), 1))?;
                 }
-                let d = self.topo.daemon(&config)?;
+                let nice = self.nice.map(|n| n.to_string());
+                let extra: Vec<&str> = nice.iter().flat_map(|n| ["--nice", n.as_str()]).collect();
+                let d = self.topo.daemon_in(&self.topo.primary, "daemon", &config, &extra)?;
                 let pid = d.pid();
                 (Some(d), vec![pid])
             }
