@@ -37,8 +37,9 @@ use crate::{
 /// hundreds of times the wait still finds room in a default ring.
 const BATCH_BYTES: usize = 32 * 1024;
 
-/// The longest the capture thread sleeps while nothing flows and no flow timer is due.
-const IDLE_WAKE: Duration = Duration::from_millis(250);
+/// The longest the capture thread sleeps while nothing flows and no flow timer is due: a reload
+/// (new routes, kernel maps) or a stop is taken at its next round, so within this time.
+const IDLE_WAKE: Duration = Duration::from_millis(100);
 
 /// A new configuration for the capture thread (SIGHUP).
 struct Reload {
@@ -263,7 +264,7 @@ fn capture_loop(
         match drained {
             0 => {
                 // Sleep until data arrives or the next flow timer (hole or idle timeout) is due,
-                // at most 250 ms (metrics are published every 500 ms; a reload or a stop waits
+                // at most IDLE_WAKE (metrics are published every 500 ms; a reload or a stop waits
                 // for this). While idle the rings are looked at every `capture.batchMs`.
                 let until_timer = pipeline
                     .flows()
