@@ -71,7 +71,7 @@ struct Args {
     /// `capture.batchMs` for our daemon (default: the daemon's default), to measure the trade-off.
     #[arg(long)]
     batch_ms: Option<u64>,
-    /// `--nice` for our daemon (default: the daemon's default, 10).
+    /// `--nice` for our daemon (default: the daemon's own, 0).
     #[arg(long)]
     nice: Option<u32>,
     /// Run only this section and replace it in `--out` (the rest of the file is kept).
