@@ -29,8 +29,8 @@ pub struct Capture {
     pub perf_pages: Option<usize>,
     /// The longest a captured request waits before the daemon reads it and hands it to replay
     /// (`capture.batchMs`): the capture thread wakes about once per this time, whatever the rate,
-    /// so it is also what the daemon's CPU per request at low rates is traded against (see
-    /// README, "Batching").
+    /// so it is also what the daemon's CPU per request at low rates is traded against (README,
+    /// `batchMs` under "Configuration").
     pub batch: Duration,
     /// The primary's responses are shipped with their payload (some mirror destination compares
     /// them: `mirrorPolicies.<dest>.compare`); derived, not written.

@@ -255,7 +255,8 @@ fn host_modes_and_header_mutations() {
     assert_eq!(
         String::from_utf8_lossy(&ops),
         "GET /x HTTP/1.1\r\nUser-Agent: t\r\nHost: httpbin-shadow:8000\r\nx-host: replaced\r\nx-shadow: true\r\n\r\n"
-    ); // The name is matched in any case, and only the first Host line is rewritten (a second one
+    );
+    // The name is matched in any case, and only the first Host line is rewritten (a second one
     // is the framer's to refuse; here it is kept as sent).
     let upper = head("GET / HTTP/1.1\nHOST: a:1\nhost: b\n\n");
     assert_eq!(&rewrite_head(&upper, &Policy::default())[..], b"GET / HTTP/1.1\nHOST: a-shadow:1\nhost: b\n\n");
