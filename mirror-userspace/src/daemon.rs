@@ -227,7 +227,7 @@ fn capture_loop(
     stop: Arc<AtomicBool>,
     reloads: std::sync::mpsc::Receiver<Reload>,
 ) -> Result<serde_json::Value> {
-    let start = Instant::now();
+    let mut clock = crate::capture::clock::PacketClock::new();
     let lost = AtomicU64::new(0);
     let mut decode_errors = 0u64;
     let mut out = Vec::new();
@@ -269,7 +269,7 @@ fn capture_loop(
                 let until_timer = pipeline
                     .flows()
                     .poll_timeout()
-                    .map_or(IDLE_WAKE, |t| t.saturating_sub(start.elapsed()).min(IDLE_WAKE));
+                    .map_or(IDLE_WAKE, |t| t.saturating_sub(clock.elapsed()).min(IDLE_WAKE));
                 capture.wait(until_timer);
                 if capture.buffers.iter().any(crate::capture::ring::PerfRing::readable) {
                     std::thread::sleep(BATCH_WAIT);
@@ -285,7 +285,9 @@ fn capture_loop(
         }
         let mut drained_now = 0usize;
 
-        let now = start.elapsed();
+        // Taken before the rings are read: the flow timers run at it, and each segment is timed
+        // by the kernel (see `PacketClock`: a late round does not make holes look old).
+        let now = clock.horizon();
         // Each CPU has its own ring: gather the batch from all of them, then put it back in the
         // order the kernel saw the packets (a SYN handled on one CPU must not come after the
         // data that followed it on another).
@@ -306,11 +308,10 @@ fn capture_loop(
             },
         );
         batch.sort_by_key(|(ts, _)| *ts);
-        for (_, seg) in batch.drain(..) {
-            pipeline.on_segment(seg, now, &mut out);
+        for (ts, seg) in batch.drain(..) {
+            pipeline.on_segment(seg, clock.segment(ts), &mut out);
         }
         // Flow timers: only when one is due (poll_timeout may be early, never late).
-        let now = start.elapsed();
         if pipeline.flows().poll_timeout().is_some_and(|t| t <= now) {
             pipeline.on_tick(now, &mut out);
         }

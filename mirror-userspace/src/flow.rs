@@ -248,7 +248,7 @@ pub struct FlowStats {
     pub unparked: u64,
     /// Flows closed because a SYN with a new ISN reused their addresses and ports.
     pub reused: u64,
-    /// Segments dropped because the global out-of-order budget was spent.
+    /// Segments dropped because the global out-of-order budget was spent (either direction).
     pub buffer_overflows: u64,
     /// Server→client segments fed to the table (headers only).
     pub segments_to_client: u64,

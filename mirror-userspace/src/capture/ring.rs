@@ -256,9 +256,20 @@ impl PerfRing {
         self.data_head() != self.data_tail()
     }
 
+    /// Where the records written so far end: [`PerfRing::read_to`] reads up to it.
+    pub fn head(&self) -> u64 {
+        self.data_head()
+    }
+
     /// Hands every waiting record to `f`, then gives their space back to the kernel.
     pub fn read(&mut self, f: impl FnMut(Record<'_>)) -> Walked {
         let head = self.data_head();
+        self.read_to(head, f)
+    }
+
+    /// Hands the waiting records up to `head` (a [`PerfRing::head`] of this ring, taken earlier)
+    /// to `f`, then gives their space back to the kernel.
+    pub fn read_to(&mut self, head: u64, f: impl FnMut(Record<'_>)) -> Walked {
         let tail = self.data_tail();
         // SAFETY: the data pages follow the header page in the mapping, `size` bytes. The kernel
         // does not write [tail, head) until data_tail moves past it, below; it may write the

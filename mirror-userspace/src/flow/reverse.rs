@@ -17,7 +17,11 @@ use std::time::Duration;
 
 use mirror_common::{TCP_FIN, TCP_SYN};
 
-use super::{FlowConfig, Segment, StreamEvent, assembler::Assembler, conn::unwrap_around};
+use super::{
+    FlowConfig, Segment, StreamEvent,
+    assembler::{Assembler, Insert},
+    conn::unwrap_around,
+};
 
 /// The reverse stream of one flow.
 #[derive(Debug)]
@@ -53,7 +57,9 @@ impl Reverse {
 
     /// A server segment: its payload (as captured), its FIN. Events go to `emit`. At
     /// most `room` more bytes may be held out of order (the table's global bound), and at most
-    /// `cfg.max_flow_buffer` by this stream.
+    /// `cfg.max_flow_buffer` by this stream. Whether its bytes were refused for want of that room
+    /// (they become part of a gap).
+    #[must_use]
     pub(super) fn on_segment(
         &mut self,
         seg: &Segment,
@@ -61,7 +67,7 @@ impl Reverse {
         cfg: &FlowConfig,
         room: usize,
         mut emit: impl FnMut(StreamEvent),
-    ) {
+    ) -> bool {
         let (seq, flags, mut payload) = (seg.seq, seg.flags, seg.payload.clone());
         // Data of a SYN-ACK (TCP Fast Open's server data) starts after its sequence number.
         let seq = if flags & TCP_SYN != 0 { seq.wrapping_add(1) } else { seq };
@@ -69,7 +75,7 @@ impl Reverse {
             Ok(off) => off,
             Err(before) => {
                 if before >= payload.len() as u64 {
-                    return;
+                    return false;
                 }
                 let _ = payload.split_to(before as usize);
                 0
@@ -78,9 +84,7 @@ impl Reverse {
         let end = off + payload.len() as u64;
         let room = cfg.max_flow_buffer.saturating_sub(self.asm.buffered()).min(room);
         let mut out = reverse_events(&mut emit);
-        if !payload.is_empty() {
-            self.asm.insert(off, payload, now, room, &mut out);
-        }
+        let refused = !payload.is_empty() && self.asm.insert(off, payload, now, room, &mut out) == Insert::NoRoom;
         if flags & TCP_FIN != 0 {
             self.asm.set_fin(end);
         }
@@ -91,6 +95,7 @@ impl Reverse {
         }
         drop(out);
         self.fin_if_done(&mut emit);
+        refused
     }
 
     /// The flow ends: what is held is delivered across its holes, the bytes up to a FIN that

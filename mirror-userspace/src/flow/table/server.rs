@@ -82,7 +82,9 @@ impl FlowTable {
         let before = rev.buffered();
         let emit = emitter(key, &mut self.stats, out);
         let room = self.buffer_limit.saturating_sub(self.total_pending + self.reverse_pending);
-        rev.on_segment(seg, now, &self.cfg, room, emit);
+        if rev.on_segment(seg, now, &self.cfg, room, emit) {
+            self.stats.buffer_overflows += 1;
+        }
         self.reverse_pending = self.reverse_pending - before + rev.buffered();
     }
 

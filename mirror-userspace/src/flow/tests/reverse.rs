@@ -74,3 +74,28 @@ fn a_closing_flow_delivers_the_server_bytes_held_across_holes() {
     );
     assert_eq!(t.buffered_bytes(), 0);
 }
+
+#[test]
+fn server_bytes_refused_for_want_of_buffer_room_are_counted_and_become_a_gap() {
+    let mut t = FlowTable::new(FlowConfig { responses: true, ..FlowConfig::default() });
+    t.set_buffer_limit(4);
+    let mut out = Vec::new();
+    t.on_segment(seg(0, TCP_SYN, b""), Duration::ZERO, &mut out);
+    t.on_segment(syn_ack(1), Duration::ZERO, &mut out);
+    // Out of order and within the room: held. Beyond it: refused, counted.
+    t.on_segment(resp(3, TCP_ACK, b"def"), Duration::ZERO, &mut out);
+    t.on_segment(resp(6, TCP_ACK, b"ghi"), Duration::ZERO, &mut out);
+    assert_eq!((t.buffered_bytes(), t.stats.buffer_overflows), (3, 1));
+    t.on_segment(resp(0, TCP_ACK, b"abc"), Duration::ZERO, &mut out);
+    t.on_segment(resp(9, TCP_ACK, b"jkl"), Duration::ZERO, &mut out);
+    t.on_segment(Segment::to_client(key(), 8, 1, TCP_RST, 0), Duration::ZERO, &mut out);
+    assert_eq!(
+        reverse_only(out),
+        [
+            StreamEvent::ReverseData(Bytes::from_static(b"abc")),
+            StreamEvent::ReverseData(Bytes::from_static(b"def")),
+            StreamEvent::ReverseGap(3),
+            StreamEvent::ReverseData(Bytes::from_static(b"jkl")),
+        ]
+    );
+}
