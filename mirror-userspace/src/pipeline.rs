@@ -51,9 +51,9 @@ pub struct Request {
     /// The body bytes (all of them for a whole request, those held so far for a streamed one).
     pub body: Bytes,
     /// The request method.
-    pub method: String,
+    pub method: &'static str,
     /// The request-target, as captured.
-    pub target: String,
+    pub target: std::sync::Arc<str>,
 }
 
 /// A request for a mirror, whole or as parts of a stream.
@@ -164,9 +164,9 @@ struct Shadow {
 struct InFlight {
     /// One copy per mirror it goes to.
     shadows: Vec<Shadow>,
-    method: String,
+    method: &'static str,
     /// The request-target.
-    target: String,
+    target: std::sync::Arc<str>,
     /// Body bytes held until the request completes or outgrows the buffer.
     body: BytesMut,
     head_len: usize,
@@ -484,7 +484,7 @@ impl RouteStage {
                                 role,
                             })
                             .collect(),
-                        method: head.method.clone(),
+                        method: head.method,
                         target: head.target.clone(),
                         // Room for the first bytes only: a Content-Length is a promise, not bytes;
                         // the buffer grows as they arrive (see `hold`).
@@ -519,7 +519,7 @@ impl RouteStage {
                             let request = Request {
                                 head: head.clone(),
                                 body: body.clone(),
-                                method: cur.method.clone(),
+                                method: cur.method,
                                 target: cur.target.clone(),
                             };
                             out.push(outbound(key, mirror, Part::Start { stream: id, request }, *role));
@@ -563,7 +563,7 @@ impl RouteStage {
                             None => Part::Whole(Request {
                                 head,
                                 body: body.clone(),
-                                method: cur.method.clone(),
+                                method: cur.method,
                                 target: cur.target.clone(),
                             }),
                         };

@@ -279,12 +279,14 @@ impl Router {
         let authority = head.header("host").and_then(|h| std::str::from_utf8(h).ok()).unwrap_or("");
         let (path, query) = head.target.split_once('?').unwrap_or((&head.target, ""));
         let view = RequestView { head, path, query, authority, port };
-        let host = strip_port(authority).to_ascii_lowercase();
-        let Some(table) = self
-            .tables
-            .iter()
-            .find(|t| t.hosts.as_ref().is_none_or(|hs| hs.iter().any(|h| host_matches(h, &host, &t.namespace))))
-        else {
+        // Lower-cased once, and only if a table names hosts.
+        let mut host: Option<String> = None;
+        let Some(table) = self.tables.iter().find(|t| {
+            t.hosts.as_ref().is_none_or(|hs| {
+                let host = host.get_or_insert_with(|| strip_port(authority).to_ascii_lowercase());
+                hs.iter().any(|h| host_matches(h, host, &t.namespace))
+            })
+        }) else {
             return Decision::NoRoute;
         };
         let Some(route) =
@@ -451,13 +453,13 @@ pub fn rewrite_head(head: &RequestHead, policy: &Policy) -> Bytes {
         // Header operations name headers in lower case; a head without them (the default) costs
         // no lower-cased copy per header.
         if !ops.is_empty() {
-            let lname = h.name.to_ascii_lowercase();
+            let lname = std::str::from_utf8(&h.name).unwrap_or_default().to_ascii_lowercase();
             if ops.remove.contains(&lname) || ops.set.contains_key(&lname) {
                 continue;
             }
         }
         let line = h.line.clone();
-        if !host_done && h.name.eq_ignore_ascii_case("host") {
+        if !host_done && h.name.eq_ignore_ascii_case(b"host") {
             host_done = true;
             out.extend_from_slice(&raw[line.start..h.value_range.start]);
             match &policy.host {

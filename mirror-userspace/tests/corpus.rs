@@ -76,8 +76,8 @@ fn replay_capture(name: &str, ports: &HashSet<u16>) -> (BTreeMap<(String, String
         // The buffer is larger than any capture's requests: every one comes whole.
         let r = o.whole().expect("a whole request");
         by_flow.entry((o.flow.client.to_string(), o.flow.server.to_string())).or_default().push((
-            r.method.clone(),
-            r.target.clone(),
+            r.method.to_string(),
+            r.target.to_string(),
             body_len(r),
         ));
     }
@@ -174,7 +174,7 @@ fn frame(chunks: &[&[u8]]) -> Vec<(String, usize)> {
     let mut cur: Option<(String, usize)> = None;
     for e in events {
         match e {
-            HttpEvent::Head(h) => cur = Some((h.method.clone(), h.stream_offset as usize + h.raw.len())),
+            HttpEvent::Head(h) => cur = Some((h.method.to_string(), h.stream_offset as usize + h.raw.len())),
             HttpEvent::Body(b) => {
                 if let Some(c) = cur.as_mut() {
                     c.1 += b.len();

@@ -21,8 +21,8 @@ pub enum BodyKind {
 /// One header field of a parsed head, with where it sits in [`RequestHead::raw`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
-    /// The field name as sent (case preserved).
-    pub name: String,
+    /// The field name as sent (case preserved; a token, so ASCII).
+    pub name: Bytes,
     /// The field value, without surrounding whitespace.
     pub value: Bytes,
     /// The value's byte range inside `raw`.
@@ -37,9 +37,10 @@ pub struct RequestHead {
     /// Request line and header section, through the empty line that ends it.
     pub raw: Bytes,
     /// The method token (`GET`, `POST`, …), one of the registered methods.
-    pub method: String,
-    /// The request-target as sent (`/path?query`, `host:port` for CONNECT, …).
-    pub target: String,
+    pub method: &'static str,
+    /// The request-target as sent (`/path?query`, `host:port` for CONNECT, …); shared by the
+    /// copies made of the request.
+    pub target: std::sync::Arc<str>,
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor_version: u8,
     /// The header fields, in order.
@@ -61,12 +62,12 @@ pub struct RequestHead {
 impl RequestHead {
     /// The first value of header `name` (ASCII case-insensitive).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| &h.value[..])
+        self.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name.as_bytes())).map(|h| &h.value[..])
     }
 
     /// Every value of header `name`, in order.
     pub fn header_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name)).map(|h| &h.value[..])
+        self.headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name.as_bytes())).map(|h| &h.value[..])
     }
 }
 
@@ -77,8 +78,16 @@ pub(super) fn parse(
     offset: u64,
     after_gap: bool,
 ) -> Result<Option<RequestHead>, FramingError> {
-    let mut slots = vec![httparse::EMPTY_HEADER; cfg.max_headers];
-    let mut req = httparse::Request::new(&mut slots);
+    // The header slots on the stack for the usual limits (every request is parsed here).
+    let mut stack = [httparse::EMPTY_HEADER; 64];
+    let mut heap = Vec::new();
+    let slots: &mut [httparse::Header<'_>] = if cfg.max_headers <= stack.len() {
+        &mut stack[..cfg.max_headers]
+    } else {
+        heap.resize(cfg.max_headers, httparse::EMPTY_HEADER);
+        &mut heap
+    };
+    let mut req = httparse::Request::new(slots);
     let n = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
@@ -107,9 +116,9 @@ pub(super) fn parse(
     if !req.path.unwrap_or_default().bytes().all(|b| b.is_ascii_graphic()) {
         return Err(FramingError::BadHead);
     }
-    if !is_known_method(req.method.unwrap_or_default()) {
+    let Some(method) = known_method(req.method.unwrap_or_default()) else {
         return Err(FramingError::UnknownMethod);
-    }
+    };
     let raw = Bytes::copy_from_slice(head_bytes);
     let base = buf.as_ptr() as usize;
     let headers: Vec<Header> = req
@@ -121,15 +130,14 @@ pub(super) fn parse(
             let line_start = h.name.as_ptr() as usize - base;
             let line_end = raw[end..].iter().position(|b| *b == b'\n').map_or(raw.len(), |i| end + i + 1);
             Header {
-                name: h.name.to_string(),
+                name: raw.slice(line_start..line_start + h.name.len()),
                 value: raw.slice(start..end),
                 value_range: start..end,
                 line: line_start..line_end,
             }
         })
         .collect();
-    let method = req.method.unwrap_or_default().to_string();
-    let target = req.path.unwrap_or_default().to_string();
+    let target = std::sync::Arc::from(req.path.unwrap_or_default());
     let minor_version = req.version.unwrap_or(1);
     let mut head = RequestHead {
         raw,
@@ -250,5 +258,10 @@ const METHODS: [&str; 35] = [
 
 /// Whether `m` is one of the registered request methods we frame.
 pub(super) fn is_known_method(m: &str) -> bool {
-    METHODS.contains(&m)
+    known_method(m).is_some()
+}
+
+/// `m` as one of the registered request methods, if it is one.
+fn known_method(m: &str) -> Option<&'static str> {
+    METHODS.iter().copied().find(|k| *k == m)
 }

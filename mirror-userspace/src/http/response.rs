@@ -63,61 +63,45 @@ impl ResponseReader {
         if !matches!(self.state, State::Head) {
             return self.feed_body(data);
         }
-        // Only an incomplete head is ever kept, so whatever is left over after this response
-        // lies within `data`.
-        self.buf.extend_from_slice(data);
+        // Only an incomplete head is ever kept. Usually there is none and the head is parsed in
+        // `data` itself: a read holding many pipelined responses is not copied once per response.
+        let held = self.buf.len();
+        if held > 0 {
+            self.buf.extend_from_slice(data);
+        }
+        let mut pos = 0;
         loop {
-            let mut slots = [httparse::EMPTY_HEADER; 64];
-            let mut resp = httparse::Response::new(&mut slots);
-            let n = match resp.parse(&self.buf) {
-                Ok(httparse::Status::Complete(n)) => n,
-                Ok(httparse::Status::Partial) => {
-                    if self.buf.len() > self.max_head {
-                        return Err(FramingError::HeadTooLarge);
-                    }
-                    return Ok((data.len(), None));
+            let view: &[u8] = if held > 0 { &self.buf } else { data };
+            let parsed = parse_head(&view[pos..], self.head_request)?;
+            let Some((n, head)) = parsed else {
+                if view.len() - pos > self.max_head {
+                    return Err(FramingError::HeadTooLarge);
                 }
-                Err(httparse::Error::TooManyHeaders) => return Err(FramingError::TooManyHeaders),
-                Err(_) => return Err(FramingError::BadHead),
+                if held > 0 {
+                    self.buf.advance(pos);
+                } else {
+                    self.buf.extend_from_slice(&data[pos..]);
+                }
+                return Ok((data.len(), None));
             };
-            let status = resp.code.unwrap_or(0);
-            let headers: &[httparse::Header<'_>] = resp.headers;
-            let close = named(headers, "connection").any(|h| has_token(h.value, "close"));
-            let keep_alive = named(headers, "connection").any(|h| has_token(h.value, "keep-alive"));
-            let reusable = !close && (resp.version == Some(1) || keep_alive);
-            let chunked = named(headers, "transfer-encoding").any(|h| has_token(h.value, "chunked"));
-            let length = match named(headers, "content-length").next() {
-                Some(h) => Some(
-                    std::str::from_utf8(h.value)
-                        .ok()
-                        .and_then(|s| s.trim().parse::<u64>().ok())
-                        .ok_or(FramingError::BadContentLength)?,
-                ),
-                None => None,
-            };
-            self.buf.advance(n);
-            if (100..200).contains(&status) && status != 101 {
+            pos += n;
+            // The bytes of `data` up to here (the held ones came from earlier calls; a head
+            // completed now ends within `data`).
+            let from_data = pos.saturating_sub(held);
+            match head {
                 // Interim response (100 Continue, 103 Early Hints): the final one follows.
-                continue;
+                Head::Interim => continue,
+                Head::Switching => {
+                    self.buf.clear();
+                    return Ok((from_data, Some(ResponseDone { status: 101, reusable: false })));
+                }
+                Head::Final(state) => {
+                    self.buf.clear();
+                    self.state = state;
+                    let (used, done) = self.feed_body(&data[from_data..])?;
+                    return Ok((from_data + used, done));
+                }
             }
-            if status == 101 {
-                let left = self.buf.len();
-                self.buf.clear();
-                return Ok((data.len().saturating_sub(left), Some(ResponseDone { status, reusable: false })));
-            }
-            let bodiless = self.head_request || status == 204 || status == 304;
-            self.state = if bodiless {
-                State::Length { remaining: 0, status, reusable }
-            } else if chunked {
-                State::Chunked { body: ChunkedBody::new(), status, reusable }
-            } else if let Some(n) = length {
-                State::Length { remaining: n, status, reusable }
-            } else {
-                State::UntilClose { status }
-            };
-            let rest = self.buf.split();
-            let (used, done) = self.feed_body(&rest)?;
-            return Ok((data.len().saturating_sub(rest.len() - used), done));
         }
     }
 
@@ -145,6 +129,57 @@ impl ResponseReader {
             _ => None,
         }
     }
+}
+
+/// What a complete response head says.
+enum Head {
+    /// 1xx other than 101: another head follows.
+    Interim,
+    /// 101: the connection is no longer HTTP.
+    Switching,
+    /// The final head, and how its body is delimited.
+    Final(State),
+}
+
+/// Parses the response head at the start of `buf`: its length and what it says, `None` if it is
+/// incomplete.
+fn parse_head(buf: &[u8], head_request: bool) -> Result<Option<(usize, Head)>, FramingError> {
+    let mut slots = [httparse::EMPTY_HEADER; 64];
+    let mut resp = httparse::Response::new(&mut slots);
+    let n = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(FramingError::TooManyHeaders),
+        Err(_) => return Err(FramingError::BadHead),
+    };
+    let status = resp.code.unwrap_or(0);
+    let headers: &[httparse::Header<'_>] = resp.headers;
+    let close = named(headers, "connection").any(|h| has_token(h.value, "close"));
+    let keep_alive = named(headers, "connection").any(|h| has_token(h.value, "keep-alive"));
+    let reusable = !close && (resp.version == Some(1) || keep_alive);
+    let chunked = named(headers, "transfer-encoding").any(|h| has_token(h.value, "chunked"));
+    let length = match named(headers, "content-length").next() {
+        Some(h) => Some(
+            std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or(FramingError::BadContentLength)?,
+        ),
+        None => None,
+    };
+    let head = match status {
+        101 => Head::Switching,
+        100..200 => Head::Interim,
+        _ if head_request || status == 204 || status == 304 => {
+            Head::Final(State::Length { remaining: 0, status, reusable })
+        }
+        _ if chunked => Head::Final(State::Chunked { body: ChunkedBody::new(), status, reusable }),
+        _ => Head::Final(match length {
+            Some(n) => State::Length { remaining: n, status, reusable },
+            None => State::UntilClose { status },
+        }),
+    };
+    Ok(Some((n, head)))
 }
 
 fn named<'h, 'b>(headers: &'h [httparse::Header<'b>], name: &'h str) -> impl Iterator<Item = &'h httparse::Header<'b>> {
@@ -225,6 +260,39 @@ mod tests {
         assert_eq!(&bytes[n..n + 8], b"HTTP/1.1");
         // The plain feed still calls extra bytes a reason not to reuse the connection.
         assert!(!ResponseReader::new(false).feed(bytes).unwrap().unwrap().reusable);
+    }
+
+    /// Reads `chunks` as replay does (a reader per response, each fed what is left of a read):
+    /// the statuses in order, and the bytes left unclaimed at the end.
+    fn statuses(chunks: &[&[u8]], heads: &[bool]) -> (Vec<u16>, usize) {
+        let (mut got, mut left, mut reader) = (Vec::new(), 0, None);
+        for chunk in chunks {
+            let mut data = *chunk;
+            while !data.is_empty() && got.len() < heads.len() {
+                let r = reader.get_or_insert_with(|| ResponseReader::new(heads[got.len()]));
+                let (used, done) = r.feed_some(data).unwrap();
+                data = &data[used..];
+                if let Some(d) = done {
+                    got.push(d.status);
+                    reader = None;
+                }
+            }
+            left += data.len();
+        }
+        (got, left)
+    }
+
+    #[test]
+    fn a_head_split_anywhere_across_two_reads_is_read_the_same() {
+        let bytes: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early\r\nLink: </a>\r\n\r\nHTTP/1.1 201 X\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n";
+        let heads = [false, false, true];
+        assert_eq!(statuses(&[bytes], &heads), (vec![200, 201, 200], 0));
+        for i in 0..=bytes.len() {
+            for j in i..=bytes.len() {
+                let got = statuses(&[&bytes[..i], &bytes[i..j], &bytes[j..]], &heads);
+                assert_eq!(got, (vec![200, 201, 200], 0), "split at {i} and {j}");
+            }
+        }
     }
 
     #[test]

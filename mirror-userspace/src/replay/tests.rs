@@ -28,13 +28,13 @@ fn ob(part: Part) -> Outbound {
     Outbound { endpoint: "m".into(), route: "r".into(), flow: FlowKey { client: a, server: a }, part, compare: None }
 }
 
-fn get(i: usize, method: &str) -> Outbound {
+fn get(i: usize, method: &'static str) -> Outbound {
     let head = format!("{method} /{i} HTTP/1.1\r\nHost: m\r\n\r\n");
     ob(Part::Whole(Request {
         head: Bytes::from(head),
         body: Bytes::new(),
         method: method.into(),
-        target: format!("/{i}"),
+        target: format!("/{i}").into(),
     }))
 }
 
