@@ -472,7 +472,7 @@ impl RouteStage {
                             targets
                         }
                     };
-                    let roles = self.compare.request(key, &head.method, &mirrors, &self.router);
+                    let roles = self.compare.request(key, head.method, &mirrors, &self.router);
                     st.current = Some(InFlight {
                         shadows: mirrors
                             .into_iter()
@@ -547,7 +547,7 @@ impl RouteStage {
                                 id,
                                 &mirror.route,
                                 &mirror.endpoint,
-                                &cur.method,
+                                cur.method,
                                 &cur.target,
                                 &self.router,
                             );

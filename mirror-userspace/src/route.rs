@@ -96,7 +96,7 @@ impl MatchBlock {
         str_ok(&self.uri, req.path, self.ignore_uri_case)
             // We only ever see plaintext HTTP.
             && str_ok(&self.scheme, "http", false)
-            && str_ok(&self.method, &req.head.method, false)
+            && str_ok(&self.method, req.head.method, false)
             && str_ok(&self.authority, req.authority, false)
             && self.port.is_none_or(|p| p == req.port)
             && self.headers.iter().all(|(n, m)| header_hit(n, m))

@@ -80,7 +80,7 @@ fn chunked_with_extensions_and_trailers_passes_raw_bytes() {
     assert_eq!(f.requests.len(), 2);
     assert_eq!(raw_of(&f.requests[0]), req);
     assert_eq!(f.requests[0].0.body, BodyKind::Chunked);
-    assert_eq!(&*&*f.requests[1].0.target, "/n");
+    assert_eq!(&*f.requests[1].0.target, "/n");
 }
 
 #[test]
@@ -227,7 +227,7 @@ fn a_gap_past_a_body_or_in_a_head_or_chunked_body_stops_framing_when_exact() {
     ];
     for (before, gap) in cases {
         let (f, finished) = across_gap(before, gap, b"GET /phantom HTTP/1.1\r\n\r\n", true);
-        assert!(f.requests.iter().all(|r| &*&*r.0.target != "/phantom"), "{}", String::from_utf8_lossy(before));
+        assert!(f.requests.iter().all(|r| &*r.0.target != "/phantom"), "{}", String::from_utf8_lossy(before));
         assert!(finished);
         // Without exact_after_gap the framer resynchronises at the request line instead.
         let (f, finished) = across_gap(before, gap, b"GET /found HTTP/1.1\r\n\r\n", false);
