@@ -154,7 +154,17 @@ impl RequestFramer {
                 State::Head | State::Resync => {
                     // `buf` holds bytes from before `data`; offset of its first byte:
                     data_offset -= self.buf.len() as u64;
-                    self.buf.extend_from_slice(&data);
+                    if self.buf.is_empty() {
+                        // Nothing held: `data` itself becomes the buffer when nothing else holds
+                        // it, so the body after a head in the same segment (an upload's first
+                        // 64 KB) is not copied.
+                        match data.try_into_mut() {
+                            Ok(b) => self.buf = b,
+                            Err(d) => self.buf.extend_from_slice(&d),
+                        }
+                    } else {
+                        self.buf.extend_from_slice(&data);
+                    }
                     // Parse heads out of buf; a body found after one continues from `data`.
                     let parsed = self.parse_buffered(data_offset, out);
                     if self.buf.is_empty() && self.buf.capacity() > KEEP_EMPTY_BUF {
@@ -321,6 +331,9 @@ impl RequestFramer {
                                 }
                             };
                             let rest = self.buf.split().freeze();
+                            // An empty buffer left by `split` still shares the allocation: let
+                            // `rest` be its only holder (the body can then be kept, not copied).
+                            self.buf = BytesMut::new();
                             return Some((rest, offset));
                         }
                         Err(e) => {
