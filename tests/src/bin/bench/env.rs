@@ -25,6 +25,10 @@ pub enum Peer {
     Nginx,
     /// The same nginx proxying without mirroring: the reference the nginx row compares with.
     NginxPlain,
+    /// No tool: the same requests, at the same rate, sent straight to the mirror by a second
+    /// paced client in the primary's namespace. A reference for the latency pairs: what the
+    /// mirror's own work on this machine costs the primary, whoever sends it the copies.
+    DirectCopy,
 }
 
 impl Peer {
@@ -36,6 +40,7 @@ impl Peer {
             Peer::GoReplay => "GoReplay 1.3.3",
             Peer::Nginx => "nginx mirror module",
             Peer::NginxPlain => "nginx plain proxy (reference)",
+            Peer::DirectCopy => "copies sent straight to the mirror (reference, no tool)",
         }
     }
 
@@ -49,7 +54,7 @@ impl Peer {
 
     /// Whether it sends anything to the mirror.
     pub fn mirrors(self) -> bool {
-        matches!(self, Peer::Ours | Peer::GoReplay | Peer::Nginx)
+        matches!(self, Peer::Ours | Peer::GoReplay | Peer::Nginx | Peer::DirectCopy)
     }
 }
 
@@ -162,6 +167,11 @@ impl Env {
         SocketAddr::new(PRIMARY_V4.parse().expect("address"), port)
     }
 
+    /// The mirror's address (its nginx).
+    pub fn mirror_addr(&self) -> SocketAddr {
+        SocketAddr::new(MIRROR_V4.parse().expect("address"), PORT)
+    }
+
     /// Requests the mirror received so far (its access log is flushed every 500 ms).
     pub fn mirrored(&self) -> usize {
         lines(&self.mirror_log)
@@ -178,7 +188,7 @@ impl Env {
     /// Attaches `peer` (starts it, for ours and GoReplay).
     pub fn attach(&self, peer: Peer) -> Result<Attached> {
         let (proc, pids) = match peer {
-            Peer::Nothing => (None, Vec::new()),
+            Peer::Nothing | Peer::DirectCopy => (None, Vec::new()),
             Peer::Ours => {
                 let config = self.topo.config(100.0, "")?;
                 if let Some(ms) = self.batch_ms {

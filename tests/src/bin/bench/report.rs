@@ -53,7 +53,7 @@ pub fn latency(runs: &[LatencyRun], rates: &[u32], secs: u64) -> Result<String> 
     writeln!(md, "{LATENCY}\n")?;
     writeln!(
         md,
-        "Open-loop small GETs (`{GET_PATH}`) over 64 kept-alive connections, {secs} s per run, latency from each request's scheduled send time. Runs are interleaved in pairs — baseline, peer, baseline, peer, ... — and each peer is started afresh for each of its runs (so every one of our runs is a first run after the daemon started). The baseline of our daemon and of GoReplay is the primary with nothing attached; nginx's mirror module is a proxy in front of the primary, so its baseline is the same nginx proxying without `mirror`. Each cell is the median over the runs with [min–max]; the ratio is per pair (peer run / its own baseline run), then the median.\n"
+        "Open-loop small GETs (`{GET_PATH}`) over 64 kept-alive connections, {secs} s per run, latency from each request's scheduled send time. Runs are interleaved in pairs — baseline, peer, baseline, peer, ... — and each peer is started afresh for each of its runs (so every one of our runs is a first run after the daemon started). The baseline of our daemon and of GoReplay is the primary with nothing attached; nginx's mirror module is a proxy in front of the primary, so its baseline is the same nginx proxying without `mirror`. Each cell is the median over the runs with [min–max]; the ratio is per pair (peer run / its own baseline run), then the median. *Copies sent straight to the mirror* is not a tool but a reference: during the run a second paced client in the primary's namespace sends every request to the mirror as well, over 4 connections (as many as our daemon keeps), so its ratio is what the mirror's own work on these two shared cores costs the primary, whoever sends it the copies.\n"
     )?;
     for &rate in rates {
         writeln!(md, "### {rate} req/s\n")?;
@@ -62,7 +62,7 @@ pub fn latency(runs: &[LatencyRun], rates: &[u32], secs: u64) -> Result<String> 
             "| setup | runs | p50 ms | p99 ms | p99.9 ms | p99 ratio to its baseline | p99 ratio per pair, in run order | at mirror / answered | CPU-s per million mirrored |"
         )?;
         writeln!(md, "|---|---:|---:|---:|---:|---:|---|---:|---:|")?;
-        for of in [Peer::Ours, Peer::GoReplay, Peer::Nginx] {
+        for of in [Peer::Ours, Peer::DirectCopy, Peer::GoReplay, Peer::Nginx] {
             for peer in [of.baseline(), of] {
                 let rs = runs_of(runs, peer, of, rate);
                 if rs.is_empty() {
@@ -83,7 +83,8 @@ pub fn latency(runs: &[LatencyRun], rates: &[u32], secs: u64) -> Result<String> 
                         format!("**{:.2}** [{lo:.2}–{hi:.2}]", median(ratios.clone())),
                         ratios.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(", "),
                         format!("{mirrored} / {answered}"),
-                        format!("{cpu:.1}"),
+                        // The copy client is not a peer: its CPU is not a mirroring tool's.
+                        if of == Peer::DirectCopy { "–".to_string() } else { format!("{cpu:.1}") },
                     )
                 } else {
                     ("–".into(), String::new(), "–".into(), "–".into())
@@ -318,12 +319,13 @@ pub fn plot_latency(runs: &[LatencyRun], rates: &[u32], path: &Path) -> Result<(
     let setups = [
         (Peer::Nothing, Peer::Ours),
         (Peer::Ours, Peer::Ours),
+        (Peer::DirectCopy, Peer::DirectCopy),
         (Peer::Nothing, Peer::GoReplay),
         (Peer::GoReplay, Peer::GoReplay),
         (Peer::NginxPlain, Peer::Nginx),
         (Peer::Nginx, Peer::Nginx),
     ];
-    let labels = ["nothing", "ours", "nothing", "GoReplay", "nginx proxy", "nginx mirror"];
+    let labels = ["nothing", "ours", "direct copy", "nothing", "GoReplay", "nginx proxy", "nginx mirror"];
     let root = SVGBackend::new(path, (860, 440)).into_drawing_area();
     root.fill(&WHITE)?;
     let max = runs.iter().map(|r| r.load.pct(99.0)).fold(0.1f64, f64::max) * 1.5;
@@ -333,10 +335,10 @@ pub fn plot_latency(runs: &[LatencyRun], rates: &[u32], path: &Path) -> Result<(
         .margin(10)
         .x_label_area_size(35)
         .y_label_area_size(60)
-        .build_cartesian_2d(-0.5f64..5.5f64, (min.max(0.01)..max).log_scale())?;
+        .build_cartesian_2d(-0.5f64..(labels.len() as f64 - 0.5), (min.max(0.01)..max).log_scale())?;
     chart
         .configure_mesh()
-        .x_labels(6)
+        .x_labels(labels.len())
         .x_label_formatter(&|x| labels.get(x.round() as usize).map(|s| s.to_string()).unwrap_or_default())
         .y_desc("p99 ms (log scale)")
         .draw()?;

@@ -37,7 +37,17 @@ pub struct LatencyRun {
 fn run_one(env: &Env, peer: Peer, rate: u32, secs: u64, conns: usize, req: &[u8]) -> Result<(Load, Used, usize)> {
     let a = env.attach(peer)?;
     let before = env.mirrored();
+    // The reference: a second paced client sends the same requests to the mirror, over as many
+    // connections as our daemon keeps to it (4), from the primary's namespace.
+    let copies = (peer == Peer::DirectCopy).then(|| {
+        let (ns, to, req) = (env.topo.primary.clone(), env.mirror_addr(), req.to_vec());
+        std::thread::spawn(move || load(&ns, to, f64::from(rate), Duration::from_secs(secs), 4, req))
+    });
     let l = load(&env.topo.client, env.target(peer), f64::from(rate), Duration::from_secs(secs), conns, req.to_vec())?;
+    if let Some(t) = copies {
+        let c = t.join().map_err(|_| anyhow::anyhow!("the copy client panicked"))??;
+        anyhow::ensure!(c.errors == 0, "the copy client had {} errors", c.errors);
+    }
     std::thread::sleep(DRAIN);
     let used = a.used()?;
     let mirrored = env.mirrored() - before;
@@ -59,7 +69,13 @@ pub fn latency(
     for &rate in rates {
         // Warm-up: connections, caches, the primary's first requests.
         load(&env.topo.client, env.target(Peer::Nothing), 500.0, Duration::from_secs(1), 64, req.to_vec())?;
-        for (peer, n) in [(Peer::Ours, pairs), (Peer::GoReplay, peer_pairs), (Peer::Nginx, peer_pairs)] {
+        let peers = [
+            (Peer::Ours, pairs),
+            (Peer::DirectCopy, peer_pairs),
+            (Peer::GoReplay, peer_pairs),
+            (Peer::Nginx, peer_pairs),
+        ];
+        for (peer, n) in peers {
             for pair in 0..n {
                 for p in [peer.baseline(), peer] {
                     println!("latency: {} at {rate} req/s, pair {}", p.name(), pair + 1);
