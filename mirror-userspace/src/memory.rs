@@ -181,30 +181,15 @@ fn trim() {}
 /// Room a buffered body starts with.
 pub(crate) const FIRST_BODY_ROOM: usize = 16 * 1024;
 
-/// Appends `b` to `body`, growing it at most to `max` (doubling below it, from `first` if it has
-/// no room yet): what is held stays within twice what arrived, and never beyond the buffer. The
-/// first bytes of a body, if nothing else holds them and their allocation is within `max`, are
-/// kept as they are, not copied (an upload's first segment).
-pub(crate) fn hold(body: &mut bytes::BytesMut, b: bytes::Bytes, first: usize, max: usize) {
-    let b = if body.is_empty() {
-        match b.try_into_mut() {
-            Ok(m) if m.capacity() <= max => {
-                *body = m;
-                return;
-            }
-            Ok(m) => m.freeze(),
-            Err(b) => b,
-        }
-    } else {
-        b
-    };
+/// Appends `b` to `body`, growing it at most to `max` (doubling below it): what is held stays
+/// within twice what arrived, and never beyond the buffer.
+pub(crate) fn hold(body: &mut bytes::BytesMut, b: &[u8], max: usize) {
     let need = body.len() + b.len();
     if need > body.capacity() {
-        let from = if body.capacity() == 0 { first } else { body.capacity() * 2 };
-        let target = from.min(max).max(need);
+        let target = (body.capacity() * 2).min(max).max(need);
         body.reserve(target - body.len());
     }
-    body.extend_from_slice(&b);
+    body.extend_from_slice(b);
 }
 
 #[cfg(test)]
@@ -240,31 +225,5 @@ mod tests {
         let m = Memory::new(1 << 30);
         assert!(!m.give_back(65_536));
         assert!(m.give_back(100), "a flood's flows went");
-    }
-    #[test]
-    fn a_body_s_first_bytes_are_kept_without_a_copy_when_nothing_else_holds_them() {
-        let first = bytes::Bytes::from(vec![7u8; 1000]);
-        let at = first.as_ptr();
-        let mut body = bytes::BytesMut::new();
-        hold(&mut body, first, 16, 4096);
-        assert_eq!((body.as_ptr(), body.len()), (at, 1000), "kept, not copied");
-        // Later bytes are appended (a copy), growing by doubling within the bound.
-        hold(&mut body, bytes::Bytes::from(vec![8u8; 100]), 16, 4096);
-        assert_eq!((body.len(), body.capacity()), (1100, 2000));
-        hold(&mut body, bytes::Bytes::from(vec![9u8; 2900]), 16, 4096);
-        assert_eq!((body.len(), body.capacity()), (4000, 4000));
-        assert!(body[..1000].iter().all(|b| *b == 7) && body[1000..1100].iter().all(|b| *b == 8));
-
-        // Shared with another holder: copied, into `first` bytes of room at least.
-        let shared = bytes::Bytes::from(vec![1u8; 10]);
-        let other = shared.clone();
-        let mut body = bytes::BytesMut::new();
-        hold(&mut body, shared, 16, 4096);
-        assert_ne!(body.as_ptr(), other.as_ptr());
-        assert_eq!((&body[..], body.capacity()), (&other[..], 16));
-        // An allocation beyond the bound is copied too: what is held stays within it.
-        let mut body = bytes::BytesMut::new();
-        hold(&mut body, bytes::Bytes::from(vec![2u8; 5000]), 16, 4096);
-        assert_eq!(body.len(), 5000);
     }
 }

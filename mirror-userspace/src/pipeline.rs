@@ -169,8 +169,6 @@ struct InFlight {
     target: std::sync::Arc<str>,
     /// Body bytes held until the request completes or outgrows the buffer.
     body: BytesMut,
-    /// Room the body's buffer starts with, if it must be copied (see [`memory::hold`]).
-    first_room: usize,
     head_len: usize,
 }
 
@@ -488,15 +486,13 @@ impl RouteStage {
                             .collect(),
                         method: head.method,
                         target: head.target.clone(),
-                        // Nothing held before the first bytes, then room for those only: a
-                        // Content-Length is a promise, not bytes; the buffer grows as they arrive
-                        // (see `hold`).
-                        body: BytesMut::new(),
-                        first_room: match head.body {
-                            BodyKind::Length(n) => {
-                                (n.min(memory::FIRST_BODY_ROOM as u64) as usize).min(self.buffer_bytes)
-                            }
-                            _ => memory::FIRST_BODY_ROOM.min(self.buffer_bytes),
+                        // Room for the first bytes only: a Content-Length is a promise, not bytes;
+                        // the buffer grows as they arrive (see `hold`).
+                        body: match head.body {
+                            BodyKind::Length(n) => BytesMut::with_capacity(
+                                (n.min(memory::FIRST_BODY_ROOM as u64) as usize).min(self.buffer_bytes),
+                            ),
+                            _ => BytesMut::new(),
                         },
                         head_len: head.raw.len(),
                     });
@@ -508,7 +504,7 @@ impl RouteStage {
                     }
                     let streaming = cur.shadows[0].stream.is_some();
                     if !streaming && cur.head_len + cur.body.len() + b.len() <= self.buffer_bytes {
-                        memory::hold(&mut cur.body, b, cur.first_room, self.buffer_bytes - cur.head_len);
+                        memory::hold(&mut cur.body, &b, self.buffer_bytes - cur.head_len);
                         continue;
                     }
                     if !streaming {

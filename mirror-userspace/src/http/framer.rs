@@ -154,12 +154,13 @@ impl RequestFramer {
                 State::Head | State::Resync => {
                     // `buf` holds bytes from before `data`; offset of its first byte:
                     data_offset -= self.buf.len() as u64;
+                    // Nothing held: `data` itself becomes the buffer when nothing else holds it,
+                    // so the body after a head in the same segment (an upload's first 64 KB) is
+                    // handed on as a slice, not copied.
+                    let mut moved = false;
                     if self.buf.is_empty() {
-                        // Nothing held: `data` itself becomes the buffer when nothing else holds
-                        // it, so the body after a head in the same segment (an upload's first
-                        // 64 KB) is not copied.
                         match data.try_into_mut() {
-                            Ok(b) => self.buf = b,
+                            Ok(b) => (self.buf, moved) = (b, true),
                             Err(d) => self.buf.extend_from_slice(&d),
                         }
                     } else {
@@ -167,6 +168,12 @@ impl RequestFramer {
                     }
                     // Parse heads out of buf; a body found after one continues from `data`.
                     let parsed = self.parse_buffered(data_offset, out);
+                    if moved && !self.buf.is_empty() {
+                        // An incomplete head waits in its own exact copy: the segment's
+                        // allocation (bytes before the head included) is not kept for it, and
+                        // what the framer holds is what the budget is charged.
+                        self.buf = BytesMut::from(&self.buf[..]);
+                    }
                     if self.buf.is_empty() && self.buf.capacity() > KEEP_EMPTY_BUF {
                         // A large head was read: do not keep its room while the flow waits.
                         self.buf = BytesMut::new();
@@ -222,6 +229,12 @@ impl RequestFramer {
     /// tunnel).
     pub fn is_finished(&self) -> bool {
         matches!(self.state, State::Failed | State::Done | State::Tunnel)
+    }
+
+    /// Where the bytes it holds start in memory (tests: which allocation holds them).
+    #[cfg(test)]
+    pub(super) fn buffered_at(&self) -> usize {
+        self.buf.as_ptr() as usize
     }
 
     /// Bytes this framer holds (its buffer's allocation), for the memory budget.

@@ -301,3 +301,29 @@ fn chunk_size_line_whitespace_and_extensions_are_strict() {
         assert!(f.requests.is_empty(), "{:?}", String::from_utf8_lossy(bad));
     }
 }
+
+#[test]
+fn a_segment_is_framed_in_place_and_an_incomplete_head_is_held_in_an_exact_copy() {
+    let mut framer = RequestFramer::new(FramerConfig::default(), false);
+    let mut out = Vec::new();
+    // A head and the start of its body in one segment that nothing else holds: the body is a
+    // slice of the segment itself, not a copy.
+    let seg = Bytes::from(b"POST /u HTTP/1.1\r\nContent-Length: 4\r\n\r\n0123".to_vec());
+    let body_at = seg.as_ptr() as usize + seg.len() - 4;
+    framer.on_data(seg, &mut out);
+    let Some(HttpEvent::End) = out.last() else { panic!("{out:?}") };
+    let Some(HttpEvent::Body(b)) = out.iter().find(|e| matches!(e, HttpEvent::Body(_))) else { panic!("{out:?}") };
+    assert_eq!((&b[..], b.as_ptr() as usize), (&b"0123"[..], body_at));
+    // A whole GET and the first bytes of a head in one segment: the framer keeps those bytes in
+    // a copy of their own, not in the segment's allocation (which the bytes before them would
+    // pin without being charged to the budget).
+    let seg = Bytes::from(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1".to_vec());
+    let span = seg.as_ptr() as usize..seg.as_ptr() as usize + seg.len();
+    framer.on_data(seg, &mut out);
+    assert_eq!(framer.held(), 15);
+    assert!(!span.contains(&framer.buffered_at()), "the partial head still lies in the segment's allocation");
+    framer.on_data(Bytes::from_static(b"\r\n\r\n"), &mut out);
+    let f = collect(out);
+    let targets: Vec<&str> = f.requests.iter().map(|r| r.0.target.as_ref()).collect();
+    assert_eq!((targets, f.requests[0].1.as_slice()), (vec!["/u", "/a", "/b"], &b"0123"[..]));
+}
