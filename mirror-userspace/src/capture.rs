@@ -303,11 +303,9 @@ impl Capture {
         // that holds the segments after it from the second: a hole in a flow (given up, as a
         // gap, once a megabyte is held behind it; seen on a slow VM with 2 MB responses).
         self.heads.clear();
-        self.heads.extend(self.buffers.iter().map(PerfRing::head));
+        self.heads.extend(self.buffers.iter().map(PerfRing::data_head));
         for (buf, &head) in self.buffers.iter_mut().zip(&self.heads) {
-            if !buf.readable() {
-                continue;
-            }
+            // (An empty ring reads nothing and gives nothing back.)
             let walked = buf.read_to(head, |record| match record {
                 Record::Sample { head, tail } => {
                     if tail.is_empty() {

@@ -237,8 +237,9 @@ impl PerfRing {
     }
 
     /// The producer position; the records before it are complete (acquire, pairing with the
-    /// kernel's write barrier before it publishes `data_head`).
-    fn data_head(&self) -> u64 {
+    /// kernel's write barrier before it publishes `data_head`): [`PerfRing::read_to`] reads up
+    /// to it.
+    pub fn data_head(&self) -> u64 {
         // SAFETY: the header page is mapped for the ring's lifetime; the kernel writes this field
         // concurrently, hence the volatile read.
         let head = unsafe { ptr::read_volatile(&raw const (*self.page()).data_head) };
@@ -256,18 +257,13 @@ impl PerfRing {
         self.data_head() != self.data_tail()
     }
 
-    /// Where the records written so far end: [`PerfRing::read_to`] reads up to it.
-    pub fn head(&self) -> u64 {
-        self.data_head()
-    }
-
     /// Hands every waiting record to `f`, then gives their space back to the kernel.
     pub fn read(&mut self, f: impl FnMut(Record<'_>)) -> Walked {
         let head = self.data_head();
         self.read_to(head, f)
     }
 
-    /// Hands the waiting records up to `head` (a [`PerfRing::head`] of this ring, taken earlier)
+    /// Hands the waiting records up to `head` (a [`PerfRing::data_head`] of this ring, taken earlier)
     /// to `f`, then gives their space back to the kernel.
     pub fn read_to(&mut self, head: u64, f: impl FnMut(Record<'_>)) -> Walked {
         let tail = self.data_tail();

@@ -344,8 +344,8 @@ impl RequestFramer {
                                 }
                             };
                             let rest = self.buf.split().freeze();
-                            // An empty buffer left by `split` still shares the allocation: let
-                            // `rest` be its only holder (the body can then be kept, not copied).
+                            // An empty buffer left by `split` still shares the allocation (and
+                            // would be charged its spare room): the body's slices hold it alone.
                             self.buf = BytesMut::new();
                             return Some((rest, offset));
                         }
