@@ -236,7 +236,8 @@ fn capture_loop(
     let mut drained = 0usize;
     // How long the last round took (from drain to drain).
     let (mut last_drain, mut round) = (Instant::now(), Duration::ZERO);
-    let mut batch: Vec<(u64, crate::flow::Segment)> = Vec::new();
+    // (kernel time, position in the batch, segment): see the sort below.
+    let mut batch: Vec<(u64, u32, crate::flow::Segment)> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         if let Ok(r) = reloads.try_recv() {
             if let Err(e) = capture.reconfigure(&r.capture, &endpoint_addrs(&r.router)) {
@@ -294,9 +295,9 @@ fn capture_loop(
         batch.clear();
         capture.drain(
             |sample| match decode_sample(sample) {
-                Ok(timed) => {
+                Ok((ts, seg)) => {
                     drained_now += sample.len();
-                    batch.push(timed);
+                    batch.push((ts, batch.len() as u32, seg));
                 }
                 Err(e) => {
                     decode_errors += 1;
@@ -307,8 +308,12 @@ fn capture_loop(
                 lost.fetch_add(n, Ordering::Relaxed);
             },
         );
-        batch.sort_by_key(|(ts, _)| *ts);
-        for (ts, seg) in batch.drain(..) {
+        // Stable for equal times (the pieces of one skb share its time) without the scratch
+        // buffer a stable sort allocates: the position breaks ties. That buffer, tens of KB per
+        // round, was 3-4% of the daemon's CPU at 24,000 req/s (glibc consolidates its free lists
+        // whenever a chunk over 64 KiB is freed).
+        batch.sort_unstable_by_key(|(ts, i, _)| (*ts, *i));
+        for (ts, _, seg) in batch.drain(..) {
             pipeline.on_segment(seg, clock.segment(ts), &mut out);
         }
         // Flow timers: only when one is due (poll_timeout may be early, never late).

@@ -425,14 +425,25 @@ pub fn shadow_host(host: &[u8]) -> Vec<u8> {
 }
 
 /// [`shadow_host`], written at the end of `out` (no allocation of its own: once per request).
-fn push_shadow_host(out: &mut impl Extend<u8>, host: &[u8]) {
+fn push_shadow_host(out: &mut impl bytes::BufMut, host: &[u8]) {
     let port_start = host.iter().rposition(|b| *b == b':').filter(|&colon| {
         let v6_end = host.iter().rposition(|b| *b == b']');
         let port = &host[colon + 1..];
         v6_end.is_none_or(|e| e < colon) && !port.is_empty() && port.iter().all(u8::is_ascii_digit)
     });
     let (name, port) = host.split_at(port_start.unwrap_or(host.len()));
-    out.extend(name.iter().chain(b"-shadow").chain(port).copied());
+    out.put_slice(name);
+    out.put_slice(b"-shadow");
+    out.put_slice(port);
+}
+
+/// The Host value a mirror gets for `value`, written at the end of `out`.
+fn push_host(out: &mut BytesMut, rewrite: &HostRewrite, value: &[u8]) {
+    match rewrite {
+        HostRewrite::Shadow => push_shadow_host(out, value),
+        HostRewrite::Keep => out.extend_from_slice(value),
+        HostRewrite::Set(v) => out.extend_from_slice(v.as_bytes()),
+    }
 }
 
 /// The head a mirror gets: Host per the policy, headers removed/set/added; every other byte as
@@ -443,6 +454,18 @@ pub fn rewrite_head(head: &RequestHead, policy: &Policy) -> Bytes {
         return head.raw.clone();
     }
     let raw = &head.raw;
+    if ops.is_empty() {
+        // Only the first Host value changes (the default policy): the bytes before and after it
+        // are copied whole, not line by line.
+        let Some(h) = head.headers.iter().find(|h| h.name.eq_ignore_ascii_case(b"host")) else {
+            return raw.clone();
+        };
+        let mut out = BytesMut::with_capacity(raw.len() + 64);
+        out.extend_from_slice(&raw[..h.value_range.start]);
+        push_host(&mut out, &policy.host, &h.value);
+        out.extend_from_slice(&raw[h.value_range.end..]);
+        return out.freeze();
+    }
     let eol: &[u8] = if raw.ends_with(b"\r\n\r\n") { b"\r\n" } else { b"\n" };
     let mut out = BytesMut::with_capacity(raw.len() + 64);
     // The request line, then each header line kept, changed or dropped.
@@ -462,11 +485,7 @@ pub fn rewrite_head(head: &RequestHead, policy: &Policy) -> Bytes {
         if !host_done && h.name.eq_ignore_ascii_case(b"host") {
             host_done = true;
             out.extend_from_slice(&raw[line.start..h.value_range.start]);
-            match &policy.host {
-                HostRewrite::Shadow => push_shadow_host(&mut out, &h.value),
-                HostRewrite::Keep => out.extend_from_slice(&h.value),
-                HostRewrite::Set(v) => out.extend_from_slice(v.as_bytes()),
-            }
+            push_host(&mut out, &policy.host, &h.value);
             out.extend_from_slice(&raw[h.value_range.end..line.end]);
         } else {
             out.extend_from_slice(&raw[line]);

@@ -78,8 +78,9 @@ pub(super) fn parse(
     offset: u64,
     after_gap: bool,
 ) -> Result<Option<RequestHead>, FramingError> {
-    // The header slots on the stack for the usual limits (every request is parsed here).
-    let mut stack = [httparse::EMPTY_HEADER; 64];
+    // The header slots on the stack for the usual limits, the default (128) included: every
+    // request is parsed here (4 KiB of stack).
+    let mut stack = [httparse::EMPTY_HEADER; 128];
     let mut heap = Vec::new();
     let slots: &mut [httparse::Header<'_>] = if cfg.max_headers <= stack.len() {
         &mut stack[..cfg.max_headers]

@@ -260,6 +260,10 @@ fn host_modes_and_header_mutations() {
     // is the framer's to refuse; here it is kept as sent).
     let upper = head("GET / HTTP/1.1\nHOST: a:1\nhost: b\n\n");
     assert_eq!(&rewrite_head(&upper, &Policy::default())[..], b"GET / HTTP/1.1\nHOST: a-shadow:1\nhost: b\n\n");
+    // No Host (HTTP/1.0): nothing to rewrite, the head goes as captured, with or without ops.
+    let bare = head("GET / HTTP/1.0\r\nAccept: */*\r\n\r\n");
+    assert_eq!(rewrite_head(&bare, &Policy::default()), bare.raw);
+    assert_eq!(rewrite_head(&bare, &policy("{host: {set: m}, headers: {remove: [x]}}")), bare.raw);
 }
 
 #[test]
