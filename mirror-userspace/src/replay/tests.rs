@@ -223,3 +223,23 @@ async fn an_upload_longer_than_the_request_timeout_is_not_timed_out_while_it_is_
     assert_eq!(stats.sent.load(std::sync::atomic::Ordering::Relaxed), 2);
     assert_eq!(held, 0);
 }
+
+#[test]
+fn batches_are_paced_only_when_they_come_close_together() {
+    use super::{PACE_CHUNK, PACE_MIN_GAP, pace};
+    let ms = Duration::from_millis;
+    // Slow rates (batches that waited for capture.batchMs) and small batches go whole.
+    assert_eq!(pace(100, ms(50)), (1, Duration::ZERO));
+    assert_eq!(pace(PACE_CHUNK, ms(16)), (1, Duration::ZERO));
+    // 8,000 small requests per second: ~130 every 16 ms, in 3 chunks over the round.
+    assert_eq!(pace(130, ms(16)), (3, ms(16) / 3));
+    // Fast rounds: never closer than PACE_MIN_GAP, so a round shorter than two gaps is one chunk.
+    assert_eq!(pace(130, ms(9)), (1, ms(9)));
+    assert_eq!(pace(10_000, ms(24)), (4, ms(6)));
+    for (len, ivl) in [(49, ms(1)), (1000, ms(7)), (5000, ms(20)), (usize::MAX / 2, ms(24))] {
+        let (n, gap) = pace(len, ivl);
+        assert!(n >= 1 && n <= len.div_ceil(PACE_CHUNK));
+        assert!(n == 1 || gap >= PACE_MIN_GAP, "{len} {ivl:?}: {n} chunks {gap:?} apart");
+        assert!(gap * n as u32 <= ivl);
+    }
+}
