@@ -197,11 +197,12 @@ impl Proc {
         fs::read_to_string(&self.stdout_path).unwrap_or_default()
     }
 
-    /// Waits until stderr contains `needle` (or the process dies).
+    /// Waits until `needle` appears in stderr as a whole word (or the process dies): "ready" is
+    /// not found in "Address already in use".
     pub fn wait_for_stderr(&mut self, needle: &str, limit: Duration) -> Result<()> {
         let deadline = Instant::now() + limit * slowdown();
         while Instant::now() < deadline {
-            if self.stderr().contains(needle) {
+            if contains_word(&self.stderr(), needle) {
                 return Ok(());
             }
             if let Some(st) = self.child.try_wait()? {
@@ -211,6 +212,13 @@ impl Proc {
         }
         bail!("no '{needle}' within {limit:?}:\n{}", self.stderr())
     }
+}
+
+/// Whether `needle` occurs in `hay` with no letter or digit right before or after it.
+fn contains_word(hay: &str, needle: &str) -> bool {
+    let word = |c: Option<char>| c.is_some_and(char::is_alphanumeric);
+    hay.match_indices(needle)
+        .any(|(i, m)| !word(hay[..i].chars().next_back()) && !word(hay[i + m.len()..].chars().next()))
 }
 
 impl Drop for Proc {
@@ -629,5 +637,20 @@ pub fn wait_for_entries(path: &Path, n: usize, limit: Duration) -> Vec<Value> {
             return entries;
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn log_lines_are_matched_by_whole_words() {
+        use super::contains_word;
+        let failed = "Error: binding the metrics address 127.0.0.1:9464\n\nCaused by:\n    Address already in use";
+        assert!(!contains_word(failed, "ready"));
+        assert!(contains_word("INFO mirror::daemon: ready interfaces=[]", "ready"));
+        assert!(contains_word("ready", "ready"));
+        assert!(contains_word("x=1 interface=cali2 y", "interface=cali2"));
+        assert!(!contains_word("interface=cali23", "interface=cali2"));
+        assert!(contains_word("already; then ready.", "ready"));
     }
 }

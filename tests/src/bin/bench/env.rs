@@ -143,8 +143,16 @@ impl Env {
         )?;
         // What an operator does for a proxy that opens many upstream connections (nginx's mirror
         // subrequests cannot reuse them: see the report): reuse TIME-WAIT ports for new outgoing
-        // connections and use the whole port range. The primary's namespace only.
-        for (key, value) in [("ipv4/tcp_tw_reuse", "1"), ("ipv4/ip_local_port_range", "1024 65535")] {
+        // connections and use the whole port range. The primary's namespace only. The ports
+        // listened on there are kept out of the range: a connection nginx opened from 9464 and
+        // still closing once made the next daemon's metrics listener fail ("address in use").
+        let reserved = format!("{PORT},8001,8080,8081,9464");
+        for (key, value) in [
+            ("ipv4/tcp_tw_reuse", "1"),
+            ("ipv4/ip_local_reserved_ports", reserved.as_str()),
+            ("ipv4/ip_local_port_range", "1024 65535"),
+        ] {
+            let value = value.to_string();
             let path = format!("/proc/sys/net/{key}");
             topo.in_ns(&topo.primary, move || std::fs::write(&path, value))?
                 .with_context(|| format!("setting net.{key}"))?;
