@@ -224,6 +224,37 @@ async fn an_upload_longer_than_the_request_timeout_is_not_timed_out_while_it_is_
     assert_eq!(held, 0);
 }
 
+/// Batches handed to a [`super::Replayer`] back to back (so paced) reach the mirror whole, once
+/// each and in order, the next batch arriving while one is still being paced included.
+#[tokio::test]
+async fn paced_batches_reach_the_mirror_whole_and_in_order() {
+    let (addr, seen) = server(Script::Answer).await;
+    let yaml = format!(
+        "capture: {{interfaces: [lo], ports: [8000]}}\nroutes: [{{name: r, mirror: {{host: m}}}}]\nendpoints: {{m: [\"{addr}\"]}}\n"
+    );
+    let cfg = crate::config::Config::parse(&yaml, "test").unwrap();
+    let router = crate::route::Router::new(&cfg).unwrap();
+    let memory = Arc::new(Memory::new(cfg.memory.limit_bytes));
+    let r = super::Replayer::start(&router, &cfg.replay, None, memory.clone());
+    let batch = |range: std::ops::Range<usize>| -> Vec<Outbound> { range.map(|i| get(i, "GET")).collect() };
+    // 150 requests each. The second comes ~12 ms after the first: two chunks ~6 ms apart; the
+    // third comes 2 ms later, while the second's last chunk waits, and takes it along.
+    r.submit_batch(&mut batch(0..150));
+    tokio::time::sleep(Duration::from_millis(12)).await;
+    assert_eq!(super::pace(150, Duration::from_millis(12)).0, 2);
+    r.submit_batch(&mut batch(150..300));
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    r.submit_batch(&mut batch(300..450));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while seen.lock().unwrap().len() < 450 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(*seen.lock().unwrap(), lines(0..450, "GET"));
+    r.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(r.stats.sent.load(std::sync::atomic::Ordering::Relaxed), 450);
+    assert_eq!(memory.held(Held::Replay), 0);
+}
+
 #[test]
 fn batches_are_paced_only_when_they_come_close_together() {
     use super::{PACE_CHUNK, PACE_MIN_GAP, pace};
