@@ -291,9 +291,9 @@ async fn dispatch(
                 next += gap;
                 tokio::time::sleep_until(next).await;
             }
+            // n chunks of ⌈len / n⌉ take every item.
             queue_items(items.by_ref().take(chunk), &endpoints, &rec);
         }
-        queue_items(items, &endpoints, &rec);
     }
 }
 
