@@ -26,7 +26,7 @@ use std::{
 use tokio::{sync::mpsc, task::JoinSet, time::timeout};
 
 use crate::{
-    config::ReplaySettings,
+    config::{Pace, ReplaySettings},
     memory::{Held, Memory},
     metrics::Metrics,
     pipeline::{Outbound, Part},
@@ -134,7 +134,10 @@ impl Replayer {
             compare: Arc::default(),
         };
         let rec = r.recorder();
-        r.workers.lock().expect("workers lock").spawn_on(dispatch(rx, r.endpoints.clone(), rec), &r.runtime);
+        r.workers
+            .lock()
+            .expect("workers lock")
+            .spawn_on(dispatch(rx, r.endpoints.clone(), rec, settings.pace), &r.runtime);
         r.reconfigure(router);
         r
     }
@@ -241,58 +244,95 @@ impl Replayer {
     }
 }
 
-/// Items a paced batch hands to the connections at a time.
-const PACE_CHUNK: usize = 48;
-/// The shortest time between two paced chunks (a timer wake-up of the runtime each).
+/// Batches of at most this many items go whole: too small a burst to matter.
+const PACE_MIN_ITEMS: usize = 16;
+/// The shortest time between two paced groups (a timer wake-up of the runtime each).
 const PACE_MIN_GAP: Duration = Duration::from_millis(5);
-/// Batches that come further apart than this are not paced (see [`pace`]).
+/// With `replay.pace: auto`, batches that come further apart than this go whole.
 const PACE_BELOW: Duration = Duration::from_millis(25);
+/// The longest time a batch is spread over (the default `capture.batchMs`): what pacing may add
+/// to a copy's delay.
+const PACE_WINDOW: Duration = Duration::from_millis(50);
 
-/// How a batch that came `interval` after the previous one is handed on: in how many chunks
-/// (of at most [`PACE_CHUNK`] items) and how far apart.
+/// How a batch of `len` items that came `interval` after the previous one is handed on, when
+/// its endpoints have at most `lanes` connections: in how many groups and how far apart. Each
+/// group is the whole share of the batch of some of the connections (see [`group_of`]).
 ///
 /// A batch written at once is a burst for the mirror: when the mirror shares cores with the
-/// primary, the primary's slowest answers are those that wait behind it. At 8,000 small requests
-/// per second (~130 every 16 ms), median p99 of 5 pairs: 0.94 ms written at once (0.20 with
-/// nothing attached), 0.58-0.63 ms spread over the time until the next batch is due in chunks of
-/// 48, for 0.5-1.5 CPU-s more per million requests (a wake-up per chunk, smaller writes).
-/// Batches further apart than [`PACE_BELOW`] (below ~4,000 small requests per second, where a
-/// batch waited for `capture.batchMs`) are not paced: their bursts are rare enough not to show in
-/// the primary's p99, and the wake-ups would be much of what mirroring costs there. Chunks are at
-/// least [`PACE_MIN_GAP`] apart, so that pacing never costs more than 200 wake-ups a second: at
-/// 24,000 req/s (rounds of ~5 ms) batches go whole.
-fn pace(len: usize, interval: Duration) -> (usize, Duration) {
-    if interval >= PACE_BELOW || len <= PACE_CHUNK {
+/// primary, the primary's slowest answers are those that wait behind it. Handing each
+/// connection its share at a different time spreads the burst over the time until the next
+/// batch is due without a write more: a connection still gets its share of the batch in one
+/// write, only not at the same instant as the others. (Cutting the batch into chunks across
+/// every connection, as first done, multiplied the writes, and each write to a mirror on this
+/// machine costs ~20 µs of the kernel's TCP work in our context: chunks of 12 at 2,000 req/s
+/// doubled the CPU per request.) At most one group per [`PACE_MIN_GAP`] (≤ 200 wake-ups a
+/// second), so fast rounds (24,000 req/s: ~5 ms) go whole; the spread is at most
+/// [`PACE_WINDOW`].
+///
+/// What it costs is a wake-up of the runtime per group. At 8,000 small requests per second
+/// (rounds of ~16 ms: 3 groups) it pays: median p99 ratio of 5 pairs 2.84 paced against 4.39 at
+/// once (p99 0.62 against 0.99 ms), 9.0 against 8.5 CPU-s per million requests. At 2,000 (rounds
+/// of ~50 ms that waited for `capture.batchMs`) 4 groups took the daemon from 8-9 to 12-13 CPU-s
+/// per million, for a median ratio of 0.90-1.29 (3 series) against 1.18-1.57 at once (6), within
+/// the spread of a series: so `auto` paces only batches closer than [`PACE_BELOW`], and `always`
+/// is there for a mirror on the primary's cores that should cost it least.
+fn pace(len: usize, interval: Duration, lanes: usize, mode: Pace) -> (usize, Duration) {
+    let slow = interval >= PACE_BELOW;
+    if len <= PACE_MIN_ITEMS || lanes <= 1 || mode == Pace::Off || (slow && mode == Pace::Auto) {
         return (1, Duration::ZERO);
     }
-    let by_time = (interval.as_micros() / PACE_MIN_GAP.as_micros()).max(1) as usize;
-    let n = len.div_ceil(PACE_CHUNK).min(by_time);
-    (n, interval / n as u32)
+    let window = interval.min(PACE_WINDOW);
+    let by_time = (window.as_micros() / PACE_MIN_GAP.as_micros()).max(1) as usize;
+    let n = lanes.min(by_time);
+    (n, window / n as u32)
+}
+
+/// The group (of `n`) the connection `queue` of `queues` is handed its share in: consecutive
+/// connections together, every group at least one connection when `n <= queues`.
+fn group_of(queue: usize, queues: usize, n: usize) -> usize {
+    queue * n / queues.max(1)
 }
 
 /// Hands each batch's items to their connections' queues (on the runtime: no thread wake-up per
-/// connection), paced (see [`pace`]); a full queue drops the item, counted. Items keep their
-/// order; a batch still being paced when the next one arrives hands the rest on at once.
+/// connection), paced (see [`pace`]); a full queue drops the item, counted. Items of a
+/// connection keep their order (a connection's share is handed on whole, and groups in batch
+/// order); a batch still being paced when the next one arrives hands the rest on at once.
 async fn dispatch(
     mut rx: mpsc::UnboundedReceiver<Vec<Outbound>>,
     endpoints: Arc<RwLock<HashMap<Arc<str>, Endpoint>>>,
     rec: Recorder,
+    mode: Pace,
 ) {
     let mut last = Instant::now();
     while let Some(batch) = rx.recv().await {
         let now = Instant::now();
-        let (n, gap) = pace(batch.len(), now.duration_since(last));
+        let interval = now.duration_since(last);
         last = now;
-        let chunk = batch.len().div_ceil(n);
-        let mut items = batch.into_iter();
+        let (groups, gap) = {
+            let eps = endpoints.read().expect("endpoints lock");
+            let lanes = eps.values().map(|ep| ep.queues.len()).max().unwrap_or(1);
+            let (n, gap) = pace(batch.len(), interval, lanes, mode);
+            if n == 1 {
+                (vec![batch], gap)
+            } else {
+                let mut groups: Vec<Vec<Outbound>> = (0..n).map(|_| Vec::with_capacity(batch.len() / n + 1)).collect();
+                for ob in batch {
+                    let g = eps.get(&ob.endpoint).map_or(0, |ep| {
+                        let q = ep.queues.len();
+                        group_of(queue_index(&ob, q), q, n)
+                    });
+                    groups[g].push(ob);
+                }
+                (groups, gap)
+            }
+        };
         let mut next = tokio::time::Instant::now();
-        for i in 0..n {
-            if i > 0 && rx.is_empty() {
-                next += gap;
+        for (i, group) in groups.into_iter().enumerate() {
+            next += if i > 0 { gap } else { Duration::ZERO };
+            if i > 0 && !group.is_empty() && rx.is_empty() {
                 tokio::time::sleep_until(next).await;
             }
-            // n chunks of ⌈len / n⌉ take every item.
-            queue_items(items.by_ref().take(chunk), &endpoints, &rec);
+            queue_items(group, &endpoints, &rec);
         }
     }
 }

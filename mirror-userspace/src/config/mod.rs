@@ -76,7 +76,7 @@ pub use diagnostic::{ConfigError, ConfigErrorKind, Location};
 pub use interfaces::{Direction, InterfaceEntry};
 pub(crate) use istio::{Destination, HttpRoute, MatchRequest, StringMatch};
 pub(crate) use ours::MirrorPolicy;
-pub use ours::{Capture, HeaderOps, HostRewrite, MemorySettings, ReplaySettings, SampleKey};
+pub use ours::{Capture, HeaderOps, HostRewrite, MemorySettings, Pace, ReplaySettings, SampleKey};
 #[doc(hidden)]
 pub use scan::Counts as ScanCounts;
 

@@ -203,6 +203,7 @@ fn replay(section: Option<Section<ReplayDoc>>) -> Result<(ReplaySettings, Option
     if let Some(v) = get(&d.max_queued_bytes, "replay.maxQueuedBytes", &REPLAY_MAX_QUEUED_BYTES)? {
         r.max_queued_bytes = v as usize;
     }
+    r.pace = d.pace.unwrap_or_default();
     Ok((r, d.connections.and_then(|c| c.at)))
 }
 

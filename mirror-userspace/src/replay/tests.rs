@@ -15,6 +15,7 @@ use tokio::{
 };
 
 use super::{Recorder, ReplayStats, conn::worker, weight};
+use crate::config::Pace;
 use crate::{
     config::ReplaySettings,
     flow::FlowKey,
@@ -224,53 +225,118 @@ async fn an_upload_longer_than_the_request_timeout_is_not_timed_out_while_it_is_
     assert_eq!(held, 0);
 }
 
-/// Batches handed to a [`super::Replayer`] back to back (so paced) reach the mirror whole, once
-/// each and in order, the next batch arriving while one is still being paced included.
-#[tokio::test]
-async fn paced_batches_reach_the_mirror_whole_and_in_order() {
+/// A GET from client port `port` (one client connection per port).
+fn get_from(i: usize, port: u16) -> Outbound {
+    let mut o = get(i, "GET");
+    o.flow.client.set_port(port);
+    o
+}
+
+/// A [`super::Replayer`] with `replay` settings (YAML) to a scripted server that answers every
+/// request; the memory its queued requests are charged to; what the server saw.
+async fn replayer(replay: &str) -> (super::Replayer, Arc<Memory>, Arc<Mutex<Vec<String>>>) {
     let (addr, seen) = server(Script::Answer).await;
+    let memory = Arc::new(Memory::new(1 << 30));
     let yaml = format!(
-        "capture: {{interfaces: [lo], ports: [8000]}}\nroutes: [{{name: r, mirror: {{host: m}}}}]\nendpoints: {{m: [\"{addr}\"]}}\n"
+        "capture: {{interfaces: [lo], ports: [8000]}}\nroutes: [{{name: r, mirror: {{host: m}}}}]\nendpoints: {{m: [\"{addr}\"]}}\nreplay: {replay}\n"
     );
     let cfg = crate::config::Config::parse(&yaml, "test").unwrap();
     let router = crate::route::Router::new(&cfg).unwrap();
-    let memory = Arc::new(Memory::new(cfg.memory.limit_bytes));
-    let r = super::Replayer::start(&router, &cfg.replay, None, memory.clone());
-    let batch = |range: std::ops::Range<usize>| -> Vec<Outbound> { range.map(|i| get(i, "GET")).collect() };
-    // 150 requests each. The second comes ~12 ms after the first: two chunks ~6 ms apart; the
-    // third comes 2 ms later, while the second's last chunk waits, and takes it along.
-    r.submit_batch(&mut batch(0..150));
-    tokio::time::sleep(Duration::from_millis(12)).await;
-    assert_eq!(super::pace(150, Duration::from_millis(12)).0, 2);
-    r.submit_batch(&mut batch(150..300));
-    tokio::time::sleep(Duration::from_millis(2)).await;
-    r.submit_batch(&mut batch(300..450));
+    (super::Replayer::start(&router, &cfg.replay, None, memory.clone()), memory, seen)
+}
+
+/// Waits until the server saw `n` requests (10 s at most), then checks that each request reached
+/// it once and each client connection's (port `base + i % flows`) in order, whatever the order
+/// between connections; that `r` counted them all as answered and gave back every byte charged.
+async fn all_arrived(r: super::Replayer, memory: &Memory, seen: &Mutex<Vec<String>>, n: usize, flows: usize) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while seen.lock().unwrap().len() < 450 && std::time::Instant::now() < deadline {
+    while seen.lock().unwrap().len() < n && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(*seen.lock().unwrap(), lines(0..450, "GET"));
+    let seen = seen.lock().unwrap().clone();
+    let number = |l: &String| l[5..].split(' ').next().unwrap().parse::<usize>().unwrap();
+    let mut sorted = seen.clone();
+    sorted.sort_by_key(number);
+    assert_eq!(sorted, lines(0..n, "GET"), "each request exactly once");
+    for f in 0..flows {
+        let of_flow: Vec<usize> = seen.iter().map(number).filter(|i| i % flows == f).collect();
+        assert!(of_flow.windows(2).all(|w| w[0] < w[1]), "flow {f} out of order: {of_flow:?}");
+    }
     r.shutdown(Duration::from_secs(5)).await;
-    assert_eq!(r.stats.sent.load(std::sync::atomic::Ordering::Relaxed), 450);
+    assert_eq!(r.stats.sent.load(std::sync::atomic::Ordering::Relaxed), n as u64);
     assert_eq!(memory.held(Held::Replay), 0);
 }
 
+/// Batches handed to a [`super::Replayer`] back to back (so paced: each connection's share at its
+/// own time) reach the mirror whole, once each and in order per client connection, the next
+/// batch arriving while one is still being paced included.
+#[tokio::test]
+async fn paced_batches_reach_the_mirror_whole_and_in_order() {
+    let (r, memory, seen) = replayer("{}").await;
+    const FLOWS: usize = 53;
+    let batch = |range: std::ops::Range<usize>| -> Vec<Outbound> {
+        range.map(|i| get_from(i, 1000 + (i % FLOWS) as u16)).collect()
+    };
+    // 150 requests each. The second comes ~12 ms after the first: two groups ~6 ms apart; the
+    // third comes 2 ms later, while the second's last group waits, and takes it along.
+    r.submit_batch(&mut batch(0..150));
+    tokio::time::sleep(Duration::from_millis(12)).await;
+    assert_eq!(super::pace(150, Duration::from_millis(12), 4, Pace::Auto).0, 2);
+    r.submit_batch(&mut batch(150..300));
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    r.submit_batch(&mut batch(300..450));
+    all_arrived(r, &memory, &seen, 450, FLOWS).await;
+}
+
+/// `replay.pace: always`: batches 60 ms apart (a slow rate) are spread too, and still arrive
+/// whole and in order per client connection, later groups after earlier ones.
+#[tokio::test]
+async fn slow_batches_paced_always_reach_the_mirror_whole_and_in_order() {
+    let (r, memory, seen) = replayer("{pace: always}").await;
+    const FLOWS: usize = 61;
+    assert_eq!(super::pace(100, Duration::from_millis(60), 4, Pace::Always).0, 4);
+    for b in 0..4 {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        r.submit_batch(&mut (b * 100..(b + 1) * 100).map(|i| get_from(i, 2000 + (i % FLOWS) as u16)).collect());
+    }
+    all_arrived(r, &memory, &seen, 400, FLOWS).await;
+}
+
 #[test]
-fn batches_are_paced_only_when_they_come_close_together() {
-    use super::{PACE_CHUNK, PACE_MIN_GAP, pace};
+fn batches_are_paced_by_connection_when_they_come_close_together() {
+    use super::{PACE_MIN_GAP, PACE_MIN_ITEMS, PACE_WINDOW, pace};
     let ms = Duration::from_millis;
-    // Slow rates (batches that waited for capture.batchMs) and small batches go whole.
-    assert_eq!(pace(100, ms(50)), (1, Duration::ZERO));
-    assert_eq!(pace(PACE_CHUNK, ms(16)), (1, Duration::ZERO));
-    // 8,000 small requests per second: ~130 every 16 ms, in 3 chunks over the round.
-    assert_eq!(pace(130, ms(16)), (3, ms(16) / 3));
-    // Fast rounds: never closer than PACE_MIN_GAP, so a round shorter than two gaps is one chunk.
-    assert_eq!(pace(130, ms(9)), (1, ms(9)));
-    assert_eq!(pace(10_000, ms(24)), (4, ms(6)));
-    for (len, ivl) in [(49, ms(1)), (1000, ms(7)), (5000, ms(20)), (usize::MAX / 2, ms(24))] {
-        let (n, gap) = pace(len, ivl);
-        assert!(n >= 1 && n <= len.div_ceil(PACE_CHUNK));
-        assert!(n == 1 || gap >= PACE_MIN_GAP, "{len} {ivl:?}: {n} chunks {gap:?} apart");
-        assert!(gap * n as u32 <= ivl);
+    // auto: slow rates (batches that waited for capture.batchMs), small batches, a single
+    // connection go whole.
+    assert_eq!(pace(100, ms(50), 4, Pace::Auto), (1, Duration::ZERO));
+    assert_eq!(pace(PACE_MIN_ITEMS, ms(16), 4, Pace::Auto), (1, Duration::ZERO));
+    assert_eq!(pace(130, ms(16), 1, Pace::Auto), (1, Duration::ZERO));
+    // 8,000 small requests per second: ~130 every 16 ms, in 3 groups over the round.
+    assert_eq!(pace(130, ms(16), 4, Pace::Auto), (3, ms(16) / 3));
+    // Fast rounds: never closer than PACE_MIN_GAP, so a round shorter than two gaps is one group.
+    assert_eq!(pace(130, ms(9), 4, Pace::Auto), (1, ms(9)));
+    // off: never; always: slow batches too, over at most PACE_WINDOW (a batch after an idle spell).
+    assert_eq!(pace(130, ms(16), 4, Pace::Off), (1, Duration::ZERO));
+    assert_eq!(pace(100, ms(50), 4, Pace::Always), (4, ms(50) / 4));
+    assert_eq!(pace(100, Duration::from_secs(10), 8, Pace::Always), (8, PACE_WINDOW / 8));
+    for mode in [Pace::Auto, Pace::Always] {
+        for (len, ivl, lanes) in [(17, ms(1), 4), (1000, ms(7), 4), (5000, ms(20), 64), (usize::MAX / 2, ms(999), 3)] {
+            let (n, gap) = pace(len, ivl, lanes, mode);
+            assert!(n >= 1 && n <= lanes);
+            assert!(n == 1 || gap >= PACE_MIN_GAP, "{len} {ivl:?}: {n} groups {gap:?} apart");
+            assert!(gap * n as u32 <= ivl.min(PACE_WINDOW));
+        }
+    }
+}
+
+#[test]
+fn every_group_gets_consecutive_connections_and_none_is_empty() {
+    for queues in 1..=16 {
+        for n in 1..=queues {
+            let groups: Vec<usize> = (0..queues).map(|q| super::group_of(q, queues, n)).collect();
+            assert!(groups.windows(2).all(|w| w[0] <= w[1]), "{queues} {n}: {groups:?}");
+            assert_eq!(groups.iter().copied().collect::<std::collections::BTreeSet<_>>().len(), n, "{groups:?}");
+            assert_eq!(*groups.last().unwrap(), n - 1);
+        }
     }
 }

@@ -71,6 +71,9 @@ struct Args {
     /// `capture.batchMs` for our daemon (default: the daemon's default), to measure the trade-off.
     #[arg(long)]
     batch_ms: Option<u64>,
+    /// `replay.pace` for our daemon (auto, always, off; default: the daemon's own, auto).
+    #[arg(long)]
+    pace: Option<String>,
     /// `--nice` for our daemon (default: the daemon's own, 0).
     #[arg(long)]
     nice: Option<u32>,
@@ -137,6 +140,7 @@ fn main() -> Result<()> {
     let mut env = Env::new(args.gor.clone())?;
     env.batch_ms = args.batch_ms;
     env.nice = args.nice;
+    env.pace = args.pace.clone();
     if let Some(n) = args.in_a_row {
         runs::in_a_row(&env, args.rates[0], args.seconds, n, &get_request())?;
         return Ok(());
@@ -177,6 +181,7 @@ fn main() -> Result<()> {
             args.note.as_ref().map(|n| format!(" {n}")).unwrap_or_default()
                 + &args.batch_ms.map(|ms| format!(" Our daemon ran with `capture.batchMs: {ms}`.")).unwrap_or_default()
                 + &args.nice.map(|n| format!(" Our daemon ran with `--nice {n}`.")).unwrap_or_default()
+                + &args.pace.as_ref().map(|p| format!(" Our daemon ran with `replay.pace: {p}`.")).unwrap_or_default()
         );
         let body = md.find("\n## ").map_or(String::new(), |i| md[i + 1..].to_string());
         md = format!("{preamble}{body}");

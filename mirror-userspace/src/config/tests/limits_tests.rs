@@ -254,6 +254,22 @@ fn replay_ranges_are_checked_at_their_value() {
 }
 
 #[test]
+fn replay_pace_is_one_of_its_modes() {
+    use crate::config::Pace;
+    let replay = |body: &str| own_with(&format!("replay:\n  {body}\n"));
+    assert_eq!(Config::parse(&own_with(""), "t").unwrap().replay.pace, Pace::Auto);
+    for (text, mode) in [("auto", Pace::Auto), ("always", Pace::Always), ("off", Pace::Off)] {
+        assert_eq!(Config::parse(&replay(&format!("pace: {text}")), "t").unwrap().replay.pace, mode);
+    }
+    for bad in ["fast", "true", "1", "Always"] {
+        let e = err(&replay(&format!("pace: {bad}")));
+        let text = e.to_string();
+        assert!(text.contains("auto") && text.contains("always") && text.contains("off"), "{bad}: {text}");
+        assert_eq!(place(&e).0, 12, "{bad}: {text}");
+    }
+}
+
+#[test]
 fn endpoint_limits_and_the_total_of_mirror_connections() {
     let endpoints = |e: &str| OWN.replace("  httpbin/v2: [\"10.77.0.3:8000\"]\n", e);
     let keys: String = (0..=MAX_ENDPOINTS).map(|i| format!("  e{i:03}: [\"10.0.0.1:80\"]\n")).collect();

@@ -84,6 +84,8 @@ pub struct Env {
     pub batch_ms: Option<u64>,
     /// `--nice` for our daemon (`None`: its default).
     pub nice: Option<u32>,
+    /// `replay.pace` for our daemon (`None`: its default).
+    pub pace: Option<String>,
 }
 
 /// An nginx in `ns` with `workers` worker processes and the given `http` content; killed on drop.
@@ -162,7 +164,17 @@ impl Env {
             .replace("PRIMARY", PRIMARY_V4)
             .replace("PORT", &PORT.to_string());
         let proxy = nginx(&topo, &topo.primary, "nginx-proxy", "1", &format!("  {conf}"))?;
-        Ok(Env { topo, mirror_log, proxy, _primary: primary, _mirror: mirror, gor, batch_ms: None, nice: None })
+        Ok(Env {
+            topo,
+            mirror_log,
+            proxy,
+            _primary: primary,
+            _mirror: mirror,
+            gor,
+            batch_ms: None,
+            nice: None,
+            pace: None,
+        })
     }
 
     /// Where the client sends to reach the primary through `peer`.
@@ -198,7 +210,8 @@ impl Env {
         let (proc, pids) = match peer {
             Peer::Nothing | Peer::DirectCopy => (None, Vec::new()),
             Peer::Ours => {
-                let config = self.topo.config(100.0, "")?;
+                let tail = self.pace.as_ref().map(|p| format!("replay:\n  pace: {p}\n")).unwrap_or_default();
+                let config = self.topo.config_with(100.0, "", &tail)?;
                 if let Some(ms) = self.batch_ms {
                     let text = std::fs::read_to_string(&config)?;
                     let at = format!("ports: [{PORT}]");
