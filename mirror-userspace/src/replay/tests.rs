@@ -281,7 +281,7 @@ async fn paced_batches_reach_the_mirror_whole_and_in_order() {
     // third comes 2 ms later, while the second's last group waits, and takes it along.
     r.submit_batch(&mut batch(0..150));
     tokio::time::sleep(Duration::from_millis(12)).await;
-    assert_eq!(super::pace(150, Duration::from_millis(12), 4, Pace::Auto).0, 2);
+    assert_eq!(super::pace(150, Duration::from_millis(12), 4, 0, Pace::Auto).0, 2);
     r.submit_batch(&mut batch(150..300));
     tokio::time::sleep(Duration::from_millis(2)).await;
     r.submit_batch(&mut batch(300..450));
@@ -294,7 +294,7 @@ async fn paced_batches_reach_the_mirror_whole_and_in_order() {
 async fn slow_batches_paced_always_reach_the_mirror_whole_and_in_order() {
     let (r, memory, seen) = replayer("{pace: always}").await;
     const FLOWS: usize = 61;
-    assert_eq!(super::pace(100, Duration::from_millis(60), 4, Pace::Always).0, 4);
+    assert_eq!(super::pace(100, Duration::from_millis(60), 4, 0, Pace::Always).0, 4);
     for b in 0..4 {
         tokio::time::sleep(Duration::from_millis(60)).await;
         r.submit_batch(&mut (b * 100..(b + 1) * 100).map(|i| get_from(i, 2000 + (i % FLOWS) as u16)).collect());
@@ -304,24 +304,28 @@ async fn slow_batches_paced_always_reach_the_mirror_whole_and_in_order() {
 
 #[test]
 fn batches_are_paced_by_connection_when_they_come_close_together() {
-    use super::{PACE_MIN_GAP, PACE_MIN_ITEMS, PACE_WINDOW, pace};
+    use super::{PACE_MAX_QUEUED, PACE_MIN_GAP, PACE_MIN_ITEMS, PACE_WINDOW, pace};
     let ms = Duration::from_millis;
     // auto: slow rates (batches that waited for capture.batchMs), small batches, a single
     // connection go whole.
-    assert_eq!(pace(100, ms(50), 4, Pace::Auto), (1, Duration::ZERO));
-    assert_eq!(pace(PACE_MIN_ITEMS, ms(16), 4, Pace::Auto), (1, Duration::ZERO));
-    assert_eq!(pace(130, ms(16), 1, Pace::Auto), (1, Duration::ZERO));
+    assert_eq!(pace(100, ms(50), 4, 0, Pace::Auto), (1, Duration::ZERO));
+    assert_eq!(pace(PACE_MIN_ITEMS, ms(16), 4, 0, Pace::Auto), (1, Duration::ZERO));
+    assert_eq!(pace(130, ms(16), 1, 0, Pace::Auto), (1, Duration::ZERO));
     // 8,000 small requests per second: ~130 every 16 ms, in 3 groups over the round.
-    assert_eq!(pace(130, ms(16), 4, Pace::Auto), (3, ms(16) / 3));
+    assert_eq!(pace(130, ms(16), 4, 0, Pace::Auto), (3, ms(16) / 3));
     // Fast rounds: never closer than PACE_MIN_GAP, so a round shorter than two gaps is one group.
-    assert_eq!(pace(130, ms(9), 4, Pace::Auto), (1, ms(9)));
+    assert_eq!(pace(130, ms(9), 4, 0, Pace::Auto), (1, ms(9)));
     // off: never; always: slow batches too, over at most PACE_WINDOW (a batch after an idle spell).
-    assert_eq!(pace(130, ms(16), 4, Pace::Off), (1, Duration::ZERO));
-    assert_eq!(pace(100, ms(50), 4, Pace::Always), (4, ms(50) / 4));
-    assert_eq!(pace(100, Duration::from_secs(10), 8, Pace::Always), (8, PACE_WINDOW / 8));
+    assert_eq!(pace(130, ms(16), 4, 0, Pace::Off), (1, Duration::ZERO));
+    assert_eq!(pace(100, ms(50), 4, 0, Pace::Always), (4, ms(50) / 4));
+    assert_eq!(pace(100, Duration::from_secs(10), 8, 0, Pace::Always), (8, PACE_WINDOW / 8));
+    // Bulk, or a mirror behind: what waits for the mirrors is at PACE_MAX_QUEUED, so all at once.
+    assert_eq!(pace(130, ms(16), 4, PACE_MAX_QUEUED - 1, Pace::Auto), (3, ms(16) / 3));
+    assert_eq!(pace(130, ms(16), 4, PACE_MAX_QUEUED, Pace::Auto), (1, Duration::ZERO));
+    assert_eq!(pace(100, ms(50), 4, PACE_MAX_QUEUED, Pace::Always), (1, Duration::ZERO));
     for mode in [Pace::Auto, Pace::Always] {
         for (len, ivl, lanes) in [(17, ms(1), 4), (1000, ms(7), 4), (5000, ms(20), 64), (usize::MAX / 2, ms(999), 3)] {
-            let (n, gap) = pace(len, ivl, lanes, mode);
+            let (n, gap) = pace(len, ivl, lanes, 0, mode);
             assert!(n >= 1 && n <= lanes);
             assert!(n == 1 || gap >= PACE_MIN_GAP, "{len} {ivl:?}: {n} groups {gap:?} apart");
             assert!(gap * n as u32 <= ivl.min(PACE_WINDOW));
