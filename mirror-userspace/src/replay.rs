@@ -341,11 +341,10 @@ async fn dispatch(
                 (groups, gap)
             }
         };
-        let mut next = tokio::time::Instant::now();
+        let start = tokio::time::Instant::now();
         for (i, group) in groups.into_iter().enumerate() {
-            next += if i > 0 { gap } else { Duration::ZERO };
             if i > 0 && !group.is_empty() && rx.is_empty() {
-                tokio::time::sleep_until(next).await;
+                tokio::time::sleep_until(start + gap * i as u32).await;
             }
             queue_items(group, &endpoints, &rec);
         }

@@ -15,9 +15,8 @@ use tokio::{
 };
 
 use super::{Recorder, ReplayStats, conn::worker, weight};
-use crate::config::Pace;
 use crate::{
-    config::ReplaySettings,
+    config::{Pace, ReplaySettings},
     flow::FlowKey,
     memory::{Held, Memory},
     pipeline::{Outbound, Part, Request},
