@@ -127,9 +127,9 @@ pub struct PipelineStats {
     /// Requests (or would-be requests) lost, by reason (a JSON object keyed by
     /// [`DropReason::as_str`]).
     pub dropped: BTreeMap<DropReason, u64>,
-    /// Per (route, mirror endpoint): for metrics labels.
+    /// Per route, per mirror endpoint: for metrics labels.
     #[serde(skip)]
-    pub by_route: BTreeMap<(Arc<str>, Arc<str>), RouteCounts>,
+    pub by_route: BTreeMap<Arc<str>, BTreeMap<Arc<str>, RouteCounts>>,
 }
 
 /// What became of the requests one route sent to one mirror.
@@ -142,6 +142,19 @@ pub struct RouteCounts {
 }
 
 impl PipelineStats {
+    /// The counts of `route` to `endpoint`: looked up by name, so that counting a request clones
+    /// no `Arc` (only the first of a pair does).
+    fn route_counts(&mut self, route: &Arc<str>, endpoint: &Arc<str>) -> &mut RouteCounts {
+        if !self.by_route.contains_key(&**route) {
+            self.by_route.insert(route.clone(), BTreeMap::new());
+        }
+        let by_mirror = self.by_route.get_mut(&**route).expect("inserted above");
+        if !by_mirror.contains_key(&**endpoint) {
+            by_mirror.insert(endpoint.clone(), RouteCounts::default());
+        }
+        by_mirror.get_mut(&**endpoint).expect("inserted above")
+    }
+
     fn count_drop(&mut self, reason: DropReason) {
         *self.dropped.entry(reason).or_default() += 1;
     }
@@ -467,7 +480,7 @@ impl RouteStage {
                         Decision::Route { route, targets, sampled_out } => {
                             self.stats.sampled_out += sampled_out.len() as u64;
                             for endpoint in sampled_out {
-                                self.stats.by_route.entry((route.clone(), endpoint)).or_default().sampled_out += 1;
+                                self.stats.route_counts(&route, &endpoint).sampled_out += 1;
                             }
                             targets
                         }
@@ -553,11 +566,7 @@ impl RouteStage {
                             );
                         }
                         self.stats.mirrored += 1;
-                        self.stats
-                            .by_route
-                            .entry((mirror.route.clone(), mirror.endpoint.clone()))
-                            .or_default()
-                            .mirrored += 1;
+                        self.stats.route_counts(&mirror.route, &mirror.endpoint).mirrored += 1;
                         let part = match stream {
                             Some((id, index)) => Part::End { stream: id, index },
                             None => Part::Whole(Request {

@@ -402,13 +402,13 @@ impl Recorder {
     }
 
     /// A request's response was read: counted, and its memory given back.
-    fn answered(&self, ob: &Outbound, started: Instant, status: u16) {
+    fn answered(&self, ob: &Outbound, latency: Duration, status: u16) {
         self.memory.release(Held::Replay, weight(ob));
         self.stats.sent.fetch_add(1, Ordering::Relaxed);
         let class = (status / 100) as usize;
         self.stats.responses[if (1..=5).contains(&class) { class } else { 0 }].fetch_add(1, Ordering::Relaxed);
         if let Some(m) = &self.metrics {
-            m.response(&ob.route, &ob.endpoint, status, started.elapsed());
+            m.response(&ob.route, &ob.endpoint, status, latency);
         }
     }
 }

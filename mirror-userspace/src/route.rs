@@ -457,12 +457,12 @@ pub fn rewrite_head(head: &RequestHead, policy: &Policy) -> Bytes {
     if ops.is_empty() {
         // Only the first Host value changes (the default policy): the bytes before and after it
         // are copied whole, not line by line.
-        let Some(h) = head.headers.iter().find(|h| h.name.eq_ignore_ascii_case(b"host")) else {
+        let Some(h) = head.field("host") else {
             return raw.clone();
         };
         let mut out = BytesMut::with_capacity(raw.len() + 64);
         out.extend_from_slice(&raw[..h.value_range.start]);
-        push_host(&mut out, &policy.host, &h.value);
+        push_host(&mut out, &policy.host, head.value(h));
         out.extend_from_slice(&raw[h.value_range.end..]);
         return out.freeze();
     }
@@ -476,16 +476,16 @@ pub fn rewrite_head(head: &RequestHead, policy: &Policy) -> Bytes {
         // Header operations name headers in lower case; a head without them (the default) costs
         // no lower-cased copy per header.
         if !ops.is_empty() {
-            let lname = std::str::from_utf8(&h.name).unwrap_or_default().to_ascii_lowercase();
+            let lname = std::str::from_utf8(head.name(h)).unwrap_or_default().to_ascii_lowercase();
             if ops.remove.contains(&lname) || ops.set.contains_key(&lname) {
                 continue;
             }
         }
         let line = h.line.clone();
-        if !host_done && h.name.eq_ignore_ascii_case(b"host") {
+        if !host_done && head.name(h).eq_ignore_ascii_case(b"host") {
             host_done = true;
             out.extend_from_slice(&raw[line.start..h.value_range.start]);
-            push_host(&mut out, &policy.host, &h.value);
+            push_host(&mut out, &policy.host, head.value(h));
             out.extend_from_slice(&raw[h.value_range.end..line.end]);
         } else {
             out.extend_from_slice(&raw[line]);

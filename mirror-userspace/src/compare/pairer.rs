@@ -327,9 +327,14 @@ impl<T> Pairer<T> {
     /// Parses a head at the start of the buffer: `Ok(true)` if the state moved on, `Ok(false)` if
     /// more bytes (or the request it answers) are needed.
     fn head(&mut self, out: &mut Vec<Paired<T>>) -> Result<bool, Incomplete> {
-        let mut slots = vec![httparse::EMPTY_HEADER; self.limits.max_headers];
-        let mut parsed = httparse::Response::new(&mut slots);
-        let len = match parsed.parse(&self.buf) {
+        let mut slots = Vec::new();
+        slots.resize_with(self.limits.max_headers, std::mem::MaybeUninit::<httparse::Header<'_>>::uninit);
+        let mut parsed = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut parsed,
+            &self.buf,
+            &mut slots,
+        ) {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) if self.buf.len() <= self.limits.max_head => return Ok(false),
             Ok(httparse::Status::Partial) | Err(_) => return Err(Incomplete::Unframed),

@@ -144,9 +144,11 @@ enum Head {
 /// Parses the response head at the start of `buf`: its length and what it says, `None` if it is
 /// incomplete.
 fn parse_head(buf: &[u8], head_request: bool) -> Result<Option<(usize, Head)>, FramingError> {
-    let mut slots = [httparse::EMPTY_HEADER; 64];
-    let mut resp = httparse::Response::new(&mut slots);
-    let n = match resp.parse(buf) {
+    // Uninitialised slots: httparse writes the ones it fills (writing 2 KiB of empty ones for
+    // every response was most of the cost of a small one's head).
+    let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; 64];
+    let mut resp = httparse::Response::new(&mut []);
+    let n = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, &mut slots) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(FramingError::TooManyHeaders),

@@ -236,7 +236,7 @@ impl Metrics {
         for (&reason, v) in &p.dropped {
             self.dropped.get_or_create(&ReasonLabel { reason }).inc_by(self.delta(&format!("drop/{reason}"), *v));
         }
-        for ((route, mirror), c) in &p.by_route {
+        for (route, mirror, c) in p.by_route.iter().flat_map(|(r, m)| m.iter().map(move |(e, c)| (r, e, c))) {
             let labels = RouteMirror { route: route.to_string(), mirror: mirror.to_string() };
             self.mirrored.get_or_create(&labels).inc_by(self.delta(&format!("m/{route}/{mirror}"), c.mirrored));
             self.sampled_out.get_or_create(&labels).inc_by(self.delta(&format!("s/{route}/{mirror}"), c.sampled_out));

@@ -302,12 +302,15 @@ fn read_available(c: &mut Conn, buf: &mut [u8], rec: &Recorder) -> Option<Ending
             // The server closed: that may end a response without a length.
             if let Some(done) = c.reader.as_ref().and_then(ResponseReader::on_eof) {
                 let f = c.inflight.pop_front().expect("a reader reads a request's response");
-                rec.answered(&f.ob, f.started, done.status);
+                rec.answered(&f.ob, f.started.elapsed(), done.status);
                 rec.compare.hand_over(&f.ob, f.capture);
                 c.reader = None;
             }
             return Some(Ending::Failed(DropReason::IoError));
         }
+        // One clock read for every answer in this read (the shadow latency metric is measured
+        // when an answer is read: see READ_LAG).
+        let now = Instant::now();
         let mut data = &buf[..n];
         while !data.is_empty() {
             let Some(front) = c.inflight.front() else {
@@ -326,7 +329,7 @@ fn read_available(c: &mut Conn, buf: &mut [u8], rec: &Recorder) -> Option<Ending
             let Some(done) = done else { continue };
             c.reader = None;
             let f = c.inflight.pop_front().expect("front checked above");
-            rec.answered(&f.ob, f.started, done.status);
+            rec.answered(&f.ob, now.saturating_duration_since(f.started), done.status);
             rec.compare.hand_over(&f.ob, f.capture);
             if c.active.is_some_and(|(s, _)| Some(s) == f.stream) {
                 // Answered before its body was all written (an early error status): the rest
@@ -352,6 +355,8 @@ async fn admit(
     settings: &ReplaySettings,
     rec: &Recorder,
 ) {
+    // One clock read for the whole batch admitted (taken again after a connect, which waits).
+    let mut now = Instant::now();
     while let Some((ob, _)) = pending.front() {
         // Parts of a stream that is not being written (its start was dropped, or it was reset)
         // are thrown away: their loss was counted when it happened.
@@ -368,12 +373,12 @@ async fn admit(
         }
         if conn
             .as_ref()
-            .is_some_and(|c| c.inflight.is_empty() && c.used.elapsed() > IDLE_PROBE && c.closed_while_idle())
+            .is_some_and(|c| c.inflight.is_empty() && now.duration_since(c.used) > IDLE_PROBE && c.closed_while_idle())
         {
             *conn = None;
         }
         if let Some(c) = conn.as_mut() {
-            c.used = Instant::now();
+            c.used = now;
             if c.poisoned || c.inflight.len() >= DEPTH {
                 return;
             }
@@ -383,7 +388,9 @@ async fn admit(
                 return;
             }
         } else {
-            match connect(addr, settings).await {
+            let connected = connect(addr, settings).await;
+            now = Instant::now();
+            match connected {
                 Some(stream) => *conn = Some(new_conn(stream)),
                 None => {
                     // The mirror is unreachable: what waits now is lost, later requests try again.
@@ -400,12 +407,12 @@ async fn admit(
         }
         let c = conn.as_mut().expect("connected above");
         let (ob, tries) = pending.pop_front().expect("front");
-        write(c, ob, tries, rec);
+        write(c, ob, tries, rec, now);
     }
 }
 
 /// Queues one item's bytes on the connection.
-fn write(c: &mut Conn, ob: Outbound, tries: u8, rec: &Recorder) {
+fn write(c: &mut Conn, ob: Outbound, tries: u8, rec: &Recorder, now: Instant) {
     let start = c.queued;
     match &ob.part {
         Part::Whole(req) | Part::Start { request: req, .. } => {
@@ -423,8 +430,8 @@ fn write(c: &mut Conn, ob: Outbound, tries: u8, rec: &Recorder) {
             c.inflight.push_back(InFlight {
                 start,
                 head_request,
-                started: Instant::now(),
-                sent: Instant::now(),
+                started: now,
+                sent: now,
                 ob,
                 tries,
                 stream,
