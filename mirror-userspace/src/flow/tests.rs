@@ -445,3 +445,37 @@ proptest! {
         prop_assert_eq!(t.stats.unacked_bytes, 0);
     }
 }
+
+/// The packed `Hash` of a flow key agrees with its equality (equal keys, equal hashes, whatever
+/// IPv6's flow info and scope id say) and tells apart keys that differ in one field only.
+#[test]
+fn flow_key_hash_agrees_with_equality() {
+    use std::hash::BuildHasher;
+    use std::net::{Ipv6Addr, SocketAddrV6};
+    let h = |k: &FlowKey| foldhash::fast::FixedState::with_seed(7).hash_one(k);
+    let k = key();
+    assert_eq!(h(&k), h(&k.clone()));
+    let v6 = |flowinfo, scope| FlowKey {
+        client: SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::LOCALHOST, 40000, flowinfo, scope)),
+        server: "[::1]:8000".parse().unwrap(),
+    };
+    assert_eq!(v6(0, 0), v6(0, 0));
+    assert_eq!(h(&v6(0, 0)), h(&v6(0, 0)));
+    let mut variants = vec![k, v6(0, 0)];
+    for port in [1u16, 2] {
+        let mut c = k;
+        c.client.set_port(k.client.port() + port);
+        variants.push(c);
+        let mut s = k;
+        s.server.set_port(k.server.port() + port);
+        variants.push(s);
+    }
+    let mut swapped = k;
+    std::mem::swap(&mut swapped.client, &mut swapped.server);
+    variants.push(swapped);
+    let mut ip = k;
+    ip.client.set_ip("10.9.9.9".parse().unwrap());
+    variants.push(ip);
+    let hashes: std::collections::HashSet<u64> = variants.iter().map(h).collect();
+    assert_eq!(hashes.len(), variants.len(), "distinct keys, distinct hashes: {variants:?}");
+}

@@ -343,3 +343,18 @@ fn every_group_gets_consecutive_connections_and_none_is_empty() {
         }
     }
 }
+
+/// Emptied batch vectors are kept for the next batches, a few of them and only if they did not
+/// grow past the bound (a burst's vector is freed).
+#[test]
+fn spare_batch_vectors_are_kept_within_bounds() {
+    let spare = super::Spare::default();
+    assert_eq!(spare.take().capacity(), 0, "nothing kept yet: a new vector");
+    for _ in 0..super::Spare::KEEP + 2 {
+        spare.give_back(Vec::with_capacity(64));
+    }
+    spare.give_back(Vec::with_capacity(super::Spare::MAX_ITEMS + 1));
+    let kept: Vec<Vec<Outbound>> = (0..super::Spare::KEEP + 1).map(|_| spare.take()).collect();
+    assert!(kept[..super::Spare::KEEP].iter().all(|v| v.is_empty() && v.capacity() >= 64));
+    assert_eq!(kept[super::Spare::KEEP].capacity(), 0, "at most KEEP vectors are kept, the large one not at all");
+}
