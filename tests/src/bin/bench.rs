@@ -80,6 +80,9 @@ struct Args {
     /// Run only this section and replace it in `--out` (the rest of the file is kept).
     #[arg(long, value_enum)]
     only: Option<Section>,
+    /// Fidelity steps of our daemon only (no peers): to compare builds quickly.
+    #[arg(long)]
+    ours_only: bool,
     #[command(flatten)]
     mirror_delay: mirror_delay::Opts,
 }
@@ -164,7 +167,9 @@ fn main() -> Result<()> {
     }
     let (mut steps, mut summary, mut rss) = (Vec::new(), Value::Null, 0);
     if wants(Section::Fidelity) {
-        (steps, summary, rss) = runs::fidelity(&env, &fidelity_plans(), args.step_seconds)?;
+        let plans: Vec<Plan> =
+            fidelity_plans().into_iter().filter(|p| !args.ours_only || p.peer == Peer::Ours).collect();
+        (steps, summary, rss) = runs::fidelity(&env, &plans, args.step_seconds)?;
         report::plot_fidelity(&steps, &dir.join("bench-fidelity.svg"))?;
         sections.push((report::FIDELITY, report::fidelity(&steps, args.step_seconds)?));
     }
