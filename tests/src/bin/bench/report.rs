@@ -30,6 +30,12 @@ fn spread(v: &[f64]) -> (f64, f64) {
     (v.iter().copied().fold(f64::INFINITY, f64::min), v.iter().copied().fold(f64::NEG_INFINITY, f64::max))
 }
 
+/// The median of `v` and its [min, max].
+fn median_spread(v: &[f64]) -> (f64, f64, f64) {
+    let (lo, hi) = spread(v);
+    (median(v.to_vec()), lo, hi)
+}
+
 fn per_million(cpu: f64, n: usize) -> f64 {
     cpu / n.max(1) as f64 * 1e6
 }
@@ -70,17 +76,17 @@ pub fn latency(runs: &[LatencyRun], rates: &[u32], secs: u64) -> Result<String> 
                 }
                 let cell = |p: f64| {
                     let v: Vec<f64> = rs.iter().map(|r| r.load.pct(p)).collect();
-                    let (lo, hi) = spread(&v);
-                    format!("{:.3} [{lo:.3}–{hi:.3}]", median(v))
+                    let (mid, lo, hi) = median_spread(&v);
+                    format!("{mid:.3} [{lo:.3}–{hi:.3}]")
                 };
                 let (ratio, per_pair, mirrored, cpu) = if peer == of {
                     let ratios = p99_ratios(runs, of, rate);
-                    let (lo, hi) = spread(&ratios);
+                    let (mid, lo, hi) = median_spread(&ratios);
                     let answered: u64 = rs.iter().map(|r| r.load.ok).sum();
                     let mirrored: usize = rs.iter().map(|r| r.mirrored).sum();
                     let cpu = median(rs.iter().map(|r| per_million(r.used.cpu, r.mirrored)).collect());
                     (
-                        format!("**{:.2}** [{lo:.2}–{hi:.2}]", median(ratios.clone())),
+                        format!("**{mid:.2}** [{lo:.2}–{hi:.2}]"),
                         ratios.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(", "),
                         format!("{mirrored} / {answered}"),
                         // The copy client is not a peer: its CPU is not a mirroring tool's.
@@ -215,17 +221,16 @@ fn classifier(used: &[(crate::env::Used, usize)]) -> (f64, f64) {
     (ns as f64 / runs.max(1) as f64, per_million(ns as f64 / 1e9, mirrored))
 }
 
-/// The cost section.
 /// Our daemon's runs at one of the high rates: (rate, each run's CPU and requests mirrored).
 pub type HighRate = (u32, Vec<(crate::env::Used, usize)>);
 
 /// The median CPU-s per million of a high-rate series, with its [min, max].
 fn high_cpu(used: &[(crate::env::Used, usize)]) -> (f64, f64, f64) {
     let cpus: Vec<f64> = used.iter().map(|(u, m)| per_million(u.cpu, *m)).collect();
-    let (lo, hi) = spread(&cpus);
-    (median(cpus), lo, hi)
+    median_spread(&cpus)
 }
 
+/// The cost section.
 pub fn cost(
     runs: &[LatencyRun],
     steps: &[Step],
@@ -314,17 +319,16 @@ pub fn targets(
         let rs = runs_of(runs, Peer::Ours, Peer::Ours, rate);
         let cpu = median(rs.iter().map(|r| per_million(r.used.cpu, r.mirrored)).collect());
         let ratios = p99_ratios(runs, Peer::Ours, rate);
-        let (lo, hi) = spread(&ratios);
+        let (ratio, lo, hi) = median_spread(&ratios);
         // What the mirror's own work costs the primary on these cores, whoever sends the copies.
         let reference = p99_ratios(runs, Peer::DirectCopy, rate);
         let reference = if reference.is_empty() {
             String::new()
         } else {
-            let (rlo, rhi) = spread(&reference);
-            format!(" (copies sent straight to the mirror: {:.2} [{rlo:.2}–{rhi:.2}])", median(reference.clone()))
+            let (mid, rlo, rhi) = median_spread(&reference);
+            format!(" (copies sent straight to the mirror: {mid:.2} [{rlo:.2}–{rhi:.2}])")
         };
         let cpu_target = if rate == 2000 { format!(" (target ≤ 10: {})", met(cpu <= 10.0)) } else { String::new() };
-        let ratio = median(ratios.clone());
         writeln!(
             md,
             "- primary p99 ratio ≤ 1.05 at {rate} req/s: median of {} pairs **{ratio:.2}** [{lo:.2}–{hi:.2}], {}{reference}; CPU **{cpu:.1}** CPU-s per million mirrored{cpu_target}",
@@ -463,5 +467,6 @@ mod tests {
         assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
         assert!(median(Vec::new()).is_nan());
         assert_eq!(spread(&[2.0, 1.0, 3.0]), (1.0, 3.0));
+        assert_eq!(median_spread(&[2.0, 1.0, 4.0, 3.0]), (2.5, 1.0, 4.0));
     }
 }
