@@ -83,6 +83,39 @@ fn small_pipelined(c: &mut Criterion) {
     g.finish();
 }
 
+fn live_keepalive(c: &mut Criterion) {
+    // What the daemon sees at the bench's open-loop steps: 64 kept-alive connections, each small
+    // GET in a segment of its own and acknowledged by the server's response (a header-only
+    // segment back), the connections taking turns: per-segment work (flow lookup, reassembly,
+    // acknowledgements) is not spread over many requests as in `small_pipelined`.
+    const CONNS: usize = 64;
+    let get = b"GET /api/items?id=42 HTTP/1.1\r\nHost: httpbin:8000\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n";
+    let body = Bytes::from_static(get);
+    let keys: Vec<FlowKey> = (0..CONNS)
+        .map(|i| FlowKey {
+            client: format!("10.0.0.1:{}", 40000 + i).parse().unwrap(),
+            server: "10.0.0.2:8000".parse().unwrap(),
+        })
+        .collect();
+    let mut segs = Vec::new();
+    for &key in &keys {
+        segs.push(Segment::to_server(key, 999, 0, TCP_SYN, Bytes::new()));
+        segs.push(Segment::to_client(key, 0, 1000, TCP_SYN | TCP_ACK, 0));
+    }
+    let (mut seq, mut rseq) = (vec![1000u32; CONNS], vec![1u32; CONNS]);
+    for i in 0..10_000 {
+        let c = i % CONNS;
+        segs.push(Segment::to_server(keys[c], seq[c], rseq[c], TCP_ACK, body.clone()));
+        seq[c] = seq[c].wrapping_add(get.len() as u32);
+        segs.push(Segment::to_client(keys[c], rseq[c], seq[c], TCP_ACK, 150));
+        rseq[c] = rseq[c].wrapping_add(150);
+    }
+    let mut g = c.benchmark_group("offline");
+    g.throughput(Throughput::Elements(10_000));
+    g.bench_function("live_keepalive_10k_requests", |b| b.iter(|| black_box(run(&segs))));
+    g.finish();
+}
+
 fn resync_through_binary(c: &mut Criterion) {
     // A flow picked up mid-stream inside 16 MiB of binary body (random bytes, with the
     // occasional LF and capital letter): framing must find the next request line in one pass.
@@ -105,5 +138,5 @@ fn resync_through_binary(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, large_bodies, small_pipelined, resync_through_binary);
+criterion_group!(benches, large_bodies, small_pipelined, live_keepalive, resync_through_binary);
 criterion_main!(benches);

@@ -19,7 +19,7 @@ use crate::{
     flow::{FlowConfig, FlowKey, FlowMap, FlowTable, Segment, StreamEvent},
     http::{BodyKind, FramerConfig, HttpEvent, RequestFramer},
     memory::{self, Held, Memory},
-    route::{Decision, MirrorTarget, Router, rewrite_head},
+    route::{Decision, MirrorTarget, Mirrors, Router, rewrite_head},
     stats::DropReason,
 };
 
@@ -175,8 +175,8 @@ struct Shadow {
 /// The request being read on a flow.
 #[derive(Debug)]
 struct InFlight {
-    /// One copy per mirror it goes to.
-    shadows: Vec<Shadow>,
+    /// One copy per mirror it goes to (inline for one: no allocation per request).
+    shadows: smallvec::SmallVec<[Shadow; 1]>,
     method: &'static str,
     /// The request-target.
     target: std::sync::Arc<str>,
@@ -361,9 +361,16 @@ impl Pipeline {
                         self.http.insert(key, HttpState::new(framer));
                     }
                 }
-                StreamEvent::Data(data) => self.http_state(key).framer.on_data(data, &mut http),
+                StreamEvent::Data(data) => {
+                    // The common case, with one look-up of the flow's state.
+                    let st = http_state(&mut self.http, &self.framer_cfg, key);
+                    st.framer.on_data(data, &mut http);
+                    self.routing.apply(key, st, &mut http, out);
+                    charge(st, key, &self.memory, &mut self.by_held);
+                    continue;
+                }
                 StreamEvent::Gap(len) => {
-                    let framer = &mut self.http_state(key).framer;
+                    let framer = &mut http_state(&mut self.http, &self.framer_cfg, key).framer;
                     let framing = !framer.is_finished();
                     framer.on_gap(len, &mut http);
                     if framing && framer.is_finished() {
@@ -398,29 +405,10 @@ impl Pipeline {
         self.http_events = http;
     }
 
-    /// Flow `key`'s HTTP state, made with its first bytes (a flow opened mid-stream has one from
-    /// its `Open`).
-    fn http_state(&mut self, key: FlowKey) -> &mut HttpState {
-        let cfg = &self.framer_cfg;
-        self.http.entry(key).or_insert_with(|| HttpState::new(RequestFramer::new(cfg.clone(), false)))
-    }
-
     /// Charges the budget with what flow `key` holds now, and files it by size.
     fn account(&mut self, key: FlowKey) {
-        let Some(st) = self.http.get_mut(&key) else { return };
-        let (before, now) = (st.held, st.holding());
-        if before == now {
-            return;
-        }
-        st.held = now;
-        self.memory.adjust(Held::Heads, before.0, now.0);
-        self.memory.adjust(Held::Bodies, before.1, now.1);
-        let (old, new) = (before.0 + before.1, now.0 + now.1);
-        if old > 0 {
-            self.by_held.remove(&(old, key));
-        }
-        if new > 0 {
-            self.by_held.insert((new, key));
+        if let Some(st) = self.http.get_mut(&key) {
+            charge(st, key, &self.memory, &mut self.by_held);
         }
     }
 
@@ -475,7 +463,7 @@ impl RouteStage {
                     let mirrors = match decision {
                         Decision::NoRoute => {
                             self.stats.no_route += 1;
-                            Vec::new()
+                            Mirrors::new()
                         }
                         Decision::Route { route, targets, sampled_out } => {
                             self.stats.sampled_out += sampled_out.len() as u64;
@@ -593,6 +581,30 @@ impl RouteStage {
                 HttpEvent::Tunnel => self.stats.tunnels += 1,
             }
         }
+    }
+}
+
+/// Flow `key`'s HTTP state, made with its first bytes (a flow opened mid-stream has one from its
+/// `Open`).
+fn http_state<'a>(http: &'a mut FlowMap<HttpState>, cfg: &FramerConfig, key: FlowKey) -> &'a mut HttpState {
+    http.entry(key).or_insert_with(|| HttpState::new(RequestFramer::new(cfg.clone(), false)))
+}
+
+/// [`Pipeline::account`] for a flow's state already looked up.
+fn charge(st: &mut HttpState, key: FlowKey, memory: &Memory, by_held: &mut BTreeSet<(usize, FlowKey)>) {
+    let (before, now) = (st.held, st.holding());
+    if before == now {
+        return;
+    }
+    st.held = now;
+    memory.adjust(Held::Heads, before.0, now.0);
+    memory.adjust(Held::Bodies, before.1, now.1);
+    let (old, new) = (before.0 + before.1, now.0 + now.1);
+    if old > 0 {
+        by_held.remove(&(old, key));
+    }
+    if new > 0 {
+        by_held.insert((new, key));
     }
 }
 

@@ -148,6 +148,9 @@ pub struct MirrorTarget {
     pub policy: Arc<Policy>,
 }
 
+/// The mirrors a request goes to.
+pub type Mirrors = smallvec::SmallVec<[MirrorTarget; 2]>;
+
 impl PartialEq for MirrorTarget {
     fn eq(&self, other: &Self) -> bool {
         self.endpoint == other.endpoint && self.route == other.route
@@ -188,8 +191,8 @@ pub enum Decision {
     Route {
         /// The route's name.
         route: Arc<str>,
-        /// The mirrors this request goes to.
-        targets: Vec<MirrorTarget>,
+        /// The mirrors this request goes to (inline up to two: no allocation per request).
+        targets: Mirrors,
         /// The endpoints whose sampling left this request out.
         sampled_out: Vec<Arc<str>>,
     },
@@ -294,7 +297,7 @@ impl Router {
         else {
             return Decision::NoRoute;
         };
-        let mut targets = Vec::new();
+        let mut targets = Mirrors::new();
         let mut sampled_out = Vec::new();
         // With a baseline on the route, the others decide first and the baseline takes its
         // destination's decision (a destination followed never follows itself).
@@ -438,11 +441,20 @@ fn push_shadow_host(out: &mut impl bytes::BufMut, host: &[u8]) {
 }
 
 /// The Host value a mirror gets for `value`, written at the end of `out`.
-fn push_host(out: &mut BytesMut, rewrite: &HostRewrite, value: &[u8]) {
+fn push_host(out: &mut impl bytes::BufMut, rewrite: &HostRewrite, value: &[u8]) {
     match rewrite {
         HostRewrite::Shadow => push_shadow_host(out, value),
-        HostRewrite::Keep => out.extend_from_slice(value),
-        HostRewrite::Set(v) => out.extend_from_slice(v.as_bytes()),
+        HostRewrite::Keep => out.put_slice(value),
+        HostRewrite::Set(v) => out.put_slice(v.as_bytes()),
+    }
+}
+
+/// How long what [`push_host`] writes for `value` is.
+fn host_len(rewrite: &HostRewrite, value: &[u8]) -> usize {
+    match rewrite {
+        HostRewrite::Shadow => value.len() + b"-shadow".len(),
+        HostRewrite::Keep => value.len(),
+        HostRewrite::Set(v) => v.len(),
     }
 }
 
@@ -460,11 +472,15 @@ pub fn rewrite_head(head: &RequestHead, policy: &Policy) -> Bytes {
         let Some(h) = head.field("host") else {
             return raw.clone();
         };
-        let mut out = BytesMut::with_capacity(raw.len() + 64);
+        // Exactly as long as the result: a vector whose length is its capacity becomes `Bytes`
+        // without an allocation of its own (the shared header a longer one needs).
+        let value = head.value(h);
+        let mut out = Vec::with_capacity(raw.len() - value.len() + host_len(&policy.host, value));
         out.extend_from_slice(&raw[..h.value_range.start]);
-        push_host(&mut out, &policy.host, head.value(h));
+        push_host(&mut out, &policy.host, value);
         out.extend_from_slice(&raw[h.value_range.end..]);
-        return out.freeze();
+        debug_assert_eq!(out.len(), out.capacity());
+        return Bytes::from(out);
     }
     let eol: &[u8] = if raw.ends_with(b"\r\n\r\n") { b"\r\n" } else { b"\n" };
     let mut out = BytesMut::with_capacity(raw.len() + 64);

@@ -85,6 +85,11 @@ impl Flow {
         }
     }
 
+    /// Every byte up to its FIN was delivered (and it was not given up): the flow is done.
+    pub(super) fn finished(&self) -> bool {
+        !self.given_up && self.asm.is_finished()
+    }
+
     /// How much would be lost if it were evicted (see [`Tier`]).
     pub(super) fn tier(&self) -> Tier {
         if self.given_up {

@@ -130,7 +130,19 @@ impl FlowTable {
             Direction::ToServer => self.on_client_segment(seg, now, out),
             Direction::ToClient => self.on_server_segment(seg, now, out),
         }
-        self.settle(key, true);
+        // One look-up: a flow whose every byte up to its FIN was delivered closes (the paths
+        // above leave that to here: a flow finished by an earlier segment was closed then), any
+        // other is settled as `settle(key, true)` does.
+        let Some(flow) = self.flows.get(&key) else { return };
+        if flow.finished() {
+            self.close(key, CloseReason::Fin, out);
+            return;
+        }
+        let (slot, tier, unfiled) = (flow.lru, flow.tier(), flow.timer.is_none());
+        self.lru.touch(slot, tier);
+        if unfiled {
+            self.rearm(key);
+        }
     }
 
     /// After `key`'s flow changed: moves it to its tier in the eviction order (as the most recent
@@ -203,15 +215,14 @@ impl FlowTable {
                 if let Some(ack) = start.server_ack {
                     flow.asm.acknowledge(u64::from(ack.wrapping_sub(start.base)), now, |_| {});
                 }
+            } else {
+                if seg.payload.is_empty() && !syn {
+                    // A bare ACK or FIN of a connection we never saw carry data: nothing to follow.
+                    return;
+                }
+                let (base, syn_len) = if syn { (seg.seq.wrapping_add(1), Some(seg.len)) } else { (seg.seq, None) };
+                self.open(key, base, syn_len, now, out);
             }
-        }
-        if !self.flows.contains_key(&key) {
-            if seg.payload.is_empty() && !syn {
-                // A bare ACK or FIN of a connection we never saw carry data: nothing to follow.
-                return;
-            }
-            let (base, syn_len) = if syn { (seg.seq.wrapping_add(1), Some(seg.len)) } else { (seg.seq, None) };
-            self.open(key, base, syn_len, now, out);
         }
 
         if rst {
@@ -273,7 +284,7 @@ impl FlowTable {
             let room = self.buffer_limit.saturating_sub(self.total_pending);
             let max_flow_buffer = self.cfg.max_flow_buffer;
             let mut result = Insert::Duplicate;
-            self.with_asm(key, out, |asm, emit| {
+            let hole_moved = run_asm(flow, key, &mut self.stats, &mut self.total_pending, out, |asm, emit| {
                 result = asm.insert(off, payload, now, room, &mut *emit);
                 if asm.buffered() > max_flow_buffer {
                     // Out of room for this flow: in strict mode the flow is given up (its bytes
@@ -286,6 +297,9 @@ impl FlowTable {
                     }
                 }
             });
+            if hole_moved {
+                self.rearm(key);
+            }
             match result {
                 Insert::Duplicate => self.stats.retransmitted_segments += 1,
                 Insert::InOrder => {}
@@ -299,7 +313,6 @@ impl FlowTable {
                 Insert::Buffered => self.stats.out_of_order_segments += 1,
             }
         }
-        self.close_if_finished(key, out);
     }
 
     /// Opens a flow whose stream starts at sequence number `base`: after a SYN carrying `syn_len`
@@ -371,25 +384,8 @@ impl FlowTable {
         f: impl FnOnce(&mut Assembler, &mut dyn FnMut(StreamEvent)),
     ) {
         let Some(flow) = self.flows.get_mut(&key) else { return };
-        let hole_before = flow.asm.hole_since();
-        let buffered_before = flow.asm.buffered();
-        f(&mut flow.asm, &mut emitter(key, &mut self.stats, out));
-        if flow.asm.is_stopped() && !flow.given_up {
-            // Ended at its buffer bound (strict mode: a peer that never answers).
-            flow.given_up = true;
-            self.stats.flows_given_up_gap += 1;
-        }
-        self.stats.unacked_bytes += flow.asm.take_dropped_unacked();
-        self.total_pending = self.total_pending - buffered_before + flow.asm.buffered();
-        if flow.asm.hole_since() != hole_before {
+        if run_asm(flow, key, &mut self.stats, &mut self.total_pending, out, f) {
             self.rearm(key);
-        }
-    }
-
-    /// Closes `key`'s flow if every byte up to its FIN was delivered.
-    fn close_if_finished(&mut self, key: FlowKey, out: &mut Vec<(FlowKey, StreamEvent)>) {
-        if self.flows.get(&key).is_some_and(|f| !f.given_up && f.asm.is_finished()) {
-            self.close(key, CloseReason::Fin, out);
         }
     }
 
@@ -436,7 +432,7 @@ impl FlowTable {
                 self.with_asm(key, out, |asm, emit| {
                     asm.skip_hole(emit);
                 });
-                if self.flows.get(&key).is_some_and(|f| !f.given_up && f.asm.is_finished()) {
+                if self.flows.get(&key).is_some_and(Flow::finished) {
                     closing.push(key);
                     continue;
                 }
@@ -450,7 +446,7 @@ impl FlowTable {
             self.settle(key, false);
         }
         for key in closing {
-            let fin_done = self.flows.get(&key).is_some_and(|f| !f.given_up && f.asm.is_finished());
+            let fin_done = self.flows.get(&key).is_some_and(Flow::finished);
             self.close(key, if fin_done { CloseReason::Fin } else { CloseReason::Idle }, out);
         }
         for key in parking {
@@ -528,4 +524,29 @@ impl FlowTable {
         }
         out.push((key, StreamEvent::Close(reason)));
     }
+}
+
+/// [`FlowTable::with_asm`] on a flow already looked up (the table's fields it needs, apart):
+/// runs `f` on `flow`'s assembler, gives the flow up if its stream was ended at its buffer bound,
+/// and keeps the global count of held bytes. Returns whether its hole moved: the caller then
+/// files its timer again ([`FlowTable::rearm`]).
+fn run_asm(
+    flow: &mut Flow,
+    key: FlowKey,
+    stats: &mut FlowStats,
+    total_pending: &mut usize,
+    out: &mut Vec<(FlowKey, StreamEvent)>,
+    f: impl FnOnce(&mut Assembler, &mut dyn FnMut(StreamEvent)),
+) -> bool {
+    let hole_before = flow.asm.hole_since();
+    let buffered_before = flow.asm.buffered();
+    f(&mut flow.asm, &mut emitter(key, stats, out));
+    if flow.asm.is_stopped() && !flow.given_up {
+        // Ended at its buffer bound (strict mode: a peer that never answers).
+        flow.given_up = true;
+        stats.flows_given_up_gap += 1;
+    }
+    stats.unacked_bytes += flow.asm.take_dropped_unacked();
+    *total_pending = *total_pending - buffered_before + flow.asm.buffered();
+    flow.asm.hole_since() != hole_before
 }

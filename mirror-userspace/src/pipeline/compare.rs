@@ -50,6 +50,9 @@ const MAX_WAITING: usize = 1024;
 /// compared one (`true`) or the baseline's (`false`).
 pub(super) type CopyRole = Option<(u64, bool)>;
 
+/// The roles of a request's copies, one per mirror (inline up to two, as [`crate::route::Mirrors`]).
+pub(super) type Roles = smallvec::SmallVec<[CopyRole; 2]>;
+
 /// The comparison stage of a pipeline.
 #[derive(Default)]
 pub(super) struct CompareStage {
@@ -75,14 +78,8 @@ impl CompareStage {
 
     /// A request head framed on `key`, going to `mirrors`: gives it to the flow's pairer and
     /// returns each copy's role (`None` for every copy when nothing is compared).
-    pub(super) fn request(
-        &mut self,
-        key: FlowKey,
-        method: &str,
-        mirrors: &[MirrorTarget],
-        router: &Router,
-    ) -> Vec<CopyRole> {
-        let mut roles: Vec<CopyRole> = vec![None; mirrors.len()];
+    pub(super) fn request(&mut self, key: FlowKey, method: &str, mirrors: &[MirrorTarget], router: &Router) -> Roles {
+        let mut roles: Roles = smallvec::smallvec![None; mirrors.len()];
         if !self.on || router.compared.is_empty() {
             return roles;
         }

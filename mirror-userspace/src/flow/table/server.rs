@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use mirror_common::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
-use super::{FlowTable, MAX_EARLY_SYN_ACKS};
+use super::{FlowTable, MAX_EARLY_SYN_ACKS, run_asm};
 use crate::flow::{
     CloseReason, FlowKey, Segment, StreamEvent,
     conn::{emitter, unwrap_around},
@@ -50,8 +50,11 @@ impl FlowTable {
             if strict
                 && flow.confirmed
                 && let Ok(off) = unwrap_around(seg.ack.wrapping_sub(flow.base), flow.asm.acked())
+                && run_asm(flow, key, &mut self.stats, &mut self.total_pending, out, |asm, emit| {
+                    asm.acknowledge(off, now, emit)
+                })
             {
-                self.with_asm(key, out, |asm, emit| asm.acknowledge(off, now, emit));
+                self.rearm(key);
             }
         }
         if self.cfg.responses {
@@ -59,9 +62,8 @@ impl FlowTable {
         }
         if seg.flags & TCP_RST != 0 {
             self.close(key, CloseReason::Rst, out);
-        } else {
-            self.close_if_finished(key, out);
         }
+        // A flow its acknowledgement finished is closed by `on_segment`.
     }
 
     /// A server segment's bytes, for a flow whose responses are reassembled: the SYN-ACK sets
