@@ -35,6 +35,13 @@ enum Command {
         /// and queues cannot hold is lost and counted (README, "Priority").
         #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..=19))]
         nice: i32,
+        /// The daemon's scheduling policy (every thread inherits it). `batch` (the default):
+        /// Linux's SCHED_BATCH, for work that is not interactive: a wake-up of the daemon never
+        /// preempts the task running on that CPU (the primary, say); the daemon waits for it to
+        /// block or for the scheduler's tick, and still gets its fair share of a busy CPU (the
+        /// nice value applies as usual). `normal`: SCHED_OTHER, as started.
+        #[arg(long, value_enum, default_value_t = Sched::Batch)]
+        sched: Sched,
     },
     /// Remove the classifier's netlink filters left on interfaces by a daemon that was killed
     /// (SIGKILL, OOM): only filters named mirror_tc, and only where no live daemon owns them.
@@ -111,7 +118,15 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Run { config, metrics_addr, attach, nice } => {
+        Command::Run { config, metrics_addr, attach, nice, sched } => {
+            if sched == Sched::Batch {
+                // Before any thread starts: the policy is per thread, inherited.
+                let param = libc::sched_param { sched_priority: 0 };
+                // SAFETY: a plain syscall on the calling thread with a live parameter.
+                if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } != 0 {
+                    eprintln!("warning: could not set SCHED_BATCH: {}", std::io::Error::last_os_error());
+                }
+            }
             if nice > 0 {
                 // Before any thread starts: on Linux the nice value is per thread, inherited.
                 // SAFETY: plain syscalls on the calling thread.
@@ -140,6 +155,12 @@ fn main() -> Result<()> {
             detach(&interfaces)
         }
     }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Sched {
+    Batch,
+    Normal,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]

@@ -121,6 +121,35 @@ fn healthy_mirror_metrics_have_route_and_mirror_labels() {
     assert!(metric(&metrics, "mirror_kernel_packets_total{kind=\"shipped\"}") >= 10.0, "{metrics}");
 }
 
+/// The scheduling policy (`/proc/<pid>/task/<tid>/stat`, field 41) of each of `pid`'s threads.
+fn thread_policies(pid: i32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let stat = std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap();
+        // Fields after the command name (in parentheses, which may hold spaces) start at field 3.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        out.push(rest.split(' ').nth(41 - 3).unwrap().parse().unwrap());
+    }
+    out
+}
+
+/// Every thread of the daemon runs under SCHED_BATCH (3) by default, so that its wake-ups never
+/// preempt the primary; `--sched normal` keeps SCHED_OTHER (0).
+#[test]
+fn daemon_threads_run_sched_batch_unless_told_normal() {
+    let topo = Topology::new().unwrap();
+    let (_v1, _v2) = topo.servers().unwrap();
+    let config = topo.config(100.0, "").unwrap();
+    for (extra, policy) in [(&[][..], libc::SCHED_BATCH as u32), (&["--sched", "normal"][..], libc::SCHED_OTHER as u32)]
+    {
+        let d = topo.daemon_in(&topo.primary, "daemon", &config, extra).unwrap();
+        let policies = thread_policies(d.pid());
+        assert!(policies.len() >= 3, "capture, runtime and compare threads at least: {policies:?}");
+        assert!(policies.iter().all(|&p| p == policy), "{extra:?}: {policies:?}");
+        drop(d);
+    }
+}
+
 #[test]
 fn daemon_killed_with_sigkill_leaves_no_attachment_and_primary_keeps_working() {
     let topo = Topology::new().unwrap();

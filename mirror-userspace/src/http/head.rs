@@ -143,7 +143,12 @@ pub(super) fn parse(
             let start = h.value.as_ptr() as usize - base;
             let end = start + h.value.len();
             let line_start = h.name.as_ptr() as usize - base;
-            let line_end = memchr::memchr(b'\n', &head_bytes[end..]).map_or(n, |i| end + i + 1);
+            // The line ends right after the value unless whitespace trimmed off it follows.
+            let line_end = match head_bytes.get(end..end + 2) {
+                Some(b"\r\n") => end + 2,
+                Some([b'\n', _]) => end + 1,
+                _ => memchr::memchr(b'\n', &head_bytes[end..]).map_or(n, |i| end + i + 1),
+            };
             Header {
                 name_range: line_start..line_start + h.name.len(),
                 value_range: start..end,

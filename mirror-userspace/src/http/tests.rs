@@ -268,6 +268,19 @@ fn header_value_ranges_point_into_raw() {
         ]
     );
     assert_eq!(head.header("HOST"), Some(&b"httpbin:8000"[..]));
+    // Bare LF line ends, an empty value, trailing tabs.
+    let f = frame_every_split(b"GET / HTTP/1.1\nHost: h\nX-E:\nX-T: t\t\t\n\n");
+    let head = &f.requests[0].0;
+    let fields: Vec<(&[u8], &[u8], &[u8])> =
+        head.headers.iter().map(|h| (head.name(h), head.value(h), &head.raw[h.line.clone()])).collect();
+    assert_eq!(
+        fields,
+        [
+            (&b"Host"[..], &b"h"[..], &b"Host: h\n"[..]),
+            (&b"X-E"[..], &b""[..], &b"X-E:\n"[..]),
+            (&b"X-T"[..], &b"t"[..], &b"X-T: t\t\t\n"[..]),
+        ]
+    );
 }
 
 #[test]

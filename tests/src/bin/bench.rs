@@ -77,10 +77,13 @@ struct Args {
     /// `--nice` for our daemon (default: the daemon's own, 0).
     #[arg(long)]
     nice: Option<u32>,
+    /// `--sched` for our daemon (batch, normal; default: the daemon's own, batch).
+    #[arg(long)]
+    sched: Option<String>,
     /// Run only this section and replace it in `--out` (the rest of the file is kept).
     #[arg(long, value_enum)]
     only: Option<Section>,
-    /// Fidelity steps of our daemon only (no peers): to compare builds quickly.
+    /// Fidelity steps and saturation runs of our daemon only (no peers): to compare builds quickly.
     #[arg(long)]
     ours_only: bool,
     #[command(flatten)]
@@ -152,6 +155,7 @@ fn main() -> Result<()> {
     let mut env = Env::new(args.gor.clone())?;
     env.batch_ms = args.batch_ms;
     env.nice = args.nice;
+    env.sched = args.sched.clone();
     env.pace = args.pace.clone();
     if let Some(n) = args.in_a_row {
         runs::in_a_row(&env, args.rates[0], args.seconds, n, &get_request())?;
@@ -182,7 +186,7 @@ fn main() -> Result<()> {
     }
     let mut sat = Vec::new();
     if wants(Section::Saturation) {
-        sat = runs::saturation(&env, args.saturation_seconds)?;
+        sat = runs::saturation(&env, args.saturation_seconds, args.ours_only)?;
         sections.push((report::SATURATION, report::saturation(&sat, args.saturation_seconds)?));
     }
     drop(env);
@@ -202,6 +206,7 @@ fn main() -> Result<()> {
             args.note.as_ref().map(|n| format!(" {n}")).unwrap_or_default()
                 + &args.batch_ms.map(|ms| format!(" Our daemon ran with `capture.batchMs: {ms}`.")).unwrap_or_default()
                 + &args.nice.map(|n| format!(" Our daemon ran with `--nice {n}`.")).unwrap_or_default()
+                + &args.sched.as_ref().map(|p| format!(" Our daemon ran with `--sched {p}`.")).unwrap_or_default()
                 + &args.pace.as_ref().map(|p| format!(" Our daemon ran with `replay.pace: {p}`.")).unwrap_or_default()
         );
         let body = md.find("\n## ").map_or(String::new(), |i| md[i + 1..].to_string());

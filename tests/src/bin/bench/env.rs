@@ -84,6 +84,8 @@ pub struct Env {
     pub batch_ms: Option<u64>,
     /// `--nice` for our daemon (`None`: its default).
     pub nice: Option<u32>,
+    /// `--sched` for our daemon (`None`: its default).
+    pub sched: Option<String>,
     /// `replay.pace` for our daemon (`None`: its default).
     pub pace: Option<String>,
 }
@@ -173,6 +175,7 @@ impl Env {
             gor,
             batch_ms: None,
             nice: None,
+            sched: None,
             pace: None,
         })
     }
@@ -218,7 +221,8 @@ impl Env {
                     std::fs::write(&config, text.replacen(&at, &format!("{at}\n  batchMs: {ms}"), 1))?;
                 }
                 let nice = self.nice.map(|n| n.to_string());
-                let extra: Vec<&str> = nice.iter().flat_map(|n| ["--nice", n.as_str()]).collect();
+                let mut extra: Vec<&str> = nice.iter().flat_map(|n| ["--nice", n.as_str()]).collect();
+                extra.extend(self.sched.iter().flat_map(|s| ["--sched", s.as_str()]));
                 let d = self.topo.daemon_in(&self.topo.primary, "daemon", &config, &extra)?;
                 let pid = d.pid();
                 (Some(d), vec![pid])

@@ -218,9 +218,14 @@ pub struct Saturation {
 pub const WRK: (u32, u32) = (2, 16);
 
 /// The primary's closed-loop maximum with each peer attached: wrk for `secs`.
-pub fn saturation(env: &Env, secs: u64) -> Result<Vec<Saturation>> {
+pub fn saturation(env: &Env, secs: u64, ours_only: bool) -> Result<Vec<Saturation>> {
     let mut out = Vec::new();
-    for peer in [Peer::Nothing, Peer::Ours, Peer::GoReplay, Peer::NginxPlain, Peer::Nginx] {
+    let peers: &[Peer] = if ours_only {
+        &[Peer::Nothing, Peer::Ours]
+    } else {
+        &[Peer::Nothing, Peer::Ours, Peer::GoReplay, Peer::NginxPlain, Peer::Nginx]
+    };
+    for &peer in peers {
         println!("saturation: {}", peer.name());
         let a = env.attach(peer)?;
         let before = env.mirrored_fresh();
