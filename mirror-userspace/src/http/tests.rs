@@ -254,14 +254,17 @@ fn close_mid_request_drops_it() {
     assert_eq!(f.drops, vec![DropReason::IncompleteAtClose]);
 }
 
+/// Each header of `head` as (name, value, whole line).
+fn fields(head: &RequestHead) -> Vec<(&[u8], &[u8], &[u8])> {
+    head.headers.iter().map(|h| (head.name(h), head.value(h), &head.raw[h.line.clone()])).collect()
+}
+
 #[test]
 fn header_value_ranges_point_into_raw() {
     let f = frame_every_split(b"GET / HTTP/1.1\r\nHost: httpbin:8000\r\nX-A:  spaced \r\n\r\n");
     let head = &f.requests[0].0;
-    let fields: Vec<(&[u8], &[u8], &[u8])> =
-        head.headers.iter().map(|h| (head.name(h), head.value(h), &head.raw[h.line.clone()])).collect();
     assert_eq!(
-        fields,
+        fields(head),
         [
             (&b"Host"[..], &b"httpbin:8000"[..], &b"Host: httpbin:8000\r\n"[..]),
             (&b"X-A"[..], &b"spaced"[..], &b"X-A:  spaced \r\n"[..]),
@@ -271,10 +274,8 @@ fn header_value_ranges_point_into_raw() {
     // Bare LF line ends, an empty value, trailing tabs.
     let f = frame_every_split(b"GET / HTTP/1.1\nHost: h\nX-E:\nX-T: t\t\t\n\n");
     let head = &f.requests[0].0;
-    let fields: Vec<(&[u8], &[u8], &[u8])> =
-        head.headers.iter().map(|h| (head.name(h), head.value(h), &head.raw[h.line.clone()])).collect();
     assert_eq!(
-        fields,
+        fields(head),
         [
             (&b"Host"[..], &b"h"[..], &b"Host: h\n"[..]),
             (&b"X-E"[..], &b""[..], &b"X-E:\n"[..]),
