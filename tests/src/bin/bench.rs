@@ -227,6 +227,7 @@ fn criterion(c: &std::path::Path) -> Result<String> {
     for (name, unit) in [
         ("large_bodies_64MiB", "bytes"),
         ("small_pipelined_10k_requests", "requests"),
+        ("live_keepalive_10k_requests", "live"),
         ("resync_through_16MiB_binary", "resync"),
     ] {
         let est = c.join("offline").join(name).join("new/estimates.json");
@@ -243,6 +244,11 @@ fn criterion(c: &std::path::Path) -> Result<String> {
                 "- Resynchronising through 16 MiB of binary body (a flow picked up mid-stream, or after a gap): {:.2} ms = **{:.1} GB/s**",
                 ns / 1e6,
                 (16u64 << 20) as f64 / ns
+            ),
+            "live" => format!(
+                "- Small GETs as the open-loop steps send them (10,000 over 64 kept-alive connections, each in a segment of its own, then the server's ACK): {:.2} ms = **{:.0} requests/s**",
+                ns / 1e6,
+                10_000.0 / (ns / 1e9)
             ),
             _ => format!(
                 "- Small pipelined GETs (10,000 in 1448-byte segments): {:.2} ms = **{:.0} requests/s**",
