@@ -132,15 +132,11 @@ impl FlowTable {
         }
         // One look-up: a flow whose every byte up to its FIN was delivered closes (the paths
         // above leave that to here: a flow finished by an earlier segment was closed then), any
-        // other is settled as `settle(key, true)` does.
+        // other is settled (`place`, as `settle(key, true)` does).
         let Some(flow) = self.flows.get(&key) else { return };
         if flow.finished() {
             self.close(key, CloseReason::Fin, out);
-            return;
-        }
-        let (slot, tier, unfiled) = (flow.lru, flow.tier(), flow.timer.is_none());
-        self.lru.touch(slot, tier);
-        if unfiled {
+        } else if place(&mut self.lru, flow, true) {
             self.rearm(key);
         }
     }
@@ -149,12 +145,7 @@ impl FlowTable {
     /// flow there if `active`: it just saw a segment), and files it under a deadline again if it
     /// had none (a kept-alive flow that was idle). O(1), or O(log n) when its timer is filed.
     fn settle(&mut self, key: FlowKey, active: bool) {
-        let Some(flow) = self.flows.get(&key) else { return };
-        let tier = flow.tier();
-        if active || self.lru.tier_of(flow.lru) != tier {
-            self.lru.touch(flow.lru, tier);
-        }
-        if flow.timer.is_none() {
+        if self.flows.get(&key).is_some_and(|flow| place(&mut self.lru, flow, active)) {
             self.rearm(key);
         }
     }
@@ -524,6 +515,16 @@ impl FlowTable {
         }
         out.push((key, StreamEvent::Close(reason)));
     }
+}
+
+/// [`FlowTable::settle`] on a flow already looked up: moves it in the eviction order; returns
+/// whether it has no timer (the caller then files one with [`FlowTable::rearm`]).
+fn place(lru: &mut Lru, flow: &Flow, active: bool) -> bool {
+    let tier = flow.tier();
+    if active || lru.tier_of(flow.lru) != tier {
+        lru.touch(flow.lru, tier);
+    }
+    flow.timer.is_none()
 }
 
 /// [`FlowTable::with_asm`] on a flow already looked up (the table's fields it needs, apart):
