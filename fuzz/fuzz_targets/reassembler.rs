@@ -119,7 +119,8 @@ fuzz_target!(|data: &[u8]| {
                 State::Closed => continue,
                 State::SynReceived => {
                     server.state = State::Established;
-                    Segment::to_client(key, 5, ack, TCP_SYN | TCP_ACK, 0)
+                    let wscale = (op[4] & 0x10 != 0).then_some(op[4] & 0x0f);
+                    Segment { wscale, ..Segment::to_client(key, 5, ack, TCP_SYN | TCP_ACK, 0) }
                 }
                 State::Established => {
                     let a = acked.entry(key).or_default();
@@ -127,7 +128,9 @@ fuzz_target!(|data: &[u8]| {
                     if flags & TCP_RST != 0 {
                         server.reset();
                     }
-                    Segment::to_client(key, 5, ack, TCP_ACK | (flags & TCP_RST), 0)
+                    // Any window: it only moves where a flow that holds too much is given up.
+                    let window = u16::from_le_bytes([op[2], op[3]]);
+                    Segment { window, ..Segment::to_client(key, 5, ack, TCP_ACK | (flags & TCP_RST), 0) }
                 }
             }
         } else if flags & TCP_SYN != 0 {
@@ -142,7 +145,8 @@ fuzz_target!(|data: &[u8]| {
                 server.isn = seq;
                 server.state = State::SynReceived;
             }
-            Segment::to_server(key, seq, 0, flags, Bytes::new())
+            let wscale = (op[4] & 0x40 != 0).then_some(7);
+            Segment { wscale, ..Segment::to_server(key, seq, 0, flags, Bytes::new()) }
         } else {
             // Data at stream offset `off` has seq isn + 1 + off. Kind 6 is a copy the server's
             // kernel drops (bad checksum, spoofed): different bytes, never received (strict mode

@@ -178,8 +178,9 @@ pub struct SegmentEvent {
     /// The TCP header's checksum field as seen (big-endian bytes read as a host `u16`): two
     /// sightings of one packet carry the same; a copy with other payload bytes does not.
     pub tcp_csum: u16,
-    /// Keeps the size a multiple of 8.
-    pub _reserved: u16,
+    /// The TCP header's window field (host order, unscaled): for a server→client segment, how
+    /// much more the primary will take, which bounds what the daemon holds unacknowledged.
+    pub window: u16,
 }
 
 impl SegmentEvent {

@@ -224,6 +224,7 @@ fn capture(ctx: &TcContext) -> Result<(), ()> {
     ev.ifindex = ifindex;
     ev.hook = if arrived { HOOK_INGRESS } else { HOOK_EGRESS };
     ev.tcp_csum = u16::from_ne_bytes([tcp[16], tcp[17]]);
+    ev.window = u16::from_be_bytes([tcp[14], tcp[15]]);
 
     // Ethernet padding of short frames lies between ip_end and skb_len: never ship it as payload.
     let ip_end = if ip_end > skb_len { skb_len } else { ip_end };
@@ -271,10 +272,12 @@ fn capture(ctx: &TcContext) -> Result<(), ()> {
 }
 
 /// A segment from a watched port back to a client (the primary's side of a flow): its header
-/// (`KIND_REVERSE`), and its payload only if the port has `PORT_RESPONSES` (responses being
+/// (`KIND_REVERSE`: acknowledgement, window), the header bytes themselves for a SYN-ACK (its
+/// window scale option), and its payload only if the port has `PORT_RESPONSES` (responses being
 /// compared), bounded exactly as the forward path's (inline bytes, then a `KIND_REVERSE_TAIL`).
 /// The daemon releases a client byte to framing only once the primary's TCP has acknowledged it,
-/// and learns where the primary's responses are from these.
+/// holds as many unacknowledged ones as the primary's window allows, and learns where the
+/// primary's responses are from these.
 #[inline(always)]
 fn ship_reverse(
     ctx: &TcContext,
@@ -307,6 +310,7 @@ fn ship_reverse(
     ev.tcp_flags = tcp[13];
     ev.kind = KIND_REVERSE;
     ev.tcp_csum = u16::from_ne_bytes([tcp[16], tcp[17]]);
+    ev.window = u16::from_be_bytes([tcp[14], tcp[15]]);
     ev.payload_off = 0;
     ev.payload_len = ip_end.saturating_sub(payload_off);
     ev.captured_len = 0;
@@ -316,6 +320,12 @@ fn ship_reverse(
     let mut inline = 0;
     if responses && payload_off < ip_end {
         inline = if ip_end > MAX_INLINE_CAPTURE { MAX_INLINE_CAPTURE } else { ip_end };
+        ev.payload_off = payload_off;
+        ev.captured_len = inline;
+    } else if tcp[13] & TCP_SYN != 0 && payload_off <= ip_end {
+        // A SYN-ACK's headers, options included: the daemon reads the window scale from them
+        // (the windows of the server's later segments are shifted by it).
+        inline = payload_off;
         ev.payload_off = payload_off;
         ev.captured_len = inline;
     }

@@ -104,6 +104,10 @@ pub fn decode_sample(sample: &[u8]) -> Result<(u64, Segment), DecodeError> {
         _ => return Err(DecodeError::BadFamily),
     };
     let (src, dst) = (SocketAddr::new(src, ev.sport), SocketAddr::new(dst, ev.dport));
+    let options = match ev.kind {
+        KIND_PACKET | KIND_REVERSE => tcp_options(ev.family, &data[..(ev.payload_off as usize).min(captured)]),
+        _ => &[],
+    };
     let seg = if reverse {
         let key = FlowKey { client: dst, server: src };
         let mut seg = Segment::to_client(key, ev.seq, ev.ack, ev.tcp_flags, ev.payload_len);
@@ -116,7 +120,18 @@ pub fn decode_sample(sample: &[u8]) -> Result<(u64, Segment), DecodeError> {
         seg.len = seg.len.max(ev.payload_len);
         seg
     };
-    Ok((ev.ts_ns, seg))
+    Ok((ev.ts_ns, seg.with_window(ev.window, options)))
+}
+
+/// The TCP options among a captured packet's `headers` (Ethernet, IP, TCP: up to the payload),
+/// empty if they were not captured (the classifier ships a server's headers only for a SYN-ACK).
+fn tcp_options(family: u8, headers: &[u8]) -> &[u8] {
+    const ETH: usize = 14;
+    let l4 = match family {
+        4 => headers.get(ETH).map_or(usize::MAX, |vihl| ETH + usize::from(vihl & 0x0f) * 4),
+        _ => ETH + 40,
+    };
+    headers.get(l4.saturating_add(20)..).unwrap_or(&[])
 }
 
 /// The object file built from `mirror-ebpf` by build.rs.
@@ -490,6 +505,77 @@ mod tests {
         assert_eq!(&s.payload[..], b"GET / HTTP/1.1\r\n");
         assert_eq!(s.key.client, "10.0.0.1:40000".parse().unwrap());
         assert_eq!(s.key.server, "10.0.0.2:80".parse().unwrap());
+    }
+
+    /// Linux's SYN options: MSS 1460, SACK permitted, timestamps, NOP, window scale `shift`.
+    fn linux_syn_options(shift: u8) -> Vec<u8> {
+        vec![2, 4, 5, 180, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, shift]
+    }
+
+    #[test]
+    fn the_window_and_a_syns_window_scale_come_from_the_headers() {
+        // A SYN-ACK from 10.0.0.2:80 shipped with its headers (Ethernet, IPv4 with 4 bytes of
+        // options, TCP with Linux's options): window 65,160, scale 7.
+        let opts = linux_syn_options(7);
+        let mut frame = vec![0u8; 14];
+        frame.extend_from_slice(&[0x46; 1]);
+        frame.extend_from_slice(&[0u8; 23]);
+        frame.extend_from_slice(&[0u8; 20]);
+        frame.extend_from_slice(&opts);
+        let mut ev = SegmentEvent {
+            family: 4,
+            sport: 80,
+            dport: 40000,
+            tcp_flags: mirror_common::TCP_SYN | mirror_common::TCP_ACK,
+            kind: KIND_REVERSE,
+            window: 65_160,
+            payload_off: frame.len() as u32,
+            captured_len: frame.len() as u32,
+            ..Default::default()
+        };
+        ev.saddr[..4].copy_from_slice(&[10, 0, 0, 2]);
+        ev.daddr[..4].copy_from_slice(&[10, 0, 0, 1]);
+        let (_, s) = decode_sample(&sample(ev, &frame)).unwrap();
+        assert_eq!((s.window, s.wscale, s.payload.len()), (65_160, Some(7), 0));
+        // An ACK carries its window; its options are never read for a scale.
+        let ack = SegmentEvent { tcp_flags: mirror_common::TCP_ACK, ..ev };
+        assert_eq!(decode_sample(&sample(ack, &frame)).map(|(_, s)| (s.window, s.wscale)), Ok((65_160, None)));
+        // A SYN-ACK whose headers were not shipped (an older daemon's classifier): no scale.
+        let bare = SegmentEvent { payload_off: 0, captured_len: 0, ..ev };
+        assert_eq!(decode_sample(&sample(bare, b"")).map(|(_, s)| s.wscale), Ok(None));
+        // A client's IPv6 SYN, whole, as the forward path ships it.
+        let mut frame = vec![0u8; 14 + 40 + 20];
+        frame.extend_from_slice(&linux_syn_options(9));
+        let syn = SegmentEvent {
+            family: 6,
+            sport: 40000,
+            dport: 80,
+            tcp_flags: mirror_common::TCP_SYN,
+            kind: KIND_PACKET,
+            window: 64_800,
+            payload_off: frame.len() as u32,
+            captured_len: frame.len() as u32,
+            ..Default::default()
+        };
+        let (_, s) = decode_sample(&sample(syn, &frame)).unwrap();
+        assert_eq!((s.dir, s.window, s.wscale), (crate::flow::Direction::ToServer, 64_800, Some(9)));
+    }
+
+    #[test]
+    fn window_scale_options_that_do_not_add_up_are_not_read() {
+        use crate::flow::window_scale;
+        assert_eq!(window_scale(&linux_syn_options(14)), Some(14));
+        assert_eq!(window_scale(&[3, 3, 2]), Some(2));
+        assert_eq!(window_scale(&[]), None);
+        // Without the option, after an end-of-list, or past a length that does not add up.
+        assert_eq!(window_scale(&[2, 4, 5, 180, 1, 1, 1, 1]), None);
+        assert_eq!(window_scale(&[0, 3, 3, 7]), None);
+        assert_eq!(window_scale(&[8, 0, 3, 3, 7]), None, "a zero length would loop forever");
+        assert_eq!(window_scale(&[8, 1, 3, 3, 7]), None);
+        assert_eq!(window_scale(&[8, 12, 3, 3, 7]), None, "past the end");
+        assert_eq!(window_scale(&[3, 4, 7, 0]), None, "a scale option is 3 bytes long");
+        assert_eq!(window_scale(&[3, 3]), None, "cut short");
+        assert_eq!(window_scale(&[1, 1, 3]), None, "a kind without its length");
     }
 
     #[test]

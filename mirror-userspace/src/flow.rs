@@ -117,19 +117,60 @@ pub struct Segment {
     /// The TCP payload as captured (empty for a [`Direction::ToClient`] segment unless its
     /// port's responses are compared).
     pub payload: Bytes,
+    /// The TCP header's window field, unscaled (0 when unknown: then nothing is inferred from it).
+    pub window: u16,
+    /// A SYN's window scale option (RFC 7323 §2), if it had one and it was captured.
+    pub wscale: Option<u8>,
 }
 
 impl Segment {
     /// A client→server segment carrying `payload` (whole: `len` is its length).
     pub fn to_server(key: FlowKey, seq: u32, ack: u32, flags: u8, payload: Bytes) -> Self {
         let len = payload.len() as u32;
-        Self { key, dir: Direction::ToServer, seq, ack, flags, len, payload }
+        Self { key, dir: Direction::ToServer, seq, ack, flags, len, payload, window: 0, wscale: None }
     }
 
     /// A server→client segment's headers: `len` payload bytes on the wire, none captured.
     pub fn to_client(key: FlowKey, seq: u32, ack: u32, flags: u8, len: u32) -> Self {
-        Self { key, dir: Direction::ToClient, seq, ack, flags, len, payload: Bytes::new() }
+        Self { key, dir: Direction::ToClient, seq, ack, flags, len, payload: Bytes::new(), window: 0, wscale: None }
     }
+
+    /// Sets the window field and, for a SYN, the window scale found in `options` (the TCP
+    /// header's bytes after its fixed 20).
+    pub fn with_window(mut self, window: u16, options: &[u8]) -> Self {
+        self.window = window;
+        if self.flags & mirror_common::TCP_SYN != 0 {
+            self.wscale = window_scale(options);
+        }
+        self
+    }
+}
+
+/// The window scale option (kind 3, length 3) among TCP `options`, if present and well formed.
+/// Options that do not add up (a length under 2 or past the end) end the walk: nothing after them
+/// can be trusted.
+pub fn window_scale(options: &[u8]) -> Option<u8> {
+    const END: u8 = 0;
+    const NOP: u8 = 1;
+    const WSCALE: u8 = 3;
+    let mut rest = options;
+    while let Some((&kind, after)) = rest.split_first() {
+        match kind {
+            END => return None,
+            NOP => rest = after,
+            _ => {
+                let len = usize::from(*after.first()?);
+                if len < 2 || len > rest.len() {
+                    return None;
+                }
+                if kind == WSCALE {
+                    return (len == 3).then(|| rest[2]);
+                }
+                rest = &rest[len..];
+            }
+        }
+    }
+    None
 }
 
 /// What happened on a flow.
@@ -185,7 +226,11 @@ pub struct FlowConfig {
     /// — except that flows that delivered nothing yet keep an eighth of the table, so that a
     /// genuine handshake survives a flood long enough to carry its request. O(1).
     pub max_flows: usize,
-    /// Out-of-order bytes buffered per flow before the hole is declared a gap.
+    /// Out-of-order bytes buffered per flow before the hole is declared a gap. In strict mode
+    /// ([`require_ack`](Self::require_ack)) it bounds every byte a flow holds, acknowledged or
+    /// not, and a flow beyond it is given up; there the window the server advertised last is
+    /// added to it (bytes in flight are rightly that many), up to a quarter of
+    /// [`max_total_buffer`](Self::max_total_buffer).
     pub max_flow_buffer: usize,
     /// Out-of-order bytes buffered over all flows.
     pub max_total_buffer: usize,

@@ -214,7 +214,8 @@ fn decode_tcp(src: IpAddr, dst: IpAddr, tcp: &[u8], ports: &HashSet<u16>) -> Res
     let seq = u32::from_be_bytes(tcp[4..8].try_into().expect("4 bytes"));
     let ack = u32::from_be_bytes(tcp[8..12].try_into().expect("4 bytes"));
     let flags = tcp[13];
-    Ok(if to_server {
+    let window = be16(tcp, 14).ok_or(Skip::Malformed)?;
+    let seg = if to_server {
         let key = FlowKey { client: SocketAddr::new(src, sport), server: SocketAddr::new(dst, dport) };
         Segment::to_server(key, seq, ack, flags, Bytes::copy_from_slice(&tcp[doff..]))
     } else {
@@ -222,7 +223,8 @@ fn decode_tcp(src: IpAddr, dst: IpAddr, tcp: &[u8], ports: &HashSet<u16>) -> Res
         let mut s = Segment::to_client(key, seq, ack, flags, (tcp.len() - doff) as u32);
         s.payload = Bytes::copy_from_slice(&tcp[doff..]);
         s
-    })
+    };
+    Ok(seg.with_window(window, &tcp[20..doff]))
 }
 
 /// Reads a capture and decodes the watched segments, with their timestamps; the server's segments
@@ -315,6 +317,18 @@ mod tests {
         t[2..4].copy_from_slice(&dport.to_be_bytes());
         t.extend_from_slice(payload);
         t
+    }
+
+    #[test]
+    fn a_syns_window_and_window_scale_are_read() {
+        let ports: HashSet<u16> = [80].into();
+        // A SYN with window 65,535 and options NOP, window scale 7, end of list.
+        let mut t = tcp(80, &[1, 3, 3, 7, 0, 0, 0, 0]);
+        t[12] = 0x70;
+        t[13] = mirror_common::TCP_SYN;
+        t[14..16].copy_from_slice(&65_535u16.to_be_bytes());
+        let s = decode_ipv4(&ipv4_tcp(0, 1, &t), &ports, &mut Defrag::default()).unwrap();
+        assert_eq!((s.window, s.wscale, s.payload.len()), (65_535, Some(7), 0));
     }
 
     #[test]

@@ -41,6 +41,15 @@ pub(super) struct Flow {
     /// The server's stream, when responses are reassembled ([`FlowConfig::responses`]) and its
     /// start is known.
     pub(super) reverse: Option<super::reverse::Reverse>,
+    /// The window scale option of the SYN that set `base` (only whether it had one matters: the
+    /// server's windows are scaled only if both SYNs had it).
+    pub(super) syn_wscale: Option<u8>,
+    /// The shift of the server's windows, once its SYN-ACK was seen.
+    pub(super) window_shift: Option<u8>,
+    /// The window (bytes) the server's latest segment advertised: how far beyond its
+    /// acknowledgement the client may send, and so how much unacknowledged data this flow may
+    /// rightly hold in strict mode ([`Flow::hold_bound`]).
+    pub(super) server_window: u64,
 }
 
 impl Flow {
@@ -59,7 +68,36 @@ impl Flow {
             syn_len,
             pending_isn: None,
             reverse: None,
+            syn_wscale: None,
+            window_shift: None,
+            server_window: 0,
         }
+    }
+
+    /// Takes the window a server segment advertised: a SYN-ACK's is unscaled and sets the
+    /// shift of those that follow (RFC 7323 §2.2: the scale applies only if both SYNs carried the
+    /// option; Linux caps it at 14); a shift never seen (the SYN-ACK missed) leaves the window
+    /// unscaled, an underestimate.
+    pub(super) fn server_advertised(&mut self, seg: &super::Segment, syn_ack: bool) {
+        if syn_ack {
+            self.window_shift = Some(match (self.syn_wscale, seg.wscale) {
+                (Some(_), Some(shift)) => shift.min(14),
+                _ => 0,
+            });
+            self.server_window = u64::from(seg.window);
+        } else {
+            self.server_window = u64::from(seg.window) << self.window_shift.unwrap_or(0);
+        }
+    }
+
+    /// Strict mode: how many bytes this flow may hold before it is given up. Unacknowledged bytes
+    /// are rightly as many as the server's window allows (a large upload on a fast link keeps
+    /// megabytes in flight), so the bound is `base` (the configured per-flow allowance, which also
+    /// covers a window update not seen yet) plus the window the server advertised last, never more
+    /// than `cap`.
+    pub(super) fn hold_bound(&self, base: usize, cap: usize) -> usize {
+        let window = usize::try_from(self.server_window).unwrap_or(usize::MAX);
+        base.saturating_add(window).min(cap.max(base))
     }
 
     /// Whether a server SYN-ACK acknowledging `ack` answers the SYN that set `base` (its

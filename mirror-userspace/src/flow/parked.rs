@@ -21,10 +21,12 @@ pub(super) struct Start {
     pub(super) syn_len: u32,
     /// The server's acknowledgement number when it was parked.
     pub(super) server_ack: Option<u32>,
+    /// The shift of the server's windows, if its SYN-ACK was seen.
+    pub(super) window_shift: Option<u8>,
 }
 
 /// Parked flows, at most `max` (the oldest forgotten first), each filed under a keyed 64-bit
-/// hash of its addresses rather than the addresses (24 bytes an entry instead of 80; the keys
+/// hash of its addresses rather than the addresses (32 bytes an entry instead of 80; the keys
 /// are random per process, so no one can aim a collision, and by chance one in 2^33 at 65,536
 /// entries — a collision would only give a flow a wrong start, which its bytes then show as a
 /// gap).
@@ -97,7 +99,7 @@ mod tests {
     #[test]
     fn bounded_oldest_first_and_taken_once() {
         let mut p = Parked::new(3);
-        let s = |base| Start { base, syn_len: 0, server_ack: None };
+        let s = |base| Start { base, syn_len: 0, server_ack: None, window_shift: None };
         for i in 0..5u16 {
             p.park(key(i), s(u32::from(i)));
         }

@@ -203,6 +203,7 @@ impl FlowTable {
                 let flow = self.flows.get_mut(&key).expect("opened");
                 flow.confirmed = true;
                 flow.server_ack = start.server_ack;
+                flow.window_shift = start.window_shift;
                 if let Some(ack) = start.server_ack {
                     flow.asm.acknowledge(u64::from(ack.wrapping_sub(start.base)), now, |_| {});
                 }
@@ -235,6 +236,9 @@ impl FlowTable {
         }
         let flow = self.flows.get_mut(&key).expect("inserted above");
         flow.last_seen = now;
+        if syn && flow.base == seg.seq.wrapping_add(1) {
+            flow.syn_wscale = seg.wscale;
+        }
         if self.cfg.responses && flow.reverse.is_none() && flow.syn_seen && !syn && seg.flags & TCP_ACK != 0 {
             // The SYN-ACK was not seen: the client's handshake ACK says where the server's
             // stream starts (its first ACK, before any request byte was delivered).
@@ -273,7 +277,11 @@ impl FlowTable {
 
         if !payload.is_empty() {
             let room = self.buffer_limit.saturating_sub(self.total_pending);
-            let max_flow_buffer = self.cfg.max_flow_buffer;
+            let max_flow_buffer = if strict {
+                flow.hold_bound(self.cfg.max_flow_buffer, self.cfg.max_total_buffer / 4)
+            } else {
+                self.cfg.max_flow_buffer
+            };
             let mut result = Insert::Duplicate;
             let hole_moved = run_asm(flow, key, &mut self.stats, &mut self.total_pending, out, |asm, emit| {
                 result = asm.insert(off, payload, now, room, &mut *emit);
@@ -442,7 +450,12 @@ impl FlowTable {
         }
         for key in parking {
             let Some(flow) = self.flows.get(&key) else { continue };
-            let start = Start { base: flow.base, syn_len: flow.syn_len, server_ack: flow.server_ack };
+            let start = Start {
+                base: flow.base,
+                syn_len: flow.syn_len,
+                server_ack: flow.server_ack,
+                window_shift: flow.window_shift,
+            };
             self.close(key, CloseReason::Idle, out);
             self.parked.park(key, start);
             self.stats.parked += 1;

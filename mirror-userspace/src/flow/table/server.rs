@@ -43,8 +43,12 @@ impl FlowTable {
         flow.last_seen = now;
         if seg.flags & TCP_ACK != 0 {
             flow.server_ack = Some(seg.ack);
-            if syn_ack && flow.syn_seen && flow.syn_ack_matches(seg.ack) {
+            let answers_syn = syn_ack && flow.syn_seen && flow.syn_ack_matches(seg.ack);
+            if answers_syn {
                 flow.confirmed = true;
+            }
+            if answers_syn || !syn_ack {
+                flow.server_advertised(&seg, answers_syn);
             }
             // The acknowledgement is taken nearest what was acknowledged before.
             if strict

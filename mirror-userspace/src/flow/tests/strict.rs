@@ -69,6 +69,53 @@ fn a_peer_that_never_answers_is_given_up_at_the_flow_buffer_bound() {
     assert_eq!((t.stats.flows_given_up_gap, t.stats.unacked_bytes, t.buffered_bytes()), (1, 11, 0));
 }
 
+/// A window-scaled handshake (both SYNs carry the option; the server's shift is `shift`) and the
+/// client's first bytes, `len` of them in 1,000-byte segments, none acknowledged yet.
+fn scaled_upload(t: &mut FlowTable, shift: Option<u8>, window: u16, len: u32) -> Vec<StreamEvent> {
+    let syn = Segment { wscale: Some(7), ..seg(100, TCP_SYN, b"") };
+    let answer = Segment { window: 65_535, wscale: shift, ..syn_ack(101) };
+    // The server's window after the handshake, scaled by its shift.
+    let open = Segment { window, ..ack(101) };
+    let mut segs = vec![syn, answer, open];
+    segs.extend((0..len / 1000).map(|i| seg(101 + i * 1000, TCP_ACK, &[b'x'; 1000])));
+    run(t, segs)
+}
+
+#[test]
+fn bytes_in_flight_within_the_servers_window_are_held_beyond_the_flow_buffer_bound() {
+    // A 4 MiB window (32,768 << 7), 3 MB in flight: what a large upload on a fast link has
+    // unacknowledged at any time. Held, then released by the ACK.
+    let mut t = FlowTable::new(FlowConfig { max_flow_buffer: 100_000, ..Default::default() });
+    let ev = scaled_upload(&mut t, Some(7), 32_768, 3_000_000);
+    assert_eq!(ev, vec![OPEN]);
+    assert_eq!((t.buffered_bytes(), t.stats.flows_given_up_gap), (3_000_000, 0));
+    let ev = run(&mut t, vec![ack(3_000_101)]);
+    assert_eq!(ev, vec![data(&[b'x'; 3_000_000])]);
+    assert_eq!((t.buffered_bytes(), t.stats.gaps, t.stats.unacked_bytes), (0, 0, 0));
+}
+
+#[test]
+fn bytes_beyond_the_servers_window_and_the_allowance_give_the_flow_up() {
+    // The same window without the server's scale option (RFC 7323: unscaled, 32,768 bytes):
+    // 100,000 + 32,768 may be held, and the 133rd kilobyte gives the flow up.
+    let mut t = FlowTable::new(FlowConfig { max_flow_buffer: 100_000, ..Default::default() });
+    let ev = scaled_upload(&mut t, None, 32_768, 133_000);
+    assert_eq!(ev, vec![OPEN, StreamEvent::Gap(133_000)]);
+    assert_eq!((t.stats.flows_given_up_gap, t.stats.unacked_bytes), (1, 133_000));
+    let mut t = FlowTable::new(FlowConfig { max_flow_buffer: 100_000, ..Default::default() });
+    assert_eq!(scaled_upload(&mut t, None, 32_768, 132_000), vec![OPEN]);
+}
+
+#[test]
+fn an_absurd_window_is_capped_at_a_quarter_of_the_global_budget() {
+    // A 1 GiB window (65,535 << 14) with a 1 MB global budget: a flow holds up to 250,000 bytes.
+    let cfg = FlowConfig { max_flow_buffer: 100_000, max_total_buffer: 1_000_000, ..Default::default() };
+    let mut t = FlowTable::new(cfg.clone());
+    assert_eq!(scaled_upload(&mut t, Some(14), 65_535, 250_000), vec![OPEN]);
+    let mut t = FlowTable::new(cfg);
+    assert_eq!(scaled_upload(&mut t, Some(14), 65_535, 251_000), vec![OPEN, StreamEvent::Gap(251_000)]);
+}
+
 #[test]
 fn data_without_ack_is_ignored_as_linux_does() {
     let mut t = strict();
