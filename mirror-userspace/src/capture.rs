@@ -104,8 +104,11 @@ pub fn decode_sample(sample: &[u8]) -> Result<(u64, Segment), DecodeError> {
         _ => return Err(DecodeError::BadFamily),
     };
     let (src, dst) = (SocketAddr::new(src, ev.sport), SocketAddr::new(dst, ev.dport));
+    // Only a SYN's options are read (its window scale).
     let options = match ev.kind {
-        KIND_PACKET | KIND_REVERSE => tcp_options(ev.family, &data[..(ev.payload_off as usize).min(captured)]),
+        KIND_PACKET | KIND_REVERSE if ev.tcp_flags & mirror_common::TCP_SYN != 0 => {
+            tcp_options(ev.family, &data[..(ev.payload_off as usize).min(captured)])
+        }
         _ => &[],
     };
     let seg = if reverse {
