@@ -406,11 +406,13 @@ fn queue_items(
     }
 }
 
+/// The key of [`queue_index`]'s hash: random per process, so that no client can choose ports
+/// that put every connection on one mirror connection (`DefaultHasher::new()` has fixed keys).
+static QUEUE_HASH: std::sync::LazyLock<foldhash::fast::RandomState> = std::sync::LazyLock::new(Default::default);
+
 /// The queue (mirror connection) a client connection's requests go to.
 fn queue_index(ob: &Outbound, n: usize) -> usize {
-    let mut h = std::hash::DefaultHasher::new();
-    std::hash::Hash::hash(&ob.flow, &mut h);
-    std::hash::Hasher::finish(&h) as usize % n
+    (std::hash::BuildHasher::hash_one(&*QUEUE_HASH, ob.flow) % n.max(1) as u64) as usize
 }
 
 /// Where a worker records what happened: the summary counters, the metrics if any, and the

@@ -344,6 +344,20 @@ fn every_group_gets_consecutive_connections_and_none_is_empty() {
     }
 }
 
+/// Client connections spread over the mirror connections, each always on the same one, also
+/// when their ports are consecutive (what one client's pool looks like).
+#[test]
+fn client_connections_spread_over_the_mirror_connections_and_stay_on_theirs() {
+    let mut per_queue = [0usize; 4];
+    for port in 20_000..21_000 {
+        let q = super::queue_index(&get_from(0, port), 4);
+        assert_eq!(q, super::queue_index(&get_from(1, port), 4), "one client connection, one queue");
+        per_queue[q] += 1;
+    }
+    // 250 each on average; a binomial spread of ±100 is 7 standard deviations.
+    assert!(per_queue.iter().all(|&n| (150..=350).contains(&n)), "{per_queue:?}");
+}
+
 /// Emptied batch vectors are kept for the next batches, a few of them and only if they did not
 /// grow past the bound (a burst's vector is freed).
 #[test]
