@@ -334,6 +334,9 @@ pub struct FlowStats {
     /// Flows given up because they were picked up mid-stream (no SYN seen): nothing of them was
     /// delivered.
     pub flows_given_up_midstream: u64,
+    /// Handshakes whose SYN and SYN-ACK both carried a window scale option (the server's windows
+    /// are then scaled: see [`FlowConfig::max_flow_buffer`]).
+    pub windows_scaled: u64,
     /// Server stream ([`FlowConfig::responses`]): holes given up on
     /// ([`StreamEvent::ReverseGap`] events).
     pub response_gaps: u64,

@@ -131,6 +131,10 @@ fn fifty_megabyte_post_is_streamed_byte_identical_with_flat_memory() {
     // veth hands TC GSO skbs of up to ~64 KiB: the tail-piece path (skbs beyond one perf sample)
     // must have carried part of this upload, and carried it intact.
     assert!(k["tail_pieces"].as_u64().unwrap() > 0, "no oversized skb seen: {summary}");
+    // The primary's windows were read scaled (both SYNs' window scale options reached the daemon:
+    // the classifier ships a SYN-ACK's header bytes for it), so the flow could hold what the
+    // upload had in flight, megabytes at times in a slow VM, without being given up.
+    assert_eq!(summary["flows"]["windows_scaled"], Value::from(1), "{summary}");
     // Flat: the upload is 51,200 KiB; the daemon may not grow by even half of it.
     assert!(peak < rss_before + 25 * 1024, "anonymous RSS grew from {rss_before} KiB to {peak} KiB");
 }

@@ -48,7 +48,11 @@ impl FlowTable {
                 flow.confirmed = true;
             }
             if answers_syn || !syn_ack {
+                let learned = answers_syn && flow.window_shift.is_none();
                 flow.server_advertised(&seg, answers_syn);
+                if learned && flow.window_shift.is_some_and(|s| s > 0) {
+                    self.stats.windows_scaled += 1;
+                }
             }
             // The acknowledgement is taken nearest what was acknowledged before.
             if strict

@@ -88,7 +88,7 @@ fn bytes_in_flight_within_the_servers_window_are_held_beyond_the_flow_buffer_bou
     let mut t = FlowTable::new(FlowConfig { max_flow_buffer: 100_000, ..Default::default() });
     let ev = scaled_upload(&mut t, Some(7), 32_768, 3_000_000);
     assert_eq!(ev, vec![OPEN]);
-    assert_eq!((t.buffered_bytes(), t.stats.flows_given_up_gap), (3_000_000, 0));
+    assert_eq!((t.buffered_bytes(), t.stats.flows_given_up_gap, t.stats.windows_scaled), (3_000_000, 0, 1));
     let ev = run(&mut t, vec![ack(3_000_101)]);
     assert_eq!(ev, vec![data(&[b'x'; 3_000_000])]);
     assert_eq!((t.buffered_bytes(), t.stats.gaps, t.stats.unacked_bytes), (0, 0, 0));
@@ -101,7 +101,7 @@ fn bytes_beyond_the_servers_window_and_the_allowance_give_the_flow_up() {
     let mut t = FlowTable::new(FlowConfig { max_flow_buffer: 100_000, ..Default::default() });
     let ev = scaled_upload(&mut t, None, 32_768, 133_000);
     assert_eq!(ev, vec![OPEN, StreamEvent::Gap(133_000)]);
-    assert_eq!((t.stats.flows_given_up_gap, t.stats.unacked_bytes), (1, 133_000));
+    assert_eq!((t.stats.flows_given_up_gap, t.stats.unacked_bytes, t.stats.windows_scaled), (1, 133_000, 0));
     let mut t = FlowTable::new(FlowConfig { max_flow_buffer: 100_000, ..Default::default() });
     assert_eq!(scaled_upload(&mut t, None, 32_768, 132_000), vec![OPEN]);
 }
