@@ -346,7 +346,8 @@ fn ship_reverse(
         return Ok(());
     }
     bump(STAT_REVERSE);
-    if inline > 0 && ip_end > inline && inline >= payload_off {
+    // Only a compared port's payload goes on in a tail (a SYN-ACK's headers alone were shipped).
+    if responses && inline > 0 && ip_end > inline && inline >= payload_off {
         ship_tail(ctx, ev, inline, ip_end, KIND_REVERSE_TAIL);
     }
     Ok(())

@@ -641,4 +641,125 @@ mod tests {
             (crate::flow::Direction::ToClient, &b"defg"[..], 5003, "10.0.0.2:80".parse().unwrap())
         );
     }
+
+    // ---- Adversarial tests of the window/window-scale decode (review of 0976cc5) ----
+
+    /// Every event kind, family and flag set over frames of every length up to 160 bytes, with
+    /// every IHL, TCP data offset, payload offset and captured length (within and beyond the
+    /// bytes that follow): never a panic, and a scale read only from a SYN.
+    #[test]
+    fn decode_never_panics_on_odd_headers_offsets_and_lengths() {
+        use mirror_common::{TCP_ACK, TCP_SYN};
+        let mut decoded = 0u32;
+        for kind in [KIND_PACKET, KIND_REVERSE, KIND_TAIL, KIND_REVERSE_TAIL, 9] {
+            for family in [4u8, 6, 0] {
+                for flags in [TCP_SYN, TCP_SYN | TCP_ACK, TCP_ACK] {
+                    for vihl in [0x40u8, 0x41, 0x45, 0x46, 0x4f, 0xff, 0x00] {
+                        for len in (0..=160usize).step_by(7) {
+                            // A frame of option-like bytes: window scale kinds and lengths.
+                            let mut frame: Vec<u8> = (0..len).map(|i| [3u8, 3, 14, 1, 0, 2, 255][i % 7]).collect();
+                            if len > 14 {
+                                frame[14] = vihl;
+                            }
+                            for payload_off in [0u32, 1, 14, 33, 34, 53, 54, 74, 94, 134, 160, 161, u32::MAX] {
+                                for captured in
+                                    [0u32, len as u32, (len as u32).saturating_sub(1), len as u32 + 1, u32::MAX]
+                                {
+                                    let ev = SegmentEvent {
+                                        family,
+                                        sport: 80,
+                                        dport: 40000,
+                                        tcp_flags: flags,
+                                        kind,
+                                        window: 0xffff,
+                                        payload_off,
+                                        payload_len: u32::MAX,
+                                        captured_len: captured,
+                                        ..Default::default()
+                                    };
+                                    if let Ok((_, s)) = decode_sample(&sample(ev, &frame)) {
+                                        decoded += 1;
+                                        assert_eq!(s.window, 0xffff);
+                                        if flags & TCP_SYN == 0 {
+                                            assert_eq!(s.wscale, None);
+                                        }
+                                        if let Some(w) = s.wscale {
+                                            assert!([3, 14, 1, 0, 2, 255].contains(&w));
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(decoded > 0);
+        // And a sample shorter than the event header.
+        assert_eq!(decode_sample(&[0u8; 3]).map(|_| ()), Err(DecodeError::Short));
+    }
+
+    /// A SYN-ACK whose captured headers stop inside the TCP header or its options (a classifier
+    /// that shipped fewer bytes than the header says): no scale, no panic.
+    #[test]
+    fn a_syn_ack_cut_inside_its_headers_has_no_scale() {
+        let mut frame = vec![0u8; 14];
+        frame.push(0x45);
+        frame.extend_from_slice(&[0u8; 19]);
+        frame.extend_from_slice(&[0u8; 20]);
+        frame.extend_from_slice(&[1, 3, 3, 7]);
+        let whole = SegmentEvent {
+            family: 4,
+            sport: 80,
+            dport: 40000,
+            tcp_flags: mirror_common::TCP_SYN | mirror_common::TCP_ACK,
+            kind: KIND_REVERSE,
+            window: 100,
+            payload_off: frame.len() as u32,
+            captured_len: frame.len() as u32,
+            ..Default::default()
+        };
+        for cut in 0..frame.len() {
+            let ev = SegmentEvent { captured_len: cut as u32, ..whole };
+            let got = decode_sample(&sample(ev, &frame[..cut]));
+            // payload_off beyond what was captured: refused, never read past the bytes.
+            assert_eq!(got.map(|_| ()), Err(DecodeError::BadOffsets), "cut at {cut}");
+        }
+        assert_eq!(decode_sample(&sample(whole, &frame)).map(|(_, s)| s.wscale), Ok(Some(7)));
+        // The same headers with the option cut off (payload_off inside the options).
+        let cut = SegmentEvent { payload_off: frame.len() as u32 - 1, ..whole };
+        assert_eq!(decode_sample(&sample(cut, &frame)).map(|(_, s)| s.wscale), Ok(None));
+    }
+
+    /// Every option list of up to 4 bytes over the kinds and lengths that matter, and random
+    /// longer ones: the walk ends, and a scale it returns is the third byte of a 3, 3 option.
+    #[test]
+    fn window_scale_walks_every_short_option_list_safely() {
+        use crate::flow::window_scale;
+        let alphabet = [0u8, 1, 2, 3, 4, 5, 8, 10, 14, 40, 255];
+        let mut lists: Vec<Vec<u8>> = vec![vec![]];
+        let mut last: Vec<Vec<u8>> = vec![vec![]];
+        for _ in 0..4 {
+            last = last.iter().flat_map(|l| alphabet.iter().map(move |&b| [&l[..], &[b]].concat())).collect();
+            lists.extend(last.iter().cloned());
+        }
+        for l in &lists {
+            if let Some(w) = window_scale(l) {
+                assert!(l.windows(3).any(|o| o[0] == 3 && o[1] == 3 && o[2] == w), "{l:?}");
+            }
+        }
+        // A 40-byte option area of NOPs then the option: found.
+        let mut l = vec![1u8; 37];
+        l.extend_from_slice(&[3, 3, 9]);
+        assert_eq!(window_scale(&l), Some(9));
+        // A length of 255 in a 40-byte area: past the end, not read.
+        assert_eq!(window_scale(&[8, 255, 3, 3, 9]), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn window_scale_never_panics(opts in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            let _ = crate::flow::window_scale(&opts);
+        }
+    }
 }

@@ -335,7 +335,8 @@ pub struct FlowStats {
     /// delivered.
     pub flows_given_up_midstream: u64,
     /// Handshakes whose SYN and SYN-ACK both carried a window scale option (the server's windows
-    /// are then scaled: see [`FlowConfig::max_flow_buffer`]).
+    /// are then scaled: see [`FlowConfig::max_flow_buffer`]), counted when the SYN-ACK is taken
+    /// after its SYN (one seen first scales the windows too, uncounted).
     pub windows_scaled: u64,
     /// Server stream ([`FlowConfig::responses`]): holes given up on
     /// ([`StreamEvent::ReverseGap`] events).

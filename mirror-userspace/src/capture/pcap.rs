@@ -319,6 +319,36 @@ mod tests {
         t
     }
 
+    /// Every TCP data offset (0..=15) over segments of every length up to 64 bytes, SYN or not,
+    /// both directions: never a panic; a scale only from a SYN whose options hold one.
+    #[test]
+    fn odd_data_offsets_and_short_tcp_headers_never_panic() {
+        let ports: HashSet<u16> = [80].into();
+        for flags in [mirror_common::TCP_SYN, mirror_common::TCP_SYN | mirror_common::TCP_ACK, mirror_common::TCP_ACK] {
+            for (sport, dport) in [(40000u16, 80u16), (80, 40000)] {
+                for doff in 0u8..16 {
+                    for len in 0..64usize {
+                        let mut t = tcp_ports(sport, dport, &[3, 3, 14, 3, 3, 200, 1, 0, 8, 0, 3, 3, 1]);
+                        t.resize(len.max(4), 3);
+                        t.truncate(len);
+                        if len > 13 {
+                            t[12] = doff << 4;
+                            t[13] = flags;
+                        }
+                        if let Ok(s) = decode_ipv4(&ipv4_tcp(0, 1, &t), &ports, &mut Defrag::default()) {
+                            if flags & mirror_common::TCP_SYN == 0 {
+                                assert_eq!(s.wscale, None);
+                            }
+                            if doff <= 5 {
+                                assert_eq!(s.wscale, None, "no options: doff {doff}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_syns_window_and_window_scale_are_read() {
         let ports: HashSet<u16> = [80].into();

@@ -37,7 +37,7 @@ pub(super) struct Flow {
     /// Strict mode: a SYN with another ISN was seen while this flow carried bytes: (its sequence
     /// number plus one, its data length). The 4-tuple is reused once the server's SYN-ACK
     /// acknowledges it (a SYN the server answers with a challenge ACK leaves this flow as it was).
-    pub(super) pending_isn: Option<(u32, u32)>,
+    pub(super) pending_isn: Option<(u32, u32, Option<u8>)>,
     /// The server's stream, when responses are reassembled ([`FlowConfig::responses`]) and its
     /// start is known.
     pub(super) reverse: Option<super::reverse::Reverse>,
@@ -80,10 +80,14 @@ impl Flow {
     /// unscaled, an underestimate.
     pub(super) fn server_advertised(&mut self, seg: &super::Segment, syn_ack: bool) {
         if syn_ack {
-            self.window_shift = Some(match (self.syn_wscale, seg.wscale) {
-                (Some(_), Some(shift)) => shift.min(14),
-                _ => 0,
-            });
+            // A sighting of the SYN-ACK without its options (a classifier's tail of its payload,
+            // or an older classifier) says nothing about the scale already learnt.
+            if seg.wscale.is_some() || self.window_shift.is_none() {
+                self.window_shift = Some(match (self.syn_wscale, seg.wscale) {
+                    (Some(_), Some(shift)) => shift.min(14),
+                    _ => 0,
+                });
+            }
             self.server_window = u64::from(seg.window);
         } else {
             self.server_window = u64::from(seg.window) << self.window_shift.unwrap_or(0);

@@ -47,7 +47,7 @@ pub struct FlowTable {
     /// Strict mode: SYN-ACKs seen before the SYN they answer (capture order across CPUs, or a
     /// capture file's own): acknowledgement and when, by flow. At most [`MAX_EARLY_SYN_ACKS`],
     /// the oldest forgotten first (`early_order`).
-    early_syn_acks: FlowMap<(u32, Duration)>,
+    early_syn_acks: FlowMap<(u32, Duration, u16, Option<u8>)>,
     /// The keys of `early_syn_acks` in the order they were filed, with when (an entry taken by
     /// its SYN since is skipped when its turn comes).
     early_order: VecDeque<(FlowKey, Duration)>,
@@ -168,6 +168,11 @@ impl FlowTable {
             let fresh = flow.asm.next_offset() == 0 && !flow.asm.has_pending();
             if fresh && !flow.given_up {
                 // Nothing delivered yet: the SYN (or a new SYN after a failed attempt) sets the base.
+                if flow.base != isn1 {
+                    // Another connection: the old one's windows are not its own.
+                    flow.window_shift = None;
+                    flow.server_window = 0;
+                }
                 flow.base = isn1;
                 flow.syn_seen = true;
                 flow.syn_len = seg.len;
@@ -179,7 +184,7 @@ impl FlowTable {
             } else if strict {
                 // A SYN with a new ISN on a flow that already carried bytes (or was given up): a
                 // new connection once the server answers it with a SYN-ACK.
-                flow.pending_isn = Some((isn1, seg.len));
+                flow.pending_isn = Some((isn1, seg.len, seg.wscale));
                 return;
             } else {
                 // Without the server's side: the 4-tuple was reused by a new connection.
@@ -238,6 +243,10 @@ impl FlowTable {
         flow.last_seen = now;
         if syn && flow.base == seg.seq.wrapping_add(1) {
             flow.syn_wscale = seg.wscale;
+            if seg.wscale.is_none() && flow.window_shift.is_some() {
+                // RFC 7323: without the SYN's option the server's windows are not scaled.
+                flow.window_shift = Some(0);
+            }
         }
         if self.cfg.responses && flow.reverse.is_none() && flow.syn_seen && !syn && seg.flags & TCP_ACK != 0 {
             // The SYN-ACK was not seen: the client's handshake ACK says where the server's
@@ -278,7 +287,7 @@ impl FlowTable {
         if !payload.is_empty() {
             let room = self.buffer_limit.saturating_sub(self.total_pending);
             let max_flow_buffer = if strict {
-                flow.hold_bound(self.cfg.max_flow_buffer, self.cfg.max_total_buffer / 4)
+                flow.hold_bound(self.cfg.max_flow_buffer, self.buffer_limit / 4)
             } else {
                 self.cfg.max_flow_buffer
             };
@@ -334,7 +343,7 @@ impl FlowTable {
         let syn = syn_len.is_some();
         let slot = self.lru.insert(key, Tier::Opening);
         let mut flow = Flow::new(base, syn, syn_len.unwrap_or(0), now, strict, slot);
-        if let Some((ack, at)) = self.early_syn_acks.remove(&key)
+        if let Some((ack, at, window, wscale)) = self.early_syn_acks.remove(&key)
             && syn
             && flow.syn_ack_matches(ack)
             && now.saturating_sub(at) <= self.cfg.reorder_timeout
@@ -343,6 +352,9 @@ impl FlowTable {
             flow.confirmed = true;
             flow.server_ack = Some(ack);
             flow.asm.acknowledge(u64::from(ack.wrapping_sub(base)), now, |_| {});
+            // Provisional: the SYN, taken next, keeps it only if it carried the option too.
+            flow.window_shift = Some(wscale.map_or(0, |s| s.min(14)));
+            flow.server_window = u64::from(window);
         }
         self.stats.flows_opened += 1;
         if !syn {

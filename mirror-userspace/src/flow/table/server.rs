@@ -22,13 +22,16 @@ impl FlowTable {
         let syn_ack = seg.flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK;
         if syn_ack
             && let Some(flow) = self.flows.get(&key)
-            && let Some((isn1, syn_len)) = flow.pending_isn
+            && let Some((isn1, syn_len, wscale)) = flow.pending_isn
             && seg.ack.wrapping_sub(isn1) <= syn_len
         {
             // The server accepted a new connection on this 4-tuple.
             self.stats.reused += 1;
             self.close(key, CloseReason::Reused, out);
             self.open(key, isn1, Some(syn_len), now, out);
+            if let Some(flow) = self.flows.get_mut(&key) {
+                flow.syn_wscale = wscale;
+            }
         }
         let Some(flow) = self.flows.get_mut(&key) else {
             if seg.flags & (TCP_RST | TCP_FIN) != 0 {
@@ -36,7 +39,7 @@ impl FlowTable {
                 self.parked.take(&key);
             }
             if syn_ack && strict {
-                self.file_early_syn_ack(key, seg.ack, now);
+                self.file_early_syn_ack(key, seg.ack, seg.window, seg.wscale, now);
             }
             return;
         };
@@ -100,12 +103,12 @@ impl FlowTable {
 
     /// Keeps a SYN-ACK that came before its SYN, forgetting the oldest one kept if there are too
     /// many. O(1) (amortized: entries already taken are skipped once).
-    fn file_early_syn_ack(&mut self, key: FlowKey, ack: u32, now: Duration) {
-        self.early_syn_acks.insert(key, (ack, now));
+    fn file_early_syn_ack(&mut self, key: FlowKey, ack: u32, window: u16, wscale: Option<u8>, now: Duration) {
+        self.early_syn_acks.insert(key, (ack, now, window, wscale));
         self.early_order.push_back((key, now));
         while self.early_order.len() > MAX_EARLY_SYN_ACKS {
             let Some((old, at)) = self.early_order.pop_front() else { break };
-            if self.early_syn_acks.get(&old).is_some_and(|&(_, t)| t == at) {
+            if self.early_syn_acks.get(&old).is_some_and(|&(_, t, _, _)| t == at) {
                 self.early_syn_acks.remove(&old);
             }
         }

@@ -392,3 +392,262 @@ fn a_syn_ack_seen_before_its_syn_confirms_the_flow() {
     let ev = run(&mut t, vec![syn_ack(5001), seg(100, TCP_SYN, b""), seg(101, TCP_ACK, b"GET"), ack(104)]);
     assert_eq!(ev, vec![OPEN]);
 }
+
+// ---- Adversarial tests of the window-bounded hold (review of 0976cc5) ----
+
+/// Another client of the same server (a second flow).
+fn other_key() -> FlowKey {
+    FlowKey { client: "10.0.0.9:40001".parse().unwrap(), server: "10.0.0.2:80".parse().unwrap() }
+}
+
+/// `len` client bytes from sequence number `seq` on, in 1,000-byte segments, never acknowledged.
+fn unacked_bytes(seq: u32, len: u32) -> Vec<Segment> {
+    (0..len / 1000).map(|i| seg(seq.wrapping_add(i * 1000), TCP_ACK, &[b'x'; 1000])).collect()
+}
+
+/// With a per-flow allowance of 100,000 bytes: after `handshake`, `most` unacknowledged bytes
+/// from sequence number `seq` on are held, and a kilobyte more gives the flow up.
+fn holds_at_most(handshake: Vec<Segment>, seq: u32, most: u32) {
+    let cfg = FlowConfig { max_flow_buffer: 100_000, ..Default::default() };
+    for (len, want) in [(most, vec![OPEN]), (most + 1000, vec![OPEN, StreamEvent::Gap(u64::from(most) + 1000)])] {
+        let mut segs = handshake.clone();
+        segs.extend(unacked_bytes(seq, len));
+        assert_eq!(run(&mut FlowTable::new(cfg.clone()), segs), want, "{len} bytes");
+    }
+}
+
+#[test]
+fn a_window_scale_beyond_14_is_taken_as_14_and_never_overflows() {
+    // Window 1 with shift 200 (nonsense): read as 1 << 14 = 16,384 bytes.
+    for shift in [15u8, 200, 255] {
+        let cfg = FlowConfig { max_flow_buffer: 100_000, ..Default::default() };
+        let mut t = FlowTable::new(cfg.clone());
+        assert_eq!(scaled_upload(&mut t, Some(shift), 1, 116_000), vec![OPEN], "shift {shift}");
+        let mut t = FlowTable::new(cfg);
+        assert_eq!(scaled_upload(&mut t, Some(shift), 1, 117_000), vec![OPEN, StreamEvent::Gap(117_000)]);
+    }
+}
+
+#[test]
+fn a_syn_ack_that_does_not_answer_the_syn_sets_no_scale() {
+    // The SYN-ACK acknowledges another ISN (spoofed or stale) with scale 14: ignored, so the
+    // window that follows (65,535) is unscaled: 100,000 + 65,535 may be held, not 1 GiB.
+    holds_at_most(
+        vec![
+            Segment { wscale: Some(7), ..seg(100, TCP_SYN, b"") },
+            Segment { window: 65_535, wscale: Some(14), ..syn_ack(5_000) },
+            Segment { window: 65_535, ..ack(101) },
+        ],
+        101,
+        165_000,
+    );
+}
+
+#[test]
+fn a_client_syn_without_the_option_leaves_the_servers_windows_unscaled() {
+    // RFC 7323: the scale applies only if both SYNs carried it.
+    holds_at_most(
+        vec![
+            seg(100, TCP_SYN, b""),
+            Segment { window: 65_535, wscale: Some(7), ..syn_ack(101) },
+            Segment { window: 32_768, ..ack(101) },
+        ],
+        101,
+        132_000,
+    );
+}
+
+#[test]
+fn a_flow_picked_up_mid_stream_holds_nothing_whatever_the_window() {
+    // No handshake seen (spoofed bytes, or a flow older than the daemon): given up at once; a
+    // huge server window changes nothing.
+    let mut t = strict();
+    let mut segs = vec![Segment { window: 65_535, ..ack(5_000) }, seg(5_000, TCP_ACK, b"x")];
+    segs.push(Segment { window: 65_535, ..ack(5_000) });
+    segs.extend(unacked_bytes(5_001, 50_000));
+    let ev = run(&mut t, segs);
+    assert_eq!(ev, vec![StreamEvent::Open { midstream: true }]);
+    assert_eq!(t.buffered_bytes(), 0);
+}
+
+#[test]
+fn a_handshake_the_server_never_answered_holds_at_most_the_unscaled_window_more() {
+    // A spoofed SYN: whatever server ACKs go by (not a SYN-ACK answering it), no shift is
+    // learnt: at most 65,535 bytes more than before this change.
+    holds_at_most(
+        vec![Segment { wscale: Some(14), ..seg(100, TCP_SYN, b"") }, Segment { window: 65_535, ..ack(7) }],
+        101,
+        165_000,
+    );
+}
+
+#[test]
+fn an_unparked_flow_keeps_its_shift() {
+    let cfg = FlowConfig { max_flow_buffer: 100_000, ..Default::default() };
+    let mut t = FlowTable::new(cfg);
+    let mut out = Vec::new();
+    let at = Duration::from_millis;
+    t.on_segment(Segment { wscale: Some(7), ..seg(100, TCP_SYN, b"") }, at(0), &mut out);
+    t.on_segment(Segment { window: 65_535, wscale: Some(7), ..syn_ack(101) }, at(1), &mut out);
+    // The opening timeout: parked.
+    for s in 1..=20 {
+        t.on_tick(Duration::from_secs(s), &mut out);
+    }
+    assert_eq!((t.len(), t.parked_len()), (0, 1));
+    let t0 = Duration::from_secs(30);
+    t.on_segment(seg(101, TCP_ACK, &[b'x'; 1000]), t0, &mut out);
+    // The server's window, scaled by the shift kept while parked: 4 MiB.
+    t.on_segment(Segment { window: 32_768, ..ack(101) }, t0, &mut out);
+    for s in unacked_bytes(1101, 300_000) {
+        t.on_segment(s, t0, &mut out);
+    }
+    assert_eq!((t.stats.unparked, t.stats.flows_given_up_gap, t.buffered_bytes()), (1, 0, 301_000));
+}
+
+/// Bug: a 4-tuple reused by a new connection (strict mode's `pending_isn`: a SYN with a new ISN
+/// while the old flow is still open) loses its SYN's window scale: the flow is reopened by the
+/// server's SYN-ACK with `syn_wscale: None`, so the server's windows are taken unscaled and a
+/// large upload is given up at `max_flow_buffer` again, as before the change.
+#[test]
+fn a_reused_four_tuple_keeps_the_window_scale_of_its_new_syn() {
+    let mut t = FlowTable::new(FlowConfig { max_flow_buffer: 100_000, ..Default::default() });
+    let mut segs = vec![
+        Segment { wscale: Some(7), ..seg(100, TCP_SYN, b"") },
+        Segment { window: 65_535, wscale: Some(7), ..syn_ack(101) },
+        seg(101, TCP_ACK, b"abc"),
+        ack(104),
+        // A new connection on the same 4-tuple, the old flow still open.
+        Segment { wscale: Some(7), ..seg(50_000, TCP_SYN, b"") },
+        Segment { window: 65_535, wscale: Some(7), ..syn_ack(50_001) },
+        Segment { window: 32_768, ..ack(50_001) }, // 4 MiB
+    ];
+    segs.extend(unacked_bytes(50_001, 300_000));
+    let ev = run(&mut t, segs);
+    assert_eq!(t.stats.reused, 1);
+    assert_eq!((t.stats.flows_given_up_gap, t.buffered_bytes()), (0, 300_000), "300 kB in a 4 MiB window: {ev:?}");
+}
+
+/// Bug: a SYN-ACK that came before its SYN confirms the flow (`file_early_syn_ack`), but its
+/// window scale is not kept: the server's windows are taken unscaled.
+#[test]
+fn an_early_syn_ack_still_sets_the_window_scale() {
+    let mut t = FlowTable::new(FlowConfig { max_flow_buffer: 100_000, ..Default::default() });
+    let mut segs = vec![
+        Segment { window: 65_535, wscale: Some(7), ..syn_ack(101) },
+        Segment { wscale: Some(7), ..seg(100, TCP_SYN, b"") },
+        Segment { window: 32_768, ..ack(101) }, // 4 MiB
+    ];
+    segs.extend(unacked_bytes(101, 300_000));
+    let ev = run(&mut t, segs);
+    assert_eq!((t.stats.flows_given_up_gap, t.buffered_bytes()), (0, 300_000), "{ev:?}");
+}
+
+/// Weakness: the per-flow cap is a quarter of `max_total_buffer`, not of the budget in force
+/// (`set_buffer_limit`, lowered when the shared memory budget is short): then one flow with a
+/// large window can take the whole budget, and every other flow's bytes are dropped.
+#[test]
+fn one_flow_cannot_take_the_whole_of_a_lowered_budget() {
+    let cfg = FlowConfig { max_flow_buffer: 100_000, max_total_buffer: 1_000_000, ..Default::default() };
+    let mut t = FlowTable::new(cfg);
+    t.set_buffer_limit(200_000);
+    // An attacker's connection: a real handshake, a 1 GiB window, bytes the server never
+    // acknowledges (bad checksums, or beyond a hole).
+    scaled_upload(&mut t, Some(14), 65_535, 240_000);
+    // Another client's request, the same instant.
+    let other = |s: Segment| Segment { key: other_key(), ..s };
+    let overflows = t.stats.buffer_overflows;
+    let mut out = Vec::new();
+    let now = Duration::from_millis(1);
+    for s in [
+        Segment { wscale: Some(7), ..seg(100, TCP_SYN, b"") },
+        Segment { window: 65_535, wscale: Some(7), ..syn_ack(101) },
+        seg(101, TCP_ACK, b"GET / HTTP/1.1\r\n\r\n"),
+    ] {
+        t.on_segment(other(s), now, &mut out);
+    }
+    assert_eq!(t.stats.buffer_overflows - overflows, 0, "the other flow's request was dropped: {}", t.buffered_bytes());
+}
+
+/// What the change costs: with the default budgets (1 MiB a flow, 64 MiB in all), four
+/// connections to a server that advertises a ≥ 15 MiB window hold the whole 64 MiB with bytes
+/// it never acknowledges (before the change: 1 MiB each, so 64 connections), and every other
+/// flow's bytes are then dropped. Memory stays bounded by `max_total_buffer`.
+#[test]
+fn four_connections_with_large_windows_fill_the_default_global_budget() {
+    let mut t = strict();
+    let mut out = Vec::new();
+    let now = Duration::from_millis(1);
+    for port in 0..4u16 {
+        let k = FlowKey { client: format!("10.0.1.{port}:40000").parse().unwrap(), server: key().server };
+        let on = |s: Segment| Segment { key: k, ..s };
+        let mut segs = vec![
+            on(Segment { wscale: Some(7), ..seg(100, TCP_SYN, b"") }),
+            on(Segment { window: 65_535, wscale: Some(8), ..syn_ack(101) }),
+            on(Segment { window: 65_535, ..ack(101) }), // 16 MiB
+        ];
+        // A hole at 101, then 16 MiB the server holds out of order (never acknowledged).
+        segs.extend((0..256u32).map(|i| on(seg(102 + i * 65_536, TCP_ACK, &[b'x'; 65_536]))));
+        for s in segs {
+            t.on_segment(s, now, &mut out);
+        }
+    }
+    assert_eq!((t.buffered_bytes(), t.stats.flows_given_up_gap), (64 * 1024 * 1024, 0));
+    let on = |s: Segment| Segment { key: other_key(), ..s };
+    for s in [seg(100, TCP_SYN, b""), syn_ack(101), seg(101, TCP_ACK, b"GET / HTTP/1.1\r\n\r\n")] {
+        t.on_segment(on(s), now, &mut out);
+    }
+    assert_eq!(t.stats.buffer_overflows, 1, "a fifth client's request is dropped");
+}
+
+/// With the fix for early SYN-ACKs: a SYN without the option, after its scaled SYN-ACK, leaves
+/// the windows unscaled (RFC 7323).
+#[test]
+fn an_early_syn_ack_to_a_syn_without_the_option_is_unscaled() {
+    holds_at_most(
+        vec![
+            Segment { window: 65_535, wscale: Some(7), ..syn_ack(101) },
+            seg(100, TCP_SYN, b""),
+            Segment { window: 32_768, ..ack(101) },
+        ],
+        101,
+        132_000,
+    );
+}
+
+/// A new ISN on a flow that delivered nothing (a new attempt) forgets the old SYN-ACK's shift
+/// until its own SYN-ACK comes.
+#[test]
+fn a_new_attempt_forgets_the_old_attempts_shift() {
+    holds_at_most(
+        vec![
+            Segment { wscale: Some(7), ..seg(100, TCP_SYN, b"") },
+            Segment { window: 65_535, wscale: Some(14), ..syn_ack(101) },
+            // Another attempt (new ISN), unanswered; the server's ACK is the old connection's.
+            seg(90_000, TCP_SYN, b""),
+            Segment { window: 32_768, ..ack(101) },
+        ],
+        90_001,
+        132_000,
+    );
+}
+
+/// Bug (with the classifier's change): a SYN-ACK carrying payload on a port whose responses are
+/// not compared now has its headers shipped inline (`inline = payload_off`), so the classifier's
+/// `inline > 0 && ip_end > inline && inline >= payload_off` test ships its payload as a
+/// `KIND_REVERSE_TAIL`, which keeps the SYN-ACK's flags but decodes without options
+/// (`wscale: None`). Taken after the head, it answers the SYN again and resets the shift to 0.
+/// The same happens to any answering SYN-ACK whose options were not captured.
+#[test]
+fn a_syn_ack_sighting_without_its_options_keeps_the_shift_already_learnt() {
+    let mut t = FlowTable::new(FlowConfig { max_flow_buffer: 100_000, ..Default::default() });
+    let mut segs = vec![
+        Segment { wscale: Some(7), ..seg(100, TCP_SYN, b"") },
+        Segment { window: 65_535, wscale: Some(7), ..syn_ack(101) },
+        // The tail of the same SYN-ACK: its flags, no options.
+        Segment { window: 65_535, wscale: None, ..Segment::to_client(key(), 7, 101, TCP_SYN | TCP_ACK, 10) },
+        Segment { window: 32_768, ..ack(101) }, // 4 MiB
+    ];
+    segs.extend(unacked_bytes(101, 300_000));
+    let ev = run(&mut t, segs);
+    assert_eq!((t.stats.flows_given_up_gap, t.buffered_bytes()), (0, 300_000), "{ev:?}");
+}
