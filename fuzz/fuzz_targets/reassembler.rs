@@ -1,9 +1,11 @@
 //! The flow table on arbitrary segment sequences of both directions (any order, overlap,
 //! duplication, wrap, flags, time, forged copies, server ACKs and RSTs), in both modes. It must
 //! never panic; every byte it delivers must be the byte the client sent at that stream offset
-//! (never a forged copy's, in strict mode); in strict mode it must deliver only bytes the server
-//! acknowledged, nothing after a gap and nothing of a flow picked up mid-stream; it must hold
-//! nothing once every flow is closed; and a tick before `poll_timeout` must do nothing.
+//! (never a forged copy's, in strict mode), a gap's length exact (the bytes after it are checked
+//! at their offsets); in strict mode it must deliver only bytes the server acknowledged and
+//! nothing of a flow picked up mid-stream (after a gap delivery may go on: whether the bytes
+//! after it can be framed is the framer's call, and the pipeline gives the flow up when not); it
+//! must hold nothing once every flow is closed; and a tick before `poll_timeout` must do nothing.
 #![no_main]
 
 use std::{collections::HashMap, time::Duration};
@@ -67,8 +69,6 @@ impl Server {
 struct Seen {
     /// Next stream offset, for flows that started with a SYN at offset 0.
     next: Option<u64>,
-    /// A gap was delivered (strict mode: nothing may follow).
-    gapped: bool,
     /// Picked up mid-stream (strict mode: nothing may be delivered).
     midstream: bool,
 }
@@ -82,9 +82,10 @@ fuzz_target!(|data: &[u8]| {
     let cfg = FlowConfig {
         max_flows: 2,
         max_flow_buffer: 2048,
-        // Room for both flows' bounds: no segment is ever dropped for the global budget (a hole
-        // the server acknowledged, filled by a forged copy later, is beyond what can be checked).
-        max_total_buffer: 8192,
+        // Room for both flows' bounds (with their windows, up to a quarter of this each): no
+        // segment is ever dropped for the global budget (a hole the server acknowledged, filled
+        // by a forged copy later, is beyond what can be checked).
+        max_total_buffer: 32_768,
         idle_timeout: Duration::from_millis(500),
         opening_timeout: Duration::from_millis(300),
         reorder_timeout: Duration::from_millis(50),
@@ -191,7 +192,7 @@ fn check(
     for (key, ev) in out.drain(..) {
         match ev {
             StreamEvent::Open { midstream } => {
-                seen.insert(key, Seen { next: (!midstream).then_some(0), gapped: false, midstream });
+                seen.insert(key, Seen { next: (!midstream).then_some(0), midstream });
                 // Acknowledgements count from the flow's start.
                 acked.insert(key, 0);
             }
@@ -204,8 +205,6 @@ fn check(
             StreamEvent::Gap(n) => {
                 let s = seen.get_mut(&key).expect("a gap on a flow not open");
                 assert!(n > 0, "empty gap");
-                assert!(!(strict && s.gapped), "strict mode: a second gap on a given-up flow");
-                s.gapped = true;
                 if let Some(o) = s.next.as_mut() {
                     *o += n;
                 }
@@ -214,7 +213,6 @@ fn check(
                 let s = seen.get_mut(&key).expect("data on a flow not open");
                 assert!(!d.is_empty(), "empty data event");
                 if strict {
-                    assert!(!s.gapped, "strict mode: data after a gap");
                     assert!(!s.midstream, "strict mode: data of a flow picked up mid-stream");
                 }
                 if let Some(o) = s.next.as_mut() {

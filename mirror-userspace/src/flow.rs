@@ -229,8 +229,9 @@ pub struct FlowConfig {
     /// Out-of-order bytes buffered per flow before the hole is declared a gap. In strict mode
     /// ([`require_ack`](Self::require_ack)) it bounds every byte a flow holds, acknowledged or
     /// not, and a flow beyond it is given up; there the window the server advertised last is
-    /// added to it (bytes in flight are rightly that many), up to a quarter of
-    /// [`max_total_buffer`](Self::max_total_buffer).
+    /// added to it (bytes in flight are rightly that many), up to a quarter of the reassembly
+    /// budget in force, for as long as the server keeps acknowledging: a flow beyond it that
+    /// went a [`reorder_timeout`](Self::reorder_timeout) without is given up.
     pub max_flow_buffer: usize,
     /// Out-of-order bytes buffered over all flows.
     pub max_total_buffer: usize,

@@ -58,7 +58,8 @@ pub(crate) struct Assembler {
     limit: u64,
     /// Strict mode: acknowledgements gate delivery and different copies make walls.
     strict: bool,
-    /// Strict mode: the first range seen in two different copies, `[start, end)`.
+    /// Strict mode: the range seen in two different copies, `[start, end)` (spanning them all
+    /// when there were several).
     wall: Option<(u64, u64)>,
     /// Strict mode: a gap was declared; nothing more is delivered.
     stopped: bool,
@@ -312,7 +313,9 @@ impl Assembler {
             self.pending.insert(o, d);
         }
         if let Some((s, e)) = conflict {
-            self.wall = Some(self.wall.map_or((s, e), |(ws, we)| if s < ws { (s, e) } else { (ws, we) }));
+            // One wall covers every conflicting range (and the bytes between them): a second
+            // range forgotten would let its other copy be delivered. Over-wide, but never wrong.
+            self.wall = Some(self.wall.map_or((s, e), |(ws, we)| (ws.min(s), we.max(e))));
         }
         self.extend_contig();
         self.drain(emit);
@@ -351,8 +354,12 @@ impl Assembler {
             }
             if let Some((s, e)) = self.wall
                 && self.next >= s
+                && self.limit > s
             {
-                // Strict mode: a range seen in two different copies is never delivered.
+                // Strict mode: a range seen in two different copies is never delivered, and is a
+                // gap once the server acknowledged into it (it took one of the copies). Before,
+                // it is not reached: the server may still take neither (both forged) and the
+                // sender's retransmission, or the flow's end, decides.
                 self.wall = None;
                 self.gap(e.saturating_sub(self.next).max(1), &mut emit);
                 continue;

@@ -50,6 +50,11 @@ pub(super) struct Flow {
     /// acknowledgement the client may send, and so how much unacknowledged data this flow may
     /// rightly hold in strict mode ([`Flow::hold_bound`]).
     pub(super) server_window: u64,
+    /// Strict mode: the last time this flow held nothing or the server's acknowledgement moved.
+    /// The window may be held beyond the per-flow allowance only while this is recent
+    /// ([`Flow::stall_deadline`]): bytes in flight are acknowledged as they arrive, bytes the
+    /// server dropped (a bad checksum, a copy it never got) stall it.
+    pub(super) progress_at: Duration,
 }
 
 impl Flow {
@@ -71,6 +76,7 @@ impl Flow {
             syn_wscale: None,
             window_shift: None,
             server_window: 0,
+            progress_at: now,
         }
     }
 
@@ -102,6 +108,19 @@ impl Flow {
     pub(super) fn hold_bound(&self, base: usize, cap: usize) -> usize {
         let window = usize::try_from(self.server_window).unwrap_or(usize::MAX);
         base.saturating_add(window).min(cap.max(base))
+    }
+
+    /// Strict mode: when a flow holding more than the per-flow allowance (its window's worth)
+    /// has gone a reorder timeout without the server acknowledging any of it; it is then given up
+    /// (the allowance alone is its bound again). `None` while it holds no more than the allowance.
+    pub(super) fn stall_deadline(&self, cfg: &FlowConfig) -> Option<Duration> {
+        let over = cfg.require_ack && !self.given_up && self.asm.buffered() > cfg.max_flow_buffer;
+        if over { self.progress_at.checked_add(cfg.reorder_timeout) } else { None }
+    }
+
+    /// Whether [`stall_deadline`](Self::stall_deadline) has passed at `now`.
+    pub(super) fn stalled(&self, now: Duration, cfg: &FlowConfig) -> bool {
+        self.stall_deadline(cfg).is_some_and(|at| now >= at)
     }
 
     /// Whether a server SYN-ACK acknowledging `ack` answers the SYN that set `base` (its
@@ -187,10 +206,7 @@ impl Flow {
     /// give up on its hole. `None` if that is beyond what a `Duration` holds.
     pub(super) fn deadline(&self, cfg: &FlowConfig) -> Option<Duration> {
         let idle = self.last_seen.checked_add(self.idle_timeout(cfg));
-        match (idle, self.asm.deadline(cfg.reorder_timeout)) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [idle, self.asm.deadline(cfg.reorder_timeout), self.stall_deadline(cfg)].into_iter().flatten().min()
     }
 }
 

@@ -286,7 +286,11 @@ impl FlowTable {
 
         if !payload.is_empty() {
             let room = self.buffer_limit.saturating_sub(self.total_pending);
-            let max_flow_buffer = if strict {
+            if flow.asm.buffered() == 0 {
+                // Holding starts now: a burst after a quiet spell is not a stall.
+                flow.progress_at = now;
+            }
+            let max_flow_buffer = if strict && !flow.stalled(now, &self.cfg) {
                 flow.hold_bound(self.cfg.max_flow_buffer, self.buffer_limit / 4)
             } else {
                 self.cfg.max_flow_buffer
@@ -305,7 +309,8 @@ impl FlowTable {
                     }
                 }
             });
-            if hole_moved {
+            if hole_moved || (strict && flow.asm.buffered() > self.cfg.max_flow_buffer) {
+                // (Beyond the allowance, a stall deadline applies.)
                 self.rearm(key);
             }
             match result {
@@ -439,7 +444,11 @@ impl FlowTable {
                 }
                 continue;
             }
-            if flow.hole_due_at(now, &self.cfg) {
+            if flow.stalled(now, &self.cfg) {
+                // Held beyond the allowance with no acknowledgement for a reorder timeout: bytes
+                // the server will never take (see `Flow::stall_deadline`).
+                self.with_asm(key, out, |asm, emit| asm.finish(emit));
+            } else if flow.hole_due_at(now, &self.cfg) {
                 self.with_asm(key, out, |asm, emit| {
                     asm.skip_hole(emit);
                 });

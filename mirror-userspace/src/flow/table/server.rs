@@ -61,11 +61,15 @@ impl FlowTable {
             if strict
                 && flow.confirmed
                 && let Ok(off) = unwrap_around(seg.ack.wrapping_sub(flow.base), flow.asm.acked())
-                && run_asm(flow, key, &mut self.stats, &mut self.total_pending, out, |asm, emit| {
-                    asm.acknowledge(off, now, emit)
-                })
             {
-                self.rearm(key);
+                if off > flow.asm.acked() {
+                    flow.progress_at = now;
+                }
+                if run_asm(flow, key, &mut self.stats, &mut self.total_pending, out, |asm, emit| {
+                    asm.acknowledge(off, now, emit)
+                }) {
+                    self.rearm(key);
+                }
             }
         }
         if self.cfg.responses {

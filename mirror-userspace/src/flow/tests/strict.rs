@@ -70,7 +70,8 @@ fn a_peer_that_never_answers_is_given_up_at_the_flow_buffer_bound() {
 }
 
 /// A window-scaled handshake (both SYNs carry the option; the server's shift is `shift`) and the
-/// client's first bytes, `len` of them in 1,000-byte segments, none acknowledged yet.
+/// client's first bytes, `len` of them in 1,000-byte segments, none acknowledged yet, all at
+/// 1 ms (what one burst of a fast upload has in flight).
 fn scaled_upload(t: &mut FlowTable, shift: Option<u8>, window: u16, len: u32) -> Vec<StreamEvent> {
     let syn = Segment { wscale: Some(7), ..seg(100, TCP_SYN, b"") };
     let answer = Segment { window: 65_535, wscale: shift, ..syn_ack(101) };
@@ -78,7 +79,62 @@ fn scaled_upload(t: &mut FlowTable, shift: Option<u8>, window: u16, len: u32) ->
     let open = Segment { window, ..ack(101) };
     let mut segs = vec![syn, answer, open];
     segs.extend((0..len / 1000).map(|i| seg(101 + i * 1000, TCP_ACK, &[b'x'; 1000])));
-    run(t, segs)
+    let mut out = Vec::new();
+    for s in segs {
+        t.on_segment(s, Duration::from_millis(1), &mut out);
+    }
+    merge(out)
+}
+
+#[test]
+fn a_window_held_without_any_acknowledgement_for_a_reorder_timeout_is_given_up() {
+    // 3 MB held at 1 ms in a 4 MiB window, then silence from the server: bytes it will never
+    // take (bad checksums, say). Given up once the reorder timeout passed, by its timer.
+    let mut t = FlowTable::new(FlowConfig { max_flow_buffer: 100_000, ..Default::default() });
+    scaled_upload(&mut t, Some(7), 32_768, 3_000_000);
+    let reorder = FlowConfig::default().reorder_timeout;
+    assert_eq!(t.poll_timeout(), Some(Duration::from_millis(1) + reorder));
+    let mut out = Vec::new();
+    t.on_tick(reorder, &mut out);
+    assert_eq!((merge(std::mem::take(&mut out)), t.buffered_bytes()), (vec![], 3_000_000));
+    t.on_tick(Duration::from_millis(1) + reorder, &mut out);
+    assert_eq!(merge(out), vec![StreamEvent::Gap(3_000_000)]);
+    assert_eq!((t.buffered_bytes(), t.stats.flows_given_up_gap, t.stats.unacked_bytes), (0, 1, 3_000_000));
+}
+
+#[test]
+fn acknowledgements_keep_a_window_held_beyond_the_allowance() {
+    // A long upload: 3 MB in flight at all times, the server acknowledging 1 MB every 400 ms,
+    // for 4 s. Never a stall: everything acknowledged is delivered, nothing given up.
+    let mut t = FlowTable::new(FlowConfig { max_flow_buffer: 100_000, ..Default::default() });
+    scaled_upload(&mut t, Some(7), 32_768, 3_000_000);
+    let mut out = Vec::new();
+    for round in 1..=10u32 {
+        let now = Duration::from_millis(1 + 400 * u64::from(round));
+        t.on_tick(now, &mut out);
+        t.on_segment(Segment { window: 32_768, ..ack(101 + round * 1_000_000) }, now, &mut out);
+        for i in 0..1000 {
+            let seq = 101 + 2_000_000 + round * 1_000_000 + i * 1000;
+            t.on_segment(seg(seq, TCP_ACK, &[b'x'; 1000]), now, &mut out);
+        }
+    }
+    let delivered: usize = out.iter().map(|(_, e)| if let StreamEvent::Data(d) = e { d.len() } else { 0 }).sum();
+    assert_eq!((delivered, t.buffered_bytes(), t.stats.flows_given_up_gap), (10_000_000, 3_000_000, 0));
+}
+
+#[test]
+fn a_burst_after_a_quiet_spell_is_not_a_stall() {
+    // Everything acknowledged, then 10 s without a segment (a kept-alive connection), then a
+    // window's worth at once: its holding starts with it, not with the last acknowledgement.
+    let mut t = FlowTable::new(FlowConfig { max_flow_buffer: 100_000, ..Default::default() });
+    scaled_upload(&mut t, Some(7), 32_768, 1000);
+    let mut out = Vec::new();
+    t.on_segment(Segment { window: 32_768, ..ack(1101) }, Duration::from_millis(2), &mut out);
+    let later = Duration::from_secs(10);
+    for i in 0..2000 {
+        t.on_segment(seg(1101 + i * 1000, TCP_ACK, &[b'x'; 1000]), later, &mut out);
+    }
+    assert_eq!((t.buffered_bytes(), t.stats.flows_given_up_gap), (2_000_000, 0));
 }
 
 #[test]
@@ -136,28 +192,66 @@ fn data_without_ack_is_ignored_as_linux_does() {
     assert!(run(&mut t, vec![seg(5, TCP_PSH, b"GET")]).is_empty());
 }
 
+/// A handshake, then two different copies of a request's 19 bytes, neither acknowledged yet.
+fn two_copies() -> Vec<Segment> {
+    vec![
+        seg(100, TCP_SYN, b""),
+        syn_ack(101),
+        seg(101, TCP_ACK, b"GET /a HTTP/1.1\r\n\r\n"),
+        seg(101, TCP_ACK, b"GET /b HTTP/1.1\r\n\r\n"),
+    ]
+}
+
 #[test]
 fn two_different_copies_before_the_ack_are_a_gap_of_exactly_their_range() {
     // A copy with a bad checksum first (the primary's kernel drops it), then the good one.
     let mut t = strict();
-    let ev = run(
-        &mut t,
-        vec![
-            seg(100, TCP_SYN, b""),
-            syn_ack(101),
-            seg(101, TCP_ACK, b"GET /a HTTP/1.1\r\n\r\n"),
-            seg(101, TCP_ACK, b"GET /b HTTP/1.1\r\n\r\n"),
-            ack(120),
-            seg(120, TCP_ACK, b"GET /next HTTP/1.1\r\n\r\n"),
-            ack(143),
-        ],
-    );
+    let mut segs = two_copies();
+    segs.extend([ack(120), seg(120, TCP_ACK, b"GET /next HTTP/1.1\r\n\r\n"), ack(143)]);
+    let ev = run(&mut t, segs);
     // The copies agree on "GET /" only... as a range they overlap whole: all of it is a gap. What
     // follows is delivered: whether it can be framed is the framer's call (here it cannot: the
     // gap took a head, so the pipeline gives the flow up; see pipeline's tests).
     assert_eq!(ev, vec![OPEN, StreamEvent::Gap(19), data(b"GET /next HTTP/1.1\r\n\r\n")]);
     assert_eq!((t.stats.conflicting_copies, t.stats.gaps, t.stats.flows_given_up_gap), (1, 1, 0));
     assert_eq!(t.buffered_bytes(), 0);
+}
+
+#[test]
+fn two_different_copies_the_server_never_acknowledged_are_one_gap_at_the_end() {
+    // Found by the reassembler fuzz target: the wall was declared a gap as soon as delivery
+    // stood at its start, before any acknowledgement (then the flow's end declared a second).
+    let mut t = strict();
+    let ev = run(&mut t, two_copies());
+    assert_eq!(ev, vec![OPEN], "nothing acknowledged: no gap yet");
+    let mut out = Vec::new();
+    t.close_all(&mut out);
+    assert_eq!(merge(out), vec![StreamEvent::Gap(19), StreamEvent::Close(CloseReason::Shutdown)]);
+    assert_eq!((t.stats.gaps, t.stats.unacked_bytes), (1, 19));
+}
+
+#[test]
+fn two_conflicting_ranges_before_the_ack_are_both_walled() {
+    // Found by the reassembler fuzz target: with one wall kept, the second range's first copy
+    // (maybe the forged one) was delivered. Both ranges and the bytes between them are one gap.
+    let mut t = strict();
+    let ev = run(
+        &mut t,
+        vec![
+            seg(100, TCP_SYN, b""),
+            syn_ack(101),
+            seg(101, TCP_ACK, b"aaaaa"),
+            seg(101, TCP_ACK, b"bbbbb"),
+            seg(111, TCP_ACK, b"ccccc"),
+            seg(111, TCP_ACK, b"ddddd"),
+            seg(106, TCP_ACK, b"eeeee"),
+            ack(116),
+            seg(116, TCP_ACK, b"zz"),
+            ack(118),
+        ],
+    );
+    assert_eq!(ev, vec![OPEN, StreamEvent::Gap(15), data(b"zz")]);
+    assert_eq!(t.stats.conflicting_copies, 2);
 }
 
 #[test]
@@ -568,12 +662,13 @@ fn one_flow_cannot_take_the_whole_of_a_lowered_budget() {
     assert_eq!(t.stats.buffer_overflows - overflows, 0, "the other flow's request was dropped: {}", t.buffered_bytes());
 }
 
-/// What the change costs: with the default budgets (1 MiB a flow, 64 MiB in all), four
-/// connections to a server that advertises a ≥ 15 MiB window hold the whole 64 MiB with bytes
-/// it never acknowledges (before the change: 1 MiB each, so 64 connections), and every other
-/// flow's bytes are then dropped. Memory stays bounded by `max_total_buffer`.
+/// What holding a window costs: with the default budgets (1 MiB a flow, 64 MiB in all), four
+/// connections to a server that advertises a ≥ 15 MiB window can hold the whole 64 MiB with
+/// bytes it never acknowledges (1 MiB each without their windows: 64 connections), and every
+/// other flow's bytes are dropped meanwhile. For a reorder timeout only: then the stall gives
+/// them up and the budget is free again. Memory stays bounded by `max_total_buffer`.
 #[test]
-fn four_connections_with_large_windows_fill_the_default_global_budget() {
+fn four_connections_with_large_windows_fill_the_budget_until_their_stall_is_seen() {
     let mut t = strict();
     let mut out = Vec::new();
     let now = Duration::from_millis(1);
@@ -597,6 +692,13 @@ fn four_connections_with_large_windows_fill_the_default_global_budget() {
         t.on_segment(on(s), now, &mut out);
     }
     assert_eq!(t.stats.buffer_overflows, 1, "a fifth client's request is dropped");
+    t.on_tick(now + FlowConfig::default().reorder_timeout, &mut out);
+    assert_eq!((t.buffered_bytes(), t.stats.flows_given_up_gap), (0, 4));
+    let k = FlowKey { client: "10.0.0.10:40002".parse().unwrap(), server: key().server };
+    for s in [seg(100, TCP_SYN, b""), syn_ack(101), seg(101, TCP_ACK, b"GET / HTTP/1.1\r\n\r\n")] {
+        t.on_segment(Segment { key: k, ..s }, now + FlowConfig::default().reorder_timeout, &mut out);
+    }
+    assert_eq!((t.stats.buffer_overflows, t.buffered_bytes()), (1, 18), "the next client's request is held");
 }
 
 /// With the fix for early SYN-ACKs: a SYN without the option, after its scaled SYN-ACK, leaves
