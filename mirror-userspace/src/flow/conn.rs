@@ -39,8 +39,9 @@ pub(super) struct Flow {
     /// acknowledges it (a SYN the server answers with a challenge ACK leaves this flow as it was).
     pub(super) pending_isn: Option<(u32, u32, Option<u8>)>,
     /// The server's stream, when responses are reassembled ([`FlowConfig::responses`]) and its
-    /// start is known.
-    pub(super) reverse: Option<super::reverse::Reverse>,
+    /// start is known. Boxed: an assembler inline would cost every flow (a SYN flood's too) its
+    /// ~140 bytes, for a stream only compared ports have.
+    pub(super) reverse: Option<Box<super::reverse::Reverse>>,
     /// The window scale option of the SYN that set `base` (only whether it had one matters: the
     /// server's windows are scaled only if both SYNs had it).
     pub(super) syn_wscale: Option<u8>,

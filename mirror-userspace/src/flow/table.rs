@@ -252,7 +252,7 @@ impl FlowTable {
             // The SYN-ACK was not seen: the client's handshake ACK says where the server's
             // stream starts (its first ACK, before any request byte was delivered).
             if flow.asm.next_offset() == 0 && !flow.given_up {
-                flow.reverse = Some(Reverse::new(seg.ack));
+                flow.reverse = Some(Box::new(Reverse::new(seg.ack)));
             }
         }
         let fin = seg.flags & TCP_FIN != 0;

@@ -93,7 +93,7 @@ impl FlowTable {
     ) {
         let Some(flow) = self.flows.get_mut(&key) else { return };
         if syn_ack && flow.syn_seen && !flow.given_up && flow.asm.next_offset() == 0 {
-            flow.reverse = Some(Reverse::new(seg.seq.wrapping_add(1)));
+            flow.reverse = Some(Box::new(Reverse::new(seg.seq.wrapping_add(1))));
         }
         let Some(rev) = flow.reverse.as_mut() else { return };
         let before = rev.buffered();
