@@ -42,11 +42,8 @@ pub(super) struct Flow {
     /// start is known. Boxed: an assembler inline would cost every flow (a SYN flood's too) its
     /// ~140 bytes, for a stream only compared ports have.
     pub(super) reverse: Option<Box<super::reverse::Reverse>>,
-    /// The window scale option of the SYN that set `base` (only whether it had one matters: the
-    /// server's windows are scaled only if both SYNs had it).
-    pub(super) syn_wscale: Option<u8>,
-    /// The shift of the server's windows, once its SYN-ACK was seen.
-    pub(super) window_shift: Option<u8>,
+    /// The handshake's window scale options, which say how the server's windows are scaled.
+    pub(super) scales: Scales,
     /// The window (bytes) the server's latest segment advertised: how far beyond its
     /// acknowledgement the client may send, and so how much unacknowledged data this flow may
     /// rightly hold in strict mode ([`Flow::hold_bound`]).
@@ -56,6 +53,34 @@ pub(super) struct Flow {
     /// ([`Flow::stall_deadline`]): bytes in flight are acknowledged as they arrive, bytes the
     /// server dropped (a bad checksum, a copy it never got) stall it.
     pub(super) progress_at: Duration,
+}
+
+/// The window scale options of a connection's handshake: the SYN's (only whether it had one
+/// matters) and the SYN-ACK's, once seen (`Some(None)`: seen without one).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Scales {
+    pub(super) syn: Option<u8>,
+    pub(super) syn_ack: Option<Option<u8>>,
+}
+
+impl Scales {
+    /// The shift of the server's windows after its SYN-ACK. RFC 7323 §2.2: the scale applies only
+    /// if both SYNs carried the option; Linux caps it at 14. A SYN-ACK never seen leaves the
+    /// windows unscaled: an underestimate.
+    pub(super) fn shift(self) -> u8 {
+        match self {
+            Self { syn: Some(_), syn_ack: Some(Some(shift)) } => shift.min(14),
+            _ => 0,
+        }
+    }
+
+    /// A sighting of the SYN-ACK. One without options (a classifier's tail of its payload, or an
+    /// older classifier) says nothing about an option already seen.
+    pub(super) fn syn_ack_seen(&mut self, wscale: Option<u8>) {
+        if wscale.is_some() || self.syn_ack.is_none() {
+            self.syn_ack = Some(wscale);
+        }
+    }
 }
 
 impl Flow {
@@ -74,30 +99,20 @@ impl Flow {
             syn_len,
             pending_isn: None,
             reverse: None,
-            syn_wscale: None,
-            window_shift: None,
+            scales: Scales::default(),
             server_window: 0,
             progress_at: now,
         }
     }
 
-    /// Takes the window a server segment advertised: a SYN-ACK's is unscaled and sets the
-    /// shift of those that follow (RFC 7323 §2.2: the scale applies only if both SYNs carried the
-    /// option; Linux caps it at 14); a shift never seen (the SYN-ACK missed) leaves the window
-    /// unscaled, an underestimate.
+    /// Takes the window a server segment advertised: a SYN-ACK's is unscaled and its option
+    /// sets the shift of those that follow ([`Scales::shift`]).
     pub(super) fn server_advertised(&mut self, seg: &super::Segment, syn_ack: bool) {
         if syn_ack {
-            // A sighting of the SYN-ACK without its options (a classifier's tail of its payload,
-            // or an older classifier) says nothing about the scale already learnt.
-            if seg.wscale.is_some() || self.window_shift.is_none() {
-                self.window_shift = Some(match (self.syn_wscale, seg.wscale) {
-                    (Some(_), Some(shift)) => shift.min(14),
-                    _ => 0,
-                });
-            }
+            self.scales.syn_ack_seen(seg.wscale);
             self.server_window = u64::from(seg.window);
         } else {
-            self.server_window = u64::from(seg.window) << self.window_shift.unwrap_or(0);
+            self.server_window = u64::from(seg.window) << self.scales.shift();
         }
     }
 
@@ -238,5 +253,28 @@ pub(super) fn emitter<'a>(
             _ => {}
         }
         out.push((key, event));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Scales;
+
+    #[test]
+    fn windows_are_scaled_only_if_both_syns_had_the_option() {
+        let mut s = Scales { syn: Some(7), syn_ack: None };
+        assert_eq!(s.shift(), 0, "no SYN-ACK seen");
+        s.syn_ack_seen(Some(9));
+        assert_eq!(s.shift(), 9);
+        s.syn_ack_seen(None);
+        assert_eq!(s.shift(), 9, "a sighting without options keeps what was seen");
+        s.syn_ack_seen(Some(20));
+        assert_eq!(s.shift(), 14, "capped as Linux does");
+        s.syn = None;
+        assert_eq!(s.shift(), 0, "the SYN had none");
+        let mut t = Scales::default();
+        t.syn_ack_seen(None);
+        t.syn = Some(7);
+        assert_eq!(t.shift(), 0, "the SYN-ACK had none");
     }
 }

@@ -21,8 +21,8 @@ pub(super) struct Start {
     pub(super) syn_len: u32,
     /// The server's acknowledgement number when it was parked.
     pub(super) server_ack: Option<u32>,
-    /// The shift of the server's windows, if its SYN-ACK was seen.
-    pub(super) window_shift: Option<u8>,
+    /// The handshake's window scale options.
+    pub(super) scales: super::conn::Scales,
 }
 
 /// Parked flows, at most `max` (the oldest forgotten first), each filed under a keyed 64-bit
@@ -99,7 +99,7 @@ mod tests {
     #[test]
     fn bounded_oldest_first_and_taken_once() {
         let mut p = Parked::new(3);
-        let s = |base| Start { base, syn_len: 0, server_ack: None, window_shift: None };
+        let s = |base| Start { base, syn_len: 0, server_ack: None, scales: Default::default() };
         for i in 0..5u16 {
             p.park(key(i), s(u32::from(i)));
         }

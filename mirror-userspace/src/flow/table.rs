@@ -170,7 +170,7 @@ impl FlowTable {
                 // Nothing delivered yet: the SYN (or a new SYN after a failed attempt) sets the base.
                 if flow.base != isn1 {
                     // Another connection: the old one's windows are not its own.
-                    flow.window_shift = None;
+                    flow.scales.syn_ack = None;
                     flow.server_window = 0;
                 }
                 flow.base = isn1;
@@ -208,7 +208,7 @@ impl FlowTable {
                 let flow = self.flows.get_mut(&key).expect("opened");
                 flow.confirmed = true;
                 flow.server_ack = start.server_ack;
-                flow.window_shift = start.window_shift;
+                flow.scales = start.scales;
                 if let Some(ack) = start.server_ack {
                     flow.asm.acknowledge(u64::from(ack.wrapping_sub(start.base)), now, |_| {});
                 }
@@ -242,11 +242,7 @@ impl FlowTable {
         let flow = self.flows.get_mut(&key).expect("inserted above");
         flow.last_seen = now;
         if syn && flow.base == seg.seq.wrapping_add(1) {
-            flow.syn_wscale = seg.wscale;
-            if seg.wscale.is_none() && flow.window_shift.is_some() {
-                // RFC 7323: without the SYN's option the server's windows are not scaled.
-                flow.window_shift = Some(0);
-            }
+            flow.scales.syn = seg.wscale;
         }
         if self.cfg.responses && flow.reverse.is_none() && flow.syn_seen && !syn && seg.flags & TCP_ACK != 0 {
             // The SYN-ACK was not seen: the client's handshake ACK says where the server's
@@ -357,8 +353,7 @@ impl FlowTable {
             flow.confirmed = true;
             flow.server_ack = Some(ack);
             flow.asm.acknowledge(u64::from(ack.wrapping_sub(base)), now, |_| {});
-            // Provisional: the SYN, taken next, keeps it only if it carried the option too.
-            flow.window_shift = Some(wscale.map_or(0, |s| s.min(14)));
+            flow.scales.syn_ack_seen(wscale);
             flow.server_window = u64::from(window);
         }
         self.stats.flows_opened += 1;
@@ -471,12 +466,8 @@ impl FlowTable {
         }
         for key in parking {
             let Some(flow) = self.flows.get(&key) else { continue };
-            let start = Start {
-                base: flow.base,
-                syn_len: flow.syn_len,
-                server_ack: flow.server_ack,
-                window_shift: flow.window_shift,
-            };
+            let start =
+                Start { base: flow.base, syn_len: flow.syn_len, server_ack: flow.server_ack, scales: flow.scales };
             self.close(key, CloseReason::Idle, out);
             self.parked.park(key, start);
             self.stats.parked += 1;

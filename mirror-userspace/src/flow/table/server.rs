@@ -30,7 +30,7 @@ impl FlowTable {
             self.close(key, CloseReason::Reused, out);
             self.open(key, isn1, Some(syn_len), now, out);
             if let Some(flow) = self.flows.get_mut(&key) {
-                flow.syn_wscale = wscale;
+                flow.scales.syn = wscale;
             }
         }
         let Some(flow) = self.flows.get_mut(&key) else {
@@ -51,9 +51,9 @@ impl FlowTable {
                 flow.confirmed = true;
             }
             if answers_syn || !syn_ack {
-                let learned = answers_syn && flow.window_shift.is_none();
+                let learned = answers_syn && flow.scales.syn_ack.is_none();
                 flow.server_advertised(&seg, answers_syn);
-                if learned && flow.window_shift.is_some_and(|s| s > 0) {
+                if learned && flow.scales.shift() > 0 {
                     self.stats.windows_scaled += 1;
                 }
             }

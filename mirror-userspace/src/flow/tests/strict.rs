@@ -600,7 +600,7 @@ fn an_unparked_flow_keeps_its_shift() {
 
 /// Bug: a 4-tuple reused by a new connection (strict mode's `pending_isn`: a SYN with a new ISN
 /// while the old flow is still open) loses its SYN's window scale: the flow is reopened by the
-/// server's SYN-ACK with `syn_wscale: None`, so the server's windows are taken unscaled and a
+/// server's SYN-ACK with `scales.syn: None`, so the server's windows are taken unscaled and a
 /// large upload is given up at `max_flow_buffer` again, as before the change.
 #[test]
 fn a_reused_four_tuple_keeps_the_window_scale_of_its_new_syn() {
