@@ -52,8 +52,15 @@ pub struct Request {
     pub body: Bytes,
     /// The request method.
     pub method: &'static str,
-    /// The request-target, as captured.
-    pub target: std::sync::Arc<str>,
+}
+
+impl Request {
+    /// The request-target, read from the head's request line (replay has no use for it apart:
+    /// a copy of it per request cost an allocation, freed on the replay thread).
+    pub fn target(&self) -> &str {
+        let target = self.head.split(|b| *b == b' ').nth(1).unwrap_or_default();
+        std::str::from_utf8(target).unwrap_or_default()
+    }
 }
 
 /// A request for a mirror, whole or as parts of a stream.
@@ -178,8 +185,8 @@ struct InFlight {
     /// One copy per mirror it goes to (inline for one: no allocation per request).
     shadows: smallvec::SmallVec<[Shadow; 1]>,
     method: &'static str,
-    /// The request-target.
-    target: std::sync::Arc<str>,
+    /// The request-target, kept only if a copy of it is compared (the comparison records it).
+    target: Option<Box<str>>,
     /// Body bytes held until the request completes or outgrows the buffer.
     body: BytesMut,
     head_len: usize,
@@ -474,6 +481,7 @@ impl RouteStage {
                         }
                     };
                     let roles = self.compare.request(key, head.method, &mirrors, &self.router);
+                    let compared = roles.iter().any(|r| matches!(r, Some((_, true))));
                     st.current = Some(InFlight {
                         shadows: mirrors
                             .into_iter()
@@ -486,7 +494,7 @@ impl RouteStage {
                             })
                             .collect(),
                         method: head.method,
-                        target: head.target.clone(),
+                        target: compared.then(|| head.target().into()),
                         // Room for the first bytes only: a Content-Length is a promise, not bytes;
                         // the buffer grows as they arrive (see `hold`).
                         body: match head.body {
@@ -517,12 +525,7 @@ impl RouteStage {
                             let id = self.next_stream;
                             self.next_stream += 1;
                             *stream = Some((id, 1));
-                            let request = Request {
-                                head: head.clone(),
-                                body: body.clone(),
-                                method: cur.method,
-                                target: cur.target.clone(),
-                            };
+                            let request = Request { head: head.clone(), body: body.clone(), method: cur.method };
                             out.push(outbound(key, mirror, Part::Start { stream: id, request }, *role));
                         }
                         continue;
@@ -549,7 +552,7 @@ impl RouteStage {
                                 &mirror.route,
                                 &mirror.endpoint,
                                 cur.method,
-                                &cur.target,
+                                cur.target.as_deref().unwrap_or_default(),
                                 &self.router,
                             );
                         }
@@ -557,12 +560,7 @@ impl RouteStage {
                         self.stats.route_counts(&mirror.route, &mirror.endpoint).mirrored += 1;
                         let part = match stream {
                             Some((id, index)) => Part::End { stream: id, index },
-                            None => Part::Whole(Request {
-                                head,
-                                body: body.clone(),
-                                method: cur.method,
-                                target: cur.target.clone(),
-                            }),
+                            None => Part::Whole(Request { head, body: body.clone(), method: cur.method }),
                         };
                         out.push(outbound(key, &mirror, part, role));
                     }

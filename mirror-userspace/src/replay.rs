@@ -80,10 +80,14 @@ struct Endpoint {
     queues: Vec<mpsc::Sender<Outbound>>,
 }
 
+/// The mirror connections' queues by endpoint key, looked up once per request on the replay
+/// thread (foldhash: the keys come from the config, not the wire).
+type Endpoints = HashMap<Arc<str>, Endpoint, foldhash::fast::RandomState>;
+
 /// Handle to the replay workers. Shared by the capture thread (which submits) and the daemon
 /// (which reconfigures on reload and shuts down).
 pub struct Replayer {
-    endpoints: Arc<RwLock<HashMap<Arc<str>, Endpoint>>>,
+    endpoints: Arc<RwLock<Endpoints>>,
     /// To the dispatcher: one message (one wake-up of the runtime) per batch of the capture
     /// thread, however many requests and connections it holds. `None` once shut down.
     batches: Mutex<Option<mpsc::UnboundedSender<Vec<Outbound>>>>,
@@ -133,9 +137,7 @@ impl Spare {
 /// The bytes an item holds while queued: its own size (a queue slot, its strings) and its bytes.
 fn weight(ob: &Outbound) -> usize {
     let bytes = match &ob.part {
-        Part::Whole(r) | Part::Start { request: r, .. } => {
-            r.head.len() + r.body.len() + r.method.len() + r.target.len()
-        }
+        Part::Whole(r) | Part::Start { request: r, .. } => r.head.len() + r.body.len() + r.method.len(),
         Part::More { bytes, .. } => bytes.len(),
         Part::End { .. } | Part::Abort { .. } => 0,
     };
@@ -154,7 +156,7 @@ impl Replayer {
     ) -> Replayer {
         let (tx, rx) = mpsc::unbounded_channel();
         let r = Replayer {
-            endpoints: Arc::new(RwLock::new(HashMap::new())),
+            endpoints: Arc::default(),
             batches: Mutex::new(Some(tx)),
             spare: Arc::default(),
             settings: settings.clone(),
@@ -347,7 +349,7 @@ fn group_of(queue: usize, queues: usize, n: usize) -> usize {
 /// order); a batch still being paced when the next one arrives hands the rest on at once.
 async fn dispatch(
     mut rx: mpsc::UnboundedReceiver<Vec<Outbound>>,
-    endpoints: Arc<RwLock<HashMap<Arc<str>, Endpoint>>>,
+    endpoints: Arc<RwLock<Endpoints>>,
     spare: Arc<Spare>,
     rec: Recorder,
     mode: Pace,
@@ -388,11 +390,7 @@ async fn dispatch(
 }
 
 /// Queues `items` on their connections; what does not fit is dropped and counted.
-fn queue_items(
-    items: impl IntoIterator<Item = Outbound>,
-    endpoints: &RwLock<HashMap<Arc<str>, Endpoint>>,
-    rec: &Recorder,
-) {
+fn queue_items(items: impl IntoIterator<Item = Outbound>, endpoints: &RwLock<Endpoints>, rec: &Recorder) {
     let eps = endpoints.read().expect("endpoints lock");
     for ob in items {
         let queued = match eps.get(&ob.endpoint) {

@@ -280,7 +280,8 @@ impl Router {
     /// Routes one request that arrived on destination port `port`.
     pub fn decide(&self, head: &RequestHead, port: u16, rng: &mut impl Rng) -> Decision {
         let authority = head.header("host").and_then(|h| std::str::from_utf8(h).ok()).unwrap_or("");
-        let (path, query) = head.target.split_once('?').unwrap_or((&head.target, ""));
+        let target = head.target();
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
         let view = RequestView { head, path, query, authority, port };
         // Lower-cased once, and only if a table names hosts.
         let mut host: Option<String> = None;

@@ -77,7 +77,7 @@ fn replay_capture(name: &str, ports: &HashSet<u16>) -> (BTreeMap<(String, String
         let r = o.whole().expect("a whole request");
         by_flow.entry((o.flow.client.to_string(), o.flow.server.to_string())).or_default().push((
             r.method.to_string(),
-            r.target.to_string(),
+            r.target().to_string(),
             body_len(r),
         ));
     }

@@ -39,9 +39,8 @@ pub struct RequestHead {
     pub raw: Bytes,
     /// The method token (`GET`, `POST`, …), one of the registered methods.
     pub method: &'static str,
-    /// The request-target as sent (`/path?query`, `host:port` for CONNECT, …); shared by the
-    /// copies made of the request.
-    pub target: std::sync::Arc<str>,
+    /// Where the request-target sits in `raw` (a range, not a copy: see [`RequestHead::target`]).
+    pub target_range: Range<usize>,
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor_version: u8,
     /// The header fields, in order.
@@ -61,6 +60,12 @@ pub struct RequestHead {
 }
 
 impl RequestHead {
+    /// The request-target as sent (`/path?query`, `host:port` for CONNECT, …): visible ASCII,
+    /// checked when parsed.
+    pub fn target(&self) -> &str {
+        std::str::from_utf8(&self.raw[self.target_range.clone()]).unwrap_or_default()
+    }
+
     /// Header `h`'s name, as sent.
     pub fn name(&self, h: &Header) -> &[u8] {
         &self.raw[h.name_range.clone()]
@@ -156,12 +161,14 @@ pub(super) fn parse(
             }
         })
         .collect();
-    let target = std::sync::Arc::from(req.path.unwrap_or_default());
+    let path = req.path.unwrap_or_default();
+    let target_start = if path.is_empty() { 0 } else { path.as_ptr() as usize - base };
+    let target_range = target_start..target_start + path.len();
     let minor_version = req.version.unwrap_or(1);
     let mut head = RequestHead {
         raw,
         method,
-        target,
+        target_range,
         minor_version,
         headers,
         body: BodyKind::None,

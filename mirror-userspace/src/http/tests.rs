@@ -80,14 +80,14 @@ fn chunked_with_extensions_and_trailers_passes_raw_bytes() {
     assert_eq!(f.requests.len(), 2);
     assert_eq!(raw_of(&f.requests[0]), req);
     assert_eq!(f.requests[0].0.body, BodyKind::Chunked);
-    assert_eq!(&*f.requests[1].0.target, "/n");
+    assert_eq!(f.requests[1].0.target(), "/n");
 }
 
 #[test]
 fn pipelined_requests_in_one_segment() {
     let input = b"GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\nHEAD /3 HTTP/1.1\r\n\r\nDELETE /4 HTTP/1.1\r\nContent-Length: 0\r\n\r\n";
     let f = frame_every_split(input);
-    let targets: Vec<_> = f.requests.iter().map(|r| r.0.target.as_ref()).collect();
+    let targets: Vec<_> = f.requests.iter().map(|r| r.0.target()).collect();
     assert_eq!(targets, ["/1", "/2", "/3", "/4"]);
 }
 
@@ -194,14 +194,14 @@ fn a_gap_inside_a_body_loses_that_request_only_and_framing_goes_on_at_its_end() 
             exact,
         );
         assert_eq!(f.drops, vec![DropReason::Gap]);
-        let targets: Vec<&str> = f.requests.iter().map(|r| r.0.target.as_ref()).collect();
+        let targets: Vec<&str> = f.requests.iter().map(|r| r.0.target()).collect();
         assert_eq!(targets, ["/next"], "exact_after_gap: {exact}");
         assert!(!f.requests[0].0.after_gap, "where /next starts is known");
         assert!(!finished);
     }
     // A gap that ends exactly at the body's end; several gaps inside one body.
     let (f, _) = across_gap(b"PUT /a HTTP/1.1\r\nContent-Length: 5\r\n\r\nab", 3, b"GET /b HTTP/1.1\r\n\r\n", true);
-    assert_eq!((f.drops.len(), f.requests.len(), f.requests[0].0.target.as_ref()), (1, 1, "/b"));
+    assert_eq!((f.drops.len(), f.requests.len(), f.requests[0].0.target()), (1, 1, "/b"));
     let mut framer = RequestFramer::new(FramerConfig { exact_after_gap: true, ..FramerConfig::default() }, false);
     let mut out = Vec::new();
     framer.on_data(Bytes::from_static(b"PUT /a HTTP/1.1\r\nContent-Length: 10\r\n\r\nab"), &mut out);
@@ -210,7 +210,7 @@ fn a_gap_inside_a_body_loses_that_request_only_and_framing_goes_on_at_its_end() 
     framer.on_gap(2, &mut out);
     framer.on_data(Bytes::from_static(b"ijGET /c HTTP/1.1\r\n\r\n"), &mut out);
     let f = collect(out);
-    assert_eq!((f.drops, f.requests.len(), f.requests[0].0.target.as_ref()), (vec![DropReason::Gap], 1, "/c"));
+    assert_eq!((f.drops, f.requests.len(), f.requests[0].0.target()), (vec![DropReason::Gap], 1, "/c"));
 }
 
 #[test]
@@ -227,11 +227,11 @@ fn a_gap_past_a_body_or_in_a_head_or_chunked_body_stops_framing_when_exact() {
     ];
     for (before, gap) in cases {
         let (f, finished) = across_gap(before, gap, b"GET /phantom HTTP/1.1\r\n\r\n", true);
-        assert!(f.requests.iter().all(|r| &*r.0.target != "/phantom"), "{}", String::from_utf8_lossy(before));
+        assert!(f.requests.iter().all(|r| r.0.target() != "/phantom"), "{}", String::from_utf8_lossy(before));
         assert!(finished);
         // Without exact_after_gap the framer resynchronises at the request line instead.
         let (f, finished) = across_gap(before, gap, b"GET /found HTTP/1.1\r\n\r\n", false);
-        assert_eq!(f.requests.last().map(|r| r.0.target.as_ref()), Some("/found"));
+        assert_eq!(f.requests.last().map(|r| r.0.target()), Some("/found"));
         assert!(f.requests.last().unwrap().0.after_gap);
         assert!(!finished);
     }
@@ -241,7 +241,7 @@ fn a_gap_past_a_body_or_in_a_head_or_chunked_body_stops_framing_when_exact() {
 fn midstream_pickup_starts_at_first_request_line() {
     let f = frame_chunks(&[b"tail of a body\r\nmore\r\nGET /x HTTP/1.1\r\nHost: h\r\n\r\n"], true);
     assert_eq!(f.requests.len(), 1);
-    assert_eq!(&*f.requests[0].0.target, "/x");
+    assert_eq!(f.requests[0].0.target(), "/x");
     assert!(f.drops.is_empty());
 }
 
@@ -344,6 +344,6 @@ fn a_segment_is_framed_in_place_and_an_incomplete_head_is_held_in_an_exact_copy(
     assert!(!span.contains(&framer.buffered_at()), "the partial head still lies in the segment's allocation");
     framer.on_data(Bytes::from_static(b"\r\n\r\n"), &mut out);
     let f = collect(out);
-    let targets: Vec<&str> = f.requests.iter().map(|r| r.0.target.as_ref()).collect();
+    let targets: Vec<&str> = f.requests.iter().map(|r| r.0.target()).collect();
     assert_eq!((targets, f.requests[0].1.as_slice()), (vec!["/u", "/a", "/b"], &b"0123"[..]));
 }

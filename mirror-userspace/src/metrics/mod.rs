@@ -82,7 +82,10 @@ struct ResponseHandles {
 }
 
 /// Route → mirror → handles (nested so that a lookup borrows the caller's `&str`s).
-type ResponseCache = HashMap<String, HashMap<String, ResponseHandles>>;
+/// Handles by route, then mirror: two lookups per mirror response (foldhash: the names come from
+/// the config, not the wire).
+type ResponseCache = HashMap<String, HashMap<String, ResponseHandles, Fold>, Fold>;
+type Fold = foldhash::fast::RandomState;
 
 fn latency_histogram() -> Histogram {
     // 0.5 ms .. ~16 s.

@@ -77,7 +77,7 @@ fn only_what_the_primary_processed_reaches_the_mirror() {
         p.on_segment(s, Duration::ZERO, &mut out);
     }
     p.finish(&mut out);
-    let targets: Vec<&str> = out.iter().map(|o| o.whole().unwrap().target.as_ref()).collect();
+    let targets: Vec<&str> = out.iter().map(|o| o.whole().unwrap().target()).collect();
     assert_eq!(targets, ["/up"]);
     assert_eq!(&out[0].whole().unwrap().body[..], body);
     assert_eq!((p.flows().stats.segments_without_ack, p.flows().stats.rst_ignored), (1, 1));
@@ -134,7 +134,7 @@ fn a_segment_lost_inside_a_body_loses_that_request_only() {
     // The hole is given up at the reorder timeout.
     p.on_tick(Duration::from_secs(10), &mut out);
     p.finish(&mut out);
-    let targets: Vec<&str> = out.iter().map(|o| o.whole().unwrap().target.as_ref()).collect();
+    let targets: Vec<&str> = out.iter().map(|o| o.whole().unwrap().target()).collect();
     assert_eq!(targets, ["/2"]);
     assert_eq!(&out[0].whole().unwrap().body[..], b"body");
     assert_eq!(p.stats().dropped.get(&DropReason::Gap), Some(&1));
@@ -156,7 +156,7 @@ fn one_direction_only_resynchronises_after_a_lost_segment() {
         feed(&mut p, &[(1, TCP_SYN, b""), (2, TCP_ACK, &req[..40]), (47, TCP_ACK, &req[45..]), (2 + n, TCP_ACK, next)]);
     p.finish(&mut out);
     assert_eq!(out.len(), 1, "only the request after the gap");
-    assert_eq!(&*out[0].whole().unwrap().target, "/after");
+    assert_eq!(out[0].whole().unwrap().target(), "/after");
     assert_eq!(p.stats().dropped.get(&DropReason::Gap), Some(&1));
 }
 
@@ -180,7 +180,7 @@ fn large_request_is_streamed_in_order_and_small_ones_stay_whole() {
     assert!(matches!(parts[1], Part::More { stream: 0, index: 1, bytes } if bytes.len() == 100));
     assert!(matches!(parts[2], Part::More { stream: 0, index: 2, bytes } if bytes.len() == big.len() - 220));
     assert!(matches!(parts[3], Part::End { stream: 0, index: 3 }));
-    assert!(matches!(parts[4], Part::Whole(r) if &*r.target == "/small"));
+    assert!(matches!(parts[4], Part::Whole(r) if r.target() == "/small"));
     assert_eq!((p.stats().streamed, p.stats().mirrored), (1, 2));
 }
 

@@ -30,7 +30,7 @@ fn ob(part: Part) -> Outbound {
 
 fn get(i: usize, method: &'static str) -> Outbound {
     let head = format!("{method} /{i} HTTP/1.1\r\nHost: m\r\n\r\n");
-    ob(Part::Whole(Request { head: Bytes::from(head), body: Bytes::new(), method, target: format!("/{i}").into() }))
+    ob(Part::Whole(Request { head: Bytes::from(head), body: Bytes::new(), method }))
 }
 
 /// How the scripted server answers.
@@ -185,7 +185,6 @@ async fn a_stream_missing_a_part_is_reset_after_the_requests_before_it_are_answe
         head: Bytes::from_static(b"POST /s HTTP/1.1\r\nContent-Length: 10\r\n\r\n"),
         body: Bytes::from_static(b"ab"),
         method: "POST",
-        target: "/s".into(),
     };
     let items = vec![
         get(0, "GET"),
@@ -209,7 +208,6 @@ async fn an_upload_longer_than_the_request_timeout_is_not_timed_out_while_it_is_
         head: Bytes::from_static(b"POST /s HTTP/1.1\r\nContent-Length: 16\r\n\r\n"),
         body: Bytes::from_static(b"ab"),
         method: "POST",
-        target: "/s".into(),
     };
     let mut items = vec![ob(Part::Start { stream: 9, request: start })];
     for index in 1..=7 {
