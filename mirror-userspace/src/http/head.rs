@@ -32,6 +32,10 @@ pub struct Header {
     pub line: Range<usize>,
 }
 
+/// Header fields a parsed head keeps without an allocation of their own (a client's usual
+/// request has fewer; a browser's has about a dozen).
+pub const INLINE_HEADERS: usize = 8;
+
 /// A request head as it was on the wire, plus what was parsed out of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestHead {
@@ -43,8 +47,9 @@ pub struct RequestHead {
     pub target_range: Range<usize>,
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor_version: u8,
-    /// The header fields, in order.
-    pub headers: Vec<Header>,
+    /// The header fields, in order: inline up to [`INLINE_HEADERS`] (the head is boxed once per
+    /// request; a vector of its own was a second allocation for every request).
+    pub headers: smallvec::SmallVec<[Header; INLINE_HEADERS]>,
     /// How the body is delimited.
     pub body: BodyKind,
     /// The request asks to switch protocols (`Upgrade` + `Connection: upgrade`) or is CONNECT:
@@ -141,7 +146,7 @@ pub(super) fn parse(
     };
     let raw = Bytes::copy_from_slice(head_bytes);
     let base = buf.as_ptr() as usize;
-    let headers: Vec<Header> = req
+    let headers: smallvec::SmallVec<[Header; INLINE_HEADERS]> = req
         .headers
         .iter()
         .map(|h| {
