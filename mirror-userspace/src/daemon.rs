@@ -19,7 +19,6 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     capture::{Capture, attach::AttachPreference, decode_sample},
     config::Config,
-    flow::FlowConfig,
     memory::Memory,
     metrics::{self, Metrics},
     pipeline::Pipeline,
@@ -96,7 +95,7 @@ pub async fn run(path: &Path, metrics_addr: std::net::SocketAddr, attach: Attach
     let thread = {
         let stop = stop.clone();
         let replayer = replayer.clone();
-        let flow_cfg = FlowConfig { responses: cfg.capture.responses, ..FlowConfig::default() };
+        let flow_cfg = Pipeline::budgeted_flows(cfg.capture.responses);
         let pipeline = Pipeline::new(router, flow_cfg, cfg.replay.buffer_bytes).with_memory(memory.clone());
         let sinks = Sinks { replayer, comparing: comparing.clone() };
         std::thread::Builder::new()

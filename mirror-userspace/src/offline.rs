@@ -63,8 +63,7 @@ pub async fn replay(cfg: &Config, pcap: &Path) -> Result<Value> {
         idle_timeout: Duration::from_secs(u32::MAX as u64),
         reorder_timeout: Duration::from_secs(u32::MAX as u64),
         require_ack: counts.two_way(),
-        responses,
-        ..FlowConfig::default()
+        ..Pipeline::budgeted_flows(responses)
     };
     let mut pipeline = Pipeline::new(router, flow_cfg, cfg.replay.buffer_bytes).with_memory(memory);
     let mut out = Vec::new();

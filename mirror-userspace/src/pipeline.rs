@@ -248,6 +248,16 @@ impl Pipeline {
         Self::with_rng(router, flow_cfg, buffer_bytes, StdRng::from_os_rng())
     }
 
+    /// The flow table's settings for a pipeline drawing on a memory budget (the daemon's, `mirror
+    /// replay`'s): the table's own bound over all flows (64 MiB by default, for a table on its
+    /// own) is lifted, because [`Pipeline::on_segment`] bounds reassembly at half the budget in
+    /// force, as `memory.limitBytes` promises (and a reload may change it). With the table's
+    /// bound kept, a budget above 128 MiB did not give reassembly more than 64 MiB: large uploads
+    /// on many connections at once shared it.
+    pub fn budgeted_flows(responses: bool) -> FlowConfig {
+        FlowConfig { responses, max_total_buffer: usize::MAX, ..FlowConfig::default() }
+    }
+
     /// With a given random source (tests, reproducible offline runs).
     pub fn with_rng(router: Arc<Router>, flow_cfg: FlowConfig, buffer_bytes: usize, rng: StdRng) -> Self {
         let responses = flow_cfg.responses;

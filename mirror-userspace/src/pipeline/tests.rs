@@ -4,11 +4,15 @@ use crate::config::Config;
 use mirror_common::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
 fn pipeline(pct: f64) -> Pipeline {
+    pipeline_with(pct, FlowConfig::default())
+}
+
+fn pipeline_with(pct: f64, flows: FlowConfig) -> Pipeline {
     let text = format!(
         "capture: {{interfaces: [eth0], ports: [80]}}\nendpoints: {{'httpbin/v2': ['127.0.0.1:1']}}\nroutes:\n  - mirror: {{host: httpbin, subset: v2}}\n    mirrorPercentage: {{value: {pct}}}\n"
     );
     let router = Router::new(&Config::parse(&text, "t").unwrap()).unwrap();
-    Pipeline::with_rng(Arc::new(router), FlowConfig::default(), 1 << 20, StdRng::seed_from_u64(3))
+    Pipeline::with_rng(Arc::new(router), flows, 1 << 20, StdRng::seed_from_u64(3))
 }
 
 fn key() -> FlowKey {

@@ -134,3 +134,37 @@ fn out_of_order_bytes_take_at_most_half_the_budget() {
     assert!(p.flows().stats.buffer_overflows > 0);
     assert_eq!(p.stats().shed_flows, 1, "{:?} {:?}", p.memory.snapshot(), p.flows().stats);
 }
+
+/// `memory.limitBytes` promises reassembly half the budget: with 512 MiB, 100 uploads holding
+/// 900 kB each that the primary has not acknowledged yet (90 MB) are all held. The flow table's
+/// own default bound (64 MiB) used to cap it whatever the budget.
+#[test]
+fn reassembly_may_take_half_of_a_large_budget() {
+    let mut p = pipeline_with(100.0, Pipeline::budgeted_flows(false)).with_memory(Arc::new(Memory::new(512 << 20)));
+    let mut out = Vec::new();
+    // One buffer shared by every segment: the test holds 90 MB of stream without allocating it.
+    let chunk = Bytes::from(vec![b'x'; 60_000]);
+    // Flows `flows`, each sending 900 kB the primary does not acknowledge (yet).
+    let mut unacknowledged = |p: &mut Pipeline, flows: std::ops::Range<u16>| {
+        let now = Duration::from_millis(1);
+        for n in flows {
+            let key = flow(n);
+            p.on_segment(Segment::to_server(key, 0, 0, TCP_SYN, Bytes::new()), now, &mut out);
+            p.on_segment(Segment::to_client(key, 7, 1, TCP_SYN | TCP_ACK, 0), now, &mut out);
+            for i in 0..15u32 {
+                p.on_segment(Segment::to_server(key, 1 + i * 60_000, 0, TCP_ACK, chunk.clone()), now, &mut out);
+            }
+        }
+    };
+    unacknowledged(&mut p, 0..100);
+    check_books(&p);
+    assert_eq!(p.flows().buffered_bytes(), 90_000_000, "{:?}", p.flows().stats);
+    assert_eq!(p.flows().stats.buffer_overflows, 0);
+    assert_eq!(p.memory.held(Held::Reassembly), 90_000_000);
+    // Half the budget (268 MB) stays the bound: 220 more such flows do not all fit.
+    unacknowledged(&mut p, 100..320);
+    check_books(&p);
+    assert!(p.memory.held(Held::Reassembly) <= 256 << 20, "{}", p.memory.held(Held::Reassembly));
+    assert!(p.flows().stats.buffer_overflows > 0);
+    assert!(out.is_empty(), "nothing acknowledged, nothing sent");
+}
