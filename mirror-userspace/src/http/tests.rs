@@ -347,3 +347,57 @@ fn a_segment_is_framed_in_place_and_an_incomplete_head_is_held_in_an_exact_copy(
     let targets: Vec<&str> = f.requests.iter().map(|r| r.0.target()).collect();
     assert_eq!((targets, f.requests[0].1.as_slice()), (vec!["/u", "/a", "/b"], &b"0123"[..]));
 }
+
+mod review {
+    use super::*;
+
+    #[test]
+    fn a_head_with_many_headers_keeps_every_field() {
+        let mut req = String::from("POST /many?x=1 HTTP/1.1\r\n");
+        for i in 0..20 {
+            req.push_str(&format!("X-H{i}: v{i}\r\n"));
+        }
+        req.push_str("Host: far\r\nContent-Length: 3\r\n\r\nabc");
+        let f = frame_every_split(req.as_bytes());
+        assert_eq!(f.requests.len(), 1);
+        let h = &f.requests[0].0;
+        assert_eq!(h.headers.len(), 22);
+        assert!(h.headers.spilled());
+        assert_eq!(h.target(), "/many?x=1");
+        assert_eq!(h.header("host"), Some(&b"far"[..]));
+        assert_eq!(h.header("x-h19"), Some(&b"v19"[..]));
+        assert_eq!(h.body, BodyKind::Length(3));
+        assert_eq!(f.requests[0].1, b"abc");
+        for (i, hd) in h.headers.iter().take(20).enumerate() {
+            assert_eq!(&h.raw[hd.line.clone()], format!("X-H{i}: v{i}\r\n").as_bytes());
+        }
+    }
+
+    #[test]
+    fn targets_of_every_form() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", "example.com:443"),
+            (b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n", "*"),
+            (b"GET http://h:8/p?q=1 HTTP/1.1\r\nHost: h\r\n\r\n", "http://h:8/p?q=1"),
+            (b"\r\n\r\nGET /after-blank-lines HTTP/1.1\r\nHost: h\r\n\r\n", "/after-blank-lines"),
+            (b"GET /lf HTTP/1.1\nHost: h\n\n", "/lf"),
+            (b"GET /0 HTTP/1.0\r\n\r\n", "/0"),
+        ];
+        for (raw, want) in cases {
+            let f = frame_chunks(&[raw], false);
+            let got: Vec<&str> = f.requests.iter().map(|r| r.0.target()).collect();
+            if raw.starts_with(b"CONNECT") {
+                assert!(f.tunnel);
+            }
+            let first = f
+                .requests
+                .first()
+                .map(|r| r.0.target())
+                .unwrap_or_else(|| panic!("{:?} {f:?}", String::from_utf8_lossy(raw)));
+            assert_eq!(first, *want, "{got:?}");
+        }
+        // A request with an empty target is refused, as before.
+        let f = frame_chunks(&[b"GET  HTTP/1.1\r\n\r\n"], false);
+        assert!(f.requests.is_empty(), "{f:?}");
+    }
+}

@@ -205,3 +205,4 @@ fn streamed_request_cut_by_a_gap_is_aborted() {
 
 mod compare;
 mod memory_budget;
+mod targets;

@@ -281,3 +281,22 @@ fn shadow_host_follows_envoy() {
         assert_eq!(String::from_utf8(shadow_host(i.as_bytes())).unwrap(), *o, "{i}");
     }
 }
+
+#[test]
+fn review_rewrite_of_a_head_with_many_headers() {
+    let mut raw = String::from("GET /x HTTP/1.1\r\n");
+    for i in 0..12 {
+        raw.push_str(&format!("X-{i}: {i}\r\n"));
+    }
+    raw.push_str("Host: hh:80\r\nCookie: c\r\n\r\n");
+    let h = head(&raw);
+    assert!(h.headers.spilled());
+    let got = rewrite_head(&h, &policy("{headers: {remove: [x-3, cookie], set: {x-11: eleven}}}"));
+    let mut want = String::from("GET /x HTTP/1.1\r\n");
+    for i in (0..11).filter(|i| *i != 3) {
+        want.push_str(&format!("X-{i}: {i}\r\n"));
+    }
+    want.push_str("Host: hh-shadow:80\r\nx-11: eleven\r\n\r\n");
+    assert_eq!(String::from_utf8_lossy(&got), want);
+    assert_eq!(h.target(), "/x");
+}

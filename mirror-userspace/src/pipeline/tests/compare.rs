@@ -3,7 +3,7 @@
 use super::*;
 use crate::compare::Incomplete;
 
-const CONFIG: &str = "capture: {interfaces: [eth0], ports: [80]}
+pub(super) const CONFIG: &str = "capture: {interfaces: [eth0], ports: [80]}
 endpoints: {'httpbin/v2': ['127.0.0.1:1'], 'httpbin/v1b': ['127.0.0.1:2'], 'other': ['127.0.0.1:3']}
 mirrorPolicies:
   httpbin/v2: {compare: {baseline: httpbin/v1b, maxBodyBytes: 1024}}
