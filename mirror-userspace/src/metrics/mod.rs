@@ -81,9 +81,8 @@ struct ResponseHandles {
     latency: Histogram,
 }
 
-/// Route → mirror → handles (nested so that a lookup borrows the caller's `&str`s).
-/// Handles by route, then mirror: two lookups per mirror response (foldhash: the names come from
-/// the config, not the wire).
+/// Route → mirror → handles (nested so that a lookup borrows the caller's `&str`s): two lookups
+/// per mirror response, hashed with foldhash (the names come from the config, not the wire).
 type ResponseCache = HashMap<String, HashMap<String, ResponseHandles, Fold>, Fold>;
 type Fold = foldhash::fast::RandomState;
 
