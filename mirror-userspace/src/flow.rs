@@ -335,6 +335,10 @@ pub struct FlowStats {
     /// Flows given up because they were picked up mid-stream (no SYN seen): nothing of them was
     /// delivered.
     pub flows_given_up_midstream: u64,
+    /// Strict mode: client bytes the server acknowledged on flows already given up after a gap.
+    /// Those bytes reached the primary and none of them was framed: the requests in them are
+    /// lost without a count of their own, so this says how much a given-up flow cost.
+    pub given_up_acked_bytes: u64,
     /// Handshakes whose SYN and SYN-ACK both carried a window scale option (the server's windows
     /// are then scaled: see [`FlowConfig::max_flow_buffer`]), counted when the SYN-ACK is taken
     /// after its SYN (one seen first scales the windows too, uncounted).

@@ -20,6 +20,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use bytes::Bytes;
+use smallvec::SmallVec;
 
 use super::StreamEvent;
 
@@ -274,8 +275,9 @@ impl Assembler {
         } else {
             off
         };
-        // The pieces of `data` not held yet, and a conflict with held bytes, if any.
-        let mut fresh: Vec<(u64, Bytes)> = Vec::new();
+        // The pieces of `data` not held yet, and a conflict with held bytes, if any. Nearly
+        // always one piece (a segment in order): kept inline, not allocated per segment.
+        let mut fresh: SmallVec<[(u64, Bytes); 2]> = SmallVec::new();
         let mut conflict: Option<(u64, u64)> = None;
         let mut cursor = off;
         let first = self.pending.range(..=off).next_back().filter(|(k, v)| **k + v.len() as u64 > off).map(|(k, _)| *k);

@@ -180,7 +180,7 @@ impl Metrics {
         );
         registry.register(
             "flow_events",
-            "Flow counters, by the names of the JSON summary's `flows` object (opened, midstream, gaps, segments_without_ack, rst_ignored, conflicting_copies, flows_given_up_gap, flows_given_up_midstream, ...)",
+            "Flow counters, by the names of the JSON summary's `flows` object (opened, midstream, gaps, segments_without_ack, rst_ignored, conflicting_copies, flows_given_up_gap, flows_given_up_midstream, given_up_acked_bytes, ...)",
             m.flow_events.clone(),
         );
         registry.register("requests_framed", "HTTP/1.1 requests framed", m.framed.clone());

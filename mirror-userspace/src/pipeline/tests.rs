@@ -114,10 +114,15 @@ fn request_cut_by_a_lost_segment_is_never_sent_nor_what_follows() {
     let mut out =
         feed(&mut p, &[(1, TCP_SYN, b""), (2, TCP_ACK, &req[..40]), (47, TCP_ACK, &req[45..]), (2 + n, TCP_ACK, next)]);
     p.on_tick(Duration::from_secs(10), &mut out);
+    assert_eq!(p.flows().stats.given_up_acked_bytes, 0);
+    // The connection goes on: what the primary accepts from it now is counted in bytes.
+    let m = next.len() as u32;
+    out.extend(feed(&mut p, &[(2 + n + m, TCP_ACK, next), (2 + n + 2 * m, TCP_ACK, next)]));
     p.finish(&mut out);
     assert!(out.is_empty());
     assert_eq!(p.stats().dropped.get(&DropReason::Gap), Some(&1));
     assert_eq!(p.flows().stats.flows_given_up_gap, 1);
+    assert_eq!(p.flows().stats.given_up_acked_bytes, 2 * u64::from(m));
 }
 
 #[test]

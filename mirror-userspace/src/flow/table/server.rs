@@ -64,6 +64,9 @@ impl FlowTable {
             {
                 if off > flow.asm.acked() {
                     flow.progress_at = now;
+                    if flow.given_up {
+                        self.stats.given_up_acked_bytes += off - flow.asm.acked();
+                    }
                 }
                 if run_asm(flow, key, &mut self.stats, &mut self.total_pending, out, |asm, emit| {
                     asm.acknowledge(off, now, emit)

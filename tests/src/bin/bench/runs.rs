@@ -285,6 +285,8 @@ pub fn loss_reasons(metrics: &str, last: &mut Value) -> String {
         // A flow given up after a gap: its later requests are never framed, so never counted
         // one by one.
         ("flows given up (gap)", "mirror_flow_events_total{kind=\"flows_given_up_gap\"}".to_string()),
+        // What the primary accepted on those flows afterwards, which was never framed.
+        ("bytes acknowledged on given-up flows", "mirror_flow_events_total{kind=\"given_up_acked_bytes\"}".to_string()),
     ]
     .into_iter()
     .chain(drops);
