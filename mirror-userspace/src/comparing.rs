@@ -37,7 +37,7 @@ use crate::{
     memory::{Held, Memory},
     metrics::Metrics,
     pipeline::CompareEvent,
-    route::Router,
+    route::{Name, Router},
 };
 
 /// Messages waiting for the task, at most: beyond, senders drop (counted).
@@ -59,7 +59,7 @@ pub enum Msg {
         /// The pair's id.
         id: u64,
         /// The endpoints key of the mirror that answered (the compared one or the baseline).
-        endpoint: Arc<str>,
+        endpoint: Name,
         /// Its response, or why there is none.
         side: Side,
     },

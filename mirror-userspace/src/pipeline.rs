@@ -19,7 +19,7 @@ use crate::{
     flow::{FlowConfig, FlowKey, FlowMap, FlowTable, Segment, StreamEvent},
     http::{BodyKind, FramerConfig, HttpEvent, RequestFramer},
     memory::{self, Held, Memory},
-    route::{Decision, MirrorTarget, Mirrors, Router, rewrite_head},
+    route::{Decision, MirrorTarget, Mirrors, Name, Router, rewrite_head},
     stats::DropReason,
 };
 
@@ -30,9 +30,9 @@ pub use compare::CompareEvent;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outbound {
     /// The endpoints key (`host/subset`) of the mirror.
-    pub endpoint: Arc<str>,
+    pub endpoint: Name,
     /// The name of the route that sent it there.
-    pub route: Arc<str>,
+    pub route: Name,
     /// The client connection it came from (its requests share one mirror connection, in order).
     pub flow: FlowKey,
     /// What of the request this is.
@@ -136,7 +136,7 @@ pub struct PipelineStats {
     pub dropped: BTreeMap<DropReason, u64>,
     /// Per route, per mirror endpoint: for metrics labels.
     #[serde(skip)]
-    pub by_route: BTreeMap<Arc<str>, BTreeMap<Arc<str>, RouteCounts>>,
+    pub by_route: BTreeMap<Name, BTreeMap<Name, RouteCounts>>,
 }
 
 /// What became of the requests one route sent to one mirror.
@@ -151,13 +151,13 @@ pub struct RouteCounts {
 impl PipelineStats {
     /// The counts of `route` to `endpoint`: looked up by name, so that counting a request clones
     /// no `Arc` (only the first of a pair does).
-    fn route_counts(&mut self, route: &Arc<str>, endpoint: &Arc<str>) -> &mut RouteCounts {
+    fn route_counts(&mut self, route: &Name, endpoint: &Name) -> &mut RouteCounts {
         if !self.by_route.contains_key(&**route) {
-            self.by_route.insert(route.clone(), BTreeMap::new());
+            self.by_route.insert(*route, BTreeMap::new());
         }
         let by_mirror = self.by_route.get_mut(&**route).expect("inserted above");
         if !by_mirror.contains_key(&**endpoint) {
-            by_mirror.insert(endpoint.clone(), RouteCounts::default());
+            by_mirror.insert(*endpoint, RouteCounts::default());
         }
         by_mirror.get_mut(&**endpoint).expect("inserted above")
     }
@@ -617,7 +617,7 @@ fn charge(st: &mut HttpState, key: FlowKey, memory: &Memory, by_held: &mut BTree
 }
 
 fn outbound(flow: FlowKey, mirror: &MirrorTarget, part: Part, role: compare::CopyRole) -> Outbound {
-    let (endpoint, route, compare) = (mirror.endpoint.clone(), mirror.route.clone(), role.map(|(id, _)| id));
+    let (endpoint, route, compare) = (mirror.endpoint, mirror.route, role.map(|(id, _)| id));
     Outbound { endpoint, route, flow, part, compare }
 }
 

@@ -30,7 +30,7 @@ use crate::{
     memory::{Held, Memory},
     metrics::Metrics,
     pipeline::{Outbound, Part},
-    route::Router,
+    route::{Name, Router},
     stats::DropReason,
 };
 
@@ -82,7 +82,7 @@ struct Endpoint {
 
 /// The mirror connections' queues by endpoint key, looked up once per request on the replay
 /// thread (foldhash: the keys come from the config, not the wire).
-type Endpoints = HashMap<Arc<str>, Endpoint, foldhash::fast::RandomState>;
+type Endpoints = HashMap<Name, Endpoint, foldhash::fast::RandomState>;
 
 /// Handle to the replay workers. Shared by the capture thread (which submits) and the daemon
 /// (which reconfigures on reload and shuts down).
@@ -195,7 +195,7 @@ impl Replayer {
                     workers.spawn_on(conn::worker(*addr, rx, self.settings.clone(), self.recorder()), &self.runtime);
                 }
             }
-            eps.insert(key.clone(), Endpoint { addrs: addrs.clone(), queues });
+            eps.insert(*key, Endpoint { addrs: addrs.clone(), queues });
         }
     }
 

@@ -8,6 +8,10 @@
 
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
+pub use name::Name;
+
+pub mod name;
+
 use anyhow::{Context as _, Result};
 use bytes::{Bytes, BytesMut};
 use rand::Rng;
@@ -141,9 +145,9 @@ pub struct Policy {
 #[derive(Debug, Clone)]
 pub struct MirrorTarget {
     /// The endpoints key (`host/subset`).
-    pub endpoint: Arc<str>,
+    pub endpoint: Name,
     /// The name of the route that matched.
-    pub route: Arc<str>,
+    pub route: Name,
     /// The destination's policy (host rewrite, header operations, sampling key).
     pub policy: Arc<Policy>,
 }
@@ -159,7 +163,7 @@ impl PartialEq for MirrorTarget {
 
 #[derive(Debug, Clone)]
 struct CompiledMirror {
-    endpoint: Arc<str>,
+    endpoint: Name,
     /// Parts per million sampled.
     ppm: u32,
     policy: Arc<Policy>,
@@ -170,7 +174,7 @@ struct CompiledMirror {
 
 #[derive(Debug, Clone)]
 struct CompiledRoute {
-    name: Arc<str>,
+    name: Name,
     blocks: Vec<MatchBlock>,
     mirrors: Vec<CompiledMirror>,
 }
@@ -190,11 +194,11 @@ pub enum Decision {
     /// A route matched: the mirrors sampled in, and the endpoints of those sampled out.
     Route {
         /// The route's name.
-        route: Arc<str>,
+        route: Name,
         /// The mirrors this request goes to (inline up to two: no allocation per request).
         targets: Mirrors,
         /// The endpoints whose sampling left this request out.
-        sampled_out: Vec<Arc<str>>,
+        sampled_out: Vec<Name>,
     },
 }
 
@@ -205,10 +209,10 @@ pub enum Decision {
 pub struct Router {
     tables: Vec<Table>,
     /// Endpoint key → addresses.
-    pub endpoints: BTreeMap<Arc<str>, Vec<SocketAddr>>,
+    pub endpoints: BTreeMap<Name, Vec<SocketAddr>>,
     /// Endpoint key → how its responses are compared with the primary's (`mirrorPolicies.<dest>.
     /// compare`), for the destinations that have it.
-    pub compared: BTreeMap<Arc<str>, Arc<config::CompareSettings>>,
+    pub compared: BTreeMap<Name, Arc<config::CompareSettings>>,
 }
 
 /// Istio's conversion of a percentage to Envoy's parts per million, truncating.
@@ -219,8 +223,8 @@ pub fn percent_to_ppm(value: f64) -> u32 {
 impl Router {
     /// Compiles the routes, policies and endpoints of a checked config.
     pub fn new(cfg: &Config) -> Result<Router> {
-        let endpoints: BTreeMap<Arc<str>, Vec<SocketAddr>> =
-            cfg.endpoints.iter().map(|(k, v)| (Arc::from(k.as_str()), v.clone())).collect();
+        let endpoints: BTreeMap<Name, Vec<SocketAddr>> =
+            cfg.endpoints.iter().map(|(k, v)| (Name::new(k), v.clone())).collect();
         let policies: BTreeMap<&str, Arc<Policy>> = cfg
             .policies
             .iter()
@@ -254,7 +258,7 @@ impl Router {
                     .into_iter()
                     .map(|(d, pct)| {
                         let key = cfg.resolve(d).with_context(|| format!("no endpoint for {}", d.endpoint_key()))?;
-                        let endpoint = endpoints.get_key_value(key.as_str()).expect("resolved").0.clone();
+                        let endpoint = *endpoints.get_key_value(key.as_str()).expect("resolved").0;
                         let policy = policies.get(key.as_str()).cloned().unwrap_or_else(|| default_policy.clone());
                         Ok(CompiledMirror { endpoint, ppm: percent_to_ppm(pct), policy, follows: None })
                     })
@@ -269,11 +273,8 @@ impl Router {
             }
             tables.push(Table { hosts: t.hosts.clone(), namespace: t.namespace.clone(), routes });
         }
-        let compared = cfg
-            .policies
-            .iter()
-            .filter_map(|(k, p)| Some((Arc::from(k.as_str()), Arc::new(p.compare.clone()?))))
-            .collect();
+        let compared =
+            cfg.policies.iter().filter_map(|(k, p)| Some((Name::new(k), Arc::new(p.compare.clone()?)))).collect();
         Ok(Router { tables, endpoints, compared })
     }
 
@@ -314,16 +315,12 @@ impl Router {
                 None => leaders[i],
             };
             if taken {
-                targets.push(MirrorTarget {
-                    endpoint: m.endpoint.clone(),
-                    route: route.name.clone(),
-                    policy: m.policy.clone(),
-                });
+                targets.push(MirrorTarget { endpoint: m.endpoint, route: route.name, policy: m.policy.clone() });
             } else {
-                sampled_out.push(m.endpoint.clone());
+                sampled_out.push(m.endpoint);
             }
         }
-        Decision::Route { route: route.name.clone(), targets, sampled_out }
+        Decision::Route { route: route.name, targets, sampled_out }
     }
 }
 

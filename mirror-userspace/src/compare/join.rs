@@ -10,7 +10,6 @@
 
 use std::{
     collections::{BTreeSet, HashMap},
-    sync::Arc,
     time::{Duration, SystemTime},
 };
 
@@ -22,7 +21,7 @@ use super::{
     diff::{CompareResult, Outcome, compare},
     record::{PairInfo, record},
 };
-use crate::config::CompareSettings;
+use crate::{config::CompareSettings, route::Name};
 
 /// A side: a response, or why there is none.
 pub type Side = Result<Response, Incomplete>;
@@ -31,11 +30,11 @@ pub type Side = Result<Response, Incomplete>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Expected {
     /// The route's name.
-    pub route: Arc<str>,
+    pub route: Name,
     /// The compared mirror's endpoints key.
-    pub mirror: Arc<str>,
+    pub mirror: Name,
     /// The baseline's endpoints key, if the mirror has one.
-    pub baseline: Option<Arc<str>>,
+    pub baseline: Option<Name>,
     /// The request method.
     pub method: String,
     /// The request target.

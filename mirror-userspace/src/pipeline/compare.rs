@@ -11,15 +11,13 @@
 //! framed (or found missing, cut, too large). Pairing costs nothing unless the server's stream is
 //! reassembled ([`FlowConfig::responses`](crate::flow::FlowConfig::responses)).
 
-use std::sync::Arc;
-
 use crate::{
     compare::{
         PairLimits, Paired, Pairer,
         join::{Expected, Side},
     },
     flow::{FlowKey, StreamEvent},
-    route::{MirrorTarget, Router},
+    route::{MirrorTarget, Name, Router},
 };
 
 /// What the comparison needs to know from the capture side, in order.
@@ -114,19 +112,11 @@ impl CompareStage {
     }
 
     /// A compared request was handed to replay whole (called once per compared copy).
-    pub(super) fn expect(
-        &mut self,
-        id: u64,
-        route: &Arc<str>,
-        mirror: &Arc<str>,
-        method: &str,
-        target: &str,
-        router: &Router,
-    ) {
-        let baseline = router.compared.get(mirror).and_then(|s| s.baseline.as_deref()).map(Arc::from);
+    pub(super) fn expect(&mut self, id: u64, route: &Name, mirror: &Name, method: &str, target: &str, router: &Router) {
+        let baseline = router.compared.get(mirror).and_then(|s| s.baseline.as_deref()).map(Name::new);
         let expected = Expected {
-            route: route.clone(),
-            mirror: mirror.clone(),
+            route: *route,
+            mirror: *mirror,
             baseline,
             method: method.to_string(),
             target: target.to_string(),

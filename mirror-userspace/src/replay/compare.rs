@@ -4,13 +4,13 @@
 //! of only framed, then framed and decoded by the same [`Pairer`] that frames the primary's, and
 //! handed to the compare task without waiting. Requests not compared keep today's path and cost.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use crate::{
     compare::{Incomplete, PairLimits, Pairer},
     comparing::{Msg, Sink},
     pipeline::{Outbound, Part},
-    route::Router,
+    route::{Name, Router},
 };
 
 /// Room for a response head (and 1xx responses, chunk framing) beyond the body limit.
@@ -21,7 +21,7 @@ const HEAD_ROOM: usize = 64 << 10;
 pub(super) struct CompareOut {
     pub(super) sink: OnceLock<Sink>,
     /// Endpoint → body limit of the comparisons it takes part in (compared or baseline).
-    pub(super) limits: std::sync::RwLock<std::collections::HashMap<Arc<str>, usize>>,
+    pub(super) limits: std::sync::RwLock<std::collections::HashMap<Name, usize>>,
 }
 
 impl CompareOut {
@@ -30,13 +30,13 @@ impl CompareOut {
     pub(super) fn set_router(&self, router: &Router) {
         let mut limits = std::collections::HashMap::new();
         for (dest, s) in &router.compared {
-            let mut put = |k: Arc<str>| {
+            let mut put = |k: Name| {
                 let e = limits.entry(k).or_insert(0usize);
                 *e = (*e).max(s.max_body_bytes);
             };
-            put(dest.clone());
+            put(*dest);
             if let Some(b) = &s.baseline {
-                put(Arc::from(b.as_str()));
+                put(Name::new(b));
             }
         }
         *self.limits.write().expect("limits lock") = limits;
@@ -55,14 +55,14 @@ impl CompareOut {
     pub(super) fn failed(&self, ob: &Outbound) {
         let request = matches!(ob.part, Part::Whole(_) | Part::Start { .. });
         if let (Some(id), Some(sink), true) = (ob.compare, self.sink.get(), request) {
-            sink.send(Msg::Mirror { id, endpoint: ob.endpoint.clone(), side: Err(Incomplete::Missing) });
+            sink.send(Msg::Mirror { id, endpoint: ob.endpoint, side: Err(Incomplete::Missing) });
         }
     }
 
     /// Hands a finished capture over (never waits: a full channel drops it, counted there).
     pub(super) fn hand_over(&self, ob: &Outbound, capture: Option<Capture>) {
         let (Some(id), Some(capture), Some(sink)) = (ob.compare, capture, self.sink.get()) else { return };
-        sink.send(Msg::Mirror { id, endpoint: ob.endpoint.clone(), side: capture.finish() });
+        sink.send(Msg::Mirror { id, endpoint: ob.endpoint, side: capture.finish() });
     }
 }
 

@@ -1,9 +1,6 @@
 //! Joining the sides of pairs, and settling them.
 
-use std::{
-    sync::Arc,
-    time::{Duration, UNIX_EPOCH},
-};
+use std::time::{Duration, UNIX_EPOCH};
 
 use crate::{
     compare::{
@@ -11,6 +8,7 @@ use crate::{
         join::{Expected, JoinStats, Joined, Joiner, settle},
     },
     config::CompareSettings,
+    route::Name,
 };
 
 fn response(status: u16, body: &str) -> Response {
@@ -19,9 +17,9 @@ fn response(status: u16, body: &str) -> Response {
 
 fn expected(baseline: bool) -> Expected {
     Expected {
-        route: Arc::from("api"),
-        mirror: Arc::from("httpbin/v2"),
-        baseline: baseline.then(|| Arc::from("httpbin/v1b")),
+        route: Name::new("api"),
+        mirror: Name::new("httpbin/v2"),
+        baseline: baseline.then(|| Name::new("httpbin/v1b")),
         method: "GET".into(),
         target: "/x".into(),
     }
