@@ -162,6 +162,10 @@ pub struct Capture {
     pub buffers: Vec<PerfRing>,
     /// Where each ring ended when the current drain began.
     heads: Vec<u64>,
+    /// How full the fullest ring was when the last drain began (0 to 1).
+    fill: f64,
+    /// The highest [`Capture::fill`] so far.
+    peak_fill: f64,
     /// `capture.batchMs`: the longest a sample waits in a ring to be read.
     batch: std::time::Duration,
 }
@@ -214,6 +218,8 @@ impl Capture {
             logger,
             buffers: Vec::new(),
             heads: Vec::new(),
+            fill: 0.0,
+            peak_fill: 0.0,
             batch: config.batch,
         };
         let all = links::dump().context("listing the links")?;
@@ -322,6 +328,8 @@ impl Capture {
         // gap, once a megabyte is held behind it; seen on a slow VM with 2 MB responses).
         self.heads.clear();
         self.heads.extend(self.buffers.iter().map(PerfRing::data_head));
+        self.fill = self.buffers.iter().zip(&self.heads).map(|(b, &h)| b.fill(h)).fold(0.0, f64::max);
+        self.peak_fill = self.peak_fill.max(self.fill);
         for (buf, &head) in self.buffers.iter_mut().zip(&self.heads) {
             // (An empty ring reads nothing and gives nothing back.)
             let walked = buf.read_to(head, |record| match record {
@@ -341,6 +349,17 @@ impl Capture {
                 tracing::warn!("a perf record that does not add up: the rest of that ring was skipped");
             }
         }
+    }
+
+    /// How full the fullest ring was when the last [`Capture::drain`] began, 0 to 1: how near
+    /// the capture came to losing samples (at 1 the kernel drops them: `kernel.lost`).
+    pub fn fill(&self) -> f64 {
+        self.fill
+    }
+
+    /// The highest [`Capture::fill`] since the start.
+    pub fn peak_fill(&self) -> f64 {
+        self.peak_fill
     }
 
     /// The longest a sample waits in a ring before it is read (`capture.batchMs`).

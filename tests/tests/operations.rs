@@ -119,6 +119,13 @@ fn healthy_mirror_metrics_have_route_and_mirror_labels() {
     assert_eq!(metric(&metrics, &format!("mirror_shadow_responses_total{labels},class=\"2xx\"}}")), 10.0, "{metrics}");
     assert_eq!(metric(&metrics, &format!("mirror_shadow_latency_seconds_count{labels}}}")), 10.0, "{metrics}");
     assert!(metric(&metrics, "mirror_kernel_packets_total{kind=\"shipped\"}") >= 10.0, "{metrics}");
+    // Every read of the rings that found samples says how full the fullest was: ten requests
+    // leave a default ring (megabytes) nearly empty.
+    let reads = metric(&metrics, "mirror_kernel_ring_fill_ratio_count");
+    assert!(reads >= 1.0, "{metrics}");
+    assert_eq!(metric(&metrics, "mirror_kernel_ring_fill_ratio_bucket{le=\"0.01\"}"), reads, "{metrics}");
+    let peak = summary["capture"]["ring_peak_fill"].as_f64().unwrap();
+    assert!(peak > 0.0 && peak < 0.01, "{summary}");
 }
 
 /// The scheduling policy (`/proc/<pid>/task/<tid>/stat`, field 41) of each of `pid`'s threads.

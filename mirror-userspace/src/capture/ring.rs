@@ -252,6 +252,12 @@ impl PerfRing {
         unsafe { ptr::read_volatile(&raw const (*self.page()).data_tail) }
     }
 
+    /// How full the ring is at producer position `head` (a [`PerfRing::data_head`] of it): the
+    /// share of its bytes written and not read yet, 0 to 1. At 1 the kernel drops samples.
+    pub fn fill(&self, head: u64) -> f64 {
+        head.wrapping_sub(self.data_tail()).min(self.size as u64) as f64 / self.size as f64
+    }
+
     /// Whether records are waiting.
     pub fn readable(&self) -> bool {
         self.data_head() != self.data_tail()

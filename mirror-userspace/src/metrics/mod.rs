@@ -95,6 +95,8 @@ fn latency_histogram() -> Histogram {
 pub struct Metrics {
     registry: Registry,
     kernel: Family<KindLabel, Counter>,
+    /// How full the fullest perf ring was at each drain.
+    ring_fill: Histogram,
     flows_open: Gauge,
     memory: Family<KindLabel, Gauge>,
     memory_limit: Gauge,
@@ -132,6 +134,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("mirror");
         let m = Metrics {
             kernel: Family::default(),
+            ring_fill: Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0]),
             flows_open: Gauge::default(),
             memory: Family::default(),
             memory_limit: Gauge::default(),
@@ -156,6 +159,11 @@ impl Metrics {
             "kernel_packets",
             "TCP segments to watched ports, by what the classifier did: seen, shipped, lost (ring full), truncated, tail_pieces, ip_fragments, skipped_mirror_traffic",
             m.kernel.clone(),
+        );
+        registry.register(
+            "kernel_ring_fill_ratio",
+            "How full the fullest per-CPU perf ring was (0 to 1) each time the capture thread began to read them; at 1 the kernel drops samples (kernel_packets{kind=\"lost\"}): a fill often above 0.5 asks for more capture.perfPages",
+            m.ring_fill.clone(),
         );
         registry.register("flows_open", "TCP flows being reassembled", m.flows_open.clone());
         registry.register(
@@ -243,6 +251,11 @@ impl Metrics {
             self.mirrored.get_or_create(&labels).inc_by(self.delta(&format!("m/{route}/{mirror}"), c.mirrored));
             self.sampled_out.get_or_create(&labels).inc_by(self.delta(&format!("s/{route}/{mirror}"), c.sampled_out));
         }
+    }
+
+    /// How full the fullest ring was when the capture thread began to read them.
+    pub fn ring_fill(&self, fill: f64) {
+        self.ring_fill.observe(fill);
     }
 
     /// What the memory budget holds now.
