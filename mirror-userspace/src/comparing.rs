@@ -312,8 +312,11 @@ mod tests {
         let router = Arc::new(Router::new(&Config::parse(text, "t").unwrap()).unwrap());
         let memory = Arc::new(Memory::new(64 << 10));
         let sink = start(router, Duration::from_secs(1), None, memory.clone());
-        let mirror =
-            |n: usize| Msg::Mirror { id: 1, endpoint: "a".into(), side: Ok(Response::new(200, &[], &vec![b'x'; n])) };
+        let mirror = |n: usize| Msg::Mirror {
+            id: 1,
+            endpoint: crate::route::Name::new("a"),
+            side: Ok(Response::new(200, &[], &vec![b'x'; n])),
+        };
         // Larger than the whole budget: dropped and counted, nothing held.
         assert!(!sink.send(mirror(100 << 10)));
         assert_eq!(sink.dropped.load(Ordering::Relaxed), 1);

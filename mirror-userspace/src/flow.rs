@@ -335,9 +335,12 @@ pub struct FlowStats {
     /// Flows given up because they were picked up mid-stream (no SYN seen): nothing of them was
     /// delivered.
     pub flows_given_up_midstream: u64,
-    /// Strict mode: client bytes the server acknowledged on flows already given up after a gap.
-    /// Those bytes reached the primary and none of them was framed: the requests in them are
-    /// lost without a count of their own, so this says how much a given-up flow cost.
+    /// Strict mode: client bytes seen on flows already given up (after a gap, or picked up
+    /// mid-stream and confirmed by a late handshake) that the server then acknowledged. Those
+    /// bytes reached the primary and none of them was framed: the requests in them are lost
+    /// without a count of their own, so this says what a given-up flow cost. Each byte is counted
+    /// once, never one already in `gap_bytes` or `unacked_bytes`, and never beyond the bytes
+    /// seen (a forged acknowledgement far ahead counts nothing).
     pub given_up_acked_bytes: u64,
     /// Handshakes whose SYN and SYN-ACK both carried a window scale option (the server's windows
     /// are then scaled: see [`FlowConfig::max_flow_buffer`]), counted when the SYN-ACK is taken

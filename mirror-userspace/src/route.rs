@@ -213,6 +213,9 @@ pub struct Router {
     /// Endpoint key → how its responses are compared with the primary's (`mirrorPolicies.<dest>.
     /// compare`), for the destinations that have it.
     pub compared: BTreeMap<Name, Arc<config::CompareSettings>>,
+    /// Compared endpoint key → its baseline's endpoint key, for those that have one (interned
+    /// here once, not per compared request).
+    pub baselines: BTreeMap<Name, Name>,
 }
 
 /// Istio's conversion of a percentage to Envoy's parts per million, truncating.
@@ -265,7 +268,7 @@ impl Router {
                     .collect::<Result<Vec<_>>>()?;
                 let mirrors = follow_destinations(mirrors, cfg);
                 routes.push(CompiledRoute {
-                    name: r.name.clone().unwrap_or_else(|| format!("route-{n}")).into(),
+                    name: Name::new(&r.name.clone().unwrap_or_else(|| format!("route-{n}"))),
                     blocks: r.matches.iter().map(MatchBlock::compile).collect::<Result<_>>()?,
                     mirrors,
                 });
@@ -273,9 +276,10 @@ impl Router {
             }
             tables.push(Table { hosts: t.hosts.clone(), namespace: t.namespace.clone(), routes });
         }
-        let compared =
+        let compared: BTreeMap<Name, Arc<config::CompareSettings>> =
             cfg.policies.iter().filter_map(|(k, p)| Some((Name::new(k), Arc::new(p.compare.clone()?)))).collect();
-        Ok(Router { tables, endpoints, compared })
+        let baselines = compared.iter().filter_map(|(k, c)| Some((*k, Name::new(c.baseline.as_deref()?)))).collect();
+        Ok(Router { tables, endpoints, compared, baselines })
     }
 
     /// Routes one request that arrived on destination port `port`.

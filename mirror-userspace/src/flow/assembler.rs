@@ -103,13 +103,45 @@ impl Assembler {
     }
 
     /// Drops every held byte (a stopped or given-up stream): nothing more is kept or delivered.
+    ///
+    /// In strict mode the stream is then only measured: `next` becomes the end of the client's
+    /// bytes seen ([`Assembler::seen_stopped`]) and `limit` how far the server's acceptance of
+    /// them was counted ([`Assembler::acknowledge_stopped`]). Both start at the end of everything
+    /// known now (delivered, held, acknowledged, a wall), so that no byte already in a gap or in
+    /// the dropped unacknowledged bytes is counted again.
     pub(crate) fn clear(&mut self) {
         self.dropped_unacked += self.unacked();
+        if self.strict {
+            let held = self.pending.last_key_value().map_or(0, |(k, v)| k + v.len() as u64);
+            let known = held.max(self.next).max(self.limit).max(self.wall.map_or(0, |(_, e)| e));
+            (self.next, self.contig, self.limit) = (known, known, known);
+        }
         self.pending.clear();
         self.buffered = 0;
         self.hole_since = None;
         self.wall = None;
         self.stopped = self.strict;
+    }
+
+    /// A stopped stream: the client's bytes up to offset `end` were seen (never delivered).
+    pub(crate) fn seen_stopped(&mut self, end: u64) {
+        if self.stopped {
+            self.next = self.next.max(end);
+            self.contig = self.next;
+        }
+    }
+
+    /// A stopped stream: the server acknowledged up to offset `off`. Returns how many of the
+    /// client's bytes seen this newly acknowledges: never beyond what was seen (a forged
+    /// acknowledgement far ahead counts nothing), each byte once.
+    pub(crate) fn acknowledge_stopped(&mut self, off: u64) -> u64 {
+        if !self.stopped {
+            return 0;
+        }
+        let to = off.min(self.next);
+        let n = to.saturating_sub(self.limit);
+        self.limit = self.limit.max(to);
+        n
     }
 
     /// Declares a gap of `len` bytes at `next` and moves past it.

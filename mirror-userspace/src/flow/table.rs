@@ -254,6 +254,15 @@ impl FlowTable {
         let fin = seg.flags & TCP_FIN != 0;
         flow.client_fin |= fin;
         if flow.given_up {
+            // Measured only (see `given_up_acked_bytes`), within what the server's window lets
+            // the client send: a segment of another connection on this 4-tuple is not this one's.
+            let window = flow.server_window.max(1 << 16);
+            if !syn
+                && let Ok(off) = flow.offset_of(seg.seq)
+                && off + seg.payload.len() as u64 <= flow.asm.acked() + window
+            {
+                flow.asm.seen_stopped(off + seg.payload.len() as u64);
+            }
             if fin {
                 self.close(key, CloseReason::Fin, out);
             }

@@ -6,6 +6,7 @@ use mirror_common::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
 use proptest::prelude::*;
 
 mod evict;
+mod given_up;
 mod reverse;
 mod strict;
 

@@ -354,4 +354,26 @@ mod tests {
         assert_eq!(latency("a"), Some("5"), "{text}");
         assert_eq!(latency("b"), Some("1"), "{text}");
     }
+
+    /// `given_up_acked_bytes` reaches the JSON summary and Prometheus under one name, and the
+    /// per-route series keyed by interned names keep their labels.
+    #[test]
+    fn given_up_acked_bytes_and_named_route_series_are_published() {
+        use crate::{pipeline::RouteCounts, route::Name};
+        let m = Metrics::new();
+        let mut flows = FlowStats { given_up_acked_bytes: 1234, ..Default::default() };
+        let json = serde_json::to_value(&flows).expect("serialized");
+        assert_eq!(json["given_up_acked_bytes"], 1234);
+        let mut p = PipelineStats::default();
+        let counts = RouteCounts { mirrored: 7, sampled_out: 2 };
+        p.by_route.entry(Name::new("api")).or_default().insert(Name::new("httpbin/v2"), counts);
+        m.publish(&[], &flows, 0, &p);
+        flows.given_up_acked_bytes = 2000;
+        m.publish(&[], &flows, 0, &p);
+        let text = m.encode();
+        assert_eq!(line(&text, r#"mirror_flow_events_total{kind="given_up_acked_bytes"}"#), Some("2000"), "{text}");
+        let labels = r#"{route="api",mirror="httpbin/v2"}"#;
+        assert_eq!(line(&text, &format!("mirror_requests_mirrored_total{labels}")), Some("7"), "{text}");
+        assert_eq!(line(&text, &format!("mirror_requests_sampled_out_total{labels}")), Some("2"), "{text}");
+    }
 }

@@ -113,7 +113,7 @@ impl CompareStage {
 
     /// A compared request was handed to replay whole (called once per compared copy).
     pub(super) fn expect(&mut self, id: u64, route: &Name, mirror: &Name, method: &str, target: &str, router: &Router) {
-        let baseline = router.compared.get(mirror).and_then(|s| s.baseline.as_deref()).map(Name::new);
+        let baseline = router.baselines.get(mirror).copied();
         let expected = Expected {
             route: *route,
             mirror: *mirror,

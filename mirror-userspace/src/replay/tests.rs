@@ -25,7 +25,13 @@ use crate::{
 
 fn ob(part: Part) -> Outbound {
     let a: SocketAddr = "10.0.0.1:1000".parse().unwrap();
-    Outbound { endpoint: "m".into(), route: "r".into(), flow: FlowKey { client: a, server: a }, part, compare: None }
+    Outbound {
+        endpoint: crate::route::Name::new("m"),
+        route: crate::route::Name::new("r"),
+        flow: FlowKey { client: a, server: a },
+        part,
+        compare: None,
+    }
 }
 
 fn get(i: usize, method: &'static str) -> Outbound {

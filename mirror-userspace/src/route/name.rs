@@ -20,7 +20,9 @@ use std::{
 pub struct Name(&'static str);
 
 impl Name {
-    /// The name `s`, stored the first time it is seen.
+    /// The name `s`, stored the first time it is seen. For names from the config only: one
+    /// from the wire would be stored for good (there is no `From` conversion, so that interning
+    /// is never implicit).
     pub fn new(s: &str) -> Name {
         static NAMES: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
         let mut names = NAMES.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
@@ -57,24 +59,6 @@ impl Borrow<str> for Name {
     }
 }
 
-impl From<&str> for Name {
-    fn from(s: &str) -> Name {
-        Name::new(s)
-    }
-}
-
-impl From<&String> for Name {
-    fn from(s: &String) -> Name {
-        Name::new(s)
-    }
-}
-
-impl From<String> for Name {
-    fn from(s: String) -> Name {
-        Name::new(&s)
-    }
-}
-
 impl fmt::Debug for Name {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(self.0, f)
@@ -100,7 +84,7 @@ mod tests {
     #[test]
     fn one_copy_per_distinct_name() {
         let a = Name::new("reviews/v2");
-        let b = Name::from(String::from("reviews/v2"));
+        let b = Name::new(&String::from("reviews/v2"));
         assert!(std::ptr::eq(a.as_str(), b.as_str()));
         assert_eq!(a, b);
         let c = Name::new("reviews/v3");
@@ -109,5 +93,35 @@ mod tests {
         let map: std::collections::HashMap<Name, u8> = [(a, 1), (c, 2)].into();
         assert_eq!((map.get("reviews/v2"), map.get("reviews/v3"), map.get("x")), (Some(&1), Some(&2), None));
         assert_eq!(format!("{a} {a:?}"), "reviews/v2 \"reviews/v2\"");
+    }
+
+    /// Maps keyed by `Name` are looked up by `&str` (`Borrow<str>`): equality, order and hash
+    /// are the text's, never the address's (a name interned later is not "greater").
+    #[test]
+    fn names_compare_order_and_hash_as_their_text() {
+        use std::{
+            collections::{BTreeMap, HashMap},
+            hash::BuildHasher,
+        };
+        let late_first = Name::new("zz-review/late");
+        let early_second = Name::new("aa-review/early");
+        assert!(early_second < late_first);
+        assert_eq!(early_second.cmp(&late_first), "aa-review/early".cmp("zz-review/late"));
+        let h = std::collections::hash_map::RandomState::new();
+        assert_eq!(h.hash_one(late_first), h.hash_one("zz-review/late"));
+        // A name built from a String equals the interned one.
+        let owned = String::from("zz-review/") + "late";
+        assert_eq!(Name::new(&owned), late_first);
+        let tree: BTreeMap<Name, u8> = [(late_first, 1), (early_second, 2)].into();
+        assert_eq!(tree.keys().map(|n| n.as_str()).collect::<Vec<_>>(), ["aa-review/early", "zz-review/late"]);
+        assert_eq!((tree.get("zz-review/late"), tree.get("aa-review/early"), tree.get("")), (Some(&1), Some(&2), None));
+        let hashed: HashMap<Name, u8, foldhash::fast::RandomState> = [(late_first, 1)].into_iter().collect();
+        assert_eq!(hashed.get(owned.as_str()), Some(&1));
+        // From several threads at once: one copy.
+        let all: Vec<Name> = std::thread::scope(|s| {
+            let spawned: Vec<_> = (0..4).map(|_| s.spawn(|| Name::new("review/threads"))).collect();
+            spawned.into_iter().map(|j| j.join().unwrap()).collect()
+        });
+        assert!(all.iter().all(|n| std::ptr::eq(n.as_str(), all[0].as_str())));
     }
 }

@@ -57,21 +57,25 @@ impl FlowTable {
                     self.stats.windows_scaled += 1;
                 }
             }
-            // The acknowledgement is taken nearest what was acknowledged before.
+            // The acknowledgement is taken nearest what was acknowledged before. A SYN-ACK
+            // acknowledges only the SYN it answers: one of another connection on this 4-tuple
+            // (its SYN not seen) says nothing of this one's bytes.
             if strict
                 && flow.confirmed
+                && (!syn_ack || answers_syn)
                 && let Ok(off) = unwrap_around(seg.ack.wrapping_sub(flow.base), flow.asm.acked())
             {
-                if off > flow.asm.acked() {
-                    flow.progress_at = now;
-                    if flow.given_up {
-                        self.stats.given_up_acked_bytes += off - flow.asm.acked();
+                if flow.given_up {
+                    self.stats.given_up_acked_bytes += flow.asm.acknowledge_stopped(off);
+                } else {
+                    if off > flow.asm.acked() {
+                        flow.progress_at = now;
                     }
-                }
-                if run_asm(flow, key, &mut self.stats, &mut self.total_pending, out, |asm, emit| {
-                    asm.acknowledge(off, now, emit)
-                }) {
-                    self.rearm(key);
+                    if run_asm(flow, key, &mut self.stats, &mut self.total_pending, out, |asm, emit| {
+                        asm.acknowledge(off, now, emit)
+                    }) {
+                        self.rearm(key);
+                    }
                 }
             }
         }
