@@ -259,9 +259,10 @@ impl FlowTable {
             let window = flow.server_window.max(1 << 16);
             if !syn
                 && let Ok(off) = flow.offset_of(seg.seq)
-                && off + seg.payload.len() as u64 <= flow.asm.acked() + window
+                && let end = off + seg.payload.len() as u64
+                && end <= flow.asm.acked() + window
             {
-                flow.asm.seen_stopped(off + seg.payload.len() as u64);
+                flow.asm.seen_stopped(end);
             }
             if fin {
                 self.close(key, CloseReason::Fin, out);

@@ -83,13 +83,15 @@ impl CompareStage {
         }
         let mut ids = Vec::new();
         for (i, m) in mirrors.iter().enumerate() {
-            let Some(settings) = router.compared.get(&m.endpoint) else { continue };
+            if !router.compared.contains_key(&m.endpoint) {
+                continue;
+            }
             let id = self.next_id;
             self.next_id += 1;
             ids.push(id);
             roles[i] = Some((id, true));
-            if let Some(b) = &settings.baseline
-                && let Some(j) = mirrors.iter().position(|t| &*t.endpoint == b.as_str())
+            if let Some(&b) = router.baselines.get(&m.endpoint)
+                && let Some(j) = mirrors.iter().position(|t| t.endpoint == b)
                 && roles[j].is_none()
             {
                 roles[j] = Some((id, false));

@@ -35,8 +35,8 @@ impl CompareOut {
                 *e = (*e).max(s.max_body_bytes);
             };
             put(*dest);
-            if let Some(b) = &s.baseline {
-                put(Name::new(b));
+            if let Some(&b) = router.baselines.get(dest) {
+                put(b);
             }
         }
         *self.limits.write().expect("limits lock") = limits;
