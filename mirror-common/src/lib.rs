@@ -31,6 +31,18 @@ pub const MAP_IFACES: &str = "MIRROR_IFACES";
 pub const MAP_ADDRS4: &str = "MIRROR_ADDRS4";
 /// LPM trie of the IPv6 destinations captured (`capture.addresses`; `::/0` when empty).
 pub const MAP_ADDRS6: &str = "MIRROR_ADDRS6";
+/// Connections the daemon gave up on ([`MuteKey`] → [`MuteValue`]): their segments are shipped
+/// as headers only (sequence numbers, lengths, flags), without payload. An LRU hash of
+/// [`MAX_MUTED`] entries.
+pub const MAP_MUTED: &str = "MIRROR_MUTED";
+/// Most connections muted at once (`MAP_MUTED`; beyond it the least recently used is forgotten,
+/// and its bytes are shipped again).
+pub const MAX_MUTED: u32 = 16384;
+/// A muted connection's client segments are shipped without payload while their sequence number
+/// is within this many bytes after [`MuteValue::from_seq`] (so is a server segment whose
+/// acknowledgement is): 1 GiB. A new connection on the same 4-tuple starts with a SYN, which
+/// takes the entry out; the span bounds what a stale entry could still mute.
+pub const MUTE_SPAN: u32 = 1 << 30;
 /// Largest number of interfaces attached at once (the size of `MAP_IFACES`).
 pub const MAX_LINKS: u32 = 4096;
 /// Largest number of prefixes per address family in `MAP_ADDRS4` / `MAP_ADDRS6`.
@@ -106,8 +118,10 @@ pub const STAT_MALFORMED: u32 = 7;
 pub const STAT_REVERSE: u32 = 8;
 /// Segments to (or answers from) a watched port whose address is outside `capture.addresses`.
 pub const STAT_OUTSIDE_ADDRESSES: u32 = 9;
+/// Segments of a muted connection (`MAP_MUTED`) shipped as headers only, their payload left out.
+pub const STAT_MUTED: u32 = 10;
 /// Number of counters.
-pub const STAT_COUNT: u32 = 10;
+pub const STAT_COUNT: u32 = 11;
 /// Counter names, by index, as the summary and the metrics show them.
 pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "seen",
@@ -120,6 +134,7 @@ pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "malformed",
     "reverse_shipped",
     "outside_addresses",
+    "muted",
 ];
 
 /// Key of `MAP_SKIP`: a destination (address, port) whose traffic is never captured, because it is
@@ -135,6 +150,33 @@ pub struct SkipKey {
     pub family: u8,
     /// Padding (zero).
     pub _pad: u8,
+}
+
+/// Key of `MAP_MUTED`: one TCP connection, oriented (client, server) whichever way the segment
+/// goes. IPv4 addresses use the first 4 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MuteKey {
+    /// The client's address.
+    pub client: [u8; 16],
+    /// The server's (the primary's) address.
+    pub server: [u8; 16],
+    /// The client's port.
+    pub client_port: u16,
+    /// The server's port (a watched one).
+    pub server_port: u16,
+    /// 4 or 6.
+    pub family: u8,
+    /// Zero (the key is hashed as bytes).
+    pub _pad: [u8; 3],
+}
+
+/// Value of `MAP_MUTED`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MuteValue {
+    /// The client sequence number from which the connection is muted (see [`MUTE_SPAN`]).
+    pub from_seq: u32,
 }
 
 /// One TCP segment seen on a watched port. Followed in the perf sample by `captured_len` bytes.
@@ -214,6 +256,10 @@ mod user {
     unsafe impl aya::Pod for super::SegmentEvent {}
     // SAFETY: plain old data, as above.
     unsafe impl aya::Pod for super::SkipKey {}
+    // SAFETY: plain old data, as above.
+    unsafe impl aya::Pod for super::MuteKey {}
+    // SAFETY: plain old data, as above.
+    unsafe impl aya::Pod for super::MuteValue {}
 }
 
 #[cfg(test)]

@@ -32,16 +32,16 @@ use aya_ebpf::{
     bindings::{BPF_F_CURRENT_CPU, TC_ACT_UNSPEC},
     helpers::{bpf_ktime_get_ns, bpf_perf_event_output, bpf_skb_load_bytes},
     macros::{classifier, map},
-    maps::{HashMap, LpmTrie, PerCpuArray, PerfEventArray, lpm_trie::Key},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerfEventArray, lpm_trie::Key},
     programs::TcContext,
 };
 use aya_log_ebpf::debug;
 use mirror_common::{
     HOOK_EGRESS, HOOK_INGRESS, IFACE_REQUESTS_EGRESS, IFACE_REQUESTS_INGRESS, KIND_PACKET, KIND_REVERSE,
-    KIND_REVERSE_TAIL, KIND_TAIL, MAX_INLINE_CAPTURE, MAX_LINKS, MAX_PREFIXES, MAX_TAIL_CAPTURE, PORT_RESPONSES,
-    STAT_COUNT, STAT_FRAGMENTS, STAT_LOST, STAT_MALFORMED, STAT_OUTSIDE_ADDRESSES, STAT_REVERSE, STAT_SEEN,
-    STAT_SHIPPED, STAT_SKIPPED_MIRROR, STAT_TAILS, STAT_TRUNCATED, SegmentEvent, SkipKey, TCP_FIN, TCP_RST, TCP_SYN,
-    TailPiece,
+    KIND_REVERSE_TAIL, KIND_TAIL, MAX_INLINE_CAPTURE, MAX_LINKS, MAX_MUTED, MAX_PREFIXES, MAX_TAIL_CAPTURE, MUTE_SPAN,
+    MuteKey, MuteValue, PORT_RESPONSES, STAT_COUNT, STAT_FRAGMENTS, STAT_LOST, STAT_MALFORMED, STAT_MUTED,
+    STAT_OUTSIDE_ADDRESSES, STAT_REVERSE, STAT_SEEN, STAT_SHIPPED, STAT_SKIPPED_MIRROR, STAT_TAILS, STAT_TRUNCATED,
+    SegmentEvent, SkipKey, TCP_FIN, TCP_RST, TCP_SYN, TailPiece,
 };
 use network_types::{
     eth::{EthHdr, EtherType},
@@ -73,6 +73,13 @@ static MIRROR_ADDRS4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(MAX_PREFI
 /// IPv6 prefixes of the primaries (`capture.addresses`; `::/0` when none are given).
 #[map(name = "MIRROR_ADDRS6")]
 static MIRROR_ADDRS6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
+
+/// Connections the daemon gave up on (a gap it cannot frame past, or picked up mid-stream): their
+/// segments are shipped as headers only, so that a connection whose requests will never be
+/// mirrored costs the ring and the daemon ~80 bytes a segment, not its payload. Filled and emptied
+/// by the daemon; a SYN on the 4-tuple (a new connection) takes its entry out here at once.
+#[map(name = "MIRROR_MUTED")]
+static MIRROR_MUTED: LruHashMap<MuteKey, MuteValue> = LruHashMap::with_max_entries(MAX_MUTED, 0);
 
 /// Per-CPU counters, indexed by the `STAT_*` constants.
 #[map(name = "MIRROR_STATS")]
@@ -231,17 +238,37 @@ fn capture(ctx: &TcContext) -> Result<(), ()> {
     if payload_off > ip_end {
         return Err(());
     }
-    let inline = if ip_end > MAX_INLINE_CAPTURE { MAX_INLINE_CAPTURE } else { ip_end };
+    let mut inline = if ip_end > MAX_INLINE_CAPTURE { MAX_INLINE_CAPTURE } else { ip_end };
 
     // SAFETY: a helper without arguments.
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
     ev.sport = u16::from_be_bytes([tcp[0], tcp[1]]);
     ev.dport = dport;
     ev.seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+    let mut payload_at = payload_off;
+    if payload_off < ip_end || tcp[13] & TCP_SYN != 0 {
+        let key = MuteKey {
+            client: ev.saddr,
+            server: ev.daddr,
+            client_port: ev.sport,
+            server_port: dport,
+            family: ev.family,
+            _pad: [0; 3],
+        };
+        if tcp[13] & TCP_SYN != 0 {
+            // A new connection on this 4-tuple: whatever was muted was another one's.
+            let _ = MIRROR_MUTED.remove(key);
+        } else if muted(&key, ev.seq) {
+            // Headers only: the length stays in `payload_len`, nothing is appended.
+            inline = 0;
+            payload_at = 0;
+            bump(STAT_MUTED);
+        }
+    }
     ev.ack = u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]);
     ev.tcp_flags = tcp[13];
     ev.kind = KIND_PACKET;
-    ev.payload_off = payload_off;
+    ev.payload_off = payload_at;
     ev.payload_len = ip_end - payload_off;
     ev.captured_len = inline;
     ev.skb_len = skb_len;
@@ -265,7 +292,7 @@ fn capture(ctx: &TcContext) -> Result<(), ()> {
     }
     bump(STAT_SHIPPED);
 
-    if ip_end > inline && inline >= payload_off {
+    if ip_end > inline && inline >= payload_off && payload_at == payload_off {
         ship_tail(ctx, &ev, inline, ip_end, KIND_TAIL);
     }
     Ok(())
@@ -315,9 +342,26 @@ fn ship_reverse(
     ev.payload_len = ip_end.saturating_sub(payload_off);
     ev.captured_len = 0;
     ev.skb_len = skb_len;
-    // Payload only for compared ports, and only when there is some: as on the forward path, the
-    // kernel appends `inline` (≤ skb len) bytes of the skb itself.
+    // Payload only for compared ports (not of a muted connection), and only when there is some: as
+    // on the forward path, the kernel appends `inline` (≤ skb len) bytes of the skb itself.
     let mut inline = 0;
+    let mute = responses
+        && payload_off < ip_end
+        && muted(
+            &MuteKey {
+                client: ev.daddr,
+                server: ev.saddr,
+                client_port: ev.dport,
+                server_port: sport,
+                family: ev.family,
+                _pad: [0; 3],
+            },
+            ev.ack,
+        );
+    if mute {
+        bump(STAT_MUTED);
+    }
+    let responses = responses && !mute;
     if responses && payload_off < ip_end {
         inline = if ip_end > MAX_INLINE_CAPTURE { MAX_INLINE_CAPTURE } else { ip_end };
         ev.payload_off = payload_off;
@@ -351,6 +395,18 @@ fn ship_reverse(
         ship_tail(ctx, ev, inline, ip_end, KIND_REVERSE_TAIL);
     }
     Ok(())
+}
+
+/// Whether connection `key` is muted at client sequence number `seq` (a client segment's own, a
+/// server segment's acknowledgement): within `MUTE_SPAN` after where its entry starts.
+#[inline(always)]
+fn muted(key: &MuteKey, seq: u32) -> bool {
+    match MIRROR_MUTED.get_ptr(key) {
+        // SAFETY: a pointer from the map lookup, to a value that lives as long as the entry (an
+        // LRU entry removed meanwhile is freed only after an RCU grace period).
+        Some(v) => seq.wrapping_sub(unsafe { (*v).from_seq }) < MUTE_SPAN,
+        None => false,
+    }
 }
 
 /// Ships bytes `[start, end)` of an oversized skb (all TCP payload) as a `kind` event

@@ -12,6 +12,7 @@ pub mod clock;
 pub mod dedupe;
 pub mod kernel;
 pub mod links;
+pub mod mute;
 pub mod pcap;
 mod points;
 pub mod ring;
@@ -37,8 +38,8 @@ use aya::{
 use bytes::Bytes;
 use mirror_common::{
     IFACE_REQUESTS_EGRESS, IFACE_REQUESTS_INGRESS, KIND_PACKET, KIND_REVERSE, KIND_REVERSE_TAIL, KIND_TAIL, MAP_ADDRS4,
-    MAP_ADDRS6, MAP_PORTS, MAP_SEGMENTS, MAP_SKIP, MAP_STATS, PORT_RESPONSES, PORT_WATCHED, PROGRAM_NAME, STAT_COUNT,
-    STAT_NAMES, SegmentEvent, SkipKey,
+    MAP_ADDRS6, MAP_MUTED, MAP_PORTS, MAP_SEGMENTS, MAP_SKIP, MAP_STATS, PORT_RESPONSES, PORT_WATCHED, PROGRAM_NAME,
+    STAT_COUNT, STAT_NAMES, SegmentEvent, SkipKey,
 };
 
 pub use self::points::LinkStats;
@@ -50,7 +51,7 @@ use self::{
     ring::{PerfRing, Record},
     select::Selection,
 };
-use crate::flow::{FlowKey, Segment};
+use crate::flow::{FlowKey, Mute, Segment};
 
 /// Why a sample could not be turned into a segment (counted, never fatal).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,6 +169,8 @@ pub struct Capture {
     peak_fill: f64,
     /// `capture.batchMs`: the longest a sample waits in a ring to be read.
     batch: std::time::Duration,
+    /// What became of the flow table's mutes ([`Capture::apply_mutes`]).
+    mute_stats: mute::MuteStats,
 }
 
 impl Capture {
@@ -220,6 +223,7 @@ impl Capture {
             heads: Vec::new(),
             fill: 0.0,
             peak_fill: 0.0,
+            mute_stats: mute::MuteStats::default(),
             batch: config.batch,
         };
         let all = links::dump().context("listing the links")?;
@@ -349,6 +353,23 @@ impl Capture {
                 tracing::warn!("a perf record that does not add up: the rest of that ring was skipped");
             }
         }
+    }
+
+    /// Mutes or unmutes given-up flows in the kernel as the flow table asked (see [`mute`]);
+    /// empties `changes`.
+    pub fn apply_mutes(&mut self, changes: &mut Vec<Mute>) {
+        match self.ebpf.map_mut(MAP_MUTED).map(BpfHashMap::try_from) {
+            Some(Ok(mut map)) => mute::apply(&mut map, changes, &mut self.mute_stats),
+            _ => {
+                self.mute_stats.skipped += changes.len() as u64;
+                changes.clear();
+            }
+        }
+    }
+
+    /// What became of the flow table's mutes.
+    pub fn mute_stats(&self) -> mute::MuteStats {
+        self.mute_stats
     }
 
     /// How full the fullest ring was when the last [`Capture::drain`] began, 0 to 1: how near

@@ -19,6 +19,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     capture::{Capture, attach::AttachPreference, decode_sample},
     config::Config,
+    flow::FlowConfig,
     memory::Memory,
     metrics::{self, Metrics},
     pipeline::Pipeline,
@@ -95,7 +96,8 @@ pub async fn run(path: &Path, metrics_addr: std::net::SocketAddr, attach: Attach
     let thread = {
         let stop = stop.clone();
         let replayer = replayer.clone();
-        let flow_cfg = Pipeline::budgeted_flows(cfg.capture.responses);
+        // Given-up flows are muted in the kernel (see `capture::mute`).
+        let flow_cfg = FlowConfig { mute_given_up: true, ..Pipeline::budgeted_flows(cfg.capture.responses) };
         let pipeline = Pipeline::new(router, flow_cfg, cfg.replay.buffer_bytes).with_memory(memory.clone());
         let sinks = Sinks { replayer, comparing: comparing.clone() };
         std::thread::Builder::new()
@@ -237,6 +239,7 @@ fn capture_loop(
     let (mut last_drain, mut round) = (Instant::now(), Duration::ZERO);
     // (kernel time, position in the batch, segment): see the sort below.
     let mut batch: Vec<(u64, u32, crate::flow::Segment)> = Vec::new();
+    let mut mutes = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         if let Ok(r) = reloads.try_recv() {
             if let Err(e) = capture.reconfigure(&r.capture, &endpoint_addrs(&r.router)) {
@@ -327,6 +330,10 @@ fn capture_loop(
             last_publish = Instant::now();
         }
         sinks.hand_over(&mut pipeline, &mut out);
+        pipeline.take_mutes(&mut mutes);
+        if !mutes.is_empty() {
+            capture.apply_mutes(&mut mutes);
+        }
         drained = drained_now;
         round = last_drain.elapsed();
         last_drain = Instant::now();
@@ -345,6 +352,7 @@ fn capture_loop(
             "links": capture.link_stats(),
             "duplicates_dropped": capture.duplicates_dropped(),
             "ring_peak_fill": capture.peak_fill(),
+            "mutes": capture.mute_stats(),
         },
         "flows": pipeline.flows().stats,
         "pipeline": pipeline.stats(),

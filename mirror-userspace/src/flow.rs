@@ -260,6 +260,26 @@ pub struct FlowConfig {
     /// their payload (a port whose responses are compared). Off by default: server segments are
     /// headers only.
     pub responses: bool,
+    /// Ask the capture to stop shipping the payload of given-up flows ([`FlowTable::take_mutes`]):
+    /// their requests are never framed again, so only their headers (sequence numbers, lengths,
+    /// flags) are needed, to close them and to count what the primary acknowledged on them. Off by
+    /// default (an offline replay has no capture to ask).
+    pub mute_given_up: bool,
+}
+
+/// A change the flow table asks of the kernel's muted connections (`mirror_common::MAP_MUTED`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mute {
+    /// Ship this given-up flow's segments as headers only, from client sequence number
+    /// `from_seq` on (for `mirror_common::MUTE_SPAN` bytes).
+    On {
+        /// The flow.
+        key: FlowKey,
+        /// Where the muted span starts.
+        from_seq: u32,
+    },
+    /// The flow ended: forget it.
+    Off(FlowKey),
 }
 
 impl Default for FlowConfig {
@@ -275,6 +295,7 @@ impl Default for FlowConfig {
             reorder_timeout: Duration::from_millis(500),
             require_ack: true,
             responses: false,
+            mute_given_up: false,
         }
     }
 }

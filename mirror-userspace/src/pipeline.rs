@@ -321,6 +321,11 @@ impl Pipeline {
         &self.flows
     }
 
+    /// The flow table's mutes of given-up flows since the last call ([`FlowTable::take_mutes`]).
+    pub fn take_mutes(&mut self, out: &mut Vec<crate::flow::Mute>) {
+        self.flows.take_mutes(out);
+    }
+
     /// A captured segment of either direction, at `now` (time since an arbitrary start,
     /// monotonic): the client's carry the bytes, the server's acknowledgements release them (see
     /// [`FlowConfig::require_ack`]).

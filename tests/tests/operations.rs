@@ -231,6 +231,53 @@ fn tiny_ring_loses_segments_counted_but_never_sends_a_torn_request() {
     assert!(dropped > 0, "losses must show up as counted drops: {summary}");
 }
 
+/// A connection the daemon will never frame (open before it started: picked up mid-stream, so
+/// given up) is muted in the kernel: its segments reach the daemon as headers only, none of its
+/// requests is mirrored, and it is unmuted when it closes. A connection opened meanwhile is
+/// mirrored whole.
+#[test]
+fn a_given_up_connection_is_muted_in_the_kernel_and_the_others_are_not() {
+    let topo = Topology::new().unwrap();
+    let (_v1, _v2) = topo.servers().unwrap();
+    let old = KeepAliveClient::connect(&topo.client, primary()).unwrap();
+    assert_eq!(old.send(request("GET", "/muted/before", &[], b"")).unwrap().status, 200);
+    let daemon = topo.daemon(&topo.config(100.0, "").unwrap()).unwrap();
+    let body: Vec<u8> = (0..64 * 1024).map(|i| (i * 7) as u8).collect();
+    // Its first bytes since the start give it up; its next ones ask for the mute, applied when
+    // that round ends.
+    assert_eq!(old.send(request("POST", "/muted/0", &[], &body)).unwrap().status, 200);
+    assert_eq!(old.send(request("POST", "/muted/1", &[], &body)).unwrap().status, 200);
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 2..=11 {
+        assert_eq!(old.send(request("POST", &format!("/muted/{i}"), &[], &body)).unwrap().status, 200);
+    }
+    let fresh = vec![request("POST", "/fresh", &[], &body)];
+    let answers = topo.in_ns(&topo.client, move || exchange(primary(), &fresh)).unwrap().unwrap();
+    assert_eq!(answers[0].status, 200);
+    // Closing it (FIN) ends its flow, and its mute.
+    drop(old);
+    wait_for_entries(&topo.path("v2.log"), 1, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(700) * slowdown());
+    let summary = topo.stop_daemon(daemon, libc::SIGINT).unwrap();
+    println!("muted: kernel {}, capture {}", summary["kernel"], summary["capture"]);
+    let mirrored = access_log(&topo.path("v2.log"));
+    let uris: Vec<&str> = mirrored.iter().map(|e| e["uri"].as_str().unwrap()).collect();
+    assert_eq!(uris, ["/fresh"], "{summary}");
+    let primary_log = access_log(&topo.path("v1.log"));
+    let p = primary_log.iter().find(|e| e["uri"] == "/fresh").unwrap();
+    assert_eq!((&mirrored[0]["body_len"], &mirrored[0]["body_sha256"]), (&p["body_len"], &p["body_sha256"]));
+    // Ten 64 KiB requests after the mute: at least a segment each came without its payload.
+    let muted = summary["kernel"]["muted"].as_u64().unwrap();
+    assert!(muted >= 10, "{summary}");
+    let mutes = &summary["capture"]["mutes"];
+    assert_eq!(
+        (mutes["muted"].as_u64(), mutes["unmuted"].as_u64(), mutes["skipped"].as_u64()),
+        (Some(1), Some(1), Some(0)),
+        "{summary}"
+    );
+    assert_eq!(summary["flows"]["flows_given_up_midstream"], 1, "{summary}");
+}
+
 /// Runs the daemon as `nobody` with only the given capabilities (via setpriv).
 fn unprivileged_daemon(topo: &Topology, config: &std::path::Path, caps: &str, label: &str) -> Proc {
     let caps_arg = format!("-all,{caps}");

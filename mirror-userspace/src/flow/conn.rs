@@ -24,6 +24,8 @@ pub(super) struct Flow {
     pub(super) asm: Assembler,
     /// Strict mode: nothing more of this flow is delivered (after a gap, or picked up mid-stream).
     pub(super) given_up: bool,
+    /// Where the capture was last asked to mute this given-up flow from ([`super::Mute::On`]).
+    pub(super) muted_from: Option<u32>,
     /// The server's latest acknowledgement number: the next sequence number its TCP expects.
     pub(super) server_ack: Option<u32>,
     /// A client FIN was seen.
@@ -93,6 +95,7 @@ impl Flow {
             timer: None,
             asm: Assembler::new(strict),
             given_up: false,
+            muted_from: None,
             server_ack: None,
             client_fin: false,
             confirmed: false,

@@ -8,10 +8,10 @@ use std::{
     time::Duration,
 };
 
-use mirror_common::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+use mirror_common::{MUTE_SPAN, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
 use super::{
-    CloseReason, Direction, FlowConfig, FlowKey, FlowMap, FlowStats, Segment, StreamEvent,
+    CloseReason, Direction, FlowConfig, FlowKey, FlowMap, FlowStats, Mute, Segment, StreamEvent,
     assembler::{Assembler, Insert},
     conn::{Flow, emitter},
     lru::{Lru, Tier},
@@ -56,6 +56,8 @@ pub struct FlowTable {
     /// Out-of-order bytes allowed over all flows right now: `cfg.max_total_buffer`, or less
     /// while the shared memory budget is short (see [`FlowTable::set_buffer_limit`]).
     buffer_limit: usize,
+    /// Mutes asked for and not yet taken ([`FlowTable::take_mutes`]).
+    mutes: Vec<Mute>,
     /// What the table did so far.
     pub stats: FlowStats,
 }
@@ -63,6 +65,10 @@ pub struct FlowTable {
 /// Opening flows (nothing delivered yet) are guaranteed this fraction of the table: a handshake
 /// during a flood has (max_flows / this) / (flood rate) seconds to carry its first request.
 const OPENING_RESERVE_DIVISOR: usize = 8;
+
+/// How far before where a given-up flow stands its mute begins: the client's retransmissions and
+/// the server's acknowledgements that lag behind are muted too.
+const MUTE_SLACK: u32 = 1 << 24;
 
 /// Most SYN-ACKs kept waiting for their SYN; beyond it the oldest is forgotten.
 const MAX_EARLY_SYN_ACKS: usize = 1024;
@@ -193,7 +199,8 @@ impl FlowTable {
             }
         }
 
-        if !self.flows.contains_key(&key) {
+        let opened = !self.flows.contains_key(&key);
+        if opened {
             let parked = self.parked.take(&key);
             if rst {
                 return;
@@ -254,12 +261,17 @@ impl FlowTable {
         let fin = seg.flags & TCP_FIN != 0;
         flow.client_fin |= fin;
         if flow.given_up {
+            if self.cfg.mute_given_up && !opened && !seg.payload.is_empty() {
+                // Its bytes still come after it was given up: they are not needed.
+                ask_mute(flow, key, seg.seq, &mut self.mutes);
+            }
             // Measured only (see `given_up_acked_bytes`), within what the server's window lets
             // the client send: a segment of another connection on this 4-tuple is not this one's.
             let window = flow.server_window.max(1 << 16);
+            // (Its length on the wire: a muted flow's segments come without their payload.)
             if !syn
                 && let Ok(off) = flow.offset_of(seg.seq)
-                && let end = off + seg.payload.len() as u64
+                && let end = off + u64::from(seg.len)
                 && end <= flow.asm.acked() + window
             {
                 flow.asm.seen_stopped(end);
@@ -396,6 +408,12 @@ impl FlowTable {
         self.settle(key, false);
     }
 
+    /// Moves the mutes asked for since the last call to `out` (in the order asked: an `Off` after
+    /// an `On` of the same flow undoes it). Only with [`FlowConfig::mute_given_up`].
+    pub fn take_mutes(&mut self, out: &mut Vec<Mute>) {
+        out.append(&mut self.mutes);
+    }
+
     /// Runs `f` on `key`'s assembler with an emitter for its events, then settles the table: the
     /// global budget, giving the flow up if its stream was ended, its timer.
     fn with_asm(
@@ -529,6 +547,9 @@ impl FlowTable {
             self.timers.remove(&(at, key));
         }
         self.lru.remove(flow.lru);
+        if flow.muted_from.is_some() {
+            self.mutes.push(Mute::Off(key));
+        }
         // Without strict mode, whatever is buffered after holes is still delivered: complete
         // requests behind a hole can be framed after the framer resynchronises, and the FIN (or
         // RST) says how far the stream went: bytes up to it that never came are a gap. In strict
@@ -585,4 +606,24 @@ fn run_asm(
     stats.unacked_bytes += flow.asm.take_dropped_unacked();
     *total_pending = *total_pending - buffered_before + flow.asm.buffered();
     flow.asm.hole_since() != hole_before
+}
+
+/// Asks the capture to mute given-up `flow`, whose client segment at `seq` still came with its
+/// payload: once, and again when the client went half a [`MUTE_SPAN`] past where the last mute
+/// began (so that a long-lived given-up connection stays muted). Only a flow whose bytes keep
+/// coming after it was given up is asked for (a one-segment flow picked up mid-stream, a flood's,
+/// costs no system call). The mute begins [`MUTE_SLACK`] before where the flow stands.
+fn ask_mute(flow: &mut Flow, key: FlowKey, seq: u32, mutes: &mut Vec<Mute>) {
+    // The assembler of a given-up flow starts past everything known, then follows the client's
+    // bytes seen and the server's acknowledgements of them.
+    let from_seq = flow.base.wrapping_add(flow.asm.acked() as u32).wrapping_sub(MUTE_SLACK);
+    let ahead = |a: u32, b: u32, by: u32| (by..1 << 31).contains(&a.wrapping_sub(b));
+    // Again only once the server's acknowledgements followed (a segment far ahead alone, forged
+    // or not, asks for nothing), and not for bytes sent before the last mute took effect.
+    let due =
+        flow.muted_from.is_none_or(|from| ahead(seq, from, MUTE_SPAN / 2) && ahead(from_seq, from, MUTE_SPAN / 4));
+    if due {
+        flow.muted_from = Some(from_seq);
+        mutes.push(Mute::On { key, from_seq });
+    }
 }

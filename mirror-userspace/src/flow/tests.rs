@@ -7,6 +7,7 @@ use proptest::prelude::*;
 
 mod evict;
 mod given_up;
+mod mute;
 mod reverse;
 mod strict;
 
@@ -348,6 +349,7 @@ proptest! {
             reorder_timeout: Duration::from_millis(30),
             require_ack: strict,
             responses: false,
+            mute_given_up: true,
         };
         let (mut always, mut polled) = (FlowTable::new(cfg.clone()), FlowTable::new(cfg));
         let (mut out_a, mut out_p) = (Vec::new(), Vec::new());
@@ -387,6 +389,17 @@ proptest! {
         prop_assert_eq!(&always.stats, &polled.stats);
         prop_assert_eq!(polled.poll_timeout(), None);
         prop_assert_eq!(polled.buffered_bytes(), 0);
+        // Every flow muted was unmuted when it ended (all have), never before it was muted.
+        let mut mutes = Vec::new();
+        polled.take_mutes(&mut mutes);
+        let mut muted = std::collections::BTreeSet::new();
+        for m in mutes {
+            match m {
+                Mute::On { key, .. } => { muted.insert(key); }
+                Mute::Off(key) => prop_assert!(muted.remove(&key), "unmuted before muted: {:?}", key),
+            }
+        }
+        prop_assert!(muted.is_empty(), "left muted: {:?}", muted);
     }
 
     /// Any permutation, duplication and re-cut of a flow's segments yields the same bytes, in
