@@ -189,6 +189,8 @@ struct InFlight {
     target: Option<Box<str>>,
     /// Body bytes held until the request completes or outgrows the buffer.
     body: BytesMut,
+    /// Its Content-Length, if it has one (see [`memory::hold`]).
+    declared: Option<usize>,
     head_len: usize,
 }
 
@@ -510,13 +512,12 @@ impl RouteStage {
                             .collect(),
                         method: head.method,
                         target: compared.then(|| head.target().into()),
-                        // Room for the first bytes only: a Content-Length is a promise, not bytes;
-                        // the buffer grows as they arrive (see `hold`).
-                        body: match head.body {
-                            BodyKind::Length(n) => BytesMut::with_capacity(
-                                (n.min(memory::FIRST_BODY_ROOM as u64) as usize).min(self.buffer_bytes),
-                            ),
-                            _ => BytesMut::new(),
+                        // No room before the first bytes: a Content-Length is a promise, not
+                        // bytes; the buffer grows as they arrive (see `hold`).
+                        body: BytesMut::new(),
+                        declared: match head.body {
+                            BodyKind::Length(n) => usize::try_from(n).ok(),
+                            _ => None,
                         },
                         head_len: head.raw.len(),
                     });
@@ -528,7 +529,7 @@ impl RouteStage {
                     }
                     let streaming = cur.shadows[0].stream.is_some();
                     if !streaming && cur.head_len + cur.body.len() + b.len() <= self.buffer_bytes {
-                        memory::hold(&mut cur.body, &b, self.buffer_bytes - cur.head_len);
+                        memory::hold(&mut cur.body, &b, self.buffer_bytes - cur.head_len, cur.declared);
                         continue;
                     }
                     if !streaming {
