@@ -334,6 +334,7 @@ impl Capture {
         self.heads.extend(self.buffers.iter().map(PerfRing::data_head));
         self.fill = self.buffers.iter().zip(&self.heads).map(|(b, &h)| b.fill(h)).fold(0.0, f64::max);
         self.peak_fill = self.peak_fill.max(self.fill);
+        let mut lost = false;
         for (buf, &head) in self.buffers.iter_mut().zip(&self.heads) {
             // (An empty ring reads nothing and gives nothing back.)
             let walked = buf.read_to(head, |record| match record {
@@ -347,11 +348,20 @@ impl Capture {
                         pass(&scratch);
                     }
                 }
-                Record::Lost(count) => on_lost(count),
+                Record::Lost(count) => {
+                    lost = true;
+                    on_lost(count);
+                }
             });
             if walked.corrupt {
                 tracing::warn!("a perf record that does not add up: the rest of that ring was skipped");
             }
+        }
+        if lost {
+            // A ring was full since the last read (the kernel dropped samples), whatever its fill
+            // now: the read that finds the loss counts as full.
+            self.fill = 1.0;
+            self.peak_fill = 1.0;
         }
     }
 
@@ -373,7 +383,8 @@ impl Capture {
     }
 
     /// How full the fullest ring was when the last [`Capture::drain`] began, 0 to 1: how near
-    /// the capture came to losing samples (at 1 the kernel drops them: `kernel.lost`).
+    /// the capture came to losing samples (at 1 the kernel drops them: `kernel.lost`). A drain
+    /// that found a loss record says 1: the ring filled between two reads.
     pub fn fill(&self) -> f64 {
         self.fill
     }

@@ -214,6 +214,8 @@ fn tiny_ring_loses_segments_counted_but_never_sends_a_torn_request() {
     let summary = topo.stop_daemon(daemon, libc::SIGINT).unwrap();
     let lost = summary["kernel"]["lost"].as_u64().unwrap();
     assert!(lost > 0, "expected losses with a one-page ring: {summary}");
+    // The reads that found the losses say the ring was full.
+    assert_eq!(summary["capture"]["ring_peak_fill"].as_f64(), Some(1.0), "{summary}");
     let primary: std::collections::HashMap<String, Value> =
         access_log(&topo.path("v1.log")).into_iter().map(|e| (e["uri"].as_str().unwrap().to_string(), e)).collect();
     let mirrored = access_log(&topo.path("v2.log"));
