@@ -4,12 +4,19 @@
 //! mid-stream) no longer costs the ring and the capture thread its payload. Under a ring overflow
 //! that matters most: the flows it broke stop competing for the ring with the flows still whole.
 //!
-//! Muting only saves work, so it is best effort: at most [`MAX_PER_ROUND`] changes a round (a
+//! Muting only saves work, so it is best effort: at most [`MAX_PER_ROUND`] mutes a round (a
 //! flood of flows given up at once costs a bounded number of system calls), the rest dropped and
-//! counted. An entry left behind is harmless: the kernel takes it out at the next SYN on its
-//! 4-tuple (a new connection), it covers only [`mirror_common::MUTE_SPAN`] bytes of sequence
-//! space, and the map forgets its least recently used entries beyond
+//! counted. Unmutes are never dropped (each follows a mute applied, so they are bounded by them):
+//! an entry left behind would mute the next connection on its 4-tuple should that one's SYN
+//! have passed before the entry went in. Otherwise the kernel takes an entry out at the next SYN
+//! on its 4-tuple (a new connection), it covers only [`mirror_common::MUTE_SPAN`] bytes of
+//! sequence space, and the map forgets its least recently used entries beyond
 //! [`mirror_common::MAX_MUTED`].
+//!
+//! What is left: a mute applied after the SYN of a new connection on the same 4-tuple went by
+//! (the old connection closed and the new one opened between the capture round that asked for the
+//! mute and its end) mutes the new one until the next round unmutes it: its first bytes come
+//! without payload, so its first request is lost (a counted gap) and the flow is given up.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -18,7 +25,7 @@ use mirror_common::{MuteKey, MuteValue};
 
 use crate::flow::{FlowKey, Mute};
 
-/// Most changes applied in one round of the capture loop.
+/// Most mutes applied in one round of the capture loop (unmutes are all applied).
 pub const MAX_PER_ROUND: usize = 256;
 
 /// What was done with the flow table's mutes (monotonic).
@@ -28,7 +35,7 @@ pub struct MuteStats {
     pub muted: u64,
     /// Flows unmuted as they ended.
     pub unmuted: u64,
-    /// Changes not applied: beyond [`MAX_PER_ROUND`] in a round, or refused by the kernel.
+    /// Changes not applied: mutes beyond [`MAX_PER_ROUND`] in a round, or refused by the kernel.
     pub skipped: u64,
 }
 
@@ -52,11 +59,26 @@ pub fn mute_key(key: &FlowKey) -> MuteKey {
     k
 }
 
-/// Applies `changes` (in order, at most [`MAX_PER_ROUND`]) to `map` and empties it.
+/// Leaves out of `changes` the mutes beyond the first [`MAX_PER_ROUND`] (every unmute stays, the
+/// order too); returns how many were left out.
+fn within_cap(changes: &mut Vec<Mute>) -> u64 {
+    let mut ons = 0;
+    let before = changes.len();
+    changes.retain(|c| match c {
+        Mute::On { .. } => {
+            ons += 1;
+            ons <= MAX_PER_ROUND
+        }
+        Mute::Off(_) => true,
+    });
+    (before - changes.len()) as u64
+}
+
+/// Applies `changes` to `map` in order (mutes beyond the first [`MAX_PER_ROUND`] left out) and
+/// empties it.
 pub fn apply(map: &mut BpfHashMap<&mut MapData, MuteKey, MuteValue>, changes: &mut Vec<Mute>, stats: &mut MuteStats) {
-    let over = changes.len().saturating_sub(MAX_PER_ROUND);
-    stats.skipped += over as u64;
-    for change in changes.drain(..).take(MAX_PER_ROUND) {
+    stats.skipped += within_cap(changes);
+    for change in changes.drain(..) {
         match change {
             Mute::On { key, from_seq } => match map.insert(mute_key(&key), MuteValue { from_seq }, 0) {
                 Ok(()) => stats.muted += 1,
@@ -83,6 +105,23 @@ pub fn apply(map: &mut BpfHashMap<&mut MapData, MuteKey, MuteValue>, changes: &m
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn beyond_the_cap_mutes_are_left_out_and_unmutes_never() {
+        let key = |p: u16| FlowKey {
+            client: format!("10.0.0.1:{p}").parse().unwrap(),
+            server: "10.0.0.2:80".parse().unwrap(),
+        };
+        let mut changes: Vec<Mute> = (0..300).map(|p| Mute::On { key: key(p), from_seq: 1 }).collect();
+        // The last mutes' flows end in the same round: their unmutes must all go through.
+        changes.extend((250..300).map(|p| Mute::Off(key(p))));
+        assert_eq!(within_cap(&mut changes), 44);
+        let ons = changes.iter().filter(|c| matches!(c, Mute::On { .. })).count();
+        let offs: Vec<&Mute> = changes.iter().filter(|c| matches!(c, Mute::Off(_))).collect();
+        assert_eq!((ons, offs.len()), (MAX_PER_ROUND, 50));
+        // In order: every mute kept comes before the unmutes, as asked.
+        assert!(changes[..MAX_PER_ROUND].iter().all(|c| matches!(c, Mute::On { .. })));
+    }
 
     #[test]
     fn keys_put_client_then_server_ipv4_first_bytes() {

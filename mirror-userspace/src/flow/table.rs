@@ -615,11 +615,14 @@ fn run_asm(
 /// costs no system call). The mute begins [`MUTE_SLACK`] before where the flow stands.
 fn ask_mute(flow: &mut Flow, key: FlowKey, seq: u32, mutes: &mut Vec<Mute>) {
     // The assembler of a given-up flow starts past everything known, then follows the client's
-    // bytes seen and the server's acknowledgements of them.
-    let from_seq = flow.base.wrapping_add(flow.asm.acked() as u32).wrapping_sub(MUTE_SLACK);
+    // bytes seen and the server's acknowledgements of them. A flow never confirmed (picked up
+    // mid-stream) takes no acknowledgement: there the segment itself says where the client is.
+    let at = if flow.confirmed { flow.base.wrapping_add(flow.asm.acked() as u32) } else { seq };
+    let from_seq = at.wrapping_sub(MUTE_SLACK);
     let ahead = |a: u32, b: u32, by: u32| (by..1 << 31).contains(&a.wrapping_sub(b));
-    // Again only once the server's acknowledgements followed (a segment far ahead alone, forged
-    // or not, asks for nothing), and not for bytes sent before the last mute took effect.
+    // Again once the client went half a span on and, if confirmed, the server's acknowledgements
+    // followed (there a segment far ahead alone, forged or not, asks for nothing); never for
+    // bytes sent before the last mute took effect.
     let due =
         flow.muted_from.is_none_or(|from| ahead(seq, from, MUTE_SPAN / 2) && ahead(from_seq, from, MUTE_SPAN / 4));
     if due {

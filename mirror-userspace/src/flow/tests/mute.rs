@@ -66,7 +66,7 @@ fn a_flow_picked_up_mid_stream_is_muted_from_its_second_segment_and_unmuted_by_i
     assert_eq!(t.stats.flows_given_up_midstream, 1);
     assert_eq!(mutes(&mut t), []);
     run(&mut t, vec![seg(5004, TCP_ACK, b"more")]);
-    assert_eq!(mutes(&mut t), [Mute::On { key: key(), from_seq: 5000u32.wrapping_sub(SLACK) }]);
+    assert_eq!(mutes(&mut t), [Mute::On { key: key(), from_seq: 5004u32.wrapping_sub(SLACK) }]);
     run(&mut t, vec![muted_seg(5008, 100), seg(5108, TCP_FIN | TCP_ACK, b"")]);
     assert_eq!(mutes(&mut t), [Mute::Off(key())]);
 }
@@ -127,4 +127,16 @@ fn a_new_connection_on_the_four_tuple_ends_the_mute_and_is_not_muted() {
     let get = StreamEvent::Data(Bytes::from_static(b"GET"));
     assert_eq!(ev, [StreamEvent::Close(CloseReason::Reused), StreamEvent::Open { midstream: false }, get]);
     assert_eq!(mutes(&mut t), [Mute::Off(key())]);
+}
+
+#[test]
+fn a_flow_picked_up_mid_stream_is_muted_again_past_its_span_though_never_acknowledged() {
+    // Never confirmed, its acknowledgements are not taken: where it stands is its own segments'.
+    let mut t = muting();
+    run(&mut t, vec![seg(5000, TCP_ACK, b"body"), seg(5004, TCP_ACK, b"more")]);
+    let first = 5004u32.wrapping_sub(SLACK);
+    assert_eq!(mutes(&mut t), [Mute::On { key: key(), from_seq: first }]);
+    let past = first.wrapping_add(MUTE_SPAN);
+    run(&mut t, vec![muted_seg(5008, 1000), ack(6008), seg(past, TCP_ACK, b"x"), ack(past + 1)]);
+    assert_eq!(mutes(&mut t), [Mute::On { key: key(), from_seq: past.wrapping_sub(SLACK) }]);
 }
