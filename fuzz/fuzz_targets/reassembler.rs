@@ -91,7 +91,11 @@ fuzz_target!(|data: &[u8]| {
         reorder_timeout: Duration::from_millis(50),
         require_ack: strict,
         responses: false,
+        // Mutes asked for are checked below: never on a flow that delivers, all undone at the end.
+        mute_given_up: data[4] & 2 != 0,
     };
+    let mut muted: std::collections::HashSet<FlowKey> = std::collections::HashSet::new();
+    let mut mutes = Vec::new();
     let mut table = FlowTable::new(cfg);
     let mut out = Vec::new();
     let mut now = Duration::ZERO;
@@ -173,9 +177,20 @@ fuzz_target!(|data: &[u8]| {
         }
         // Open flows may wait without a timer (clean kept-alive connections); an empty table has none.
         assert!(!table.is_empty() || table.poll_timeout().is_none(), "a timer without a flow");
+        table.take_mutes(&mut mutes);
+        apply_mutes(&mut mutes, &mut muted);
+        for (key, ev) in &out {
+            assert!(
+                !(matches!(ev, StreamEvent::Data(_)) && muted.contains(key)),
+                "data delivered on a muted flow"
+            );
+        }
         check(&mut out, &mut seen, &mut acked, strict);
     }
     table.close_all(&mut out);
+    table.take_mutes(&mut mutes);
+    apply_mutes(&mut mutes, &mut muted);
+    assert!(muted.is_empty(), "left muted after every flow closed");
     check(&mut out, &mut seen, &mut acked, strict);
     assert_eq!(table.buffered_bytes(), 0);
     assert!(table.is_empty());
@@ -226,6 +241,17 @@ fn check(
                     }
                 }
             }
+        }
+    }
+}
+
+fn apply_mutes(mutes: &mut Vec<mirror::flow::Mute>, muted: &mut std::collections::HashSet<FlowKey>) {
+    for m in mutes.drain(..) {
+        match m {
+            mirror::flow::Mute::On { key, .. } => {
+                muted.insert(key);
+            }
+            mirror::flow::Mute::Off(key) => assert!(muted.remove(&key), "unmuted, never muted"),
         }
     }
 }

@@ -43,6 +43,11 @@ pub const MAX_MUTED: u32 = 16384;
 /// acknowledgement is): 1 GiB. A new connection on the same 4-tuple starts with a SYN, which
 /// takes the entry out; the span bounds what a stale entry could still mute.
 pub const MUTE_SPAN: u32 = 1 << 30;
+/// How far before where a given-up flow stood its mute begins ([`MuteValue::from_seq`] is that
+/// far back): the client's retransmissions are muted too. A server segment's payload is muted
+/// only from where the flow stood on (its acknowledgement at least `from_seq + MUTE_SLACK`): a
+/// pipelined response to a request mirrored before is still compared.
+pub const MUTE_SLACK: u32 = 1 << 24;
 /// Largest number of interfaces attached at once (the size of `MAP_IFACES`).
 pub const MAX_LINKS: u32 = 4096;
 /// Largest number of prefixes per address family in `MAP_ADDRS4` / `MAP_ADDRS6`.

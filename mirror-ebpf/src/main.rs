@@ -38,8 +38,8 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use mirror_common::{
     HOOK_EGRESS, HOOK_INGRESS, IFACE_REQUESTS_EGRESS, IFACE_REQUESTS_INGRESS, KIND_PACKET, KIND_REVERSE,
-    KIND_REVERSE_TAIL, KIND_TAIL, MAX_INLINE_CAPTURE, MAX_LINKS, MAX_MUTED, MAX_PREFIXES, MAX_TAIL_CAPTURE, MUTE_SPAN,
-    MuteKey, MuteValue, PORT_RESPONSES, STAT_COUNT, STAT_FRAGMENTS, STAT_LOST, STAT_MALFORMED, STAT_MUTED,
+    KIND_REVERSE_TAIL, KIND_TAIL, MAX_INLINE_CAPTURE, MAX_LINKS, MAX_MUTED, MAX_PREFIXES, MAX_TAIL_CAPTURE, MUTE_SLACK,
+    MUTE_SPAN, MuteKey, MuteValue, PORT_RESPONSES, STAT_COUNT, STAT_FRAGMENTS, STAT_LOST, STAT_MALFORMED, STAT_MUTED,
     STAT_OUTSIDE_ADDRESSES, STAT_REVERSE, STAT_SEEN, STAT_SHIPPED, STAT_SKIPPED_MIRROR, STAT_TAILS, STAT_TRUNCATED,
     SegmentEvent, SkipKey, TCP_FIN, TCP_RST, TCP_SYN, TailPiece,
 };
@@ -356,7 +356,8 @@ fn ship_reverse(
                 family: ev.family,
                 _pad: [0; 3],
             },
-            ev.ack,
+            // From where the flow stood when it was given up, not before (see MUTE_SLACK).
+            ev.ack.wrapping_sub(MUTE_SLACK),
         );
     if mute {
         bump(STAT_MUTED);

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use mirror_common::{MUTE_SPAN, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+use mirror_common::{MUTE_SLACK, MUTE_SPAN, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
 use super::{
     CloseReason, Direction, FlowConfig, FlowKey, FlowMap, FlowStats, Mute, Segment, StreamEvent,
@@ -65,10 +65,6 @@ pub struct FlowTable {
 /// Opening flows (nothing delivered yet) are guaranteed this fraction of the table: a handshake
 /// during a flood has (max_flows / this) / (flood rate) seconds to carry its first request.
 const OPENING_RESERVE_DIVISOR: usize = 8;
-
-/// How far before where a given-up flow stands its mute begins: the client's retransmissions and
-/// the server's acknowledgements that lag behind are muted too.
-const MUTE_SLACK: u32 = 1 << 24;
 
 /// Most SYN-ACKs kept waiting for their SYN; beyond it the oldest is forgotten.
 const MAX_EARLY_SYN_ACKS: usize = 1024;
@@ -170,6 +166,12 @@ impl FlowTable {
         }
 
         if syn && let Some(flow) = self.flows.get_mut(&key) {
+            // The kernel took the 4-tuple's mute out at this SYN (whoever sent it). Undone here
+            // too, in case the mute went in after the SYN went by; asked for again if this flow
+            // goes on.
+            if flow.muted_from.take().is_some() {
+                self.mutes.push(Mute::Off(key));
+            }
             let isn1 = seg.seq.wrapping_add(1);
             let fresh = flow.asm.next_offset() == 0 && !flow.asm.has_pending();
             if fresh && !flow.given_up {
@@ -261,8 +263,9 @@ impl FlowTable {
         let fin = seg.flags & TCP_FIN != 0;
         flow.client_fin |= fin;
         if flow.given_up {
-            if self.cfg.mute_given_up && !opened && !seg.payload.is_empty() {
-                // Its bytes still come after it was given up: they are not needed.
+            if self.cfg.mute_given_up && !opened && !seg.payload.is_empty() && flow.server_ack.is_some() {
+                // Its bytes still come after it was given up: they are not needed. (Only once
+                // the server acknowledged something of it: a spoofed flow costs no system call.)
                 ask_mute(flow, key, seg.seq, &mut self.mutes);
             }
             // Measured only (see `given_up_acked_bytes`), within what the server's window lets
