@@ -492,18 +492,21 @@ fn perf_open_error(cpu: u32, e: impl std::error::Error + Send + Sync + 'static) 
 
 /// The skip-map key of an endpoint address.
 pub fn skip_key(addr: &SocketAddr) -> SkipKey {
-    let mut key = SkipKey { port: addr.port(), ..Default::default() };
-    match addr.ip() {
+    let (addr_bytes, family) = key_addr(addr.ip());
+    SkipKey { addr: addr_bytes, port: addr.port(), family, _pad: 0 }
+}
+
+/// An address as the kernel maps' keys hold it (IPv4 in the first 4 bytes, the rest zero), with
+/// its family (4 or 6).
+pub fn key_addr(ip: IpAddr) -> ([u8; 16], u8) {
+    match ip {
         IpAddr::V4(v4) => {
-            key.family = 4;
-            key.addr[..4].copy_from_slice(&v4.octets());
+            let mut a = [0; 16];
+            a[..4].copy_from_slice(&v4.octets());
+            (a, 4)
         }
-        IpAddr::V6(v6) => {
-            key.family = 6;
-            key.addr = v6.octets();
-        }
+        IpAddr::V6(v6) => (v6.octets(), 6),
     }
-    key
 }
 
 fn set_skip(ebpf: &mut Ebpf, skip: &[SocketAddr]) -> Result<()> {

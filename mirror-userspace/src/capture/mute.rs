@@ -18,11 +18,10 @@
 //! mute and its end) mutes the new one until the next round unmutes it: its first bytes come
 //! without payload, so its first request is lost (a counted gap) and the flow is given up.
 
-use std::net::{IpAddr, SocketAddr};
-
 use aya::maps::{HashMap as BpfHashMap, MapData, MapError};
 use mirror_common::{MuteKey, MuteValue};
 
+use super::key_addr;
 use crate::flow::{FlowKey, Mute};
 
 /// Most mutes applied in one round of the capture loop (unmutes are all applied).
@@ -41,22 +40,9 @@ pub struct MuteStats {
 
 /// The kernel map's key for `key`: (client, server), IPv4 in the first 4 bytes.
 pub fn mute_key(key: &FlowKey) -> MuteKey {
-    fn put(addr: &SocketAddr, to: &mut [u8; 16]) -> u8 {
-        match addr.ip() {
-            IpAddr::V4(v4) => {
-                to[..4].copy_from_slice(&v4.octets());
-                4
-            }
-            IpAddr::V6(v6) => {
-                *to = v6.octets();
-                6
-            }
-        }
-    }
-    let mut k = MuteKey { client_port: key.client.port(), server_port: key.server.port(), ..Default::default() };
-    k.family = put(&key.client, &mut k.client);
-    put(&key.server, &mut k.server);
-    k
+    let (client, family) = key_addr(key.client.ip());
+    let (server, _) = key_addr(key.server.ip());
+    MuteKey { client, server, client_port: key.client.port(), server_port: key.server.port(), family, _pad: [0; 3] }
 }
 
 /// Leaves out of `changes` the mutes beyond the first [`MAX_PER_ROUND`] (every unmute stays, the

@@ -201,8 +201,7 @@ impl FlowTable {
             }
         }
 
-        let opened = !self.flows.contains_key(&key);
-        if opened {
+        if !self.flows.contains_key(&key) {
             let parked = self.parked.take(&key);
             if rst {
                 return;
@@ -263,9 +262,10 @@ impl FlowTable {
         let fin = seg.flags & TCP_FIN != 0;
         flow.client_fin |= fin;
         if flow.given_up {
-            if self.cfg.mute_given_up && !opened && !seg.payload.is_empty() && flow.server_ack.is_some() {
+            if self.cfg.mute_given_up && !seg.payload.is_empty() && flow.server_ack.is_some() {
                 // Its bytes still come after it was given up: they are not needed. (Only once
-                // the server acknowledged something of it: a spoofed flow costs no system call.)
+                // the server acknowledged something of it: a spoofed flow costs no system call,
+                // and a flow opened by this segment has no acknowledgement yet.)
                 ask_mute(flow, key, seg.seq, &mut self.mutes);
             }
             // Measured only (see `given_up_acked_bytes`), within what the server's window lets
