@@ -182,6 +182,10 @@ pub struct MuteKey {
 pub struct MuteValue {
     /// The client sequence number from which the connection is muted (see [`MUTE_SPAN`]).
     pub from_seq: u32,
+    /// Nonzero once the daemon armed the entry, a capture round after it went in, if no SYN on
+    /// the 4-tuple took it out meanwhile. An entry not armed mutes nothing (a SYN still takes it
+    /// out): a connection whose SYN passed before the entry went in is never muted.
+    pub armed: u32,
 }
 
 /// One TCP segment seen on a watched port. Followed in the perf sample by `captured_len` bytes.

@@ -399,13 +399,14 @@ fn ship_reverse(
 }
 
 /// Whether connection `key` is muted at client sequence number `seq` (a client segment's own, a
-/// server segment's acknowledgement): within `MUTE_SPAN` after where its entry starts.
+/// server segment's acknowledgement): its entry is armed, and `seq` is within `MUTE_SPAN` after
+/// where the entry starts.
 #[inline(always)]
 fn muted(key: &MuteKey, seq: u32) -> bool {
     match MIRROR_MUTED.get_ptr(key) {
         // SAFETY: a pointer from the map lookup, to a value that lives as long as the entry (an
         // LRU entry removed meanwhile is freed only after an RCU grace period).
-        Some(v) => seq.wrapping_sub(unsafe { (*v).from_seq }) < MUTE_SPAN,
+        Some(v) => unsafe { (*v).armed != 0 && seq.wrapping_sub((*v).from_seq) < MUTE_SPAN },
         None => false,
     }
 }

@@ -169,8 +169,8 @@ pub struct Capture {
     peak_fill: f64,
     /// `capture.batchMs`: the longest a sample waits in a ring to be read.
     batch: std::time::Duration,
-    /// What became of the flow table's mutes ([`Capture::apply_mutes`]).
-    mute_stats: mute::MuteStats,
+    /// The kernel's muted connections ([`Capture::apply_mutes`]).
+    mutes: mute::Mutes,
 }
 
 impl Capture {
@@ -223,7 +223,7 @@ impl Capture {
             heads: Vec::new(),
             fill: 0.0,
             peak_fill: 0.0,
-            mute_stats: mute::MuteStats::default(),
+            mutes: mute::Mutes::default(),
             batch: config.batch,
         };
         let all = links::dump().context("listing the links")?;
@@ -365,21 +365,27 @@ impl Capture {
         }
     }
 
-    /// Mutes or unmutes given-up flows in the kernel as the flow table asked (see [`mute`]);
-    /// empties `changes`.
+    /// Mutes or unmutes given-up flows in the kernel as the flow table asked, and arms the
+    /// last round's mutes (see [`mute`]); empties `changes`. Called every round in which
+    /// `changes` is not empty or [`Capture::mutes_pending`].
     pub fn apply_mutes(&mut self, changes: &mut Vec<Mute>) {
         match self.ebpf.map_mut(MAP_MUTED).map(BpfHashMap::try_from) {
-            Some(Ok(mut map)) => mute::apply(&mut map, changes, &mut self.mute_stats),
+            Some(Ok(mut map)) => self.mutes.apply(&mut map, changes),
             _ => {
-                self.mute_stats.skipped += changes.len() as u64;
+                self.mutes.stats.skipped += changes.len() as u64;
                 changes.clear();
             }
         }
     }
 
+    /// Whether mutes put in last round wait to be armed.
+    pub fn mutes_pending(&self) -> bool {
+        self.mutes.has_pending()
+    }
+
     /// What became of the flow table's mutes.
     pub fn mute_stats(&self) -> mute::MuteStats {
-        self.mute_stats
+        self.mutes.stats
     }
 
     /// How full the fullest ring was when the last [`Capture::drain`] began, 0 to 1: how near

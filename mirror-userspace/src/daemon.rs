@@ -331,7 +331,7 @@ fn capture_loop(
         }
         sinks.hand_over(&mut pipeline, &mut out);
         pipeline.take_mutes(&mut mutes);
-        if !mutes.is_empty() {
+        if !mutes.is_empty() || capture.mutes_pending() {
             capture.apply_mutes(&mut mutes);
         }
         drained = drained_now;

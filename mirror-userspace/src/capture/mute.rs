@@ -13,10 +13,12 @@
 //! sequence space, and the map forgets its least recently used entries beyond
 //! [`mirror_common::MAX_MUTED`].
 //!
-//! What is left: a mute applied after the SYN of a new connection on the same 4-tuple went by
-//! (the old connection closed and the new one opened between the capture round that asked for the
-//! mute and its end) mutes the new one until the next round unmutes it: its first bytes come
-//! without payload, so its first request is lost (a counted gap) and the flow is given up.
+//! A mute goes in unarmed and is armed a round later (`BPF_EXIST`: only if the entry is still
+//! there), unless the flow ended or saw a SYN meanwhile. A new connection on the same 4-tuple
+//! whose SYN passed before the entry went in is therefore never muted: its SYN reaches the daemon
+//! by the next round, which ends the old flow (an unmute, so the entry is not armed but removed),
+//! and a SYN after the entry went in takes it out in the kernel (so arming it fails). Muting
+//! starts a round (at most `capture.batchMs`, or the idle wake) later than the flow asked.
 
 use aya::maps::{HashMap as BpfHashMap, MapData, MapError};
 use mirror_common::{MuteKey, MuteValue};
@@ -30,8 +32,11 @@ pub const MAX_PER_ROUND: usize = 256;
 /// What was done with the flow table's mutes (monotonic).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct MuteStats {
-    /// Flows muted (or muted again further on).
+    /// Flows muted (or muted again further on): entries armed.
     pub muted: u64,
+    /// Entries gone before they could be armed: a SYN on the 4-tuple (a new connection) took
+    /// them out, or the map forgot them.
+    pub withdrawn: u64,
     /// Flows unmuted as they ended.
     pub unmuted: u64,
     /// Changes not applied: mutes beyond [`MAX_PER_ROUND`] in a round, or refused by the kernel.
@@ -60,37 +65,207 @@ fn within_cap(changes: &mut Vec<Mute>) -> u64 {
     (before - changes.len()) as u64
 }
 
-/// Applies `changes` to `map` in order (mutes beyond the first [`MAX_PER_ROUND`] left out) and
-/// empties it.
-pub fn apply(map: &mut BpfHashMap<&mut MapData, MuteKey, MuteValue>, changes: &mut Vec<Mute>, stats: &mut MuteStats) {
-    stats.skipped += within_cap(changes);
-    for change in changes.drain(..) {
-        match change {
-            Mute::On { key, from_seq } => match map.insert(mute_key(&key), MuteValue { from_seq }, 0) {
-                Ok(()) => stats.muted += 1,
+/// What [`Mutes`] needs of the kernel map (the map itself; a fake with its semantics in tests).
+pub trait MuteMap {
+    /// Inserts or replaces `key` (`only_existing`: `BPF_EXIST`, fails with ENOENT when absent).
+    fn put(&mut self, key: &MuteKey, value: MuteValue, only_existing: bool) -> Result<(), MapError>;
+    /// Removes `key` (ENOENT when absent).
+    fn take(&mut self, key: &MuteKey) -> Result<(), MapError>;
+}
+
+impl MuteMap for BpfHashMap<&mut MapData, MuteKey, MuteValue> {
+    fn put(&mut self, key: &MuteKey, value: MuteValue, only_existing: bool) -> Result<(), MapError> {
+        // BPF_EXIST (2): replace only; BPF_ANY (0): insert or replace.
+        self.insert(key, value, if only_existing { 2 } else { 0 })
+    }
+
+    fn take(&mut self, key: &MuteKey) -> Result<(), MapError> {
+        self.remove(key)
+    }
+}
+
+/// Whether `e` is the kernel's "no such entry".
+fn absent(e: &MapError) -> bool {
+    matches!(e, MapError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::ENOENT))
+        || matches!(e, MapError::KeyNotFound)
+}
+
+/// The kernel's muted connections as the daemon keeps them: entries put in unarmed last round,
+/// armed at the next [`Mutes::apply`].
+#[derive(Default)]
+pub struct Mutes {
+    /// Entries put in (unarmed) by the last round, to arm.
+    pending: Vec<(FlowKey, MuteValue)>,
+    /// What was done (monotonic).
+    pub stats: MuteStats,
+}
+
+impl Mutes {
+    /// Whether the next round has something to do even if the flow table asks nothing.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// One round: arms last round's entries (except those whose flow this round ends), then
+    /// applies `changes` in order (mutes beyond the first [`MAX_PER_ROUND`] left out; each mute
+    /// goes in unarmed, to be armed next round) and empties it.
+    pub fn apply(&mut self, map: &mut impl MuteMap, changes: &mut Vec<Mute>) {
+        self.stats.skipped += within_cap(changes);
+        // A flow that ended or saw a SYN since its entry went in has an unmute here: its entry is
+        // removed below, never armed.
+        let ended = |k: &FlowKey| changes.contains(&Mute::Off(*k));
+        for (key, value) in std::mem::take(&mut self.pending) {
+            if ended(&key) {
+                continue;
+            }
+            match map.put(&mute_key(&key), MuteValue { armed: 1, ..value }, true) {
+                Ok(()) => self.stats.muted += 1,
+                // A SYN on the 4-tuple took the entry out (or the map forgot it): a new
+                // connection, not to be muted.
+                Err(e) if absent(&e) => self.stats.withdrawn += 1,
                 Err(e) => {
-                    stats.skipped += 1;
-                    tracing::debug!("muting a given-up flow: {e}");
+                    self.stats.skipped += 1;
+                    tracing::debug!("arming a mute: {e}");
                 }
-            },
-            Mute::Off(key) => match map.remove(&mute_key(&key)) {
-                Ok(()) => stats.unmuted += 1,
-                // Already gone (a SYN took it out, or the map forgot it): as good.
-                Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
-                    stats.unmuted += 1;
+            }
+        }
+        for change in changes.drain(..) {
+            match change {
+                Mute::On { key, from_seq } => {
+                    let value = MuteValue { from_seq, armed: 0 };
+                    match map.put(&mute_key(&key), value, false) {
+                        Ok(()) => {
+                            self.pending.retain(|(k, _)| *k != key);
+                            self.pending.push((key, value));
+                        }
+                        Err(e) => {
+                            self.stats.skipped += 1;
+                            tracing::debug!("muting a given-up flow: {e}");
+                        }
+                    }
                 }
-                Err(e) => {
-                    stats.skipped += 1;
-                    tracing::debug!("unmuting a flow: {e}");
+                Mute::Off(key) => {
+                    self.pending.retain(|(k, _)| *k != key);
+                    match map.take(&mute_key(&key)) {
+                        // Already gone (a SYN took it out, or the map forgot it): as good.
+                        Ok(()) => self.stats.unmuted += 1,
+                        Err(e) if absent(&e) => self.stats.unmuted += 1,
+                        Err(e) => {
+                            self.stats.skipped += 1;
+                            tracing::debug!("unmuting a flow: {e}");
+                        }
+                    }
                 }
-            },
+            }
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
+    use aya::sys::SyscallError;
+
     use super::*;
+
+    /// The kernel map's semantics: BPF_EXIST fails on an absent key, removal of one too; `syn`
+    /// is what the classifier does at a SYN on the 4-tuple; `muting` whether it would mute.
+    #[derive(Default)]
+    struct FakeMap(HashMap<Vec<u8>, MuteValue>);
+
+    fn bytes(k: &MuteKey) -> Vec<u8> {
+        let mut b = k.client.to_vec();
+        b.extend_from_slice(&k.server);
+        b.extend_from_slice(&k.client_port.to_ne_bytes());
+        b.extend_from_slice(&k.server_port.to_ne_bytes());
+        b.push(k.family);
+        b
+    }
+
+    fn enoent(call: &'static str) -> MapError {
+        MapError::SyscallError(SyscallError { call, io_error: std::io::Error::from_raw_os_error(libc::ENOENT) })
+    }
+
+    impl MuteMap for FakeMap {
+        fn put(&mut self, key: &MuteKey, value: MuteValue, only_existing: bool) -> Result<(), MapError> {
+            if only_existing && !self.0.contains_key(&bytes(key)) {
+                return Err(enoent("bpf_map_update_elem"));
+            }
+            self.0.insert(bytes(key), value);
+            Ok(())
+        }
+
+        fn take(&mut self, key: &MuteKey) -> Result<(), MapError> {
+            self.0.remove(&bytes(key)).map(|_| ()).ok_or_else(|| enoent("bpf_map_delete_elem"))
+        }
+    }
+
+    impl FakeMap {
+        fn syn(&mut self, key: &FlowKey) {
+            self.0.remove(&bytes(&mute_key(key)));
+        }
+
+        fn muting(&self, key: &FlowKey) -> bool {
+            self.0.get(&bytes(&mute_key(key))).is_some_and(|v| v.armed != 0)
+        }
+    }
+
+    fn flow(port: u16) -> FlowKey {
+        FlowKey { client: format!("10.0.0.1:{port}").parse().unwrap(), server: "10.0.0.2:80".parse().unwrap() }
+    }
+
+    #[test]
+    fn a_mute_is_armed_a_round_after_it_went_in() {
+        let (mut map, mut mutes) = (FakeMap::default(), Mutes::default());
+        mutes.apply(&mut map, &mut vec![Mute::On { key: flow(1), from_seq: 7 }]);
+        assert!(!map.muting(&flow(1)) && mutes.has_pending());
+        mutes.apply(&mut map, &mut Vec::new());
+        assert!(map.muting(&flow(1)) && !mutes.has_pending());
+        assert_eq!(map.0[&bytes(&mute_key(&flow(1)))], MuteValue { from_seq: 7, armed: 1 });
+        assert_eq!(mutes.stats, MuteStats { muted: 1, ..Default::default() });
+    }
+
+    /// The race: the old connection closed and a new one on its 4-tuple opened (SYN) after the
+    /// round that asked for the mute had drained, before the entry went in. The next round sees
+    /// the SYN (the flow table's unmute): the entry is removed, never armed.
+    #[test]
+    fn a_syn_before_the_entry_went_in_keeps_the_new_connection_unmuted() {
+        let (mut map, mut mutes) = (FakeMap::default(), Mutes::default());
+        map.syn(&flow(1));
+        mutes.apply(&mut map, &mut vec![Mute::On { key: flow(1), from_seq: 7 }]);
+        assert!(!map.muting(&flow(1)));
+        mutes.apply(&mut map, &mut vec![Mute::Off(flow(1))]);
+        assert!(map.0.is_empty() && !mutes.has_pending());
+        assert_eq!(mutes.stats, MuteStats { unmuted: 1, ..Default::default() });
+    }
+
+    /// A SYN after the entry went in takes it out in the kernel: arming it fails.
+    #[test]
+    fn a_syn_after_the_entry_went_in_withdraws_it() {
+        let (mut map, mut mutes) = (FakeMap::default(), Mutes::default());
+        mutes
+            .apply(&mut map, &mut vec![Mute::On { key: flow(1), from_seq: 7 }, Mute::On { key: flow(2), from_seq: 9 }]);
+        map.syn(&flow(1));
+        mutes.apply(&mut map, &mut Vec::new());
+        assert!(!map.muting(&flow(1)) && map.muting(&flow(2)));
+        assert_eq!(map.0.len(), 1);
+        assert_eq!(mutes.stats, MuteStats { muted: 1, withdrawn: 1, ..Default::default() });
+    }
+
+    /// A renewal goes in unarmed too, and a flow muted and ended in one round leaves nothing.
+    #[test]
+    fn renewals_rearm_and_a_flow_ended_in_its_round_leaves_nothing() {
+        let (mut map, mut mutes) = (FakeMap::default(), Mutes::default());
+        mutes.apply(&mut map, &mut vec![Mute::On { key: flow(1), from_seq: 7 }]);
+        mutes.apply(&mut map, &mut vec![Mute::On { key: flow(1), from_seq: 1 << 29 }]);
+        assert!(!map.muting(&flow(1)));
+        mutes.apply(&mut map, &mut vec![Mute::On { key: flow(2), from_seq: 3 }, Mute::Off(flow(2))]);
+        assert!(map.muting(&flow(1)) && !map.0.contains_key(&bytes(&mute_key(&flow(2)))));
+        assert!(!mutes.has_pending());
+        assert_eq!(map.0[&bytes(&mute_key(&flow(1)))], MuteValue { from_seq: 1 << 29, armed: 1 });
+        assert_eq!(mutes.stats, MuteStats { muted: 2, unmuted: 1, ..Default::default() });
+    }
 
     #[test]
     fn beyond_the_cap_mutes_are_left_out_and_unmutes_never() {

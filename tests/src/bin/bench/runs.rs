@@ -126,7 +126,9 @@ pub fn in_a_row(env: &Env, rate: u32, secs: u64, n: usize, req: &[u8]) -> Result
         );
         out.push((l, used, mirrored));
     }
-    a.detach(env)?;
+    if let Some(summary) = a.detach(env)? {
+        println!("  summary: {summary}");
+    }
     Ok(out)
 }
 
