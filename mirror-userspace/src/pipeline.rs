@@ -42,6 +42,133 @@ pub struct Outbound {
     pub compare: Option<u64>,
 }
 
+/// A body piece at least this long is kept as a slice of the segment it came in (written with the
+/// others by one `writev`), not copied: an upload's 60,000-byte segments cost the capture thread
+/// no copy past the one out of the ring. Shorter pieces are copied together into one buffer, so a
+/// body that arrived in many small segments is still one piece.
+pub const SLICE_MIN: usize = 16 * 1024;
+
+/// What a kept slice is charged at least: the largest payload one live sample carries, each
+/// copied out of the ring into an allocation of its own (a slice keeps its whole segment's
+/// allocation alive, and the part of a segment a body keeps may be shorter than the segment). A
+/// longer segment (offline, from a capture file) is charged what was delivered of it.
+pub const SLICE_CHARGE: usize = mirror_common::MAX_INLINE_CAPTURE as usize;
+
+/// A request body as held for a mirror: its bytes in order, as one or more pieces (see
+/// [`SLICE_MIN`]). Equal when the bytes are, however they are cut.
+#[derive(Debug, Clone, Default)]
+pub struct Body {
+    pieces: smallvec::SmallVec<[Bytes; 2]>,
+    /// What it keeps alive (the allocations its pieces are slices of, at least their bytes).
+    held: usize,
+}
+
+impl Body {
+    /// A body of one piece that holds exactly its bytes.
+    pub fn from_bytes(b: Bytes) -> Self {
+        let held = b.len();
+        let mut pieces = smallvec::SmallVec::new();
+        if !b.is_empty() {
+            pieces.push(b);
+        }
+        Self { pieces, held }
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.pieces.iter().map(Bytes::len).sum()
+    }
+
+    /// Whether it has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.pieces.is_empty()
+    }
+
+    /// The memory it keeps alive (at least [`Body::len`]).
+    pub fn held(&self) -> usize {
+        self.held
+    }
+
+    /// Its pieces, in order (none empty).
+    pub fn pieces(&self) -> &[Bytes] {
+        &self.pieces
+    }
+
+    /// Its bytes in one piece (a copy unless it has one piece).
+    pub fn concat(&self) -> Bytes {
+        match &self.pieces[..] {
+            [] => Bytes::new(),
+            [one] => one.clone(),
+            many => Bytes::from(many.concat()),
+        }
+    }
+}
+
+impl PartialEq for Body {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.concat() == other.concat()
+    }
+}
+
+impl Eq for Body {}
+
+/// A body being read ([`InFlight::body`]): slices of segments kept, shorter pieces copied into
+/// `tail`.
+#[derive(Debug, Default)]
+struct BodyBuf {
+    /// Pieces done: kept slices, and copied runs closed by a slice after them.
+    done: smallvec::SmallVec<[Bytes; 2]>,
+    /// Bytes in `done`.
+    done_len: usize,
+    /// What `done` keeps alive (see [`SLICE_CHARGE`]).
+    done_held: usize,
+    /// Short pieces copied since the last kept slice.
+    tail: BytesMut,
+}
+
+impl BodyBuf {
+    fn len(&self) -> usize {
+        self.done_len + self.tail.len()
+    }
+
+    /// What it keeps alive.
+    fn held(&self) -> usize {
+        self.done_held + self.tail.capacity()
+    }
+
+    /// Appends `b`, a piece of a segment whose delivered bytes were `arrived` long: kept as a
+    /// slice if it is at least [`SLICE_MIN`], else copied (see [`memory::hold`]; `max` bounds the
+    /// copy buffer, `declared` is the body's Content-Length).
+    fn push(&mut self, b: Bytes, arrived: usize, max: usize, declared: Option<usize>) {
+        if b.len() >= SLICE_MIN {
+            self.close_tail();
+            self.done_len += b.len();
+            self.done_held += b.len().max(arrived).max(SLICE_CHARGE);
+            self.done.push(b);
+        } else {
+            let room = max.saturating_sub(self.done_len);
+            memory::hold(&mut self.tail, &b, room, declared.map(|d| d.saturating_sub(self.done_len)));
+        }
+    }
+
+    fn close_tail(&mut self) {
+        if !self.tail.is_empty() {
+            let t = std::mem::take(&mut self.tail);
+            self.done_len += t.len();
+            self.done_held += t.capacity();
+            self.done.push(t.freeze());
+        }
+    }
+
+    /// The body so far; leaves this empty.
+    fn take(&mut self) -> Body {
+        self.close_tail();
+        let body = Body { pieces: std::mem::take(&mut self.done), held: self.done_held };
+        *self = Self::default();
+        body
+    }
+}
+
 /// The start of a request for a mirror: the head with Host rewritten, and the body bytes so far,
 /// exactly as seen (chunk framing included).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +176,7 @@ pub struct Request {
     /// The head as this mirror gets it (Host and headers per its policy).
     pub head: Bytes,
     /// The body bytes (all of them for a whole request, those held so far for a streamed one).
-    pub body: Bytes,
+    pub body: Body,
     /// The request method.
     pub method: &'static str,
 }
@@ -188,7 +315,7 @@ struct InFlight {
     /// The request-target, kept only if a copy of it is compared (the comparison records it).
     target: Option<Box<str>>,
     /// Body bytes held until the request completes or outgrows the buffer.
-    body: BytesMut,
+    body: BodyBuf,
     /// Its Content-Length, if it has one (see [`memory::hold`]).
     declared: Option<usize>,
     head_len: usize,
@@ -210,7 +337,7 @@ impl HttpState {
 
     /// What it holds now: the framer's buffer and the buffered body (their allocations).
     fn holding(&self) -> (usize, usize) {
-        (self.framer.held(), self.current.as_ref().map_or(0, |c| c.body.capacity()))
+        (self.framer.held(), self.current.as_ref().map_or(0, |c| c.body.held()))
     }
 }
 
@@ -388,8 +515,9 @@ impl Pipeline {
                 StreamEvent::Data(data) => {
                     // The common case, with one look-up of the flow's state.
                     let st = http_state(&mut self.http, &self.framer_cfg, key);
+                    let arrived = data.len();
                     st.framer.on_data(data, &mut http);
-                    self.routing.apply(key, st, &mut http, out);
+                    self.routing.apply(key, st, &mut http, out, arrived);
                     charge(st, key, &self.memory, &mut self.by_held);
                     continue;
                 }
@@ -404,7 +532,7 @@ impl Pipeline {
                 StreamEvent::Close(_) => {
                     if let Some(mut st) = self.http.remove(&key) {
                         st.framer.on_close(&mut http);
-                        self.routing.apply(key, &mut st, &mut http, out);
+                        self.routing.apply(key, &mut st, &mut http, out, 0);
                         self.forget(key, st.held);
                     }
                     self.routing.compare.close(key, false);
@@ -416,7 +544,7 @@ impl Pipeline {
                 }
             }
             if let Some(st) = self.http.get_mut(&key) {
-                self.routing.apply(key, st, &mut http, out);
+                self.routing.apply(key, st, &mut http, out, 0);
                 self.account(key);
             }
         }
@@ -459,7 +587,7 @@ impl Pipeline {
                 continue;
             };
             st.framer.shed(http);
-            self.routing.apply(key, st, http, out);
+            self.routing.apply(key, st, http, out, 0);
             self.routing.stats.shed_flows += 1;
             self.account(key);
             if let Some(st) = self.http.get(&key).filter(|st| st.held != (0, 0)) {
@@ -472,7 +600,16 @@ impl Pipeline {
 }
 
 impl RouteStage {
-    fn apply(&mut self, key: FlowKey, st: &mut HttpState, http: &mut Vec<HttpEvent>, out: &mut Vec<Outbound>) {
+    /// `arrived`: the length of the delivered bytes the events' body pieces were cut from (0 when
+    /// none were delivered), for what a kept slice is charged.
+    fn apply(
+        &mut self,
+        key: FlowKey,
+        st: &mut HttpState,
+        http: &mut Vec<HttpEvent>,
+        out: &mut Vec<Outbound>,
+        arrived: usize,
+    ) {
         for ev in http.drain(..) {
             match ev {
                 HttpEvent::Head(head) => {
@@ -514,7 +651,7 @@ impl RouteStage {
                         target: compared.then(|| head.target().into()),
                         // No room before the first bytes: a Content-Length is a promise, not
                         // bytes; the buffer grows as they arrive (see `hold`).
-                        body: BytesMut::new(),
+                        body: BodyBuf::default(),
                         declared: match head.body {
                             BodyKind::Length(n) => usize::try_from(n).ok(),
                             _ => None,
@@ -529,13 +666,13 @@ impl RouteStage {
                     }
                     let streaming = cur.shadows[0].stream.is_some();
                     if !streaming && cur.head_len + cur.body.len() + b.len() <= self.buffer_bytes {
-                        memory::hold(&mut cur.body, &b, self.buffer_bytes - cur.head_len, cur.declared);
+                        cur.body.push(b, arrived, self.buffer_bytes - cur.head_len, cur.declared);
                         continue;
                     }
                     if !streaming {
                         // Outgrew the buffer: start a stream per mirror with what is held.
-                        cur.body.extend_from_slice(&b);
-                        let body = std::mem::take(&mut cur.body).freeze();
+                        cur.body.push(b, arrived, usize::MAX, None);
+                        let body = cur.body.take();
                         self.stats.streamed += 1;
                         for Shadow { mirror, head, stream, role } in &mut cur.shadows {
                             let id = self.next_stream;
@@ -559,8 +696,8 @@ impl RouteStage {
                 }
                 HttpEvent::End => {
                     self.stats.requests_complete += 1;
-                    let Some(cur) = st.current.take() else { continue };
-                    let body = cur.body.freeze();
+                    let Some(mut cur) = st.current.take() else { continue };
+                    let body = cur.body.take();
                     for Shadow { mirror, head, stream, role } in cur.shadows {
                         if let Some((id, true)) = role {
                             self.compare.expect(

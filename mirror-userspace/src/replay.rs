@@ -137,7 +137,8 @@ impl Spare {
 /// The bytes an item holds while queued: its own size (a queue slot, its strings) and its bytes.
 fn weight(ob: &Outbound) -> usize {
     let bytes = match &ob.part {
-        Part::Whole(r) | Part::Start { request: r, .. } => r.head.len() + r.body.len() + r.method.len(),
+        // A body's pieces may keep more alive than their bytes (slices of whole segments).
+        Part::Whole(r) | Part::Start { request: r, .. } => r.head.len() + r.body.held() + r.method.len(),
         Part::More { bytes, .. } => bytes.len(),
         Part::End { .. } | Part::Abort { .. } => 0,
     };

@@ -41,7 +41,7 @@ fn dechunked_len(raw: &[u8]) -> usize {
 
 fn body_len(o: &Request) -> usize {
     let head = String::from_utf8_lossy(&o.head).to_ascii_lowercase();
-    if head.contains("\r\ntransfer-encoding:") { dechunked_len(&o.body) } else { o.body.len() }
+    if head.contains("\r\ntransfer-encoding:") { dechunked_len(&o.body.concat()) } else { o.body.len() }
 }
 
 /// Replays a capture through the pipeline, mirroring everything; returns requests per flow.

@@ -180,7 +180,15 @@ impl RequestFramer {
                     }
                     match parsed {
                         Some((rest, rest_offset)) => {
-                            data = rest;
+                            // A body after a head that began in an earlier segment is a slice of
+                            // the buffer both were put together in: a long one gets its own
+                            // allocation, so that a body piece kept whole never keeps more than
+                            // the segment it came in (short ones are copied by their user).
+                            data = if moved || rest.len() < crate::pipeline::SLICE_MIN {
+                                rest
+                            } else {
+                                Bytes::copy_from_slice(&rest)
+                            };
                             data_offset = rest_offset;
                         }
                         None => return,

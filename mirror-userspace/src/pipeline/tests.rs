@@ -45,7 +45,7 @@ fn post_is_mirrored_with_host_rewritten_and_body_identical() {
     assert_eq!(out.len(), 1);
     let r = out[0].whole().unwrap();
     assert_eq!(&r.head[..], b"POST /post HTTP/1.1\r\nHost: httpbin-shadow:8000\r\nContent-Length: 11\r\n\r\n");
-    assert_eq!(&r.body[..], b"hello world");
+    assert_eq!(&r.body.concat()[..], b"hello world");
     assert_eq!(p.stats().mirrored, 1);
 }
 
@@ -83,7 +83,7 @@ fn only_what_the_primary_processed_reaches_the_mirror() {
     p.finish(&mut out);
     let targets: Vec<&str> = out.iter().map(|o| o.whole().unwrap().target()).collect();
     assert_eq!(targets, ["/up"]);
-    assert_eq!(&out[0].whole().unwrap().body[..], body);
+    assert_eq!(&out[0].whole().unwrap().body.concat()[..], body);
     assert_eq!((p.flows().stats.segments_without_ack, p.flows().stats.rst_ignored), (1, 1));
 }
 
@@ -145,7 +145,7 @@ fn a_segment_lost_inside_a_body_loses_that_request_only() {
     p.finish(&mut out);
     let targets: Vec<&str> = out.iter().map(|o| o.whole().unwrap().target()).collect();
     assert_eq!(targets, ["/2"]);
-    assert_eq!(&out[0].whole().unwrap().body[..], b"body");
+    assert_eq!(&out[0].whole().unwrap().body.concat()[..], b"body");
     assert_eq!(p.stats().dropped.get(&DropReason::Gap), Some(&1));
     assert_eq!((p.flows().stats.gaps, p.flows().stats.flows_given_up_gap), (1, 0));
 }
@@ -211,3 +211,61 @@ fn streamed_request_cut_by_a_gap_is_aborted() {
 mod compare;
 mod memory_budget;
 mod targets;
+
+/// An upload as the capture ships it (a 60,000-byte segment with the head, then the tail): the
+/// body's long piece is the segment's own bytes, not a copy; the tail is copied; the mirror gets
+/// the bytes in order, and the budget is charged at least the segment the slice keeps alive.
+#[test]
+fn a_long_body_piece_is_kept_as_a_slice_of_its_segment_and_charged_the_segment() {
+    let mut p = pipeline(100.0).with_memory(Arc::new(Memory::new(1 << 30)));
+    let body: Vec<u8> = (0..65_536u32).map(|i| (i % 251) as u8).collect();
+    let head = format!("POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+    let mut req = head.clone();
+    req.extend_from_slice(&body);
+    let first = Bytes::copy_from_slice(&req[..60_000]);
+    let at = first.as_ptr();
+    let mut out = Vec::new();
+    let now = Duration::ZERO;
+    p.on_segment(Segment::to_server(key(), 1, 0, TCP_SYN, Bytes::new()), now, &mut out);
+    p.on_segment(Segment::to_client(key(), 7, 2, TCP_SYN | TCP_ACK, 0), now, &mut out);
+    p.on_segment(Segment::to_server(key(), 2, 8, TCP_ACK, first), now, &mut out);
+    p.on_segment(Segment::to_client(key(), 8, 60_002, TCP_ACK, 0), now, &mut out);
+    // Held while the tail is awaited: the segment, charged at least SLICE_CHARGE.
+    assert_eq!(p.memory.held(Held::Bodies), SLICE_CHARGE);
+    let tail = Bytes::copy_from_slice(&req[60_000..]);
+    p.on_segment(Segment::to_server(key(), 60_002, 8, TCP_ACK, tail), now, &mut out);
+    p.on_segment(Segment::to_client(key(), 8, 2 + req.len() as u32, TCP_ACK, 0), now, &mut out);
+    assert_eq!(out.len(), 1);
+    let r = out[0].whole().unwrap();
+    assert_eq!(r.body.concat(), Bytes::from(body.clone()));
+    let pieces = r.body.pieces();
+    assert_eq!(pieces.len(), 2);
+    assert_eq!(pieces[0].as_ptr(), at.wrapping_add(head.len()), "a slice of the segment");
+    assert_eq!(pieces[0].len(), 60_000 - head.len());
+    assert_eq!(r.body.held(), SLICE_CHARGE + (req.len() - 60_000));
+    assert_eq!(p.memory.held(Held::Bodies), 0, "handed on");
+}
+
+/// A body that came in many short segments is one copied piece, held within its declared
+/// length; pieces and bytes agree however the body was cut.
+#[test]
+fn short_body_pieces_are_copied_into_one() {
+    let mut p = pipeline(100.0);
+    let body: Vec<u8> = (0..20_000u32).map(|i| (i % 13) as u8).collect();
+    let mut req = format!("POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+    let head_len = req.len();
+    req.extend_from_slice(&body);
+    let mut segs: Vec<(u32, u8, &[u8])> = vec![(1, TCP_SYN, b"")];
+    segs.extend(req.chunks(1448).enumerate().map(|(i, c)| (2 + (i * 1448) as u32, TCP_ACK, c)));
+    let out = feed(&mut p, &segs);
+    assert_eq!(out.len(), 1);
+    let r = out[0].whole().unwrap();
+    assert_eq!(r.body.pieces().len(), 1);
+    assert_eq!(r.body.concat(), Bytes::from(body));
+    assert!(head_len < 1448);
+    assert_eq!(r.body.held(), 20_000, "its declared length, exactly");
+    // Cut differently, equal.
+    let other = Body::from_bytes(r.body.concat().slice(..7));
+    assert_ne!(r.body, other);
+    assert_eq!(r.body, Body::from_bytes(r.body.concat()));
+}

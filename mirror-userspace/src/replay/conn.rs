@@ -422,7 +422,9 @@ fn write(c: &mut Conn, ob: Outbound, tries: u8, rec: &Recorder, now: Instant) {
                 _ => None,
             };
             c.push(head, 0);
-            c.push(body, 0);
+            for piece in body.pieces() {
+                c.push(piece.clone(), 0);
+            }
             if let Some(s) = stream {
                 c.active = Some((s, 1));
             }

@@ -19,7 +19,7 @@ use crate::{
     config::{Pace, ReplaySettings},
     flow::FlowKey,
     memory::{Held, Memory},
-    pipeline::{Outbound, Part, Request},
+    pipeline::{Body, Outbound, Part, Request},
     stats::DropReason,
 };
 
@@ -36,7 +36,7 @@ fn ob(part: Part) -> Outbound {
 
 fn get(i: usize, method: &'static str) -> Outbound {
     let head = format!("{method} /{i} HTTP/1.1\r\nHost: m\r\n\r\n");
-    ob(Part::Whole(Request { head: Bytes::from(head), body: Bytes::new(), method }))
+    ob(Part::Whole(Request { head: Bytes::from(head), body: Body::default(), method }))
 }
 
 /// How the scripted server answers.
@@ -189,7 +189,7 @@ async fn requests_a_failed_connection_may_have_processed_are_dropped_not_resent(
 async fn a_stream_missing_a_part_is_reset_after_the_requests_before_it_are_answered() {
     let start = Request {
         head: Bytes::from_static(b"POST /s HTTP/1.1\r\nContent-Length: 10\r\n\r\n"),
-        body: Bytes::from_static(b"ab"),
+        body: Body::from_bytes(Bytes::from_static(b"ab")),
         method: "POST",
     };
     let items = vec![
@@ -212,7 +212,7 @@ async fn an_upload_longer_than_the_request_timeout_is_not_timed_out_while_it_is_
     // 150 ms over 1.2 s keep it alive, and its answer is counted.
     let start = Request {
         head: Bytes::from_static(b"POST /s HTTP/1.1\r\nContent-Length: 16\r\n\r\n"),
-        body: Bytes::from_static(b"ab"),
+        body: Body::from_bytes(Bytes::from_static(b"ab")),
         method: "POST",
     };
     let mut items = vec![ob(Part::Start { stream: 9, request: start })];

@@ -49,8 +49,8 @@ fn the_largest_body_is_shed_at_the_budget_and_the_rest_still_goes_through() {
     send(&mut p, b, 1 + hb.len() as u32, &vec![b'b'; 300_000], &mut out);
     check_books(&p);
     assert_eq!(p.stats().shed_flows, 0, "{:?} held {}", p.stats(), p.memory.used());
-    // A's next 200 kB go beyond the budget: A, the largest, is shed.
-    send(&mut p, a, 1 + ha.len() as u32 + 500_000, &vec![b'a'; 200_000], &mut out);
+    // A's next 300 kB go beyond the budget: A, the largest, is shed.
+    send(&mut p, a, 1 + ha.len() as u32 + 500_000, &vec![b'a'; 300_000], &mut out);
     check_books(&p);
     assert!(p.memory.used() <= 1 << 20);
     assert_eq!(p.stats().shed_flows, 1);
@@ -60,7 +60,7 @@ fn the_largest_body_is_shed_at_the_budget_and_the_rest_still_goes_through() {
     assert_eq!(out.len(), 1, "B is whole");
     assert_eq!(out[0].flow, b);
     assert_eq!(out[0].whole().unwrap().body.len(), 400_000);
-    send(&mut p, a, 1 + ha.len() as u32 + 700_000, &vec![b'a'; 200_000], &mut out);
+    send(&mut p, a, 1 + ha.len() as u32 + 800_000, &vec![b'a'; 100_000], &mut out);
     send(&mut p, c, 1, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", &mut out);
     assert_eq!(out.len(), 2);
     assert_eq!(out[1].flow, c);
