@@ -683,6 +683,9 @@ impl RouteStage {
                         }
                         continue;
                     }
+                    // A short piece gets its own allocation (a slice of it could keep its whole
+                    // segment alive while charged its length: see `replay::weight`).
+                    let b = if b.len() < SLICE_MIN { Bytes::copy_from_slice(&b) } else { b };
                     for Shadow { mirror, stream, role, .. } in &mut cur.shadows {
                         let (id, index) = stream.as_mut().expect("streaming");
                         *index += 1;

@@ -18,7 +18,10 @@
 //! whose SYN passed before the entry went in is therefore never muted: its SYN reaches the daemon
 //! by the next round, which ends the old flow (an unmute, so the entry is not armed but removed),
 //! and a SYN after the entry went in takes it out in the kernel (so arming it fails). Muting
-//! starts a round (at most `capture.batchMs`, or the idle wake) later than the flow asked.
+//! starts a round (at most `capture.batchMs`, or the idle wake) later than the flow asked. A
+//! renewal (the flow went half a span on) of an entry armed a round ago or more replaces it armed
+//! at once, but only if it is still there (`BPF_EXIST`: a SYN since would have taken it out, and
+//! the renewal then goes in unarmed like a new mute).
 
 use aya::maps::{HashMap as BpfHashMap, MapData, MapError};
 use mirror_common::{MuteKey, MuteValue};
@@ -114,7 +117,8 @@ impl Mutes {
         // A flow that ended or saw a SYN since its entry went in has an unmute here: its entry is
         // removed below, never armed.
         let ended = |k: &FlowKey| changes.contains(&Mute::Off(*k));
-        for (key, value) in std::mem::take(&mut self.pending) {
+        let last = std::mem::take(&mut self.pending);
+        for &(key, value) in &last {
             if ended(&key) {
                 continue;
             }
@@ -132,6 +136,13 @@ impl Mutes {
         for change in changes.drain(..) {
             match change {
                 Mute::On { key, from_seq } => {
+                    // A renewal of an entry that went in a round ago or more and is still there
+                    // (no SYN took it out since): replaced armed, only if it exists (BPF_EXIST).
+                    let settled = !last.iter().chain(&self.pending).any(|(k, _)| *k == key);
+                    if settled && map.put(&mute_key(&key), MuteValue { from_seq, armed: 1 }, true).is_ok() {
+                        self.stats.muted += 1;
+                        continue;
+                    }
                     let value = MuteValue { from_seq, armed: 0 };
                     match map.put(&mute_key(&key), value, false) {
                         Ok(()) => {
@@ -298,5 +309,48 @@ mod tests {
         assert_eq!(k.family, 6);
         assert_eq!(k.client, "fd00::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
         assert_eq!(k.server, "fd00::2".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    }
+
+    /// Review of 0f979a9: a renewal (the flow went half a span on) of an entry armed long ago
+    /// replaces it with an unarmed one (BPF_ANY): the given-up connection ships its payload again
+    /// for a round (up to `capture.batchMs`, at the given-up flow's own rate), at every renewal.
+    #[test]
+    fn review_a_renewal_keeps_an_armed_mute_armed() {
+        let (mut map, mut mutes) = (FakeMap::default(), Mutes::default());
+        mutes.apply(&mut map, &mut vec![Mute::On { key: flow(1), from_seq: 7 }]);
+        mutes.apply(&mut map, &mut Vec::new());
+        assert!(map.muting(&flow(1)));
+        mutes.apply(&mut map, &mut vec![Mute::On { key: flow(1), from_seq: 1 << 29 }]);
+        assert!(map.muting(&flow(1)), "a renewal unmuted an armed connection for a round");
+        assert_eq!(map.0[&bytes(&mute_key(&flow(1)))].from_seq, 1 << 29);
+    }
+
+    /// Review of 0f979a9: the fix proposed for the renewal must keep the guarantee. A SYN took
+    /// the armed entry out and the old flow asks for a renewal before the daemon saw that SYN:
+    /// the renewal must not arm an entry a new connection could meet.
+    #[test]
+    fn review_a_renewal_after_a_syn_is_not_armed_at_once() {
+        let (mut map, mut mutes) = (FakeMap::default(), Mutes::default());
+        mutes.apply(&mut map, &mut vec![Mute::On { key: flow(1), from_seq: 7 }]);
+        mutes.apply(&mut map, &mut Vec::new());
+        map.syn(&flow(1));
+        mutes.apply(&mut map, &mut vec![Mute::On { key: flow(1), from_seq: 1 << 29 }]);
+        assert!(!map.muting(&flow(1)));
+        // The next round sees the SYN: the old flow's unmute.
+        mutes.apply(&mut map, &mut vec![Mute::Off(flow(1))]);
+        assert!(map.0.is_empty() && !mutes.has_pending());
+    }
+
+    /// Review of 0f979a9: a mute put in last round (not armed yet) and renewed this round must
+    /// not be armed at once either (a SYN that passed before it went in is not seen yet).
+    #[test]
+    fn review_a_renewal_of_a_pending_mute_waits_its_round() {
+        let (mut map, mut mutes) = (FakeMap::default(), Mutes::default());
+        mutes.apply(&mut map, &mut vec![Mute::On { key: flow(1), from_seq: 7 }]);
+        // A SYN passed before the entry went in (the kernel found nothing to take out).
+        mutes.apply(&mut map, &mut vec![Mute::On { key: flow(1), from_seq: 1 << 29 }]);
+        // The first entry was armed by that round (it had waited its round), then replaced.
+        mutes.apply(&mut map, &mut vec![Mute::Off(flow(1))]);
+        assert!(map.0.is_empty());
     }
 }

@@ -111,7 +111,7 @@ impl RequestFramer {
                         return;
                     }
                     let take = (*remaining).min(data.len() as u64) as usize;
-                    out.push(HttpEvent::Body(data.split_to(take)));
+                    out.push(HttpEvent::Body(own_if_more(data.split_to(take), &data)));
                     data_offset += take as u64;
                     *remaining -= take as u64;
                     if *remaining == 0 {
@@ -137,7 +137,7 @@ impl RequestFramer {
                     match body.advance(&data) {
                         Ok(n) => {
                             if n > 0 {
-                                out.push(HttpEvent::Body(data.split_to(n)));
+                                out.push(HttpEvent::Body(own_if_more(data.split_to(n), &data)));
                                 data_offset += n as u64;
                             }
                             if body.is_done() {
@@ -154,6 +154,9 @@ impl RequestFramer {
                 State::Head | State::Resync => {
                     // `buf` holds bytes from before `data`; offset of its first byte:
                     data_offset -= self.buf.len() as u64;
+                    // The head began in bytes fed before: `buf` is an allocation of ours that may
+                    // be larger than any segment.
+                    let carried = !self.buf.is_empty();
                     // Nothing held: `data` itself becomes the buffer when nothing else holds it,
                     // so the body after a head in the same segment (an upload's first 64 KB) is
                     // handed on as a slice, not copied.
@@ -184,7 +187,7 @@ impl RequestFramer {
                             // the buffer both were put together in: a long one gets its own
                             // allocation, so that a body piece kept whole never keeps more than
                             // the segment it came in (short ones are copied by their user).
-                            data = if moved || rest.len() < crate::pipeline::SLICE_MIN {
+                            data = if !carried || rest.len() < crate::pipeline::SLICE_MIN {
                                 rest
                             } else {
                                 Bytes::copy_from_slice(&rest)
@@ -369,6 +372,14 @@ impl RequestFramer {
             }
         }
     }
+}
+
+/// `piece`, cut from the front of `rest`: when bytes follow it and it is short (its user copies
+/// it anyway), a copy of its own, so that `rest` is again the only holder of its allocation and
+/// the next head is parsed in place (`try_into_mut`), not copied with everything after it (one
+/// copy of the rest of a segment per pipelined request was quadratic).
+fn own_if_more(piece: Bytes, rest: &Bytes) -> Bytes {
+    if !rest.is_empty() && piece.len() < crate::pipeline::SLICE_MIN { Bytes::copy_from_slice(&piece) } else { piece }
 }
 
 enum Resync {

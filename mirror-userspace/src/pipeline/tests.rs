@@ -208,6 +208,7 @@ fn streamed_request_cut_by_a_gap_is_aborted() {
     assert_eq!(p.stats().dropped.get(&DropReason::StreamAborted), Some(&1));
 }
 
+mod body_pieces;
 mod compare;
 mod memory_budget;
 mod targets;

@@ -376,3 +376,6 @@ fn spare_batch_vectors_are_kept_within_bounds() {
     assert!(kept[..super::Spare::KEEP].iter().all(|v| v.is_empty() && v.capacity() >= 64));
     assert_eq!(kept[super::Spare::KEEP].capacity(), 0, "at most KEEP vectors are kept, the large one not at all");
 }
+
+#[path = "tests/streamed_parts.rs"]
+mod streamed_parts;
