@@ -301,6 +301,8 @@ impl Assembler {
         if end <= self.next || data.is_empty() || self.stopped {
             return Insert::Duplicate;
         }
+        // What a piece of `data` held here keeps alive, at most (see `own_if_short`).
+        let source = data.len();
         let off = if off < self.next {
             let _ = data.split_to((self.next - off) as usize);
             self.next
@@ -344,7 +346,7 @@ impl Assembler {
         }
         for (o, d) in fresh {
             self.buffered += d.len();
-            self.pending.insert(o, d);
+            self.pending.insert(o, own_if_short(d, source));
         }
         if let Some((s, e)) = conflict {
             // One wall covers every conflicting range (and the bytes between them): a second
@@ -485,6 +487,14 @@ impl Assembler {
             self.next = end;
         }
     }
+}
+
+/// `piece` of a segment `source` bytes long, in an allocation of its own when it is less than
+/// half of it. Held bytes are charged by their count, and a slice keeps its whole segment alive:
+/// without this, segments that overlap what is held but for a byte (which the primary's TCP
+/// accepts) would keep 60,000 bytes alive for each byte charged.
+pub(crate) fn own_if_short(piece: Bytes, source: usize) -> Bytes {
+    if piece.len().saturating_mul(2) < source { Bytes::copy_from_slice(&piece) } else { piece }
 }
 
 #[cfg(test)]

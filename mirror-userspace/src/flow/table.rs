@@ -297,7 +297,9 @@ impl FlowTable {
                     self.stats.retransmitted_segments += 1;
                     return;
                 }
+                let source = payload.len();
                 let _ = payload.split_to(before as usize);
+                payload = super::assembler::own_if_short(payload, source);
                 0
             }
         };
