@@ -104,6 +104,19 @@ impl Body {
     }
 }
 
+/// A body piece as it is handed on, with what it keeps alive: kept as a slice of its segment if
+/// it is at least [`SLICE_MIN`] long (charged at least [`SLICE_CHARGE`], or the `arrived` bytes it
+/// was cut from), else in an allocation of its own (charged its length).
+fn kept(b: Bytes, arrived: usize) -> (Bytes, usize) {
+    if b.len() >= SLICE_MIN {
+        let held = b.len().max(arrived).max(SLICE_CHARGE);
+        (b, held)
+    } else {
+        let held = b.len();
+        (Bytes::copy_from_slice(&b), held)
+    }
+}
+
 impl PartialEq for Body {
     fn eq(&self, other: &Self) -> bool {
         self.len() == other.len() && self.concat() == other.concat()
@@ -142,8 +155,9 @@ impl BodyBuf {
     fn push(&mut self, b: Bytes, arrived: usize, max: usize, declared: Option<usize>) {
         if b.len() >= SLICE_MIN {
             self.close_tail();
+            let (b, held) = kept(b, arrived);
             self.done_len += b.len();
-            self.done_held += b.len().max(arrived).max(SLICE_CHARGE);
+            self.done_held += held;
             self.done.push(b);
         } else {
             let room = max.saturating_sub(self.done_len);
@@ -211,6 +225,8 @@ pub enum Part {
         index: u64,
         /// Raw body bytes, as seen.
         bytes: Bytes,
+        /// What they keep alive (see [`kept`]).
+        held: usize,
     },
     /// The streamed request is complete (`index` is one past the last `More`).
     End {
@@ -684,15 +700,15 @@ impl RouteStage {
                         continue;
                     }
                     // A short piece gets its own allocation (a slice of it could keep its whole
-                    // segment alive while charged its length: see `replay::weight`).
-                    let b = if b.len() < SLICE_MIN { Bytes::copy_from_slice(&b) } else { b };
+                    // segment alive while charged its length).
+                    let (b, held) = kept(b, arrived);
                     for Shadow { mirror, stream, role, .. } in &mut cur.shadows {
                         let (id, index) = stream.as_mut().expect("streaming");
                         *index += 1;
                         out.push(outbound(
                             key,
                             mirror,
-                            Part::More { stream: *id, index: *index - 1, bytes: b.clone() },
+                            Part::More { stream: *id, index: *index - 1, bytes: b.clone(), held },
                             *role,
                         ));
                     }

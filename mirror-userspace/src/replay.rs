@@ -139,11 +139,7 @@ fn weight(ob: &Outbound) -> usize {
     let bytes = match &ob.part {
         // A body's pieces may keep more alive than their bytes (slices of whole segments).
         Part::Whole(r) | Part::Start { request: r, .. } => r.head.len() + r.body.held() + r.method.len(),
-        // A long part is a slice of its segment (a short one was copied: see `Pipeline`).
-        Part::More { bytes, .. } if bytes.len() >= crate::pipeline::SLICE_MIN => {
-            bytes.len().max(crate::pipeline::SLICE_CHARGE)
-        }
-        Part::More { bytes, .. } => bytes.len(),
+        Part::More { held, .. } => *held,
         Part::End { .. } | Part::Abort { .. } => 0,
     };
     std::mem::size_of::<Outbound>() + bytes

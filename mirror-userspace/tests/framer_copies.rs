@@ -1,4 +1,4 @@
-//! Review of d5e5a7a: bytes copied by the framer for one 60,000-byte segment of pipelined small
+//! Bytes copied by the framer for one 60,000-byte segment of pipelined small
 //! uploads (each request: a head and a 1-byte body). Counted with a counting allocator (this test
 //! binary has one test, so nothing else allocates meanwhile).
 
@@ -32,7 +32,7 @@ unsafe impl GlobalAlloc for Counting {
 static A: Counting = Counting;
 
 #[test]
-fn review_pipelined_uploads_in_one_segment_are_not_copied_over_and_over() {
+fn pipelined_uploads_in_one_segment_are_not_copied_over_and_over() {
     let one = b"POST /u HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\nx";
     let n = 60_000 / one.len();
     let seg = Bytes::from(one.repeat(n));

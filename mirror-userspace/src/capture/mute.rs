@@ -264,7 +264,8 @@ mod tests {
         assert_eq!(mutes.stats, MuteStats { muted: 1, withdrawn: 1, ..Default::default() });
     }
 
-    /// A renewal goes in unarmed too, and a flow muted and ended in one round leaves nothing.
+    /// A renewal of an entry not armed yet goes in unarmed, and a flow muted and ended in one
+    /// round leaves nothing.
     #[test]
     fn renewals_rearm_and_a_flow_ended_in_its_round_leaves_nothing() {
         let (mut map, mut mutes) = (FakeMap::default(), Mutes::default());
@@ -311,11 +312,11 @@ mod tests {
         assert_eq!(k.server, "fd00::2".parse::<std::net::Ipv6Addr>().unwrap().octets());
     }
 
-    /// Review of 0f979a9: a renewal (the flow went half a span on) of an entry armed long ago
-    /// replaces it with an unarmed one (BPF_ANY): the given-up connection ships its payload again
-    /// for a round (up to `capture.batchMs`, at the given-up flow's own rate), at every renewal.
+    /// A renewal (the flow went half a span on) of an entry armed a round ago or more keeps it
+    /// armed: replaced unarmed, the given-up connection would ship its payload again for a round
+    /// at every renewal.
     #[test]
-    fn review_a_renewal_keeps_an_armed_mute_armed() {
+    fn a_renewal_keeps_an_armed_mute_armed() {
         let (mut map, mut mutes) = (FakeMap::default(), Mutes::default());
         mutes.apply(&mut map, &mut vec![Mute::On { key: flow(1), from_seq: 7 }]);
         mutes.apply(&mut map, &mut Vec::new());
@@ -325,11 +326,10 @@ mod tests {
         assert_eq!(map.0[&bytes(&mute_key(&flow(1)))].from_seq, 1 << 29);
     }
 
-    /// Review of 0f979a9: the fix proposed for the renewal must keep the guarantee. A SYN took
-    /// the armed entry out and the old flow asks for a renewal before the daemon saw that SYN:
+    /// Arming renewals at once keeps the guarantee. A SYN took the armed entry out and the old flow asks for a renewal before the daemon saw that SYN:
     /// the renewal must not arm an entry a new connection could meet.
     #[test]
-    fn review_a_renewal_after_a_syn_is_not_armed_at_once() {
+    fn a_renewal_after_a_syn_is_not_armed_at_once() {
         let (mut map, mut mutes) = (FakeMap::default(), Mutes::default());
         mutes.apply(&mut map, &mut vec![Mute::On { key: flow(1), from_seq: 7 }]);
         mutes.apply(&mut map, &mut Vec::new());
@@ -341,10 +341,10 @@ mod tests {
         assert!(map.0.is_empty() && !mutes.has_pending());
     }
 
-    /// Review of 0f979a9: a mute put in last round (not armed yet) and renewed this round must
+    /// A mute put in last round (not armed yet) and renewed this round must
     /// not be armed at once either (a SYN that passed before it went in is not seen yet).
     #[test]
-    fn review_a_renewal_of_a_pending_mute_waits_its_round() {
+    fn a_renewal_of_a_pending_mute_waits_its_round() {
         let (mut map, mut mutes) = (FakeMap::default(), Mutes::default());
         mutes.apply(&mut map, &mut vec![Mute::On { key: flow(1), from_seq: 7 }]);
         // A SYN passed before the entry went in (the kernel found nothing to take out).

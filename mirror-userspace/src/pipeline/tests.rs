@@ -186,8 +186,8 @@ fn large_request_is_streamed_in_order_and_small_ones_stay_whole() {
     let out = feed(&mut p, &segs);
     let parts: Vec<&Part> = out.iter().map(|o| &o.part).collect();
     assert!(matches!(parts[0], Part::Start { stream: 0, request } if request.head.len() + request.body.len() == 120));
-    assert!(matches!(parts[1], Part::More { stream: 0, index: 1, bytes } if bytes.len() == 100));
-    assert!(matches!(parts[2], Part::More { stream: 0, index: 2, bytes } if bytes.len() == big.len() - 220));
+    assert!(matches!(parts[1], Part::More { stream: 0, index: 1, bytes, .. } if bytes.len() == 100));
+    assert!(matches!(parts[2], Part::More { stream: 0, index: 2, bytes, .. } if bytes.len() == big.len() - 220));
     assert!(matches!(parts[3], Part::End { stream: 0, index: 3 }));
     assert!(matches!(parts[4], Part::Whole(r) if r.target() == "/small"));
     assert_eq!((p.stats().streamed, p.stats().mirrored), (1, 2));

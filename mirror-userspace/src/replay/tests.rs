@@ -195,7 +195,7 @@ async fn a_stream_missing_a_part_is_reset_after_the_requests_before_it_are_answe
     let items = vec![
         get(0, "GET"),
         ob(Part::Start { stream: 9, request: start }),
-        ob(Part::More { stream: 9, index: 2, bytes: Bytes::from_static(b"cd") }),
+        ob(Part::More { stream: 9, index: 2, bytes: Bytes::from_static(b"cd"), held: 2 }),
         ob(Part::End { stream: 9, index: 3 }),
         get(1, "GET"),
     ];
@@ -217,7 +217,7 @@ async fn an_upload_longer_than_the_request_timeout_is_not_timed_out_while_it_is_
     };
     let mut items = vec![ob(Part::Start { stream: 9, request: start })];
     for index in 1..=7 {
-        items.push(ob(Part::More { stream: 9, index, bytes: Bytes::from_static(b"cd") }));
+        items.push(ob(Part::More { stream: 9, index, bytes: Bytes::from_static(b"cd"), held: 2 }));
     }
     items.push(ob(Part::End { stream: 9, index: 8 }));
     items.push(get(1, "GET"));

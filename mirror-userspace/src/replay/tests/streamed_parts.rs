@@ -1,4 +1,4 @@
-//! Review of d5e5a7a: what a streamed request's parts keep alive against what replay charges.
+//! What a streamed request's parts keep alive against what replay charges.
 
 use std::sync::Arc;
 
@@ -39,7 +39,7 @@ fn send(p: &mut Pipeline, seq: u32, data: Bytes, ack: u32, out: &mut Vec<Outboun
 /// connection, 16,384 by default, i.e. ~1 GB per mirror connection, against a 64 MiB
 /// maxQueuedBytes).
 #[test]
-fn review_a_streamed_part_is_charged_at_least_what_it_keeps_alive() {
+fn a_streamed_part_is_charged_at_least_what_it_keeps_alive() {
     let mut p = pipeline(100_000);
     let mut out = Vec::new();
     let now = std::time::Duration::ZERO;
@@ -52,10 +52,13 @@ fn review_a_streamed_part_is_charged_at_least_what_it_keeps_alive() {
     send(&mut p, 60_002, Bytes::from(vec![b'b'; 60_000]), 120_002, &mut out);
     assert!(matches!(out.last().map(|o| &o.part), Some(Part::Start { .. })), "streaming");
     // Retransmissions: 59,999 bytes already delivered, one new byte each.
-    let mut segs = Vec::new();
+    // Each segment is kept alive here too: an allocation made after one was freed could land
+    // at its address and pass for a slice of it.
+    let (mut segs, mut alive) = (Vec::new(), Vec::new());
     for next in 120_002u32..120_012 {
         let seg = Bytes::from(vec![b'c'; 60_000]);
         segs.push((seg.as_ptr() as usize, seg.len()));
+        alive.push(seg.clone());
         send(&mut p, next + 1 - 60_000, seg, next + 1, &mut out);
     }
     let mores: Vec<&Outbound> = out.iter().filter(|o| matches!(o.part, Part::More { .. })).collect();
