@@ -77,7 +77,8 @@ static MIRROR_ADDRS6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(MAX_PREF
 /// Connections the daemon gave up on (a gap it cannot frame past, or picked up mid-stream): their
 /// segments are shipped as headers only, so that a connection whose requests will never be
 /// mirrored costs the ring and the daemon ~80 bytes a segment, not its payload. Filled and emptied
-/// by the daemon; a SYN on the 4-tuple (a new connection) takes its entry out here at once.
+/// by the daemon; a SYN on the 4-tuple (a new connection) takes its entry out here, right after
+/// the SYN's sample is published.
 #[map(name = "MIRROR_MUTED")]
 static MIRROR_MUTED: LruHashMap<MuteKey, MuteValue> = LruHashMap::with_max_entries(MAX_MUTED, 0);
 
@@ -246,24 +247,20 @@ fn capture(ctx: &TcContext) -> Result<(), ()> {
     ev.dport = dport;
     ev.seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
     let mut payload_at = payload_off;
-    if payload_off < ip_end || tcp[13] & TCP_SYN != 0 {
-        let key = MuteKey {
-            client: ev.saddr,
-            server: ev.daddr,
-            client_port: ev.sport,
-            server_port: dport,
-            family: ev.family,
-            _pad: [0; 3],
-        };
-        if tcp[13] & TCP_SYN != 0 {
-            // A new connection on this 4-tuple: whatever was muted was another one's.
-            let _ = MIRROR_MUTED.remove(key);
-        } else if muted(&key, ev.seq) {
-            // Headers only: the length stays in `payload_len`, nothing is appended.
-            inline = 0;
-            payload_at = 0;
-            bump(STAT_MUTED);
-        }
+    let key = MuteKey {
+        client: ev.saddr,
+        server: ev.daddr,
+        client_port: ev.sport,
+        server_port: dport,
+        family: ev.family,
+        _pad: [0; 3],
+    };
+    let syn = tcp[13] & TCP_SYN != 0;
+    if payload_off < ip_end && !syn && muted(&key, ev.seq) {
+        // Headers only: the length stays in `payload_len`, nothing is appended.
+        inline = 0;
+        payload_at = 0;
+        bump(STAT_MUTED);
     }
     ev.ack = u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]);
     ev.tcp_flags = tcp[13];
@@ -285,6 +282,13 @@ fn capture(ctx: &TcContext) -> Result<(), ()> {
             size_of::<SegmentEvent>() as u64,
         )
     };
+    if syn {
+        // A new connection on this 4-tuple: whatever was muted was another one's. Taken out only
+        // after the SYN's sample is published, so a mute the daemon puts in before this removal is
+        // removed here, and one put in after it is put in after the SYN can be read: the daemon's
+        // next drain sees the SYN (which ends the old flow) before it arms the entry.
+        let _ = MIRROR_MUTED.remove(key);
+    }
     if ret != 0 {
         bump(STAT_LOST);
         debug!(ctx, "perf ring full: segment to port {} lost", dport);

@@ -17,7 +17,10 @@
 //! there), unless the flow ended or saw a SYN meanwhile. A new connection on the same 4-tuple
 //! whose SYN passed before the entry went in is therefore never muted: its SYN reaches the daemon
 //! by the next round, which ends the old flow (an unmute, so the entry is not armed but removed),
-//! and a SYN after the entry went in takes it out in the kernel (so arming it fails). Muting
+//! and a SYN after the entry went in takes it out in the kernel (so arming it fails). The
+//! classifier takes the entry out only after it published the SYN's sample, so "before" and
+//! "after" are one order: an entry put in after the removal was put in after the SYN could be
+//! read, and the next round's drain sees it. Muting
 //! starts a round (at most `capture.batchMs`, or the idle wake) later than the flow asked. A
 //! renewal (the flow went half a span on) of an entry armed a round ago or more replaces it armed
 //! at once, but only if it is still there (`BPF_EXIST`: a SYN since would have taken it out, and
