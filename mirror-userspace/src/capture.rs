@@ -378,7 +378,7 @@ impl Capture {
         }
     }
 
-    /// Whether mutes put in last round wait to be armed.
+    /// Whether mutes put in last round wait to be armed, or mutes were put off to this round.
     pub fn mutes_pending(&self) -> bool {
         self.mutes.has_pending()
     }

@@ -4,14 +4,18 @@
 //! mid-stream) no longer costs the ring and the capture thread its payload. Under a ring overflow
 //! that matters most: the flows it broke stop competing for the ring with the flows still whole.
 //!
-//! Muting only saves work, so it is best effort: at most [`MAX_PER_ROUND`] mutes a round (a
-//! flood of flows given up at once costs a bounded number of system calls), the rest dropped and
-//! counted. Unmutes are never dropped (each follows a mute applied, so they are bounded by them):
-//! an entry left behind would mute the next connection on its 4-tuple should that one's SYN
-//! have passed before the entry went in. Otherwise the kernel takes an entry out at the next SYN
+//! At most [`MAX_PER_ROUND`] mutes are applied a round (a flood of flows given up at once costs a
+//! bounded number of system calls a round); the rest wait for the next round, first in line,
+//! unless their flow ends before (counted as `deferred`). Unmutes are never put off (each
+//! follows a mute applied, so they are bounded by them): an entry left behind would mute the
+//! next connection on its 4-tuple should that one's SYN have passed before the entry went in. Otherwise the kernel takes an entry out at the next SYN
 //! on its 4-tuple (a new connection), it covers only [`mirror_common::MUTE_SPAN`] bytes of
 //! sequence space, and the map forgets its least recently used entries beyond
-//! [`mirror_common::MAX_MUTED`].
+//! [`mirror_common::MAX_MUTED`]. On a full map the kernel takes a node for an update (evicting
+//! the least recently used entry) before it checks `BPF_EXIST`, so even an arming that fails
+//! may evict another flow's entry. Either way a forgotten entry only costs work: that flow's
+//! segments carry their payload again (framing ignores it: the flow is given up) until it asks
+//! again, half a span on.
 //!
 //! A mute goes in unarmed and is armed a round later (`BPF_EXIST`: only if the entry is still
 //! there), unless the flow ended or saw a SYN meanwhile. A new connection on the same 4-tuple
@@ -45,7 +49,10 @@ pub struct MuteStats {
     pub withdrawn: u64,
     /// Flows unmuted as they ended.
     pub unmuted: u64,
-    /// Changes not applied: mutes beyond [`MAX_PER_ROUND`] in a round, or refused by the kernel.
+    /// Mutes put off to a later round: beyond [`MAX_PER_ROUND`] in a round (each time one is
+    /// put off). They go first next round, unless their flow ends before.
+    pub deferred: u64,
+    /// Changes the kernel refused (the map's errors other than "no such entry").
     pub skipped: u64,
 }
 
@@ -56,19 +63,41 @@ pub fn mute_key(key: &FlowKey) -> MuteKey {
     MuteKey { client, server, client_port: key.client.port(), server_port: key.server.port(), family, _pad: [0; 3] }
 }
 
-/// Leaves out of `changes` the mutes beyond the first [`MAX_PER_ROUND`] (every unmute stays, the
-/// order too); returns how many were left out.
-fn within_cap(changes: &mut Vec<Mute>) -> u64 {
+/// Puts `deferred` (mutes put off by earlier rounds, oldest first) before `changes`, and moves
+/// the mutes beyond the first [`MAX_PER_ROUND`] back into `deferred` for a later round (every
+/// unmute stays, the order too). A mute whose flow ends this round (an unmute of its key in
+/// `changes`) is never put off: applied next round it would be an entry for a connection that is
+/// gone, and the next one on its 4-tuple (whose SYN has passed) would be muted. Returns how many
+/// were put off.
+fn within_cap(deferred: &mut Vec<Mute>, changes: &mut Vec<Mute>) -> u64 {
+    let ended = ending(changes);
+    let mut all = std::mem::take(deferred);
+    all.retain(|c| !matches!(c, Mute::On { key, .. } if ended.contains(key)));
+    all.append(changes);
     let mut ons = 0;
-    let before = changes.len();
-    changes.retain(|c| match c {
-        Mute::On { .. } => {
-            ons += 1;
-            ons <= MAX_PER_ROUND
+    for c in all {
+        match c {
+            Mute::On { key, .. } if ons >= MAX_PER_ROUND => {
+                if !ended.contains(&key) {
+                    deferred.push(c);
+                }
+            }
+            Mute::On { .. } => {
+                ons += 1;
+                changes.push(c);
+            }
+            Mute::Off(_) => changes.push(c),
         }
-        Mute::Off(_) => true,
-    });
-    (before - changes.len()) as u64
+    }
+    deferred.len() as u64
+}
+
+/// Flow keys hashed as the flow table hashes them (keys from the wire: a keyed hasher).
+type FlowSet = std::collections::HashSet<FlowKey, foldhash::fast::RandomState>;
+
+/// The flows `changes` unmutes: they ended (or saw a SYN) this round.
+fn ending(changes: &[Mute]) -> FlowSet {
+    changes.iter().filter_map(|c| if let Mute::Off(k) = c { Some(*k) } else { None }).collect()
 }
 
 /// What [`Mutes`] needs of the kernel map (the map itself; a fake with its semantics in tests).
@@ -102,6 +131,9 @@ fn absent(e: &MapError) -> bool {
 pub struct Mutes {
     /// Entries put in (unarmed) by the last round, to arm.
     pending: Vec<(FlowKey, MuteValue)>,
+    /// Mutes beyond the last round's cap, oldest first: applied before the next round's own.
+    /// At most one per given-up flow and half span, so bounded by the flow table.
+    deferred: Vec<Mute>,
     /// What was done (monotonic).
     pub stats: MuteStats,
 }
@@ -109,17 +141,19 @@ pub struct Mutes {
 impl Mutes {
     /// Whether the next round has something to do even if the flow table asks nothing.
     pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
+        !self.pending.is_empty() || !self.deferred.is_empty()
     }
 
     /// One round: arms last round's entries (except those whose flow this round ends), then
-    /// applies `changes` in order (mutes beyond the first [`MAX_PER_ROUND`] left out; each mute
-    /// goes in unarmed, to be armed next round) and empties it.
+    /// applies the mutes earlier rounds put off and `changes`, in order (mutes beyond the first
+    /// [`MAX_PER_ROUND`] put off to the next round; each mute goes in unarmed, to be armed next
+    /// round) and empties it.
     pub fn apply(&mut self, map: &mut impl MuteMap, changes: &mut Vec<Mute>) {
-        self.stats.skipped += within_cap(changes);
+        self.stats.deferred += within_cap(&mut self.deferred, changes);
         // A flow that ended or saw a SYN since its entry went in has an unmute here: its entry is
         // removed below, never armed.
-        let ended = |k: &FlowKey| changes.contains(&Mute::Off(*k));
+        let ended = ending(changes);
+        let ended = |k: &FlowKey| ended.contains(k);
         let last = std::mem::take(&mut self.pending);
         for &(key, value) in &last {
             if ended(&key) {
@@ -282,21 +316,47 @@ mod tests {
         assert_eq!(mutes.stats, MuteStats { muted: 2, unmuted: 1, ..Default::default() });
     }
 
+    /// Mutes beyond the cap wait for the next round (they go first there); unmutes are never
+    /// put off, and a mute whose flow ends is dropped, whether it ends in the round it asked or
+    /// in a later one.
     #[test]
-    fn beyond_the_cap_mutes_are_left_out_and_unmutes_never() {
-        let key = |p: u16| FlowKey {
-            client: format!("10.0.0.1:{p}").parse().unwrap(),
-            server: "10.0.0.2:80".parse().unwrap(),
-        };
-        let mut changes: Vec<Mute> = (0..300).map(|p| Mute::On { key: key(p), from_seq: 1 }).collect();
-        // The last mutes' flows end in the same round: their unmutes must all go through.
-        changes.extend((250..300).map(|p| Mute::Off(key(p))));
-        assert_eq!(within_cap(&mut changes), 44);
-        let ons = changes.iter().filter(|c| matches!(c, Mute::On { .. })).count();
-        let offs: Vec<&Mute> = changes.iter().filter(|c| matches!(c, Mute::Off(_))).collect();
-        assert_eq!((ons, offs.len()), (MAX_PER_ROUND, 50));
-        // In order: every mute kept comes before the unmutes, as asked.
-        assert!(changes[..MAX_PER_ROUND].iter().all(|c| matches!(c, Mute::On { .. })));
+    fn beyond_the_cap_mutes_wait_their_turn_and_unmutes_never_do() {
+        let (mut map, mut mutes) = (FakeMap::default(), Mutes::default());
+        let mut changes: Vec<Mute> = (0..300).map(|p| Mute::On { key: flow(p), from_seq: 1 }).collect();
+        // The last mutes' flows end in the same round: their unmutes all go through, and their
+        // mutes are not kept for later.
+        changes.extend((290..300).map(|p| Mute::Off(flow(p))));
+        mutes.apply(&mut map, &mut changes);
+        assert!(changes.is_empty());
+        assert_eq!(map.0.len(), MAX_PER_ROUND);
+        assert_eq!(mutes.stats, MuteStats { deferred: 34, unmuted: 10, ..Default::default() });
+        // Next round: one of the flows put off ends, the others go in first (unarmed), before
+        // this round's own mute; last round's entries are armed.
+        let mut changes = vec![Mute::Off(flow(256)), Mute::On { key: flow(1000), from_seq: 1 }];
+        mutes.apply(&mut map, &mut changes);
+        assert!((0..256).all(|p| map.muting(&flow(p))));
+        assert!((257..290).chain([1000]).all(|p| map.0.contains_key(&bytes(&mute_key(&flow(p))))));
+        assert!(!map.0.contains_key(&bytes(&mute_key(&flow(256)))));
+        assert!((290..300).all(|p| !map.0.contains_key(&bytes(&mute_key(&flow(p))))));
+        mutes.apply(&mut map, &mut Vec::new());
+        assert!((257..290).chain([1000]).all(|p| map.muting(&flow(p))) && !mutes.has_pending());
+        assert_eq!(mutes.stats, MuteStats { muted: 256 + 34, deferred: 34, unmuted: 11, ..Default::default() });
+    }
+
+    /// A flood of mutes is applied [`MAX_PER_ROUND`] a round, oldest first, every one in the end.
+    #[test]
+    fn mutes_put_off_go_first_next_round() {
+        let mut deferred = Vec::new();
+        let mut changes: Vec<Mute> = (0..600).map(|p| Mute::On { key: flow(p), from_seq: 1 }).collect();
+        assert_eq!(within_cap(&mut deferred, &mut changes), 344);
+        assert_eq!(changes.len(), MAX_PER_ROUND);
+        let mut next = vec![Mute::On { key: flow(700), from_seq: 1 }];
+        assert_eq!(within_cap(&mut deferred, &mut next), 89);
+        assert_eq!(next.first(), Some(&Mute::On { key: flow(256), from_seq: 1 }));
+        let mut last = Vec::new();
+        assert_eq!(within_cap(&mut deferred, &mut last), 0);
+        assert_eq!(last.len(), 89);
+        assert_eq!(last.last(), Some(&Mute::On { key: flow(700), from_seq: 1 }));
     }
 
     #[test]
