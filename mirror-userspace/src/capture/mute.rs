@@ -6,16 +6,25 @@
 //!
 //! At most [`MAX_PER_ROUND`] mutes are applied a round (a flood of flows given up at once costs a
 //! bounded number of system calls a round); the rest wait for the next round, first in line,
-//! unless their flow ends before (counted as `deferred`). Unmutes are never put off (each
-//! follows a mute applied, so they are bounded by them): an entry left behind would mute the
-//! next connection on its 4-tuple should that one's SYN have passed before the entry went in. Otherwise the kernel takes an entry out at the next SYN
+//! unless their flow ends before (counted as `deferred`); a flow's mutes in a round, or waiting,
+//! are one (a flow picked up mid-stream says where it stands by its own segments, so a forged one
+//! can ask at every segment: that costs one map update a round). Unmutes are never put off (a
+//! flow asks for one only after it asked for a mute, so they are bounded by those): an entry
+//! left behind would mute the next connection on its 4-tuple should that one's SYN have passed
+//! before the entry went in. Otherwise the kernel takes an entry out at the next SYN
 //! on its 4-tuple (a new connection), it covers only [`mirror_common::MUTE_SPAN`] bytes of
 //! sequence space, and the map forgets its least recently used entries beyond
 //! [`mirror_common::MAX_MUTED`]. On a full map the kernel takes a node for an update (evicting
 //! the least recently used entry) before it checks `BPF_EXIST`, so even an arming that fails
-//! may evict another flow's entry. Either way a forgotten entry only costs work: that flow's
-//! segments carry their payload again (framing ignores it: the flow is given up) until it asks
-//! again, half a span on.
+//! may evict another flow's entry (`BPF_EXIST` is used only where the entry went in a round
+//! before: arming, renewing). Either way a forgotten entry only costs work: that flow's segments
+//! carry their payload again (framing ignores it: the flow is given up) until it asks again,
+//! half a span on.
+//!
+//! A SYN whose sample the ring lost is not seen by the daemon at all: an entry put in after the
+//! kernel took the old one out at that SYN is armed, and mutes the new connection. That costs
+//! nothing: without its SYN, the new connection's segments are taken for the old given-up flow's
+//! (or, after it ends, for a flow picked up mid-stream) and are not mirrored either way.
 //!
 //! A mute goes in unarmed and is armed a round later (`BPF_EXIST`: only if the entry is still
 //! there), unless the flow ended or saw a SYN meanwhile. A new connection on the same 4-tuple
@@ -34,7 +43,7 @@ use aya::maps::{HashMap as BpfHashMap, MapData, MapError};
 use mirror_common::{MuteKey, MuteValue};
 
 use super::key_addr;
-use crate::flow::{FlowKey, Mute};
+use crate::flow::{FlowKey, FlowMap, Mute};
 
 /// Most mutes applied in one round of the capture loop (unmutes are all applied).
 pub const MAX_PER_ROUND: usize = 256;
@@ -63,25 +72,41 @@ pub fn mute_key(key: &FlowKey) -> MuteKey {
     MuteKey { client, server, client_port: key.client.port(), server_port: key.server.port(), family, _pad: [0; 3] }
 }
 
-/// Puts `deferred` (mutes put off by earlier rounds, oldest first) before `changes`, and moves
-/// the mutes beyond the first [`MAX_PER_ROUND`] back into `deferred` for a later round (every
-/// unmute stays, the order too). A mute whose flow ends this round (an unmute of its key in
-/// `changes`) is never put off: applied next round it would be an entry for a connection that is
-/// gone, and the next one on its 4-tuple (whose SYN has passed) would be muted. Returns how many
-/// were put off.
+/// Puts `deferred` (mutes put off by earlier rounds, oldest first) before `changes`, merges the
+/// mutes of each flow into one (the latest asked, in the place of the first), drops a mute that
+/// an unmute of its key follows (its connection ended or saw a SYN: applied later, the entry
+/// would be on a 4-tuple the next connection may hold; a mute after the unmute is that next
+/// connection's own), and moves the mutes beyond the first [`MAX_PER_ROUND`] back into
+/// `deferred` for a later round (every unmute stays, the order too). So `deferred` holds at most
+/// one mute per flow, and a flow that asks again and again costs one slot. Returns how many were
+/// put off.
 fn within_cap(deferred: &mut Vec<Mute>, changes: &mut Vec<Mute>) -> u64 {
-    let ended = ending(changes);
     let mut all = std::mem::take(deferred);
-    all.retain(|c| !matches!(c, Mute::On { key, .. } if ended.contains(key)));
     all.append(changes);
-    let mut ons = 0;
+    let mut merged: Vec<Option<Mute>> = Vec::with_capacity(all.len());
+    // Where each flow's mute not followed (yet) by an unmute of its key is in `merged`.
+    let mut open: FlowMap<usize> = FlowMap::default();
     for c in all {
         match c {
-            Mute::On { key, .. } if ons >= MAX_PER_ROUND => {
-                if !ended.contains(&key) {
-                    deferred.push(c);
+            Mute::On { key, .. } => match open.get(&key) {
+                Some(&i) => merged[i] = Some(c),
+                None => {
+                    open.insert(key, merged.len());
+                    merged.push(Some(c));
                 }
+            },
+            Mute::Off(key) => {
+                if let Some(i) = open.remove(&key) {
+                    merged[i] = None;
+                }
+                merged.push(Some(c));
             }
+        }
+    }
+    let mut ons = 0;
+    for c in merged.into_iter().flatten() {
+        match c {
+            Mute::On { .. } if ons >= MAX_PER_ROUND => deferred.push(c),
             Mute::On { .. } => {
                 ons += 1;
                 changes.push(c);
@@ -132,8 +157,12 @@ pub struct Mutes {
     /// Entries put in (unarmed) by the last round, to arm.
     pending: Vec<(FlowKey, MuteValue)>,
     /// Mutes beyond the last round's cap, oldest first: applied before the next round's own.
-    /// At most one per given-up flow and half span, so bounded by the flow table.
+    /// At most one per flow (see [`within_cap`]), so bounded by the flow table.
     deferred: Vec<Mute>,
+    /// Flows whose entry this daemon armed (it may be gone since: a SYN, the map's LRU): only
+    /// these are renewed in place. A first mute goes straight in unarmed, with no `BPF_EXIST`
+    /// attempt that must fail first (on a full map such an attempt may evict another entry).
+    armed: FlowSet,
     /// What was done (monotonic).
     pub stats: MuteStats,
 }
@@ -160,7 +189,10 @@ impl Mutes {
                 continue;
             }
             match map.put(&mute_key(&key), MuteValue { armed: 1, ..value }, true) {
-                Ok(()) => self.stats.muted += 1,
+                Ok(()) => {
+                    self.stats.muted += 1;
+                    self.armed.insert(key);
+                }
                 // A SYN on the 4-tuple took the entry out (or the map forgot it): a new
                 // connection, not to be muted.
                 Err(e) if absent(&e) => self.stats.withdrawn += 1,
@@ -175,7 +207,8 @@ impl Mutes {
                 Mute::On { key, from_seq } => {
                     // A renewal of an entry that went in a round ago or more and is still there
                     // (no SYN took it out since): replaced armed, only if it exists (BPF_EXIST).
-                    let settled = !last.iter().chain(&self.pending).any(|(k, _)| *k == key);
+                    let settled =
+                        self.armed.contains(&key) && !last.iter().chain(&self.pending).any(|(k, _)| *k == key);
                     if settled && map.put(&mute_key(&key), MuteValue { from_seq, armed: 1 }, true).is_ok() {
                         self.stats.muted += 1;
                         continue;
@@ -183,6 +216,7 @@ impl Mutes {
                     let value = MuteValue { from_seq, armed: 0 };
                     match map.put(&mute_key(&key), value, false) {
                         Ok(()) => {
+                            self.armed.remove(&key);
                             self.pending.retain(|(k, _)| *k != key);
                             self.pending.push((key, value));
                         }
@@ -193,6 +227,7 @@ impl Mutes {
                     }
                 }
                 Mute::Off(key) => {
+                    self.armed.remove(&key);
                     self.pending.retain(|(k, _)| *k != key);
                     match map.take(&mute_key(&key)) {
                         // Already gone (a SYN took it out, or the map forgot it): as good.
@@ -220,7 +255,7 @@ mod tests {
     /// The kernel map's semantics: BPF_EXIST fails on an absent key, removal of one too; `syn`
     /// is what the classifier does at a SYN on the 4-tuple; `muting` whether it would mute.
     #[derive(Default)]
-    struct FakeMap(HashMap<Vec<u8>, MuteValue>);
+    struct FakeMap(HashMap<Vec<u8>, MuteValue>, usize);
 
     fn bytes(k: &MuteKey) -> Vec<u8> {
         let mut b = k.client.to_vec();
@@ -237,6 +272,7 @@ mod tests {
 
     impl MuteMap for FakeMap {
         fn put(&mut self, key: &MuteKey, value: MuteValue, only_existing: bool) -> Result<(), MapError> {
+            self.1 += 1;
             if only_existing && !self.0.contains_key(&bytes(key)) {
                 return Err(enoent("bpf_map_update_elem"));
             }
@@ -357,6 +393,67 @@ mod tests {
         assert_eq!(within_cap(&mut deferred, &mut last), 0);
         assert_eq!(last.len(), 89);
         assert_eq!(last.last(), Some(&Mute::On { key: flow(700), from_seq: 1 }));
+    }
+
+    /// A mute after an unmute of its key in one round (the old connection ended, a new one on the
+    /// 4-tuple was given up and asked) is the new connection's: beyond the cap it waits its turn
+    /// like any other, it is not dropped (its flow asks again only half a span on).
+    #[test]
+    fn a_mute_after_an_unmute_of_its_key_is_put_off_not_dropped() {
+        let (mut map, mut mutes) = (FakeMap::default(), Mutes::default());
+        let mut changes: Vec<Mute> =
+            (0..MAX_PER_ROUND as u16).map(|p| Mute::On { key: flow(p), from_seq: 1 }).collect();
+        changes.push(Mute::Off(flow(1000)));
+        changes.push(Mute::On { key: flow(1000), from_seq: 5 });
+        mutes.apply(&mut map, &mut changes);
+        assert_eq!(mutes.stats.deferred, 1);
+        mutes.apply(&mut map, &mut Vec::new());
+        mutes.apply(&mut map, &mut Vec::new());
+        assert!(map.muting(&flow(1000)), "the new connection's mute was dropped, not put off");
+        assert_eq!(map.0[&bytes(&mute_key(&flow(1000)))].from_seq, 5);
+    }
+
+    /// A flow asking again and again (a forged flow picked up mid-stream asks at every segment
+    /// whose sequence number jumps half a span) costs one map update a round (a first mute goes
+    /// straight in, no `BPF_EXIST` attempt first), whether its mutes fit the cap or wait: one
+    /// waiting mute at most, the latest asked.
+    #[test]
+    fn a_flow_asking_again_and_again_costs_one_update_a_round() {
+        let (mut map, mut mutes) = (FakeMap::default(), Mutes::default());
+        let mut changes: Vec<Mute> = (0..300u32).map(|i| Mute::On { key: flow(7), from_seq: i << 20 }).collect();
+        mutes.apply(&mut map, &mut changes);
+        assert_eq!((map.1, mutes.deferred.len()), (1, 0));
+        assert_eq!(map.0[&bytes(&mute_key(&flow(7)))].from_seq, 299 << 20);
+        // Beyond the cap: 256 other flows first, then one flow's 1,000 asks wait as one.
+        for round in 0..20u32 {
+            let mut changes: Vec<Mute> =
+                (0..MAX_PER_ROUND as u16).map(|p| Mute::On { key: flow(1000 + p), from_seq: round }).collect();
+            changes.extend((0..1000u32).map(|i| Mute::On { key: flow(7), from_seq: round * 1000 + i }));
+            mutes.apply(&mut map, &mut changes);
+            assert!(mutes.deferred.len() <= 1, "{} mutes wait for one flow", mutes.deferred.len());
+        }
+        // Put off once, flow 7 goes first the round after (oldest first): each round it went in
+        // with the latest it asked, and the last of the 256 others waits.
+        assert_eq!(mutes.deferred, [Mute::On { key: flow(1000 + 255), from_seq: 19 }]);
+        assert_eq!(map.0[&bytes(&mute_key(&flow(7)))].from_seq, 19 * 1000 + 999);
+    }
+
+    /// One flow's asks do not starve another's: a mute asked while another flow floods the cap
+    /// is applied within two rounds of the flood's end, and the flood's own mute with it.
+    #[test]
+    fn one_flows_asks_do_not_starve_another_flows_mute() {
+        let (mut map, mut mutes) = (FakeMap::default(), Mutes::default());
+        for round in 0..10u32 {
+            let mut changes: Vec<Mute> =
+                (0..1000u32).map(|i| Mute::On { key: flow(7), from_seq: (round * 1000 + i) << 12 }).collect();
+            if round == 5 {
+                changes.push(Mute::On { key: flow(8), from_seq: 1 });
+            }
+            mutes.apply(&mut map, &mut changes);
+        }
+        mutes.apply(&mut map, &mut Vec::new());
+        assert!(map.muting(&flow(8)) && map.muting(&flow(7)));
+        assert!(!mutes.has_pending());
     }
 
     #[test]

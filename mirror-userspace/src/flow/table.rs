@@ -625,6 +625,13 @@ fn ask_mute(flow: &mut Flow, key: FlowKey, seq: u32, mutes: &mut Vec<Mute>) {
     let at = if flow.confirmed { flow.base.wrapping_add(flow.asm.acked() as u32) } else { seq };
     let from_seq = at.wrapping_sub(MUTE_SLACK);
     let ahead = |a: u32, b: u32, by: u32| (by..1 << 31).contains(&a.wrapping_sub(b));
+    // A SYN of another ISN waits for the server's answer (strict mode): the kernel took the mute
+    // out at that SYN, and the 4-tuple may be a new connection's by now. Asked again only once
+    // the server acknowledged more of this connection since, which ends the wait (the SYN was a
+    // stray or a forgery, answered by a challenge ACK); its SYN-ACK would make a new flow.
+    if flow.pending_isn.is_some() {
+        return;
+    }
     // Again once the client went half a span on and, if confirmed, the server's acknowledgements
     // followed (there a segment far ahead alone, forged or not, asks for nothing); never for
     // bytes sent before the last mute took effect.

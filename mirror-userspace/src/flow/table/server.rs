@@ -45,6 +45,15 @@ impl FlowTable {
         };
         flow.last_seen = now;
         if seg.flags & TCP_ACK != 0 {
+            if !syn_ack
+                && flow.pending_isn.is_some()
+                && flow.server_ack.is_some_and(|before| (1..1 << 31).contains(&seg.ack.wrapping_sub(before)))
+            {
+                // The server acknowledged more of this connection after the SYN of another ISN:
+                // it holds this one still (it answered that SYN with a challenge ACK, or the SYN
+                // was forged), so no SYN-ACK for it will come.
+                flow.pending_isn = None;
+            }
             flow.server_ack = Some(seg.ack);
             let answers_syn = syn_ack && flow.syn_seen && flow.syn_ack_matches(seg.ack);
             if answers_syn {

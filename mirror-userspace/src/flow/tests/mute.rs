@@ -138,18 +138,40 @@ fn a_new_connection_on_the_four_tuple_ends_the_mute_and_is_not_muted() {
     assert_eq!(mutes(&mut t), []);
 }
 
+/// A SYN of another ISN on a given-up flow (strict mode): the kernel took the mute out at it.
+/// Until the server answers, the 4-tuple may be a new connection's, so the old flow's late (or
+/// forged) bytes ask for nothing (a mute put in then would be armed on the new connection if its
+/// SYN-ACK came two rounds later). Once the server acknowledges more of the old connection (it
+/// answered the stray SYN with a challenge ACK), the old flow is muted again.
 #[test]
-fn a_stray_syn_unmutes_a_given_up_flow_which_asks_again() {
+fn a_stray_syn_unmutes_a_given_up_flow_which_asks_again_once_the_server_goes_on() {
     let mut t = muting();
     given_up(&mut t);
     run(&mut t, vec![seg(104, TCP_ACK, b"d")]);
     assert_eq!(mutes(&mut t).len(), 1);
-    // A late duplicate (or spoofed) SYN of another ISN: the kernel took the mute out.
     run(&mut t, vec![seg(7000, TCP_SYN, b"")]);
     assert_eq!(mutes(&mut t), [Mute::Off(key())]);
-    // The old connection goes on: its payload comes again, and it is muted again.
     run(&mut t, vec![seg(105, TCP_ACK, b"e")]);
+    assert_eq!(mutes(&mut t), [], "a mute asked for a 4-tuple a new connection may hold");
+    // The server acknowledges only what it had before: still nothing.
+    run(&mut t, vec![ack(104), seg(105, TCP_ACK, b"e")]);
+    assert_eq!(mutes(&mut t), []);
+    run(&mut t, vec![ack(106), seg(106, TCP_ACK, b"f")]);
     assert!(matches!(mutes(&mut t)[..], [Mute::On { .. }]));
+}
+
+/// The SYN was a new connection's: its SYN-ACK makes a new flow, which is not muted.
+#[test]
+fn a_new_connection_after_a_given_up_one_is_not_muted() {
+    let mut t = muting();
+    given_up(&mut t);
+    run(&mut t, vec![seg(104, TCP_ACK, b"d")]);
+    assert_eq!(mutes(&mut t).len(), 1);
+    run(&mut t, vec![seg(9000, TCP_SYN, b""), seg(105, TCP_ACK, b"e")]);
+    assert_eq!(mutes(&mut t), [Mute::Off(key())]);
+    run(&mut t, vec![syn_ack(9001), seg(9001, TCP_ACK, b"GET / HTTP/1.1\r\n\r\n"), ack(9019)]);
+    assert_eq!(t.stats.reused, 1, "the SYN-ACK made a new flow of the 4-tuple");
+    assert_eq!(mutes(&mut t), []);
 }
 
 #[test]
