@@ -28,6 +28,15 @@ fn given_up(t: &mut FlowTable) {
     t.give_up(key());
 }
 
+/// A given-up flow whose bytes kept coming: it asked for its mute.
+fn muted() -> FlowTable {
+    let mut t = muting();
+    given_up(&mut t);
+    run(&mut t, vec![seg(104, TCP_ACK, b"d")]);
+    assert_eq!(mutes(&mut t).len(), 1);
+    t
+}
+
 #[test]
 fn a_given_up_flow_is_muted_when_its_bytes_keep_coming_and_unmuted_when_it_ends() {
     let mut t = muting();
@@ -109,10 +118,7 @@ fn a_long_given_up_upload_is_muted_again_once_past_its_span() {
 
 #[test]
 fn a_segment_far_ahead_without_acknowledgements_asks_nothing_more() {
-    let mut t = muting();
-    given_up(&mut t);
-    run(&mut t, vec![seg(104, TCP_ACK, b"d")]);
-    assert_eq!(mutes(&mut t).len(), 1);
+    let mut t = muted();
     // Forged or not, far beyond what the server acknowledged, with its payload: no new mute (it
     // would start where the first one did), however many come.
     let far: Vec<Segment> = (0..100).map(|i| seg(105 + MUTE_SPAN + i, TCP_ACK, b"z")).collect();
@@ -122,10 +128,7 @@ fn a_segment_far_ahead_without_acknowledgements_asks_nothing_more() {
 
 #[test]
 fn a_new_connection_on_the_four_tuple_ends_the_mute_and_is_not_muted() {
-    let mut t = muting();
-    given_up(&mut t);
-    run(&mut t, vec![seg(104, TCP_ACK, b"d")]);
-    assert_eq!(mutes(&mut t).len(), 1);
+    let mut t = muted();
     // Unmuted at its SYN (should the mute have gone in after the SYN went by), once.
     let ev = run(&mut t, vec![seg(9000, TCP_SYN, b"")]);
     assert_eq!(mutes(&mut t), [Mute::Off(key())]);
@@ -145,10 +148,7 @@ fn a_new_connection_on_the_four_tuple_ends_the_mute_and_is_not_muted() {
 /// answered the stray SYN with a challenge ACK), the old flow is muted again.
 #[test]
 fn a_stray_syn_unmutes_a_given_up_flow_which_asks_again_once_the_server_goes_on() {
-    let mut t = muting();
-    given_up(&mut t);
-    run(&mut t, vec![seg(104, TCP_ACK, b"d")]);
-    assert_eq!(mutes(&mut t).len(), 1);
+    let mut t = muted();
     run(&mut t, vec![seg(7000, TCP_SYN, b"")]);
     assert_eq!(mutes(&mut t), [Mute::Off(key())]);
     run(&mut t, vec![seg(105, TCP_ACK, b"e")]);
@@ -163,10 +163,7 @@ fn a_stray_syn_unmutes_a_given_up_flow_which_asks_again_once_the_server_goes_on(
 /// The SYN was a new connection's: its SYN-ACK makes a new flow, which is not muted.
 #[test]
 fn a_new_connection_after_a_given_up_one_is_not_muted() {
-    let mut t = muting();
-    given_up(&mut t);
-    run(&mut t, vec![seg(104, TCP_ACK, b"d")]);
-    assert_eq!(mutes(&mut t).len(), 1);
+    let mut t = muted();
     run(&mut t, vec![seg(9000, TCP_SYN, b""), seg(105, TCP_ACK, b"e")]);
     assert_eq!(mutes(&mut t), [Mute::Off(key())]);
     run(&mut t, vec![syn_ack(9001), seg(9001, TCP_ACK, b"GET / HTTP/1.1\r\n\r\n"), ack(9019)]);
