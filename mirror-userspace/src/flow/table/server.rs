@@ -47,7 +47,14 @@ impl FlowTable {
         if seg.flags & TCP_ACK != 0 {
             if !syn_ack
                 && flow.pending_isn.is_some()
-                && flow.server_ack.is_some_and(|before| (1..1 << 31).contains(&seg.ack.wrapping_sub(before)))
+                && flow.server_ack.is_some_and(|before| {
+                    // Only bytes the old client was seen sending (its FIN too): an ACK beyond them
+                    // is not the old connection's (the new one's, its SYN-ACK lost).
+                    let seen =
+                        flow.base.wrapping_add(flow.asm.next_offset() as u32).wrapping_add(u32::from(flow.client_fin));
+                    let room = seen.wrapping_sub(before);
+                    room < 1 << 31 && (1..=room).contains(&seg.ack.wrapping_sub(before))
+                })
             {
                 // The server acknowledged more of this connection after the SYN of another ISN:
                 // it holds this one still (it answered that SYN with a challenge ACK, or the SYN

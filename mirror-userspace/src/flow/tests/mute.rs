@@ -182,3 +182,22 @@ fn a_flow_picked_up_mid_stream_is_muted_again_past_its_span_though_never_acknowl
     run(&mut t, vec![muted_seg(5008, 1000), ack(6008), seg(past, TCP_ACK, b"x"), ack(past + 1)]);
     assert_eq!(mutes(&mut t), [Mute::On { key: key(), from_seq: past.wrapping_sub(SLACK) }]);
 }
+
+/// The wait for a SYN-ACK ends only at an acknowledgement of bytes the old client was seen
+/// sending. Here the SYN-ACK's sample is lost and the server's next ACK is the new connection's
+/// (ISN 10^9, less than 2^31 past the old acknowledgement): taken for the old connection going
+/// on, the old given-up flow (which now gets the new connection's segments) would ask for a mute
+/// that is armed on the new connection.
+#[test]
+fn an_ack_beyond_what_the_old_client_sent_does_not_end_the_wait() {
+    let isn = 1_000_000_000u32;
+    let mut t = muted();
+    run(&mut t, vec![seg(isn, TCP_SYN, b"")]);
+    assert_eq!(mutes(&mut t), [Mute::Off(key())]);
+    // (The SYN-ACK, ack isn + 1, lost.) The new connection's request and the server's ACK of it.
+    run(
+        &mut t,
+        vec![seg(isn + 1, TCP_ACK, b"GET / HTTP/1.1\r\n\r\n"), ack(isn + 19), seg(isn + 19, TCP_ACK, b"GET /2")],
+    );
+    assert_eq!(mutes(&mut t), [], "the wait ended at an ACK of bytes the old client never sent");
+}
