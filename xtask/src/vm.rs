@@ -1,13 +1,17 @@
 //! The kernel matrix: the namespace integration tests run again inside virtual machines booted
 //! with Debian's own kernel packages (virtme-ng, this machine's root filesystem shared read-only).
 //!
-//! KVM is tried first; on a nested host where it cannot run stock kernels (qemu aborts, "failed
-//! to set MSR") the VM is booted again under software emulation, which takes ~40 s a boot.
+//! KVM is tried first; on a nested host where it cannot run stock kernels the VM is booted again
+//! under software emulation, which takes ~40 s a boot. Such a host either makes qemu abort
+//! ("failed to set MSR") or leaves the guest spinning without a line of output (seen on an Intel
+//! host: 30 minutes, nothing): a KVM boot that has not started the tests within
+//! [`KVM_BOOT_LIMIT`] is killed and counts as one that failed. Every VM run is also killed at
+//! [`VM_RUN_LIMIT`], so that a hung guest fails CI instead of stalling it.
 
 use std::{
     path::{Path, PathBuf},
     process::Command,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
@@ -121,6 +125,35 @@ fn test_executables() -> Result<Vec<PathBuf>> {
     Ok(exes)
 }
 
+/// How long a first KVM boot may take to start the tests (a working one takes seconds).
+const KVM_BOOT_LIMIT: Duration = Duration::from_secs(120);
+
+/// The longest a VM may run the namespace tests (they take ~13 minutes under emulation).
+const VM_RUN_LIMIT: Duration = Duration::from_secs(40 * 60);
+
+/// Runs `cmd` (vng) in a process group of its own until it exits, or kills the group (qemu with
+/// it) when `give_up` says so or [`VM_RUN_LIMIT`] passed. Returns the exit status, `None` if
+/// it was killed.
+fn run_vm(cmd: &mut Command, give_up: impl Fn(Duration) -> bool) -> Result<Option<std::process::ExitStatus>> {
+    use std::os::unix::process::CommandExt as _;
+    let mut child = cmd.process_group(0).spawn().context("running vng (virtme-ng)")?;
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        let elapsed = started.elapsed();
+        if give_up(elapsed) || elapsed >= VM_RUN_LIMIT {
+            let pgid = child.id() as libc::pid_t;
+            // SAFETY: a plain syscall; the group is the child's own (process_group(0)).
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            let _ = child.wait();
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// Whether KVM can boot a stock kernel here (decided by the first boot, then remembered).
 static KVM_WORKS: std::sync::Mutex<Option<bool>> = std::sync::Mutex::new(None);
 
@@ -169,8 +202,20 @@ pub fn test_in_vm(root: &Path, release: &str) -> Result<()> {
             cmd.arg("--disable-kvm");
         }
         let log = std::fs::File::create(out.join("console.log"))?;
-        let status = cmd.stdout(log.try_clone()?).stderr(log).status().context("running vng (virtme-ng)")?;
-        let booted = out.join("uname").exists();
+        cmd.stdout(log.try_clone()?).stderr(log);
+        let uname = out.join("uname");
+        // A first KVM boot that has not started the tests in time is taken for one that failed.
+        let probing = use_kvm && kvm.is_none();
+        let status = run_vm(&mut cmd, |elapsed| probing && elapsed >= KVM_BOOT_LIMIT && !uname.exists())?;
+        let booted = uname.exists();
+        if status.is_none() && booted {
+            bail!(
+                "the VM with {release} ran past {} min and was killed; see {}",
+                VM_RUN_LIMIT.as_secs() / 60,
+                out.display()
+            );
+        }
+        let status = status.map_or_else(|| "killed: no boot in time".to_string(), |s| s.to_string());
         if !booted && use_kvm && kvm.is_none() {
             step("KVM cannot boot this kernel here; using software emulation");
             kvm = Some(false);
