@@ -517,6 +517,8 @@ mod tests {
 
     // A randomized model of the wire, the kernel map and the flow table (from the second review).
 
+    use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
+
     #[derive(Clone, Copy, Debug)]
     enum Sample {
         Syn(u16, u32),
@@ -524,17 +526,9 @@ mod tests {
         Fin(u16),
     }
 
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn chance(&mut self, pct: u64) -> bool {
-            self.next() % 100 < pct
-        }
+    /// Whether an event of chance `pct` (%) happens.
+    fn chance(rng: &mut StdRng, pct: u64) -> bool {
+        rng.random_range(0..100) < pct
     }
 
     const KEYS: u16 = 4;
@@ -544,7 +538,7 @@ mod tests {
         map: HashMap<u16, MuteValue>,
         conn: [u32; KEYS as usize],
         ring: Vec<Sample>,
-        rng: Rng,
+        rng: StdRng,
         /// Chance (%) of a kernel event before each map call.
         racy: u64,
         violations: Vec<String>,
@@ -552,8 +546,8 @@ mod tests {
 
     impl Sim {
         fn kernel_event(&mut self) {
-            let k = (self.rng.next() % KEYS as u64) as u16;
-            match self.rng.next() % 10 {
+            let k = self.rng.random_range(0..KEYS);
+            match self.rng.random_range(0..10) {
                 0 => {
                     // A new connection's SYN: published, then the entry taken out.
                     self.conn[k as usize] += 1;
@@ -583,7 +577,7 @@ mod tests {
 
     impl MuteMap for Sim {
         fn put(&mut self, key: &MuteKey, value: MuteValue, only_existing: bool) -> Result<(), MapError> {
-            if self.rng.chance(self.racy) {
+            if chance(&mut self.rng, self.racy) {
                 self.kernel_event();
             }
             let k = Self::port(key);
@@ -601,7 +595,7 @@ mod tests {
         }
 
         fn take(&mut self, key: &MuteKey) -> Result<(), MapError> {
-            if self.rng.chance(self.racy) {
+            if chance(&mut self.rng, self.racy) {
                 self.kernel_event();
             }
             let k = Self::port(key);
@@ -633,7 +627,7 @@ mod tests {
                 map: HashMap::new(),
                 conn: [1; KEYS as usize],
                 ring: Vec::new(),
-                rng: Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
+                rng: StdRng::seed_from_u64(seed),
                 racy: 20,
                 violations: Vec::new(),
             };
@@ -641,14 +635,14 @@ mod tests {
             let mut table: [Option<TFlow>; KEYS as usize] = [None; KEYS as usize];
             let flood = seed % 3 == 0;
             for round in 0..200u32 {
-                let n = sim.rng.next() % 6;
+                let n = sim.rng.random_range(0..6);
                 for _ in 0..n {
                     sim.kernel_event();
                 }
                 sim.check("wire");
                 let batch = std::mem::take(&mut sim.ring);
                 let mut changes = Vec::new();
-                if flood && sim.rng.chance(50) {
+                if flood && chance(&mut sim.rng, 50) {
                     // Filler flows ahead of ours: the cap defers ours.
                     changes.extend((0..300u16).map(|p| Mute::On { key: flow(1000 + p), from_seq: round }));
                 }
@@ -671,16 +665,16 @@ mod tests {
                         }
                         Sample::Data(k, c) => {
                             let f = table[k as usize].get_or_insert(TFlow { conn: c, given_up: true, muted: false });
-                            if !f.given_up && sim.rng.chance(30) {
+                            if !f.given_up && chance(&mut sim.rng, 30) {
                                 f.given_up = true;
                             }
-                            if f.given_up && (!f.muted || sim.rng.chance(40)) {
+                            if f.given_up && (!f.muted || chance(&mut sim.rng, 40)) {
                                 f.muted = true;
                                 changes.push(Mute::On { key: flow(k), from_seq: f.conn });
                             }
                         }
                     }
-                    if flood && sim.rng.chance(30) {
+                    if flood && chance(&mut sim.rng, 30) {
                         changes.extend((0..50u16).map(|p| Mute::On { key: flow(1400 + p), from_seq: round }));
                     }
                 }
