@@ -90,6 +90,11 @@ pub async fn run(path: &Path, metrics_addr: std::net::SocketAddr, attach: Attach
         cpus = capture.buffers.len(),
         "ready"
     );
+    // Loading the program and probing the kernel allocated and freed tens of MB; mimalloc keeps
+    // freed pages until its next purge, which an idle daemon does not reach: give them back now
+    // (RSS at rest 12 MB instead of 49).
+    // SAFETY: a plain call into the allocator, valid at any time (a no-op for memory it does not own).
+    unsafe { libmimalloc_sys::mi_collect(true) };
 
     let stop = Arc::new(AtomicBool::new(false));
     let (reload_tx, reload_rx) = std::sync::mpsc::channel::<Reload>();

@@ -80,6 +80,9 @@ struct Args {
     /// `--sched` for our daemon (batch, normal; default: the daemon's own, batch).
     #[arg(long)]
     sched: Option<String>,
+    /// `--slice-ms` for our daemon (0: the kernel's default slice; default: the daemon's own, 10).
+    #[arg(long)]
+    slice_ms: Option<u64>,
     /// Run only this section and replace it in `--out` (the rest of the file is kept).
     #[arg(long, value_enum)]
     only: Option<Section>,
@@ -156,6 +159,7 @@ fn main() -> Result<()> {
     env.batch_ms = args.batch_ms;
     env.nice = args.nice;
     env.sched = args.sched.clone();
+    env.slice_ms = args.slice_ms;
     env.pace = args.pace.clone();
     if let Some(n) = args.in_a_row {
         runs::in_a_row(&env, args.rates[0], args.seconds, n, &get_request())?;
@@ -207,6 +211,7 @@ fn main() -> Result<()> {
                 + &args.batch_ms.map(|ms| format!(" Our daemon ran with `capture.batchMs: {ms}`.")).unwrap_or_default()
                 + &args.nice.map(|n| format!(" Our daemon ran with `--nice {n}`.")).unwrap_or_default()
                 + &args.sched.as_ref().map(|p| format!(" Our daemon ran with `--sched {p}`.")).unwrap_or_default()
+                + &args.slice_ms.map(|ms| format!(" Our daemon ran with `--slice-ms {ms}`.")).unwrap_or_default()
                 + &args.pace.as_ref().map(|p| format!(" Our daemon ran with `replay.pace: {p}`.")).unwrap_or_default()
         );
         let body = md.find("\n## ").map_or(String::new(), |i| md[i + 1..].to_string());

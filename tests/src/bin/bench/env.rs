@@ -86,6 +86,8 @@ pub struct Env {
     pub nice: Option<u32>,
     /// `--sched` for our daemon (`None`: its default).
     pub sched: Option<String>,
+    /// `--slice-ms` for our daemon (`None`: its default).
+    pub slice_ms: Option<u64>,
     /// `replay.pace` for our daemon (`None`: its default).
     pub pace: Option<String>,
 }
@@ -176,6 +178,7 @@ impl Env {
             batch_ms: None,
             nice: None,
             sched: None,
+            slice_ms: None,
             pace: None,
         })
     }
@@ -223,6 +226,8 @@ impl Env {
                 let nice = self.nice.map(|n| n.to_string());
                 let mut extra: Vec<&str> = nice.iter().flat_map(|n| ["--nice", n.as_str()]).collect();
                 extra.extend(self.sched.iter().flat_map(|s| ["--sched", s.as_str()]));
+                let slice = self.slice_ms.map(|ms| ms.to_string());
+                extra.extend(slice.iter().flat_map(|ms| ["--slice-ms", ms.as_str()]));
                 let d = self.topo.daemon_in(&self.topo.primary, "daemon", &config, &extra)?;
                 let pid = d.pid();
                 (Some(d), vec![pid])
