@@ -157,6 +157,52 @@ fn daemon_threads_run_sched_batch_unless_told_normal() {
     }
 }
 
+/// The slice (`sched_attr.sched_runtime`, ns) the scheduler gives each of `pid`'s threads, read with
+/// `sched_getattr`: a fair-class task's own since Linux 6.12, 0 on older kernels.
+fn thread_slices(pid: i32) -> Vec<u64> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let tid: libc::c_long = task.unwrap().file_name().to_str().unwrap().parse().unwrap();
+        // struct sched_attr (56 bytes); sched_runtime is the u64 at offset 24.
+        let mut attr = [0u64; 7];
+        // SAFETY: sched_getattr writes at most the 56 bytes passed as its size into `attr`.
+        let r = unsafe { libc::syscall(libc::SYS_sched_getattr, tid, attr.as_mut_ptr(), 56u32, 0u32) };
+        assert_eq!(r, 0, "sched_getattr({tid}): {}", std::io::Error::last_os_error());
+        out.push(attr[3]);
+    }
+    out
+}
+
+/// Whether the running kernel is at least `major.minor`.
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit()).map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (major, minor)
+}
+
+/// Every thread of the daemon asks for a 10 ms slice by default (Linux 6.12 and later; older
+/// kernels ignore it and the daemon runs all the same); `--slice-ms 0` leaves the kernel's.
+#[test]
+fn daemon_threads_get_a_10_ms_slice_unless_told_0() {
+    let topo = Topology::new().unwrap();
+    let (_v1, _v2) = topo.servers().unwrap();
+    let config = topo.config(100.0, "").unwrap();
+    let eevdf = kernel_at_least(6, 12);
+    for (extra, ten) in [(&[][..], true), (&["--slice-ms", "0"][..], false)] {
+        let d = topo.daemon_in(&topo.primary, "daemon", &config, extra).unwrap();
+        let slices = thread_slices(d.pid());
+        assert!(slices.len() >= 3, "capture, runtime and compare threads at least: {slices:?}");
+        let expected = |s: u64| match (eevdf, ten) {
+            (true, true) => s == 10_000_000,
+            // The kernel's own: 0.7 ms times 1 + log2(CPUs), never 10 ms on these machines.
+            (true, false) => s > 0 && s != 10_000_000,
+            (false, _) => s == 0,
+        };
+        assert!(slices.iter().all(|&s| expected(s)), "{extra:?} (kernel >= 6.12: {eevdf}): {slices:?}");
+        drop(d);
+    }
+}
+
 #[test]
 fn daemon_killed_with_sigkill_leaves_no_attachment_and_primary_keeps_working() {
     let topo = Topology::new().unwrap();
