@@ -203,6 +203,26 @@ impl Env {
         lines(&self.mirror_log)
     }
 
+    /// Waits until the mirror's log has stopped growing (unchanged for a second, at most 15 s):
+    /// a peer that was stopped with requests still in flight to the mirror (GoReplay's queue,
+    /// say) must not have them counted in the next peer's step. Returns how many arrived.
+    pub fn settle_mirror(&self) -> usize {
+        let start = self.mirrored();
+        let (mut last, mut since) = (start, std::time::Instant::now());
+        let begun = std::time::Instant::now();
+        while since.elapsed() < Duration::from_secs(1) && begun.elapsed() < Duration::from_secs(15) {
+            std::thread::sleep(Duration::from_millis(250));
+            let now = self.mirrored();
+            if now != last {
+                (last, since) = (now, std::time::Instant::now());
+            }
+        }
+        if last != start {
+            println!("  {} more requests reached the mirror after the peer was stopped (not counted)", last - start);
+        }
+        last - start
+    }
+
     /// Requests the mirror received so far, and how many of them were the first on their
     /// connection (a new TCP connection per request shows as all of them).
     pub fn mirrored_fresh(&self) -> (usize, usize) {

@@ -52,6 +52,7 @@ fn run_one(env: &Env, peer: Peer, rate: u32, secs: u64, conns: usize, req: &[u8]
     let used = a.used()?;
     let mirrored = env.mirrored() - before;
     a.detach(env)?;
+    env.settle_mirror();
     Ok((l, used, mirrored))
 }
 
@@ -196,6 +197,7 @@ pub fn fidelity(env: &Env, plans: &[Plan], secs: u64) -> Result<(Vec<Step>, Valu
         if let Some(s) = a.detach(env)? {
             summary = s;
         }
+        env.settle_mirror();
     }
     Ok((steps, summary, rss))
 }
@@ -243,6 +245,7 @@ pub fn saturation(env: &Env, secs: u64, ours_only: bool) -> Result<Vec<Saturatio
         let after = env.mirrored_fresh();
         let (mirrored, fresh) = (after.0 - before.0, after.1 - before.1);
         a.detach(env)?;
+        env.settle_mirror();
         let (requests, per_second, errors) = parse_wrk(&text).with_context(|| format!("wrk said:\n{text}"))?;
         println!("  {per_second:.0} req/s, {requests} requests, {mirrored} mirrored, {:.2} CPU-s {why}", used.cpu);
         out.push(Saturation { peer, requests, per_second, errors, mirrored, fresh, used, why });
