@@ -281,6 +281,9 @@ fn test(root: &Path) -> Result<()> {
     let result = run(Command::new("cargo").args(["test", "--no-fail-fast"]));
     sweep_namespaces()?;
     result?;
+    // Each fuzz target runs briefly from an empty corpus (a smoke run: `cargo xtask fuzz` is
+    // the long one); a crash fails the test run.
+    fuzz(FUZZ_SMOKE_SECONDS)?;
     // The benchmarks are not run here, only built.
     run(Command::new("cargo").args(["bench", "-p", "mirror-userspace", "--no-run"]))?;
     // End to end over the shared corpus: `mirror replay` to a loopback recording server.
@@ -332,6 +335,9 @@ fn bench(seconds: u64, rates: &str, note: Option<String>) -> Result<()> {
     sweep_namespaces()?;
     result
 }
+
+/// Seconds per fuzz target in `cargo xtask test`.
+const FUZZ_SMOKE_SECONDS: u64 = 20;
 
 fn fuzz(seconds: u64) -> Result<()> {
     if !have("cargo-fuzz") {
