@@ -39,7 +39,8 @@ enum Command {
         /// Linux's SCHED_BATCH, for work that is not interactive: a wake-up of the daemon never
         /// preempts the task running on that CPU (the primary, say); the daemon waits for it to
         /// block or for the scheduler's tick, and still gets its fair share of a busy CPU (the
-        /// nice value applies as usual). `normal`: SCHED_OTHER, as started.
+        /// nice value applies as usual). `normal`: the policy it was started with (SCHED_OTHER
+        /// as a rule).
         #[arg(long, value_enum, default_value_t = Sched::Batch)]
         sched: Sched,
         /// The time slice the scheduler gives the daemon's threads, in milliseconds (Linux 6.12
@@ -179,12 +180,21 @@ struct SchedAttr {
 
 const _: () = assert!(size_of::<SchedAttr>() == 56);
 
-/// Sets the calling thread's policy (`SCHED_BATCH` or `SCHED_OTHER`) and, unless `slice_ms` is 0,
-/// its slice, keeping its nice value (`sched_setattr` sets both).
+/// Sets the calling thread's policy (`SCHED_BATCH` for `batch`; `normal` keeps the one it was
+/// started with) and, unless `slice_ms` is 0, its slice, keeping its nice value
+/// (`sched_setattr` sets both). A thread started under a policy other than SCHED_OTHER or
+/// SCHED_BATCH (a real-time or idle one) keeps it with `normal`: no slice applies there.
 fn set_scheduling(sched: Sched, slice_ms: u64) -> std::io::Result<()> {
     let policy = match sched {
         Sched::Batch => libc::SCHED_BATCH,
-        Sched::Normal => libc::SCHED_OTHER,
+        Sched::Normal => {
+            // SAFETY: a plain syscall on the calling thread.
+            let now = unsafe { libc::sched_getscheduler(0) } & !libc::SCHED_RESET_ON_FORK;
+            if slice_ms == 0 || (now != libc::SCHED_OTHER && now != libc::SCHED_BATCH) {
+                return Ok(());
+            }
+            now
+        }
     };
     // SAFETY: plain syscalls on the calling thread; errno is reset first because -1 is also a
     // valid nice value.
