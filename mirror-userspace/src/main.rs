@@ -134,12 +134,9 @@ fn main() -> Result<()> {
             }
             if nice > 0 {
                 // Before any thread starts: on Linux the nice value is per thread, inherited.
-                // SAFETY: plain syscalls on the calling thread.
-                let ok = unsafe {
-                    *libc::__errno_location() = 0;
-                    let now = libc::getpriority(libc::PRIO_PROCESS, 0);
-                    libc::setpriority(libc::PRIO_PROCESS, 0, (now + nice).min(19)) == 0
-                };
+                // SAFETY: a plain syscall on the calling thread.
+                let ok = current_nice()
+                    .is_ok_and(|now| unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, (now + nice).min(19)) } == 0);
                 if !ok {
                     eprintln!("warning: could not lower the daemon's priority: {}", std::io::Error::last_os_error());
                 }
@@ -180,6 +177,20 @@ struct SchedAttr {
 
 const _: () = assert!(size_of::<SchedAttr>() == 56);
 
+/// The calling thread's nice value.
+fn current_nice() -> std::io::Result<i32> {
+    // SAFETY: plain syscalls on the calling thread; errno is reset first because -1 is also a
+    // valid nice value.
+    unsafe {
+        *libc::__errno_location() = 0;
+        let n = libc::getpriority(libc::PRIO_PROCESS, 0);
+        if n == -1 && *libc::__errno_location() != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(n)
+    }
+}
+
 /// Sets the calling thread's policy (`SCHED_BATCH` for `batch`; `normal` keeps the one it was
 /// started with) and, unless `slice_ms` is 0, its slice, keeping its nice value
 /// (`sched_setattr` sets both). A thread started under a policy other than SCHED_OTHER or
@@ -196,16 +207,7 @@ fn set_scheduling(sched: Sched, slice_ms: u64) -> std::io::Result<()> {
             now
         }
     };
-    // SAFETY: plain syscalls on the calling thread; errno is reset first because -1 is also a
-    // valid nice value.
-    let nice = unsafe {
-        *libc::__errno_location() = 0;
-        let n = libc::getpriority(libc::PRIO_PROCESS, 0);
-        if n == -1 && *libc::__errno_location() != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        n
-    };
+    let nice = current_nice()?;
     let attr = SchedAttr {
         size: size_of::<SchedAttr>() as u32,
         sched_policy: policy as u32,

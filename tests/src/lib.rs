@@ -136,12 +136,16 @@ pub fn tc_programs(ns: &str, iface: &str, hook: Hook) -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// Whether the running kernel has TCX (Linux 6.6 or later).
-pub fn kernel_has_tcx() -> bool {
+/// Whether the running kernel is Linux `major.minor` or later.
+pub fn kernel_at_least(major: u32, minor: u32) -> bool {
     let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let mut parts = release.trim().split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<u32>().ok());
-    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    (major, minor) >= (6, 6)
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (major, minor)
+}
+
+/// Whether the running kernel has TCX (Linux 6.6 or later).
+pub fn kernel_has_tcx() -> bool {
+    kernel_at_least(6, 6)
 }
 
 /// How much slower than a native run this one is (`MIRROR_TEST_SLOWDOWN`, set by the VM runs:

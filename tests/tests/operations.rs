@@ -173,13 +173,6 @@ fn thread_slices(pid: i32) -> Vec<u64> {
     out
 }
 
-/// Whether the running kernel is at least `major.minor`.
-fn kernel_at_least(major: u32, minor: u32) -> bool {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
-    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit()).map(|p| p.parse::<u32>().unwrap_or(0));
-    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (major, minor)
-}
-
 /// Every thread of the daemon asks for a 10 ms slice by default (Linux 6.12 and later; older
 /// kernels ignore it and the daemon runs all the same); `--slice-ms 0` leaves the kernel's.
 #[test]

@@ -205,8 +205,8 @@ impl Env {
 
     /// Waits until the mirror's log has stopped growing (unchanged for a second, at most 15 s):
     /// a peer that was stopped with requests still in flight to the mirror (GoReplay's queue,
-    /// say) must not have them counted in the next peer's step. Returns how many arrived.
-    pub fn settle_mirror(&self) -> usize {
+    /// say) must not have them counted in the next peer's step; how many arrived is printed.
+    pub fn settle_mirror(&self) {
         let start = self.mirrored();
         let (mut last, mut since) = (start, std::time::Instant::now());
         let begun = std::time::Instant::now();
@@ -220,7 +220,6 @@ impl Env {
         if last != start {
             println!("  {} more requests reached the mirror after the peer was stopped (not counted)", last - start);
         }
-        last - start
     }
 
     /// Requests the mirror received so far, and how many of them were the first on their
