@@ -7,6 +7,11 @@ use mirror::{
     config::Config,
 };
 
+/// mimalloc: per-thread heaps, and a free from another thread (a request is allocated on the
+/// capture thread and freed on a replay worker) goes back without the arena lock glibc takes.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Shadow production HTTP traffic from the packet path.
 #[derive(Parser)]
 #[command(name = "mirror", version)]
