@@ -93,8 +93,7 @@ pub async fn run(path: &Path, metrics_addr: std::net::SocketAddr, attach: Attach
     // Loading the program and probing the kernel allocated and freed tens of MB; mimalloc keeps
     // freed pages until its next purge, which an idle daemon does not reach: give them back now
     // (RSS at rest 12 MB instead of 49).
-    // SAFETY: a plain call into the allocator, valid at any time (a no-op for memory it does not own).
-    unsafe { libmimalloc_sys::mi_collect(true) };
+    crate::memory::give_back();
 
     let stop = Arc::new(AtomicBool::new(false));
     let (reload_tx, reload_rx) = std::sync::mpsc::channel::<Reload>();
@@ -245,6 +244,9 @@ fn capture_loop(
     // (kernel time, position in the batch, segment): see the sort below.
     let mut batch: Vec<(u64, u32, crate::flow::Segment)> = Vec::new();
     let mut mutes = Vec::new();
+    // Whether segments or timers were handled since the allocator last gave memory back, and when.
+    let (mut worked, mut given_back) = (false, Instant::now());
+    const GIVE_BACK_EVERY: Duration = Duration::from_secs(1);
     while !stop.load(Ordering::Relaxed) {
         if let Ok(r) = reloads.try_recv() {
             if let Err(e) = capture.reconfigure(&r.capture, &endpoint_addrs(&r.router)) {
@@ -329,6 +331,7 @@ fn capture_loop(
         // Flow timers: only when one is due (poll_timeout may be early, never late).
         if pipeline.flows().poll_timeout().is_some_and(|t| t <= now) {
             pipeline.on_tick(now, &mut out);
+            worked = true;
         }
         if last_publish.elapsed() >= Duration::from_millis(500) {
             publish(&capture, &pipeline, &metrics);
@@ -338,6 +341,14 @@ fn capture_loop(
         pipeline.take_mutes(&mut mutes);
         if !mutes.is_empty() || capture.mutes_pending() {
             capture.apply_mutes(&mut mutes);
+        }
+        // mimalloc purges what was freed only as the thread allocates again: after a burst (a
+        // flood's connections closed or timed out) an idle daemon would keep it. Once a round
+        // finds nothing, give it back (at most once a second, and only after work).
+        worked |= drained_now > 0;
+        if drained_now == 0 && worked && given_back.elapsed() >= GIVE_BACK_EVERY {
+            crate::memory::give_back();
+            (worked, given_back) = (false, Instant::now());
         }
         drained = drained_now;
         round = last_drain.elapsed();

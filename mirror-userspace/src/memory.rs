@@ -12,6 +12,15 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// Gives what the calling thread's allocator holds freed back to the system. mimalloc (the
+/// daemon's allocator, see `main.rs`) purges freed pages only as the thread allocates again, so a
+/// thread that goes idle after a burst keeps them until then. Under another allocator (the
+/// library's tests) this collects mimalloc's empty heap: nothing.
+pub fn give_back() {
+    // SAFETY: a plain call into the allocator, valid at any time on any thread.
+    unsafe { libmimalloc_sys::mi_collect(true) };
+}
+
 /// What the bytes are held for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Held {
