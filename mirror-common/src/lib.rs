@@ -9,8 +9,8 @@
 /// (also the name by which netlink filters left by a killed daemon are found).
 pub const PROGRAM_NAME: &str = "mirror_tc";
 
-/// Map of watched ports (the daemon looks maps up by these names). The value is a set of
-/// `PORT_*` flags.
+/// Array of the ports, indexed by port (the daemon looks maps up by these names). The value is a set of
+/// `PORT_*` flags, 0 for a port not watched.
 pub const MAP_PORTS: &str = "MIRROR_PORTS";
 /// `MAP_PORTS` value flag: the port is watched (requests to it are captured).
 pub const PORT_WATCHED: u8 = 1;

@@ -32,16 +32,16 @@ use aya_ebpf::{
     bindings::{BPF_F_CURRENT_CPU, TC_ACT_UNSPEC},
     helpers::{bpf_ktime_get_ns, bpf_perf_event_output, bpf_skb_load_bytes},
     macros::{classifier, map},
-    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerfEventArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerfEventArray, lpm_trie::Key},
     programs::TcContext,
 };
 use aya_log_ebpf::debug;
 use mirror_common::{
     HOOK_EGRESS, HOOK_INGRESS, IFACE_REQUESTS_EGRESS, IFACE_REQUESTS_INGRESS, KIND_PACKET, KIND_REVERSE,
     KIND_REVERSE_TAIL, KIND_TAIL, MAX_INLINE_CAPTURE, MAX_LINKS, MAX_MUTED, MAX_PREFIXES, MAX_TAIL_CAPTURE, MUTE_SLACK,
-    MUTE_SPAN, MuteKey, MuteValue, PORT_RESPONSES, STAT_COUNT, STAT_FRAGMENTS, STAT_LOST, STAT_MALFORMED, STAT_MUTED,
-    STAT_OUTSIDE_ADDRESSES, STAT_REVERSE, STAT_SEEN, STAT_SHIPPED, STAT_SKIPPED_MIRROR, STAT_TAILS, STAT_TRUNCATED,
-    SegmentEvent, SkipKey, TCP_FIN, TCP_RST, TCP_SYN, TailPiece,
+    MUTE_SPAN, MuteKey, MuteValue, PORT_RESPONSES, PORT_WATCHED, STAT_COUNT, STAT_FRAGMENTS, STAT_LOST, STAT_MALFORMED,
+    STAT_MUTED, STAT_OUTSIDE_ADDRESSES, STAT_REVERSE, STAT_SEEN, STAT_SHIPPED, STAT_SKIPPED_MIRROR, STAT_TAILS,
+    STAT_TRUNCATED, SegmentEvent, SkipKey, TCP_FIN, TCP_RST, TCP_SYN, TailPiece,
 };
 use network_types::{
     eth::{EthHdr, EtherType},
@@ -50,10 +50,19 @@ use network_types::{
 
 const IPPROTO_TCP: u8 = 6;
 
-/// Destination ports to capture (host byte order) → `PORT_*` flags, filled by the daemon from the
-/// config.
+/// `PORT_*` flags of each port (host byte order; 0: not watched), filled by the daemon from the
+/// config. An array, not a hash: every TCP packet on an attached link looks up its destination
+/// port and, unless it is watched, its source port, and an array lookup is a bounds check the
+/// verifier inlines, where a hash lookup is a helper call that hashes the key (64 KiB for the
+/// whole port space).
 #[map(name = "MIRROR_PORTS")]
-static MIRROR_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(64, 0);
+static MIRROR_PORTS: Array<u8> = Array::with_max_entries(65536, 0);
+
+/// The `PORT_*` flags of `port` (0 if it is not watched).
+#[inline(always)]
+fn port_flags(port: u16) -> u8 {
+    MIRROR_PORTS.get(u32::from(port)).copied().unwrap_or(0)
+}
 
 /// Mirror endpoints (address, port): their traffic is shadow traffic and is never captured, so a
 /// mirror on a watched port (on this node or another one running the same config) does not loop.
@@ -189,11 +198,11 @@ fn capture(ctx: &TcContext) -> Result<(), ()> {
     // TCP header.
     let tcp: [u8; 18] = ctx.load(l4_off as usize).map_err(|_| ())?;
     let dport = u16::from_be_bytes([tcp[2], tcp[3]]);
-    if MIRROR_PORTS.get_ptr(dport).is_none() {
+    if port_flags(dport) & PORT_WATCHED == 0 {
         let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
-        if let Some(port_flags) = MIRROR_PORTS.get_ptr(sport) {
-            // SAFETY: a pointer from the map lookup, to a u8 value that lives as long as the entry.
-            let responses = unsafe { *port_flags } & PORT_RESPONSES != 0;
+        let flags = port_flags(sport);
+        if flags & PORT_WATCHED != 0 {
+            let responses = flags & PORT_RESPONSES != 0;
             let Some((ifindex, arrived, flags)) = attach_point(ctx) else { return Ok(()) };
             // Answers travel the other way: they arrive where requests leave, and leave where
             // requests arrive.

@@ -29,7 +29,7 @@ use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf,
     maps::{
-        HashMap as BpfHashMap, Map, PerCpuArray,
+        Array, HashMap as BpfHashMap, Map, PerCpuArray,
         lpm_trie::{Key as LpmKey, LpmTrie},
     },
     programs::SchedClassifier,
@@ -169,6 +169,8 @@ pub struct Capture {
     peak_fill: f64,
     /// `capture.batchMs`: the longest a sample waits in a ring to be read.
     batch: std::time::Duration,
+    /// The ports marked watched in the kernel's port array.
+    ports: Vec<u16>,
     /// The kernel's muted connections ([`Capture::apply_mutes`]).
     mutes: mute::Mutes,
 }
@@ -193,7 +195,7 @@ impl Capture {
         let logger = aya_log::EbpfLogger::init(&mut ebpf)
             .map_err(|e| tracing::debug!("kernel-side logging not available: {e}"))
             .ok();
-        set_ports(&mut ebpf, &config.ports, config.responses)?;
+        set_ports(&mut ebpf, &[], &config.ports, config.responses)?;
         set_addresses(&mut ebpf, &config.addresses)?;
         set_skip(&mut ebpf, skip)?;
         let prog: &mut SchedClassifier =
@@ -225,6 +227,7 @@ impl Capture {
             peak_fill: 0.0,
             mutes: mute::Mutes::default(),
             batch: config.batch,
+            ports: config.ports.clone(),
         };
         let all = links::dump().context("listing the links")?;
         for name in capture.selection.names() {
@@ -282,7 +285,8 @@ impl Capture {
     /// Applies a reloaded `capture` section: ports, addresses and interface entries (links
     /// matched before and now keep their attachment, and their flows), and the mirror endpoints.
     pub fn reconfigure(&mut self, config: &crate::config::Capture, skip: &[SocketAddr]) -> Result<()> {
-        set_ports(&mut self.ebpf, &config.ports, config.responses)?;
+        set_ports(&mut self.ebpf, &self.ports, &config.ports, config.responses)?;
+        self.ports.clone_from(&config.ports);
         set_addresses(&mut self.ebpf, &config.addresses)?;
         self.set_skip(skip)?;
         self.set_interfaces(Selection::new(&config.interfaces));
@@ -434,15 +438,16 @@ fn glob_matches(pattern: &str, name: &str) -> bool {
     glob::Pattern::new(pattern).is_ok_and(|p| p.matches(name))
 }
 
-fn set_ports(ebpf: &mut Ebpf, ports: &[u16], responses: bool) -> Result<()> {
-    let mut map: BpfHashMap<_, u16, u8> = BpfHashMap::try_from(ebpf.map_mut(MAP_PORTS).context("ports map missing")?)?;
-    let old: Vec<u16> = map.keys().collect::<Result<_, _>>()?;
-    for p in old.iter().filter(|p| !ports.contains(p)) {
-        map.remove(p)?;
-    }
+/// Marks `ports` watched in the kernel's port array (with `PORT_RESPONSES` if `responses`), then
+/// clears the ports of `old` that are no longer watched: a port in both sets is never briefly out.
+fn set_ports(ebpf: &mut Ebpf, old: &[u16], ports: &[u16], responses: bool) -> Result<()> {
+    let mut map: Array<_, u8> = Array::try_from(ebpf.map_mut(MAP_PORTS).context("ports map missing")?)?;
     let flags = PORT_WATCHED | if responses { PORT_RESPONSES } else { 0 };
-    for p in ports {
-        map.insert(p, flags, 0).with_context(|| format!("watching port {p}"))?;
+    for &p in ports {
+        map.set(u32::from(p), flags, 0).with_context(|| format!("watching port {p}"))?;
+    }
+    for &p in old.iter().filter(|p| !ports.contains(p)) {
+        map.set(u32::from(p), 0, 0).with_context(|| format!("unwatching port {p}"))?;
     }
     Ok(())
 }

@@ -41,7 +41,7 @@ pub const MAX_INTERFACE_NAME_BYTES: usize = 15;
 pub const MAX_INTERFACE_GLOB_BYTES: usize = 64;
 /// Entries in `capture.addresses` (each family's kernel prefix map holds 1,024).
 pub const MAX_CAPTURE_ADDRESSES: usize = 256;
-/// Entries in `capture.ports` (the classifier's port map holds 64).
+/// Entries in `capture.ports`.
 pub const MAX_PORTS: usize = 64;
 /// A port: `capture.ports` entries and a match block's `port`.
 pub const PORT: RangeInclusive<i128> = 1..=65_535;
