@@ -285,6 +285,13 @@ impl Capture {
     /// Applies a reloaded `capture` section: ports, addresses and interface entries (links
     /// matched before and now keep their attachment, and their flows), and the mirror endpoints.
     pub fn reconfigure(&mut self, config: &crate::config::Capture, skip: &[SocketAddr]) -> Result<()> {
+        // Until every write is done, ports of either set may be marked: if one fails, the next
+        // reload clears whichever are not wanted then.
+        for &p in &config.ports {
+            if !self.ports.contains(&p) {
+                self.ports.push(p);
+            }
+        }
         set_ports(&mut self.ebpf, &self.ports, &config.ports, config.responses)?;
         self.ports.clone_from(&config.ports);
         set_addresses(&mut self.ebpf, &config.addresses)?;
