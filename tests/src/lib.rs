@@ -201,6 +201,15 @@ impl Proc {
         fs::read_to_string(&self.stdout_path).unwrap_or_default()
     }
 
+    /// Waits until stderr has `needle` `n` times (10 s at most, times [`slowdown`]); panics if not.
+    pub fn wait_for_stderr_count(&self, needle: &str, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10) * slowdown();
+        while self.stderr().matches(needle).count() < n {
+            assert!(Instant::now() < deadline, "no {n}× '{needle}':\n{}", self.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits until `needle` appears in stderr as a whole word (or the process dies): "ready" is
     /// not found in "Address already in use".
     pub fn wait_for_stderr(&mut self, needle: &str, limit: Duration) -> Result<()> {

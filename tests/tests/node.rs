@@ -48,15 +48,6 @@ fn stop(mut d: Proc) -> Value {
     serde_json::from_str(out.lines().last().expect("a summary")).unwrap()
 }
 
-/// Waits until the daemon's log has `needle` `n` times (10 s at most).
-fn wait_count(daemon: &Proc, needle: &str, n: usize) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10) * slowdown();
-    while daemon.stderr().matches(needle).count() < n {
-        assert!(std::time::Instant::now() < deadline, "no {n}× '{needle}':\n{}", daemon.stderr());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Log lines at WARN or ERROR level.
 fn complaints(log: &str) -> Vec<&str> {
     log.lines().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).collect()
@@ -164,7 +155,7 @@ fn pods_come_and_go(mode: &str) {
     let mut want = vec![vec!["/kept/0".to_string()]];
     for round in 0..2 {
         let second = k.add_pod(2, "10.244.1.11").unwrap();
-        wait_count(&daemon, "attached mirror_tc to TC ingress and egress interface=cali2", round + 1);
+        daemon.wait_for_stderr_count("attached mirror_tc to TC ingress and egress interface=cali2", round + 1);
         let v1b = k.httpbin(&second, "v1", "0.0.0.0:8000").unwrap();
         let late = uris(&format!("late{round}"), 3);
         gets(&k.remote, "10.244.1.11:8000", &late, "v1").unwrap();
@@ -177,7 +168,7 @@ fn pods_come_and_go(mode: &str) {
         drop(v1b);
         k.delete_pod(2).unwrap();
         let gone = "link gone: forgot its attachment interface=cali2";
-        wait_count(&daemon, gone, round + 1);
+        daemon.wait_for_stderr_count(gone, round + 1);
         // Let the daemon run a while without the link: nothing to complain about.
         std::thread::sleep(Duration::from_millis(1500) * slowdown());
         let after = daemon.stderr()[before..].to_string();
@@ -252,7 +243,7 @@ fn sighup_updates_interfaces_and_addresses() {
         .unwrap();
     let reloads = daemon.stderr().matches("reloaded").count();
     daemon.signal(libc::SIGHUP);
-    wait_count(&daemon, "reloaded", reloads + 1);
+    daemon.wait_for_stderr_count("reloaded", reloads + 1);
     std::thread::sleep(Duration::from_millis(200) * slowdown());
     gets(&k.remote, "10.244.1.11:8000", &uris("b2", 2), "v1b").unwrap();
     gets(&k.remote, PRIMARY_ADDR, &uris("a2", 2), "v1").unwrap();

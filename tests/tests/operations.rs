@@ -128,16 +128,21 @@ fn healthy_mirror_metrics_have_route_and_mirror_labels() {
     assert!(peak > 0.0 && peak < 0.01, "{summary}");
 }
 
+/// The thread ids of `pid` (`/proc/<pid>/task`).
+fn thread_ids(pid: i32) -> Vec<i32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks.map(|t| t.unwrap().file_name().to_str().unwrap().parse().unwrap()).collect()
+}
+
 /// The scheduling policy (`/proc/<pid>/task/<tid>/stat`, field 41) of each of `pid`'s threads.
 fn thread_policies(pid: i32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let stat = std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap();
+    let policy = |tid: i32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap();
         // Fields after the command name (in parentheses, which may hold spaces) start at field 3.
         let rest = &stat[stat.rfind(')').unwrap() + 2..];
-        out.push(rest.split(' ').nth(41 - 3).unwrap().parse().unwrap());
-    }
-    out
+        rest.split(' ').nth(41 - 3).unwrap().parse().unwrap()
+    };
+    thread_ids(pid).into_iter().map(policy).collect()
 }
 
 /// Every thread of the daemon runs under SCHED_BATCH (3) by default, so that its wake-ups never
@@ -160,17 +165,15 @@ fn daemon_threads_run_sched_batch_unless_told_normal() {
 /// The slice (`sched_attr.sched_runtime`, ns) the scheduler gives each of `pid`'s threads, read with
 /// `sched_getattr`: a fair-class task's own since Linux 6.12, 0 on older kernels.
 fn thread_slices(pid: i32) -> Vec<u64> {
-    let mut out = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let tid: libc::c_long = task.unwrap().file_name().to_str().unwrap().parse().unwrap();
+    let slice = |tid: i32| {
         // struct sched_attr (56 bytes); sched_runtime is the u64 at offset 24.
         let mut attr = [0u64; 7];
         // SAFETY: sched_getattr writes at most the 56 bytes passed as its size into `attr`.
         let r = unsafe { libc::syscall(libc::SYS_sched_getattr, tid, attr.as_mut_ptr(), 56u32, 0u32) };
         assert_eq!(r, 0, "sched_getattr({tid}): {}", std::io::Error::last_os_error());
-        out.push(attr[3]);
-    }
-    out
+        attr[3]
+    };
+    thread_ids(pid).into_iter().map(slice).collect()
 }
 
 /// Every thread of the daemon asks for a 10 ms slice by default (Linux 6.12 and later; older

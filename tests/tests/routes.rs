@@ -76,34 +76,30 @@ fn a_reload_unwatches_a_dropped_port_and_watches_it_again() {
     let (_v1, _v2) = topo.servers().unwrap();
     let config = topo.config(100.0, "").unwrap();
     let watched = std::fs::read_to_string(&config).unwrap();
-    let mut daemon = topo.daemon(&config).unwrap();
+    let daemon = topo.daemon(&config).unwrap();
     let mut reloads = 0;
     let get = |path: &str| {
         let reqs = vec![request("GET", path, &[], b"")];
         topo.in_ns(&topo.client, move || exchange(primary(), &reqs)).unwrap().unwrap();
     };
-    let mut reload = |daemon: &mut Proc, text: &str| {
+    let mut reload = |daemon: &Proc, text: &str| {
         std::fs::write(&config, text).unwrap();
         daemon.signal(libc::SIGHUP);
         reloads += 1;
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while daemon.stderr().matches("reloaded").count() < reloads {
-            assert!(std::time::Instant::now() < deadline, "reload {reloads} not applied:\n{}", daemon.stderr());
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        daemon.wait_for_stderr_count("reloaded", reloads);
         // The capture thread applies it at its next round (at most 100 ms when idle).
-        std::thread::sleep(Duration::from_millis(300));
+        std::thread::sleep(Duration::from_millis(300) * slowdown());
     };
     get("/watched");
     wait_for_entries(&topo.path("v2.log"), 1, Duration::from_secs(10));
 
     let other = watched.replace(&format!("ports: [{PORT}]"), &format!("ports: [{}]", PORT + 1));
     assert_ne!(other, watched);
-    reload(&mut daemon, &other);
+    reload(&daemon, &other);
     get("/unwatched");
     std::thread::sleep(Duration::from_millis(500));
 
-    reload(&mut daemon, &watched);
+    reload(&daemon, &watched);
     get("/again");
     wait_for_entries(&topo.path("v2.log"), 2, Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(300));
