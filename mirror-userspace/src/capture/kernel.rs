@@ -26,8 +26,14 @@ pub const SCHED_CLS: Feature =
     Feature { name: "eBPF TC classifier programs (BPF_PROG_TYPE_SCHED_CLS)", since: "4.1", fallback: None };
 /// Per-CPU perf event arrays, the segment ring.
 pub const PERF_EVENT_ARRAY: Feature = Feature { name: "BPF perf event array maps", since: "4.3", fallback: None };
-/// Hash maps (watched ports, skipped endpoints).
+/// Hash maps (skipped endpoints, attached interfaces).
 pub const HASH_MAP: Feature = Feature { name: "BPF hash maps", since: "3.19", fallback: None };
+/// Arrays (the watched ports' flags).
+pub const ARRAY_MAP: Feature = Feature { name: "BPF array maps", since: "3.19", fallback: None };
+/// Longest-prefix-match tries (`capture.addresses`).
+pub const LPM_TRIE: Feature = Feature { name: "BPF LPM trie maps", since: "4.11", fallback: None };
+/// LRU hash maps (muted connections).
+pub const LRU_HASH: Feature = Feature { name: "BPF LRU hash maps", since: "4.10", fallback: None };
 /// Per-CPU arrays (counters, tail scratch space).
 pub const PERCPU_ARRAY: Feature = Feature { name: "BPF per-CPU array maps", since: "4.6", fallback: None };
 /// The ring buffer that carries the classifier's aya-log records.
@@ -83,6 +89,9 @@ pub fn check() -> Result<Support> {
     probe(SCHED_CLS, is_program_supported(ProgramType::SchedClassifier).map_err(|e| e.to_string()))?;
     for (f, map) in [
         (HASH_MAP, MapType::Hash),
+        (ARRAY_MAP, MapType::Array),
+        (LRU_HASH, MapType::LruHash),
+        (LPM_TRIE, MapType::LpmTrie),
         (PERCPU_ARRAY, MapType::PerCpuArray),
         (PERF_EVENT_ARRAY, MapType::PerfEventArray),
         (RINGBUF, MapType::RingBuf),
