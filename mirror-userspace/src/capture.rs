@@ -161,8 +161,6 @@ pub struct Capture {
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     /// One perf ring per online CPU (no wake-up per sample: see [`ring`]).
     pub buffers: Vec<PerfRing>,
-    /// The rings and the link notifications, for the runtime to wait on.
-    ready: ring::Readiness,
     /// Where each ring ended when the current drain began.
     heads: Vec<u64>,
     /// How full the fullest ring was when the last drain began (0 to 1).
@@ -212,8 +210,6 @@ impl Capture {
                 None
             }
         };
-        let ready =
-            ring::Readiness::new(&[], watcher.as_ref().map(Watcher::fd)).context("an epoll set for the perf rings")?;
         // From here on, dropping `capture` detaches whatever was attached.
         let mut capture = Capture {
             points: BTreeMap::new(),
@@ -226,7 +222,6 @@ impl Capture {
             ebpf,
             logger,
             buffers: Vec::new(),
-            ready,
             heads: Vec::new(),
             fill: 0.0,
             peak_fill: 0.0,
@@ -274,7 +269,6 @@ impl Capture {
         if buffers.is_empty() {
             bail!("no online CPUs");
         }
-        capture.ready.add(&buffers, None).context("adding the perf rings to the epoll set")?;
         capture.buffers = buffers;
         Ok(capture)
     }
@@ -425,14 +419,13 @@ impl Capture {
     /// Waits until a buffer has data, a link notification arrives, or `timeout` passes. The rings
     /// wake a poller only once a quarter full, so while little flows they are looked at every
     /// [`Capture::batch`]: a lone sample waits at most that long.
-    pub async fn wait(&self, timeout: std::time::Duration) {
-        self.ready.wait(&self.buffers, timeout, self.batch).await;
+    pub fn wait(&self, timeout: std::time::Duration) {
+        ring::wait(&self.buffers, self.watcher.as_ref().map(Watcher::fd), timeout, self.batch);
     }
 
-    /// Lets a batch gather for `timeout`, woken early if a ring reaches its watermark (or a link
-    /// notification arrives).
-    pub async fn gather(&self, timeout: std::time::Duration) {
-        self.ready.within(timeout).await;
+    /// Lets a batch gather for `timeout`, woken early if a ring reaches its watermark.
+    pub fn gather(&self, timeout: std::time::Duration) {
+        ring::wait_watermark(&self.buffers, timeout);
     }
 }
 

@@ -2,13 +2,13 @@
 //! thread's pipeline) and the shadow's and baseline's (from replay), compares each pair, exports
 //! the counts (`mirror_compare_total`, `mirror_compare_differences_total`) and writes the
 //! differences log. It runs on a thread of its own at a lower CPU priority (nice +10: parsing and
-//! diffing bodies yields to the capture task, replay and the primary itself); the capture
+//! diffing bodies yields to the capture thread, replay and the primary itself); the capture
 //! thread and replay only [`Sink::send`] to it, which never waits: a full channel, or a message
 //! whose response bytes do not fit in the memory budget (charged as `compare` until the task
 //! takes it), is dropped and counted (a dropped side makes its pair incomplete at the join's
 //! timeout, never blocks anything).
 //!
-//! Order matters and is kept by one channel for all: the capture task sends a compared
+//! Order matters and is kept by one channel for all: the capture thread sends a compared
 //! request's `Expect` before it submits the request to replay, so the join knows the pair before
 //! any of its mirror sides can arrive.
 
@@ -52,7 +52,7 @@ const MAX_BYTES: usize = 64 << 20;
 /// A message for the compare task.
 #[derive(Debug)]
 pub enum Msg {
-    /// From the capture task's pipeline.
+    /// From the capture thread's pipeline.
     Capture(CompareEvent),
     /// A mirror's response to pair `id` (from replay).
     Mirror {

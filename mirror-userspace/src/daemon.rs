@@ -1,8 +1,6 @@
-//! `mirror run`: the live daemon. One thread runs it all on a tokio runtime: the capture task
-//! drives the sans-IO pipeline from the perf buffers and hands complete requests to the replay
-//! workers (tasks on the same thread: a batch handed over wakes no other thread), never waiting on
-//! them; the metrics endpoint. The compare task has a thread of its own. SIGINT/SIGTERM stop it
-//! and detach the classifier.
+//! `mirror run`: the live daemon. A capture thread drives the sans-IO pipeline from the perf
+//! buffers and hands complete requests to the replay workers on the tokio runtime; it never waits
+//! on them. SIGINT/SIGTERM stop it and detach the classifier.
 
 use std::{
     sync::{
@@ -14,7 +12,7 @@ use std::{
 
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use serde_json::json;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -29,7 +27,7 @@ use crate::{
     route::Router,
 };
 
-/// How many bytes of samples the capture task lets gather in the rings between two drains at
+/// How many bytes of samples the capture thread lets gather in the rings between two drains at
 /// the current rate (at most `capture.batchMs`): about 100 small requests. A batch is replayed at
 /// once, so its size is a burst for the mirror and the cores it shares; fewer bytes per batch
 /// cost wake-ups. Measured with small GETs on 2 cores (CPU-s per million requests, the
@@ -39,11 +37,11 @@ use crate::{
 /// hundreds of times the wait still finds room in a default ring.
 const BATCH_BYTES: usize = 32 * 1024;
 
-/// The longest the capture task sleeps while nothing flows and no flow timer is due: a reload
+/// The longest the capture thread sleeps while nothing flows and no flow timer is due: a reload
 /// (new routes, kernel maps) or a stop is taken at its next round, so within this time.
 const IDLE_WAKE: Duration = Duration::from_millis(100);
 
-/// A new configuration for the capture task (SIGHUP).
+/// A new configuration for the capture thread (SIGHUP).
 struct Reload {
     router: Arc<Router>,
     /// Ports, addresses and interface entries.
@@ -106,7 +104,10 @@ pub async fn run(path: &Path, metrics_addr: std::net::SocketAddr, attach: Attach
         let flow_cfg = FlowConfig { mute_given_up: true, ..Pipeline::budgeted_flows(cfg.capture.responses) };
         let pipeline = Pipeline::new(router, flow_cfg, cfg.replay.buffer_bytes).with_memory(memory.clone());
         let sinks = Sinks { replayer, comparing: comparing.clone() };
-        tokio::spawn(capture_loop(capture, pipeline, sinks, metrics, stop, reload_rx))
+        std::thread::Builder::new()
+            .name("capture".into())
+            .spawn(move || capture_loop(capture, pipeline, sinks, metrics, stop, reload_rx))
+            .context("spawning the capture thread")?
     };
 
     loop {
@@ -122,7 +123,9 @@ pub async fn run(path: &Path, metrics_addr: std::net::SocketAddr, attach: Attach
         }
     }
     stop.store(true, Ordering::Relaxed);
-    let summary = thread.await.map_err(|e| anyhow::anyhow!("capture task failed: {e}"))??;
+    let summary = tokio::task::spawn_blocking(move || thread.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("capture thread panicked"))??;
     let stats = replayer.stats.clone();
     replayer.shutdown(Duration::from_secs(2)).await;
     let mut summary = summary;
@@ -182,7 +185,7 @@ fn reload(path: &Path, current: &Config, replayer: &Replayer, memory: &Memory, t
     }
 }
 
-/// Where the capture task hands what the pipeline made: requests to replay, and what the
+/// Where the capture thread hands what the pipeline made: requests to replay, and what the
 /// comparison needs to the compare task (first: a compared request is expected before replay can
 /// answer it).
 struct Sinks {
@@ -219,17 +222,9 @@ impl Sinks {
     }
 }
 
-/// CPU time (user and system) of the calling thread.
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is valid for the call.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(u64::try_from(ts.tv_sec).unwrap_or(0), u32::try_from(ts.tv_nsec).unwrap_or(0))
-}
-
 /// Reads the perf buffers until `stop`; returns the final counters. Dropping `capture` at the end
 /// detaches the classifier from every interface.
-async fn capture_loop(
+fn capture_loop(
     mut capture: Capture,
     mut pipeline: Pipeline,
     sinks: Sinks,
@@ -252,9 +247,6 @@ async fn capture_loop(
     // Whether segments or timers were handled since the allocator last gave memory back, and when.
     let (mut worked, mut given_back) = (false, Instant::now());
     const GIVE_BACK_EVERY: Duration = Duration::from_secs(1);
-    // The CPU time of this task's rounds (the runtime thread's, less what it spent elsewhere
-    // while this task waited): in total, and not yet published.
-    let (mut cpu_mark, mut cpu_total, mut cpu_unpublished) = (thread_cpu(), Duration::ZERO, Duration::ZERO);
     while !stop.load(Ordering::Relaxed) {
         if let Ok(r) = reloads.try_recv() {
             if let Err(e) = capture.reconfigure(&r.capture, &endpoint_addrs(&r.router)) {
@@ -268,7 +260,7 @@ async fn capture_loop(
         // Links that appeared (attach), went (forget) or were renamed since the last round.
         capture.watch_links();
         // Let a batch gather, so that each wake-up handles many segments and hands replay one
-        // batch: wake-ups of the runtime thread, replay's system calls per
+        // batch: wake-ups of this thread and of the replay runtime, replay's system calls per
         // mirror connection, and touching each flow's state again from a cold cache, not
         // parsing, are most of the cost (at 2,000 req/s: 16 CPU-s per million requests with
         // 20 ms batches, 11 with 40 ms, 9 with 80 ms). The wait is what lets BATCH_BYTES gather
@@ -279,8 +271,6 @@ async fn capture_loop(
         // for the mirror and a late wake-up on a busy machine cannot let a ring fill. After an
         // idle spell: wait for data, then BATCH_WAIT (a burst may follow).
         const BATCH_WAIT: Duration = Duration::from_millis(5);
-        let spent = thread_cpu().saturating_sub(cpu_mark);
-        (cpu_total, cpu_unpublished) = (cpu_total + spent, cpu_unpublished + spent);
         match drained {
             0 => {
                 // Sleep until data arrives or the next flow timer (hole or idle timeout) is due,
@@ -290,20 +280,19 @@ async fn capture_loop(
                     .flows()
                     .poll_timeout()
                     .map_or(IDLE_WAKE, |t| t.saturating_sub(clock.elapsed()).min(IDLE_WAKE));
-                capture.wait(until_timer).await;
+                capture.wait(until_timer);
                 if capture.buffers.iter().any(crate::capture::ring::PerfRing::readable) {
-                    tokio::time::sleep(BATCH_WAIT).await;
+                    std::thread::sleep(BATCH_WAIT);
                 }
             }
             n => {
                 let wait = round.mul_f64(BATCH_BYTES as f64 / n as f64).min(capture.batch());
                 if wait >= Duration::from_millis(1) {
                     // A burst that fills a quarter of a ring wakes the thread early.
-                    capture.gather(wait).await;
+                    capture.gather(wait);
                 }
             }
         }
-        cpu_mark = thread_cpu();
         let mut drained_now = 0usize;
 
         // Taken before the rings are read: the flow timers run at it, and each segment is timed
@@ -345,7 +334,6 @@ async fn capture_loop(
             worked = true;
         }
         if last_publish.elapsed() >= Duration::from_millis(500) {
-            metrics.capture_cpu(std::mem::take(&mut cpu_unpublished));
             publish(&capture, &pipeline, &metrics);
             last_publish = Instant::now();
         }
@@ -381,7 +369,6 @@ async fn capture_loop(
             "duplicates_dropped": capture.duplicates_dropped(),
             "ring_peak_fill": capture.peak_fill(),
             "mutes": capture.mute_stats(),
-            "cpu_seconds": cpu_total.as_secs_f64(),
         },
         "flows": pipeline.flows().stats,
         "pipeline": pipeline.stats(),

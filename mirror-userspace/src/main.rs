@@ -7,8 +7,8 @@ use mirror::{
     config::Config,
 };
 
-/// mimalloc: per-thread heaps without the arena lock glibc takes, and freed memory given back on
-/// demand (`memory::give_back`).
+/// mimalloc: per-thread heaps, and a free from another thread (a request is allocated on the
+/// capture thread and freed on a replay worker) goes back without the arena lock glibc takes.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -146,9 +146,9 @@ fn main() -> Result<()> {
                     eprintln!("warning: could not lower the daemon's priority: {}", std::io::Error::last_os_error());
                 }
             }
-            // One thread for capture, replay and metrics: handing a batch to replay wakes no other
-            // thread.
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            // One runtime thread for replay and metrics (plus the capture thread): fewer cross-thread
+            // wake-ups, which is most of what mirroring costs.
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
             let result = rt.block_on(mirror::daemon::run(&config, metrics_addr, attach.into()));
             // A reload still being read (it runs off the signal loop) must not hold the exit up.
             rt.shutdown_timeout(std::time::Duration::from_millis(100));

@@ -1,4 +1,4 @@
-//! One memory budget over everything held for requests in progress, shared by the capture task
+//! One memory budget over everything held for requests in progress, shared by the capture thread
 //! (flow reassembly, HTTP framing, buffered bodies) and the replay workers (queued requests).
 //!
 //! Each holder reports what it holds, by [`Held`] kind; the budget is the sum. The capture side

@@ -43,7 +43,7 @@ pub struct Outbound {
 }
 
 /// A body piece at least this long is kept as a slice of the segment it came in (written with the
-/// others by one `writev`), not copied: an upload's 60,000-byte segments cost the capture task
+/// others by one `writev`), not copied: an upload's 60,000-byte segments cost the capture thread
 /// no copy past the one out of the ring. Shorter pieces are copied together into one buffer, so a
 /// body that arrived in many small segments is still one piece.
 pub const SLICE_MIN: usize = 16 * 1024;
@@ -197,7 +197,7 @@ pub struct Request {
 
 impl Request {
     /// The request-target, read from the head's request line (replay has no use for it apart:
-    /// a copy of it per request cost an allocation).
+    /// a copy of it per request cost an allocation, freed on the replay thread).
     pub fn target(&self) -> &str {
         let target = self.head.split(|b| *b == b' ').nth(1).unwrap_or_default();
         std::str::from_utf8(target).unwrap_or_default()

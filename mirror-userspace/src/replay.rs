@@ -84,12 +84,12 @@ struct Endpoint {
 /// thread (foldhash: the keys come from the config, not the wire).
 type Endpoints = HashMap<Name, Endpoint, foldhash::fast::RandomState>;
 
-/// Handle to the replay workers. Shared by the capture task (which submits) and the daemon
+/// Handle to the replay workers. Shared by the capture thread (which submits) and the daemon
 /// (which reconfigures on reload and shuts down).
 pub struct Replayer {
     endpoints: Arc<RwLock<Endpoints>>,
-    /// To the dispatcher: one message (one wake-up of the dispatcher task) per batch of the
-    /// capture task, however many requests and connections it holds. `None` once shut down.
+    /// To the dispatcher: one message (one wake-up of the runtime) per batch of the capture
+    /// thread, however many requests and connections it holds. `None` once shut down.
     batches: Mutex<Option<mpsc::UnboundedSender<Vec<Outbound>>>>,
     /// Batch vectors the dispatcher emptied, for the next batches (see [`Spare`]).
     spare: Arc<Spare>,
@@ -105,10 +105,10 @@ pub struct Replayer {
     compare: Arc<compare::CompareOut>,
 }
 
-/// Emptied batch vectors, handed back by the dispatcher for the capture task's next batches: a
+/// Emptied batch vectors, handed back by the dispatcher for the capture thread's next batches: a
 /// new vector per batch (tens of KB: ~100 items of a few hundred bytes) was a large allocation
-/// and its free every round (with glibc, which consolidates its free lists at every allocation
-/// of that size: 2-3% of the daemon's CPU at 24,000 req/s, `perf`).
+/// on one thread and its free on another every round, and glibc consolidates its free lists at
+/// every allocation of that size (2-3% of the daemon's CPU at 24,000 req/s, `perf`).
 #[derive(Default)]
 struct Spare(Mutex<Vec<Vec<Outbound>>>);
 
@@ -210,8 +210,8 @@ impl Replayer {
     }
 
     /// Queues requests (or parts of them), in order, without ever waiting: what does not fit is
-    /// dropped and counted. Callable from any thread (the daemon calls it on the runtime's own);
-    /// the whole batch costs the dispatcher one wake-up. Everything from one client connection goes to the same mirror connection, so
+    /// dropped and counted. Callable from any thread; the whole batch costs the replay runtime
+    /// one wake-up. Everything from one client connection goes to the same mirror connection, so
     /// the mirror sees it in order and streamed parts stay together; a streamed request missing
     /// a part is reset by the worker, never completed.
     pub fn submit_batch(&self, items: &mut Vec<Outbound>) {

@@ -27,7 +27,7 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::Value;
 
-pub use procfs::{BpfStats, anon_rss_kib, bpf_stats, cpu_seconds, machine, peak_rss_kib, rss_kib};
+pub use procfs::{BpfStats, anon_rss_kib, bpf_stats, cpu_seconds, machine, peak_rss_kib, rss_kib, thread_cpu_seconds};
 
 /// Prefix of every namespace this harness creates (`cargo xtask test` sweeps leftovers by it).
 pub const NS_PREFIX: &str = "mirrort";

@@ -38,6 +38,18 @@ pub fn cpu_seconds(pid: i32) -> Result<f64> {
     stat_cpu_seconds(&format!("/proc/{pid}/stat"))
 }
 
+/// CPU seconds (user + system) the threads of process `pid` named `name` have used (0 if none
+/// is, or was, so named).
+pub fn thread_cpu_seconds(pid: i32, name: &str) -> Result<f64> {
+    let mut total = 0.0;
+    for task in fs::read_dir(format!("/proc/{pid}/task"))?.flatten() {
+        if fs::read_to_string(task.path().join("comm")).is_ok_and(|c| c.trim_end() == name) {
+            total += stat_cpu_seconds(&task.path().join("stat").to_string_lossy())?;
+        }
+    }
+    Ok(total)
+}
+
 /// utime + stime of a `stat` file (a process's or a thread's), in seconds.
 fn stat_cpu_seconds(path: &str) -> Result<f64> {
     let stat = fs::read_to_string(path)?;

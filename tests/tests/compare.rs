@@ -170,7 +170,7 @@ fn a_reload_turns_comparing_on() {
     write_config(&topo, Some(&topo.path("differences.jsonl")));
     daemon.signal(libc::SIGHUP);
     daemon.wait_for_stderr("reloaded", Duration::from_secs(10)).unwrap();
-    // The capture task takes the reload at its next round.
+    // The capture thread takes the reload at its next round.
     std::thread::sleep(Duration::from_millis(300));
     send(&topo, &["json", "same"]);
     let text = settled(&topo, (2 * N) as f64);

@@ -1,5 +1,5 @@
 //! Issue 12: a SYN flood at the primary while real requests go on. Before, every SYN on a full
-//! flow table (65,536 flows) scanned the whole table to evict one (~3-8 ms): the capture task
+//! flow table (65,536 flows) scanned the whole table to evict one (~3-8 ms): the capture thread
 //! fell behind, the kernel ring overflowed, and real requests reached the mirror up to 89 s late;
 //! the flood's flows then stayed in memory (110 MB resident a minute later).
 
@@ -15,7 +15,7 @@ use serde_json::Value;
 const RATE: u64 = 20_000;
 /// How long the flood lasts. At 20,000 SYN/s the daemon's table (65,536 flows) is full after
 /// 3.3 s; the remaining 6.7 s are the issue's steady state, every SYN an eviction (~134,000 of
-/// them). Before the fix that state cost the capture task 60-170 s of CPU per second of flood,
+/// them). Before the fix that state cost the capture thread 60-170 s of CPU per second of flood,
 /// so real requests were seconds late and the ring overflowed within its first second; 6.7 s of
 /// it shows whether the daemon keeps up, and keeps the test short.
 const SECONDS: u64 = 10;

@@ -126,11 +126,6 @@ fn healthy_mirror_metrics_have_route_and_mirror_labels() {
     assert_eq!(metric(&metrics, "mirror_kernel_ring_fill_ratio_bucket{le=\"0.01\"}"), reads, "{metrics}");
     let peak = summary["capture"]["ring_peak_fill"].as_f64().unwrap();
     assert!(peak > 0.0 && peak < 0.01, "{summary}");
-    // The capture task's CPU is published (every 500 ms) and totalled in the summary, which comes
-    // later: at least what was scraped.
-    let cpu = metric(&metrics, "mirror_capture_cpu_seconds_total");
-    assert!(cpu > 0.0, "{metrics}");
-    assert!(summary["capture"]["cpu_seconds"].as_f64().unwrap() >= cpu, "{summary} against {cpu}");
 }
 
 /// The thread ids of `pid` (`/proc/<pid>/task`).
@@ -161,9 +156,7 @@ fn daemon_threads_run_sched_batch_unless_told_normal() {
     {
         let d = topo.daemon_in(&topo.primary, "daemon", &config, extra).unwrap();
         let policies = thread_policies(d.pid());
-        // One runtime thread runs capture, replay and metrics (a batch handed to replay wakes no
-        // other thread); the compare thread decodes and diffs.
-        assert_eq!(policies.len(), 2, "the runtime thread and the compare thread: {policies:?}");
+        assert!(policies.len() >= 3, "capture, runtime and compare threads at least: {policies:?}");
         assert!(policies.iter().all(|&p| p == policy), "{extra:?}: {policies:?}");
         drop(d);
     }
@@ -194,7 +187,7 @@ fn daemon_threads_get_a_10_ms_slice_unless_told_0() {
     for (extra, ten) in [(&[][..], true), (&["--slice-ms", "0"][..], false)] {
         let d = topo.daemon_in(&topo.primary, "daemon", &config, extra).unwrap();
         let slices = thread_slices(d.pid());
-        assert_eq!(slices.len(), 2, "the runtime thread and the compare thread: {slices:?}");
+        assert!(slices.len() >= 3, "capture, runtime and compare threads at least: {slices:?}");
         let expected = |s: u64| match (eevdf, ten) {
             (true, true) => s == 10_000_000,
             // The kernel's own: 0.7 ms times 1 + log2(CPUs), never 10 ms on these machines.

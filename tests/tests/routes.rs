@@ -87,7 +87,7 @@ fn a_reload_unwatches_a_dropped_port_and_watches_it_again() {
         daemon.signal(libc::SIGHUP);
         reloads += 1;
         daemon.wait_for_stderr_count("reloaded", reloads);
-        // The capture task applies it at its next round (at most 100 ms when idle).
+        // The capture thread applies it at its next round (at most 100 ms when idle).
         std::thread::sleep(Duration::from_millis(300) * slowdown());
     };
     get("/watched");

@@ -1,4 +1,4 @@
-//! The capture task's clock: the `now` the flow core is fed.
+//! The capture thread's clock: the `now` the flow core is fed.
 //!
 //! A segment is timed by the kernel (`bpf_ktime_get_ns`, `CLOCK_MONOTONIC`, the clock `Instant`
 //! uses on Linux) when it passed the hook, not when the daemon got round to reading it: the

@@ -3,7 +3,7 @@
 //! state; `RTM_DELLINK` when it goes or leaves the namespace).
 //!
 //! The watcher's socket is non-blocking and is polled with the perf buffers, so a new pod's veth
-//! wakes the capture task. The kernel drops notifications when the socket's buffer is full
+//! wakes the capture thread. The kernel drops notifications when the socket's buffer is full
 //! (`ENOBUFS`); the watcher then says so and the caller takes a fresh dump instead.
 
 use std::{io, os::fd::AsRawFd};

@@ -1,7 +1,7 @@
 //! Given-up flows muted in the kernel (`MIRROR_MUTED`): the flow table asks ([`Mute`]), this
 //! applies. A muted connection's segments reach the daemon as headers only, so a connection
 //! whose requests will never be framed again (a gap it cannot frame past, or picked up
-//! mid-stream) no longer costs the ring and the capture task its payload. Under a ring overflow
+//! mid-stream) no longer costs the ring and the capture thread its payload. Under a ring overflow
 //! that matters most: the flows it broke stop competing for the ring with the flows still whole.
 //!
 //! At most [`MAX_PER_ROUND`] mutes are applied a round (a flood of flows given up at once costs a

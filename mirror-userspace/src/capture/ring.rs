@@ -6,7 +6,7 @@
 //! host an IPI is a VM exit; measured here (nested virtualisation) it was nearly all of the
 //! classifier's ≈ 7 µs per shipped packet. These rings are opened with a byte watermark instead
 //! ([`PerfRing::open`]): a poller is woken only when that much has gathered, and the daemon
-//! otherwise finds the data on its own schedule: [`Readiness::wait`] looks at the rings at a given interval
+//! otherwise finds the data on its own schedule: [`wait`] looks at the rings at a given interval
 //! while nothing flows (the daemon's `capture.batchMs`), so a lone request is read at most that
 //! long (plus the daemon's batching wait, 5 ms) after it was captured.
 //!
@@ -33,7 +33,6 @@ use aya_obj::generated::{
     PERF_EVENT_IOC_DISABLE, PERF_EVENT_IOC_ENABLE, PERF_FLAG_FD_CLOEXEC, bpf_attr, bpf_cmd, perf_event_attr,
     perf_event_mmap_page, perf_event_sample_format, perf_event_type, perf_sw_ids, perf_type_id,
 };
-use tokio::io::{Interest, unix::AsyncFd};
 
 /// A poller is woken when this fraction of a ring (1/N) has filled since the last wake-up.
 pub const WAKEUP_FRACTION: usize = 4;
@@ -140,9 +139,6 @@ pub struct PerfRing {
 // SAFETY: the mapping is owned by this value alone (the kernel writes the data pages and
 // `data_head`, and reads `data_tail`, whichever thread the ring is read on).
 unsafe impl Send for PerfRing {}
-// SAFETY: through `&PerfRing` the mapping is only read (`data_head` with acquire ordering,
-// `data_tail` volatile); `data_tail` is written and the records read only through `&mut`.
-unsafe impl Sync for PerfRing {}
 
 /// The kernel refused to map a ring of this size: beyond what the user may lock (a share of
 /// `kernel.perf_event_mlock_kb`, then `RLIMIT_MEMLOCK`) without `CAP_IPC_LOCK`.
@@ -306,84 +302,37 @@ impl Drop for PerfRing {
     }
 }
 
-/// The rings' descriptors (readable at their watermark) and one other descriptor, as one epoll
-/// set registered with the tokio reactor: the capture task waits for them on the runtime thread
-/// that also runs replay, so that handing a batch over wakes no other thread.
-pub struct Readiness {
-    set: AsyncFd<OwnedFd>,
+/// Waits until a ring has records, `other` (a descriptor, if any) is readable, or `timeout`
+/// passes. A ring's descriptor becomes readable only at its watermark, so the rings are also
+/// looked at every `look_every`: a record written while nothing else flows is found within that
+/// time.
+pub fn wait(rings: &[PerfRing], other: Option<RawFd>, timeout: Duration, look_every: Duration) {
+    let mut fds: Vec<libc::pollfd> = rings
+        .iter()
+        .map(AsRawFd::as_raw_fd)
+        .chain(other)
+        .map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 })
+        .collect();
+    let deadline = Instant::now() + timeout;
+    let every = i32::try_from(look_every.as_millis()).unwrap_or(i32::MAX).max(1);
+    loop {
+        let left = i32::try_from(deadline.saturating_duration_since(Instant::now()).as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: fds is a valid array of pollfd for the duration of the call.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, left.min(every)) };
+        if ready != 0 || left <= every || rings.iter().any(PerfRing::readable) {
+            return;
+        }
+    }
 }
 
-impl Readiness {
-    /// A set of `rings` and `other`. Must be called on a tokio runtime with I/O enabled.
-    pub fn new(rings: &[PerfRing], other: Option<RawFd>) -> io::Result<Readiness> {
-        // SAFETY: no pointer arguments.
-        let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if epfd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: epoll_create1 returned a new descriptor that nothing else owns.
-        let set = unsafe { OwnedFd::from_raw_fd(epfd) };
-        // SAFETY: the set is owned by the AsyncFd and closed only when it is dropped.
-        let set = unsafe { AsyncFd::register_with_interest(set, Interest::READABLE) }.map_err(|e| e.into_parts().1)?;
-        let ready = Readiness { set };
-        ready.add(rings, other)?;
-        Ok(ready)
-    }
-
-    /// Adds `rings` and `other` to the set.
-    pub fn add(&self, rings: &[PerfRing], other: Option<RawFd>) -> io::Result<()> {
-        for fd in rings.iter().map(AsRawFd::as_raw_fd).chain(other) {
-            // Level-triggered: a perf descriptor reports readable once per watermark crossing
-            // (its poll clears the flag), a socket while it has data.
-            let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: fd as u64 };
-            // SAFETY: both descriptors are open; `ev` is valid for the call.
-            if unsafe { libc::epoll_ctl(self.set.get_ref().as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
-        Ok(())
-    }
-
-    /// Waits until a member of the set is ready, at most `timeout`; whether one was.
-    pub async fn within(&self, timeout: Duration) -> bool {
-        tokio::time::timeout(timeout, async {
-            loop {
-                let Ok(mut guard) = self.set.readable().await else { return };
-                // Take the events (level-triggered members report again if still ready); none
-                // left: the set is not ready any more, wait again.
-                match guard.try_io(|set| {
-                    let mut events = [libc::epoll_event { events: 0, u64: 0 }; 8];
-                    // SAFETY: `events` is valid for its length for the call.
-                    let n = unsafe { libc::epoll_wait(set.as_raw_fd(), events.as_mut_ptr(), events.len() as i32, 0) };
-                    match n {
-                        0 => Err(io::ErrorKind::WouldBlock.into()),
-                        n if n < 0 => Err(io::Error::last_os_error()),
-                        n => Ok(n),
-                    }
-                }) {
-                    Ok(Ok(_)) => return,
-                    // EINTR and the like: as if ready (the caller looks at the rings anyway).
-                    Ok(Err(e)) if e.kind() != io::ErrorKind::WouldBlock => return,
-                    _ => {}
-                }
-            }
-        })
-        .await
-        .is_ok()
-    }
-
-    /// Waits until a ring has records, the other descriptor is readable, or `timeout` passes. A
-    /// ring's descriptor becomes readable only at its watermark, so the rings are also looked at
-    /// every `look_every`: a record written while nothing else flows is found within that time.
-    pub async fn wait(&self, rings: &[PerfRing], timeout: Duration, look_every: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if self.within(left.min(look_every)).await || left <= look_every || rings.iter().any(PerfRing::readable) {
-                return;
-            }
-        }
-    }
+/// Sleeps `timeout`, or less if a ring reaches its watermark (a burst: reading it early keeps
+/// room in the ring).
+pub fn wait_watermark(rings: &[PerfRing], timeout: Duration) {
+    let mut fds: Vec<libc::pollfd> =
+        rings.iter().map(|r| libc::pollfd { fd: r.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: fds is a valid array of pollfd for the duration of the call.
+    unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
 }
 
 /// Writes perf event descriptor `fd` into the perf event array `map` at `cpu`.

@@ -28,7 +28,7 @@ pub struct Capture {
     /// 8192 pages (32 MiB on 4 KiB pages) and at least 64 per CPU.
     pub perf_pages: Option<usize>,
     /// The longest a captured request waits before the daemon reads it and hands it to replay
-    /// (`capture.batchMs`): the capture task wakes about once per this time, whatever the rate,
+    /// (`capture.batchMs`): the capture thread wakes about once per this time, whatever the rate,
     /// so it is also what the daemon's CPU per request at low rates is traded against (README,
     /// `batchMs` under "Configuration").
     pub batch: Duration,

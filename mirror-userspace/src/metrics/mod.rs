@@ -1,6 +1,6 @@
 //! Prometheus metrics (prometheus-client), served as text on `--metrics-addr`.
 //!
-//! The sans-IO core keeps plain counters; the capture task publishes them here periodically
+//! The sans-IO core keeps plain counters; the capture thread publishes them here periodically
 //! (as deltas), and the replay workers record responses, latencies and failures directly.
 
 use std::{
@@ -97,8 +97,6 @@ pub struct Metrics {
     kernel: Family<KindLabel, Counter>,
     /// How full the fullest perf ring was at each drain.
     ring_fill: Histogram,
-    /// CPU time of the capture task's rounds.
-    capture_cpu: Counter<f64, std::sync::atomic::AtomicU64>,
     flows_open: Gauge,
     memory: Family<KindLabel, Gauge>,
     memory_limit: Gauge,
@@ -137,7 +135,6 @@ impl Metrics {
         let m = Metrics {
             kernel: Family::default(),
             ring_fill: Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0]),
-            capture_cpu: Counter::default(),
             flows_open: Gauge::default(),
             memory: Family::default(),
             memory_limit: Gauge::default(),
@@ -165,13 +162,8 @@ impl Metrics {
         );
         registry.register(
             "kernel_ring_fill_ratio",
-            "How full the fullest per-CPU perf ring was (0 to 1) each time the capture task began to read them; at 1 the kernel drops samples (kernel_packets{kind=\"lost\"}): a fill often above 0.5 asks for more capture.perfPages",
+            "How full the fullest per-CPU perf ring was (0 to 1) each time the capture thread began to read them; at 1 the kernel drops samples (kernel_packets{kind=\"lost\"}): a fill often above 0.5 asks for more capture.perfPages",
             m.ring_fill.clone(),
-        );
-        registry.register(
-            "capture_cpu_seconds",
-            "CPU time the capture task spent reading the perf rings and running the pipeline (reassembly, framing, routing); it shares the daemon's one runtime thread with replay and metrics, whose time is the process's CPU less this",
-            m.capture_cpu.clone(),
         );
         registry.register("flows_open", "TCP flows being reassembled", m.flows_open.clone());
         registry.register(
@@ -234,7 +226,7 @@ impl Metrics {
         now.saturating_sub(prev)
     }
 
-    /// Publishes the capture task's counters (absolute values; deltas are added).
+    /// Publishes the capture thread's counters (absolute values; deltas are added).
     pub fn publish(&self, kernel: &[(&'static str, u64)], flows: &FlowStats, flows_open: usize, p: &PipelineStats) {
         self.shed_flows.inc_by(self.delta("shed_flows", p.shed_flows));
         for (kind, v) in kernel {
@@ -261,14 +253,9 @@ impl Metrics {
         }
     }
 
-    /// How full the fullest ring was when the capture task began to read them.
+    /// How full the fullest ring was when the capture thread began to read them.
     pub fn ring_fill(&self, fill: f64) {
         self.ring_fill.observe(fill);
-    }
-
-    /// CPU time the capture task's rounds used since the last call.
-    pub fn capture_cpu(&self, spent: Duration) {
-        self.capture_cpu.inc_by(spent.as_secs_f64());
     }
 
     /// What the memory budget holds now.

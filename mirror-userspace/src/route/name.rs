@@ -1,7 +1,7 @@
 //! Route and endpoint names, interned: a [`Name`] is a `&'static str` that every request to a
-//! mirror carries from capture to replay. It is `Copy`, so a request costs no reference count
-//! (an `Arc<str>` per request, when capture and replay ran on two threads, moved its count's
-//! cache line between the two cores for every request).
+//! mirror carries from the capture thread to replay. It is `Copy`, so a request costs no
+//! reference count: an `Arc<str>` cloned on the capture thread and dropped on the replay thread
+//! moved its count's cache line between the two cores for every request.
 //!
 //! Names come from the config only (never from the wire), and each distinct one is stored once
 //! for the daemon's life: a reload with the same names adds nothing, and one that renames keeps

@@ -24,7 +24,7 @@ use mirror_tests::{
     load::{Load, load},
     machine,
     markdown::replace_section,
-    metric, peak_rss_kib, request, rss_kib, scrape_metrics,
+    metric, peak_rss_kib, request, rss_kib, scrape_metrics, thread_cpu_seconds,
 };
 use serde_json::Value;
 
@@ -148,7 +148,7 @@ struct Run {
     load: Load,
     /// Daemon CPU seconds (user + system) from the start of the load until it was settled.
     cpu: f64,
-    /// The same for its capture task (`mirror_capture_cpu_seconds_total`).
+    /// The same for its capture thread.
     capture_cpu: f64,
     /// The classifier's kernel time and packets over the same window.
     bpf_ns: u64,
@@ -184,11 +184,9 @@ fn lines(path: &std::path::Path) -> u64 {
     std::fs::read(path).map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count() as u64)
 }
 
-/// The daemon's CPU, its capture task's CPU (published every 500 ms) and the classifier's
-/// counters now.
-fn counters(topo: &Topology, pid: i32) -> Result<(f64, f64, (u64, u64))> {
-    let capture = metric(&scrape_metrics(topo)?, "mirror_capture_cpu_seconds_total");
-    Ok((cpu_seconds(pid)?, capture, bpf_stats(pid)))
+/// The daemon's CPU, capture-thread CPU and classifier counters now.
+fn counters(pid: i32) -> Result<(f64, f64, (u64, u64))> {
+    Ok((cpu_seconds(pid)?, thread_cpu_seconds(pid, "capture")?, bpf_stats(pid)))
 }
 
 /// Open-loop load on each of `paths` at once (`rate` split evenly), merged.
@@ -280,7 +278,7 @@ fn run_one(w: &Workload, config: Config, args: &Args) -> Result<Run> {
         scrape_metrics(&topo)?
     };
     let v2_log = topo.path("v2.log");
-    let (at_v2_0, (cpu0, cap0, bpf0)) = (lines(&v2_log), counters(&topo, pid)?);
+    let (at_v2_0, (cpu0, cap0, bpf0)) = (lines(&v2_log), counters(pid)?);
     let sampling = AtomicBool::new(true);
     let (load, held_compare) = std::thread::scope(|s| -> Result<(Load, u64)> {
         let sampler = s.spawn(|| {
@@ -304,7 +302,7 @@ fn run_one(w: &Workload, config: Config, args: &Args) -> Result<Run> {
         std::thread::sleep(Duration::from_millis(2500));
         scrape_metrics(&topo)?
     };
-    let (cpu1, cap1, bpf1) = counters(&topo, pid)?;
+    let (cpu1, cap1, bpf1) = counters(pid)?;
     let peak_rss_kib = peak_rss_kib(pid)?.max(rss_kib(pid)?);
     let at_v2 = lines(&v2_log) - at_v2_0;
     let now = results(&after);
@@ -355,7 +353,7 @@ fn table(w: &Workload, runs: &[Run], args: &Args) -> Result<(String, Vec<String>
     writeln!(s, "### {} — {} req/s for {} s, {} runs per configuration\n", w.name, w.rate, args.seconds, args.rounds)?;
     writeln!(
         s,
-        "| configuration | answered | primary p50 ms | primary p99 ms | daemon CPU-s per 1M req | capture task CPU-s per 1M | classifier ns per req | peak RSS MiB | held `compare` peak KiB | lost samples | same / different / noise / incomplete | at v2 |"
+        "| configuration | answered | primary p50 ms | primary p99 ms | daemon CPU-s per 1M req | capture thread CPU-s per 1M | classifier ns per req | peak RSS MiB | held `compare` peak KiB | lost samples | same / different / noise / incomplete | at v2 |"
     )?;
     writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")?;
     let of = |c: Config| runs.iter().filter(|r| r.config == c).collect::<Vec<_>>();
@@ -427,7 +425,7 @@ fn table(w: &Workload, runs: &[Run], args: &Args) -> Result<(String, Vec<String>
         };
         writeln!(
             s,
-            "- {} against {}: **{:+.1} µs** of daemon CPU per compared request ({:+.1} µs on the capture task, {:+.0} ns in the classifier), peak RSS {:+.1} MiB, primary p50 {:+.2} ms, p99 {:+.2} ms.",
+            "- {} against {}: **{:+.1} µs** of daemon CPU per compared request ({:+.1} µs on the capture thread, {:+.0} ns in the classifier), peak RSS {:+.1} MiB, primary p50 {:+.2} ms, p99 {:+.2} ms.",
             c.name(),
             reference.name(),
             per_req(|r| r.cpu),
@@ -472,7 +470,7 @@ fn main() -> Result<()> {
     writeln!(s, "{HEADING}\n")?;
     writeln!(
         s,
-        "Issue 15: what comparing the mirror's responses with the primary's costs. Namespaces: client → primary (the test server as v1); mirror namespace: v2 and v1b (the same server as v2 and as a second copy of v1). The same open-loop load (latency from each request's scheduled send, {} kept-alive connections split across the paths) against the primary with each configuration, the configurations interleaved (one run each per round, fresh namespaces, servers and daemon per run, 1 s warm-up not counted). Comparing config: `ignoreHeaders: [x-served-by]`, differing pairs logged (`log:`, rate-limited). CPU: user + system of the daemon from /proc, from the start of the load until every compared pair was settled (2.5 s after the load for the others); the capture task's from `mirror_capture_cpu_seconds_total` (the thread CPU time of its rounds); the classifier's kernel time with `kernel.bpf_stats_enabled` (it runs in the softirq of every packet of the watched port, both ways). Held `compare`: the highest `mirror_memory_held_bytes{{kind=\"compare\"}}` scraped every 250 ms. Figures are the median (min–max) of the runs; counts are summed; \"per compared request\" is per request the primary answered (every one is compared in (b) and (c)). The ~50 kB workload runs at a rate this machine compares without falling behind, and once more at a rate beyond that (CPU per request there is per answered request, most of which were not compared), to show what gives way. Generated by `target/release/bench-compare` (run by `cargo xtask bench`) on {}. **The machine is shared** with other agents' builds and tests (2 cores): CPU per request is the steadiest figure; latencies and their differences are noisy, a difference of a few tenths of a ms between configurations is within the noise.\n",
+        "Issue 15: what comparing the mirror's responses with the primary's costs. Namespaces: client → primary (the test server as v1); mirror namespace: v2 and v1b (the same server as v2 and as a second copy of v1). The same open-loop load (latency from each request's scheduled send, {} kept-alive connections split across the paths) against the primary with each configuration, the configurations interleaved (one run each per round, fresh namespaces, servers and daemon per run, 1 s warm-up not counted). Comparing config: `ignoreHeaders: [x-served-by]`, differing pairs logged (`log:`, rate-limited). CPU: user + system of the daemon from /proc, from the start of the load until every compared pair was settled (2.5 s after the load for the others); the capture thread's from /proc/<pid>/task; the classifier's kernel time with `kernel.bpf_stats_enabled` (it runs in the softirq of every packet of the watched port, both ways). Held `compare`: the highest `mirror_memory_held_bytes{{kind=\"compare\"}}` scraped every 250 ms. Figures are the median (min–max) of the runs; counts are summed; \"per compared request\" is per request the primary answered (every one is compared in (b) and (c)). The ~50 kB workload runs at a rate this machine compares without falling behind, and once more at a rate beyond that (CPU per request there is per answered request, most of which were not compared), to show what gives way. Generated by `target/release/bench-compare` (run by `cargo xtask bench`) on {}. **The machine is shared** with other agents' builds and tests (2 cores): CPU per request is the steadiest figure; latencies and their differences are noisy, a difference of a few tenths of a ms between configurations is within the noise.\n",
         args.conns,
         machine()
     )?;

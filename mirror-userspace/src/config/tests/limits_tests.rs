@@ -199,7 +199,7 @@ fn capture_limits() {
     assert_eq!(place(&e), (5, 14));
     assert_eq!(out_of_range(&err(&pages("0"))), ("capture.perfPages", 0));
     assert_eq!(Config::parse(&pages("1024"), "t").unwrap().capture.perf_pages, Some(1024));
-    // A batch wait of 0 would spin the capture task; over a second would hold requests longer
+    // A batch wait of 0 would spin the capture thread; over a second would hold requests longer
     // than clients wait.
     let batch = |b: &str| OWN.replace("ports: [8000]", &format!("ports: [8000]\n  batchMs: {b}"));
     for (text, value) in [("0", 0), ("1001", 1001), ("-5", -5), ("18446744073709551616", 1 << 64)] {
