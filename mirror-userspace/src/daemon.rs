@@ -108,7 +108,7 @@ pub async fn run(path: &Path, metrics_addr: std::net::SocketAddr, attach: Attach
         // both saved 11% of the CPU at 24,000 small GETs per second (no wake-up of another
         // thread per batch), but at 512 MB/s of 64 KiB uploads (the bench's last fidelity step)
         // the replay writes and the kernel's TCP work they bring into our context left the
-        // rings unread for over 125 ms: 36-546 samples lost and 2-98% of the uploads mirrored,
+        // rings unread for over 125 ms: 36-546 samples lost and 2-54% of the uploads mirrored,
         // against 100% with this thread, even with the workers yielding every 256 KiB written.
         std::thread::Builder::new()
             .name("capture".into())
