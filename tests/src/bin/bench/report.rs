@@ -56,10 +56,11 @@ pub fn p99_ratios(runs: &[LatencyRun], peer: Peer, rate: u32) -> Vec<f64> {
 /// The latency section.
 pub fn latency(runs: &[LatencyRun], rates: &[u32], secs: u64) -> Result<String> {
     let mut md = String::new();
+    let copy_conns = mirror::config::ReplaySettings::default().connections;
     writeln!(md, "{LATENCY}\n")?;
     writeln!(
         md,
-        "Open-loop small GETs (`{GET_PATH}`) over 64 kept-alive connections, {secs} s per run, latency from each request's scheduled send time. Runs are interleaved in pairs — baseline, peer, baseline, peer, ... — and each peer is started afresh for each of its runs (so every one of our runs is a first run after the daemon started). The baseline of our daemon and of GoReplay is the primary with nothing attached; nginx's mirror module is a proxy in front of the primary, so its baseline is the same nginx proxying without `mirror`. Each cell is the median over the runs with [min–max]; the ratio is per pair (peer run / its own baseline run), then the median. *Copies sent straight to the mirror* is not a tool but a reference: during the run a second paced client in the primary's namespace sends every request to the mirror as well, over 4 connections (as many as our daemon keeps), so its ratio is what the mirror's own work on these two shared cores costs the primary, whoever sends it the copies.\n"
+        "Open-loop small GETs (`{GET_PATH}`) over 64 kept-alive connections, {secs} s per run, latency from each request's scheduled send time. Runs are interleaved in pairs — baseline, peer, baseline, peer, ... — and each peer is started afresh for each of its runs (so every one of our runs is a first run after the daemon started). The baseline of our daemon and of GoReplay is the primary with nothing attached; nginx's mirror module is a proxy in front of the primary, so its baseline is the same nginx proxying without `mirror`. Each cell is the median over the runs with [min–max]; the ratio is per pair (peer run / its own baseline run), then the median. *Copies sent straight to the mirror* is not a tool but a reference: during the run a second paced client in the primary's namespace sends every request to the mirror as well, over {copy_conns} connections (as many as our daemon keeps by default), so its ratio is what the mirror's own work on these two shared cores costs the primary, whoever sends it the copies.\n"
     )?;
     for &rate in rates {
         writeln!(md, "### {rate} req/s\n")?;

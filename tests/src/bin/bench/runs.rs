@@ -38,10 +38,11 @@ fn run_one(env: &Env, peer: Peer, rate: u32, secs: u64, conns: usize, req: &[u8]
     let a = env.attach(peer)?;
     let before = env.mirrored();
     // The reference: a second paced client sends the same requests to the mirror, over as many
-    // connections as our daemon keeps to it (4), from the primary's namespace.
+    // connections as our daemon keeps to it by default, from the primary's namespace.
     let copies = (peer == Peer::DirectCopy).then(|| {
         let (ns, to, req) = (env.topo.primary.clone(), env.mirror_addr(), req.to_vec());
-        std::thread::spawn(move || load(&ns, to, f64::from(rate), Duration::from_secs(secs), 4, req))
+        let conns = mirror::config::ReplaySettings::default().connections;
+        std::thread::spawn(move || load(&ns, to, f64::from(rate), Duration::from_secs(secs), conns, req))
     });
     let l = load(&env.topo.client, env.target(peer), f64::from(rate), Duration::from_secs(secs), conns, req.to_vec())?;
     if let Some(t) = copies {
