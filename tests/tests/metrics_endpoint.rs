@@ -193,14 +193,33 @@ fn idle_connections_at_a_low_fd_limit_starve_neither_mirroring_nor_scrapers() {
     assert_eq!(evicted + timed_out, IDLE as f64, "{text}");
     drop(idle);
 
-    // The old property: many concurrent scrapers, all answered.
+    // The old property: many concurrent scrapers, all answered. One exception, by design: a
+    // scraper accepted while every slot is taken that has not sent its request within the grace
+    // (50 ms) is, to the endpoint, an idle connection, and may be closed to make room (counted as
+    // evicted). On an emulated VM, 200 threads on 2 slow vCPUs can take that long between
+    // `connect()` and `write()` (one of 200 was reset so in a 6.1 run). Such a scraper sees a
+    // reset and tries again, as Prometheus does at its next interval: each retry is answered,
+    // and the endpoint counted an eviction for every reset. Any other failure fails the test.
     let scrapers = scrapers();
     let t = Instant::now();
     let results = concurrent_scrapes(&topo, scrapers);
-    let failed: Vec<_> = results.iter().filter(|r| !r.as_ref().is_ok_and(|t| t.starts_with("HTTP/1.1 200"))).collect();
     println!("{scrapers} concurrent scrapers answered in {:?}", t.elapsed());
+    let is_reset = |e: &String| e.contains("(os error 104)") || e.contains("(os error 32)");
+    let failed: Vec<_> = results
+        .iter()
+        .filter(|r| !r.as_ref().is_ok_and(|t| t.starts_with("HTTP/1.1 200")) && !r.as_ref().is_err_and(is_reset))
+        .collect();
     assert!(failed.is_empty(), "{} of {scrapers} scrapes failed: {:?}", failed.len(), failed.first());
     assert!(t.elapsed() < bound(Duration::from_secs(10)));
+    let resets = results.iter().filter(|r| r.as_ref().is_err_and(is_reset)).count();
+    for _ in 0..resets {
+        let again = scrape_metrics(&topo).unwrap();
+        assert!(again.starts_with("HTTP/1.1 200"), "a reset scraper's retry: {again}");
+    }
+    let text = scrape_metrics(&topo).unwrap();
+    let evicted_now = metric(&text, "mirror_metrics_connections_closed_total{reason=\"evicted\"}");
+    println!("{resets} scrapers reset (retried and answered); evictions during the burst: {}", evicted_now - evicted);
+    assert!(evicted_now - evicted >= resets as f64, "{resets} resets, {} evictions:\n{text}", evicted_now - evicted);
 
     // Out of descriptors altogether (soft limit 3, below what is open): accept fails with EMFILE
     // and the endpoint pauses instead of spinning; a scraper waiting meanwhile is answered once
