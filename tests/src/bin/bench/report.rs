@@ -56,7 +56,7 @@ pub fn p99_ratios(runs: &[LatencyRun], peer: Peer, rate: u32) -> Vec<f64> {
 /// The latency section.
 pub fn latency(runs: &[LatencyRun], rates: &[u32], secs: u64) -> Result<String> {
     let mut md = String::new();
-    let copy_conns = mirror::config::ReplaySettings::default().connections;
+    let copy_conns = crate::runs::copy_connections();
     writeln!(md, "{LATENCY}\n")?;
     writeln!(
         md,

@@ -33,6 +33,11 @@ pub struct LatencyRun {
     pub mirrored: usize,
 }
 
+/// Connections of the direct-copy reference: as many as our daemon keeps to a mirror by default.
+pub fn copy_connections() -> usize {
+    mirror::config::ReplaySettings::default().connections
+}
+
 /// One run of `peer` at `rate`: attached fresh, load, drain, detached.
 fn run_one(env: &Env, peer: Peer, rate: u32, secs: u64, conns: usize, req: &[u8]) -> Result<(Load, Used, usize)> {
     let a = env.attach(peer)?;
@@ -41,7 +46,7 @@ fn run_one(env: &Env, peer: Peer, rate: u32, secs: u64, conns: usize, req: &[u8]
     // connections as our daemon keeps to it by default, from the primary's namespace.
     let copies = (peer == Peer::DirectCopy).then(|| {
         let (ns, to, req) = (env.topo.primary.clone(), env.mirror_addr(), req.to_vec());
-        let conns = mirror::config::ReplaySettings::default().connections;
+        let conns = copy_connections();
         std::thread::spawn(move || load(&ns, to, f64::from(rate), Duration::from_secs(secs), conns, req))
     });
     let l = load(&env.topo.client, env.target(peer), f64::from(rate), Duration::from_secs(secs), conns, req.to_vec())?;
